@@ -1,0 +1,1 @@
+//! ssekeeper operator library.
