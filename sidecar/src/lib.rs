@@ -4,3 +4,4 @@
 //! into the pod is exactly what this crate parses.
 
 pub mod contract;
+pub mod sse;
