@@ -4,4 +4,6 @@
 //! into the pod is exactly what this crate parses.
 
 pub mod contract;
+pub mod cursor;
 pub mod sse;
+pub mod store;

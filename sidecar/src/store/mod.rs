@@ -1,0 +1,179 @@
+//! Where sessions are recorded, leased and found.
+//!
+//! The handoff protocol (DESIGN.md "Sessions and replay") needs exactly these operations from a
+//! store: an append that is refused atomically once another pod holds a newer epoch (fencing), a
+//! read after a cursor, a blocking tail, and a lease that names the owner pod and its admin address
+//! (the routing registry is the lease itself). Redis implements it for many replicas; memory for one.
+//!
+//! The trait is object-safe (`Arc<dyn SessionStore>`) so the proxy does not care which store runs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::cursor::SessionId;
+
+/// Position of an entry in a session's history; the `<seq>` of the wire cursor. Starts at 1.
+pub type Seq = u64;
+/// Ownership generation of a session. Every takeover increments it; older owners are fenced.
+pub type Epoch = u64;
+
+/// What a session's history holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// An event from the app, with the app's own id kept beside the cursor.
+    Event {
+        /// The app's `id:` (sticky last-event-id as the browser would track it), if any.
+        app_id: Option<String>,
+        /// The `event:` type, if any.
+        event: Option<String>,
+        /// The data, lines joined with `\n`.
+        data: String,
+    },
+    /// The app's `retry:` hint, replayed so a resumed client keeps the app's reconnect delay.
+    Retry(u64),
+    /// The upstream ended (finite stream): whoever serves the client ends the response after it.
+    End,
+    /// The owner's drain window is over: a pod serving this session should take it over now.
+    Handover,
+}
+
+/// One entry at its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Position in the session's history.
+    pub seq: Seq,
+    /// The entry.
+    pub entry: Entry,
+}
+
+/// Whether the owner still captures normally or is draining (clients should be elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Serving and recording.
+    Live,
+    /// Terminating: recording until handover, clients were told to reconnect elsewhere.
+    Draining,
+}
+
+/// Who owns a session right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The owner's pod name (for logs and metrics).
+    pub owner: String,
+    /// The owner's admin address, where `/internal/forward` reaches it.
+    pub addr: SocketAddr,
+    /// The owner's epoch; appends with another epoch are refused.
+    pub epoch: Epoch,
+    /// Live or draining.
+    pub state: LeaseState,
+}
+
+/// Identity of this pod as an owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Pod name.
+    pub name: String,
+    /// Admin address other sidecars forward to.
+    pub addr: SocketAddr,
+}
+
+/// Why a store call failed; each variant is a metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Another pod took the session over (its epoch is newer): stop writing, stop capturing.
+    #[error("session fenced: epoch {current} owns it now")]
+    Fenced {
+        /// The epoch that owns the session now.
+        current: Epoch,
+    },
+    /// The store cannot be reached or answered with an error; the caller degrades (no replay).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The stored data is not what this version writes (corrupt or foreign keys).
+    #[error("malformed store data: {0}")]
+    Malformed(String),
+}
+
+impl StoreError {
+    /// Label for the `errors_total{kind}` metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Fenced { .. } => "fenced",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The operations the handoff protocol needs. Every per-session write slides the session's TTL.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Take the session: epoch := epoch + 1 (1 for a new session), owner := `owner`, state Live,
+    /// lease TTL `ttl`. Unconditional: the caller decided it may (new session, handover seen, or
+    /// the previous lease expired). Returns the new lease.
+    fn acquire<'a>(
+        &'a self,
+        session: &'a SessionId,
+        owner: &'a Owner,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<Lease>>;
+
+    /// Extend the lease and set its state; `Fenced` if `epoch` no longer owns the session.
+    fn renew<'a>(
+        &'a self,
+        session: &'a SessionId,
+        epoch: Epoch,
+        state: LeaseState,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// Drop the lease if `epoch` still holds it (history stays for its TTL).
+    fn release<'a>(&'a self, session: &'a SessionId, epoch: Epoch)
+    -> BoxFuture<'a, StoreResult<()>>;
+
+    /// The current lease, `None` if there is none or it expired.
+    fn lease<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Lease>>>;
+
+    /// Append entries (their `seq`s strictly increasing and above everything stored) atomically
+    /// with the epoch check: all or nothing; `Fenced` if `epoch` is not the current one. Trims
+    /// history to about `historyLimit` entries and slides the TTL.
+    fn append<'a>(
+        &'a self,
+        session: &'a SessionId,
+        epoch: Epoch,
+        entries: &'a [Recorded],
+    ) -> BoxFuture<'a, StoreResult<()>>;
+
+    /// Up to `limit` entries with seq > `after`, oldest first.
+    fn read_after<'a>(
+        &'a self,
+        session: &'a SessionId,
+        after: Seq,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>>;
+
+    /// Like `read_after`, but waits up to `block` for the first entry if there is none yet.
+    fn wait_after<'a>(
+        &'a self,
+        session: &'a SessionId,
+        after: Seq,
+        limit: usize,
+        block: Duration,
+    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>>;
+
+    /// The last stored entry, to continue the sequence after a takeover; also the last app id
+    /// delivered is found by reading backwards (see `last_app_id`).
+    fn last<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Recorded>>>;
+
+    /// The app id of the newest `Event` entry that has one: the `Last-Event-ID` a new owner sends
+    /// its own app when it opens a fresh upstream.
+    fn last_app_id<'a>(&'a self, session: &'a SessionId)
+    -> BoxFuture<'a, StoreResult<Option<String>>>;
+
+    /// Whether the store answers (for `/ready` reporting and metrics), cheaply.
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
+}
