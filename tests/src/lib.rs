@@ -5,3 +5,6 @@
 //! `harness` runs real Redis, HAProxy and sidecar + app "pods" terminated in the kubelet's order.
 
 pub mod demo;
+pub mod client;
+pub mod sse;
+pub mod verify;
