@@ -4,4 +4,5 @@
 //! into the pod is exactly what this crate parses.
 
 pub mod contract;
+pub mod cursor;
 pub mod sse;
