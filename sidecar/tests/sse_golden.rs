@@ -89,7 +89,10 @@ fn check_consistency(case: &str, input: &[u8], frames: &[Frame], last_event_id: 
     }
     let reparsed = parse_chunks([&encoded[..]]);
     assert_eq!(reparsed.0, kept, "{case}: re-encoded frames differ");
-    assert_eq!(reparsed.1, last_event_id, "{case}: re-encoded last id differs");
+    assert_eq!(
+        reparsed.1, last_event_id,
+        "{case}: re-encoded last id differs"
+    );
 }
 
 #[test]
