@@ -104,7 +104,8 @@ impl<'a> Iterator for Lines<'a> {
 
     fn next(&mut self) -> Option<&'a str> {
         let text = self.0?;
-        match text.find(['\r', '\n']) {
+        // CR and LF are ASCII, so the byte offset memchr finds is a char boundary.
+        match memchr::memchr2(b'\r', b'\n', text.as_bytes()) {
             Some(at) => {
                 let skip = if text[at..].starts_with("\r\n") { 2 } else { 1 };
                 self.0 = Some(&text[at + skip..]);

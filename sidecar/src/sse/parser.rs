@@ -167,6 +167,10 @@ impl SseParser {
         }
         if self.line.is_empty() {
             self.line_complete(tail, first_line, out);
+        } else if self.line.len() + tail.len() > self.max_line_bytes {
+            // Refuse before joining, so a huge chunk is never copied into the line buffer.
+            self.line = Vec::new();
+            self.oversized(out);
         } else {
             let mut line = std::mem::take(&mut self.line);
             line.extend_from_slice(tail);
@@ -436,6 +440,24 @@ mod tests {
         assert!(parser.line.capacity() <= 64 + LINE_SLACK + 100);
         parser.push(b"\ndata: after\n\ndata: ok\n\n", &mut out);
         // The long line's block runs to the next blank line, so "after" is skipped too.
+        assert_eq!(out, vec![Frame::Oversized, event(None, None, "ok")]);
+    }
+
+    #[test]
+    fn a_long_line_finished_in_one_big_chunk_is_not_copied() {
+        let mut parser = SseParser::new(64);
+        let mut out = Vec::new();
+        parser.push(b"data: start", &mut out);
+        let mut big = vec![b'x'; 1 << 20];
+        big.extend_from_slice(
+            b"
+
+data: ok
+
+",
+        );
+        parser.push(&big, &mut out);
+        assert!(parser.line.capacity() <= 64 + LINE_SLACK);
         assert_eq!(out, vec![Frame::Oversized, event(None, None, "ok")]);
     }
 
