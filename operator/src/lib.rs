@@ -1,1 +1,9 @@
-//! ssekeeper operator library.
+//! The ssekeeper operator: turns an `SseService` into a Deployment with the sidecar injected, a
+//! Service with ClientIP affinity, a forwarding-key Secret and optional Ingress and PDB.
+//!
+//! Reconcile runs in phases (validate -> render, pure -> apply -> status), so everything that
+//! decides what the cluster should look like is a pure function tested with golden files.
+
+pub mod api;
+pub mod crd;
+pub mod render;

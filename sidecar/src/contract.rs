@@ -99,7 +99,9 @@ pub mod keys {
 }
 
 /// Where the sessions live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// Redis (streams): shared by every replica, the only choice for more than one.
@@ -210,7 +212,11 @@ pub struct SidecarArgs {
     #[arg(long, env = "SSEKEEPER_HISTORY_LIMIT", default_value_t = 1000)]
     pub history_limit: u32,
     /// Where a request names its session, in order (`query:NAME`, `header:NAME`, `cookie:NAME`).
-    #[arg(long = "session-key", env = "SSEKEEPER_SESSION_KEYS", value_delimiter = ',')]
+    #[arg(
+        long = "session-key",
+        env = "SSEKEEPER_SESSION_KEYS",
+        value_delimiter = ','
+    )]
     pub session_keys: Vec<SessionKeySource>,
     /// Seconds `/prestop` holds after flipping readiness, so load balancers forget the pod.
     #[arg(long, env = "SSEKEEPER_PRESTOP_DELAY_SECONDS", default_value_t = 5)]
@@ -254,7 +260,11 @@ impl SidecarArgs {
             format!("--session-ttl-seconds={}", self.session_ttl_seconds),
             format!("--history-limit={}", self.history_limit),
         ];
-        args.extend(self.session_keys.iter().map(|k| format!("--session-key={k}")));
+        args.extend(
+            self.session_keys
+                .iter()
+                .map(|k| format!("--session-key={k}")),
+        );
         args.extend([
             format!("--prestop-delay-seconds={}", self.prestop_delay_seconds),
             format!("--drain-seconds={}", self.drain_seconds),

@@ -132,8 +132,11 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, StoreResult<()>>;
 
     /// Drop the lease if `epoch` still holds it (history stays for its TTL).
-    fn release<'a>(&'a self, session: &'a SessionId, epoch: Epoch)
-    -> BoxFuture<'a, StoreResult<()>>;
+    fn release<'a>(
+        &'a self,
+        session: &'a SessionId,
+        epoch: Epoch,
+    ) -> BoxFuture<'a, StoreResult<()>>;
 
     /// The current lease, `None` if there is none or it expired.
     fn lease<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Lease>>>;
@@ -171,8 +174,10 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// The app id of the newest `Event` entry that has one: the `Last-Event-ID` a new owner sends
     /// its own app when it opens a fresh upstream.
-    fn last_app_id<'a>(&'a self, session: &'a SessionId)
-    -> BoxFuture<'a, StoreResult<Option<String>>>;
+    fn last_app_id<'a>(
+        &'a self,
+        session: &'a SessionId,
+    ) -> BoxFuture<'a, StoreResult<Option<String>>>;
 
     /// Whether the store answers (for `/ready` reporting and metrics), cheaply.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
