@@ -18,6 +18,8 @@ use ssekeeper_sidecar::contract;
 pub const MAX_GRACE_PERIOD_SECONDS: u32 = 1800;
 
 /// Desired state of an SSE service: the app's pod template plus how to serve, drain and resume it.
+// The printcolumn(...) entries repeat `type_ = "string"`, which clippy mistakes for duplicate attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ssekeeper.dev",

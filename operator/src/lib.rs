@@ -5,5 +5,14 @@
 //! decides what the cluster should look like is a pure function tested with golden files.
 
 pub mod api;
+pub mod config;
+pub mod controller;
 pub mod crd;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod purge;
 pub mod render;
+pub mod server;
+pub mod status;
+pub mod telemetry;

@@ -144,14 +144,14 @@ fn sidecar_container(ctx: &Ctx<'_>, input: &RenderInput<'_>, args: &SidecarArgs)
             contract::FORWARD_KEY_SECRET_KEY,
         ),
     ];
-    if let Some(redis) = &ctx.svc.spec.sessions.redis {
-        if args.store == contract::StoreKind::Redis {
-            env.push(secret_env(
-                env::REDIS_URL,
-                &redis.secret_ref.name,
-                &redis.secret_ref.key,
-            ));
-        }
+    if let Some(redis) = &ctx.svc.spec.sessions.redis
+        && args.store == contract::StoreKind::Redis
+    {
+        env.push(secret_env(
+            env::REDIS_URL,
+            &redis.secret_ref.name,
+            &redis.secret_ref.key,
+        ));
     }
 
     Container {

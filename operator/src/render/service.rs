@@ -24,7 +24,7 @@ pub(super) fn render(ctx: &Ctx<'_>) -> Service {
                 ..ServicePort::default()
             }]),
             session_affinity: Some(if affinity.enabled { "ClientIP" } else { "None" }.into()),
-            session_affinity_config: affinity.enabled.then(|| SessionAffinityConfig {
+            session_affinity_config: affinity.enabled.then_some(SessionAffinityConfig {
                 client_ip: Some(ClientIPConfig {
                     timeout_seconds: Some(affinity.timeout_seconds),
                 }),
