@@ -7,12 +7,21 @@
 //!
 //! The trait is object-safe (`Arc<dyn SessionStore>`) so the proxy does not care which store runs.
 
+mod batch;
+pub mod memory;
+pub mod redis;
+
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::contract::{SidecarArgs, StoreKind, env};
 use crate::cursor::SessionId;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::{ConnectError, RedisConfig, RedisStore, purge_service};
 
 /// Position of an entry in a session's history; the `<seq>` of the wire cursor. Starts at 1.
 pub type Seq = u64;
@@ -181,4 +190,39 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Whether the store answers (for `/ready` reporting and metrics), cheaply.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
+}
+
+/// Why the configured store could not be opened. Redis being down is not one of them: a Redis
+/// store opens anyway and answers `Unavailable` until Redis is back.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// `--store=redis` without a URL.
+    #[error("the redis store needs a URL: set {}", env::REDIS_URL)]
+    MissingRedisUrl,
+    /// The Redis settings are unusable (bad URL, out-of-range setting).
+    #[error(transparent)]
+    Redis(#[from] ConnectError),
+}
+
+/// The store the sidecar's settings ask for, shared by every connection the proxy serves.
+pub async fn open(args: &SidecarArgs) -> Result<Arc<dyn SessionStore>, OpenError> {
+    let ttl = Duration::from_secs(u64::from(args.session_ttl_seconds));
+    match args.store {
+        StoreKind::Memory => Ok(Arc::new(MemoryStore::new(args.history_limit as usize, ttl))),
+        StoreKind::Redis => {
+            let url = args
+                .redis_url
+                .as_deref()
+                .ok_or(OpenError::MissingRedisUrl)?;
+            let store = RedisStore::connect(
+                url,
+                &args.service_namespace,
+                &args.service_name,
+                args.history_limit,
+                ttl,
+            )
+            .await?;
+            Ok(Arc::new(store))
+        }
+    }
 }

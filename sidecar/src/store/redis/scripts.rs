@@ -1,0 +1,149 @@
+//! The Lua scripts that make fencing atomic.
+//!
+//! Each runs on one session's keys only (`KEYS` = events, epoch, lease, appid, all carrying the
+//! session's hash tag, so one Cluster slot), sent as `EVALSHA` with a fallback to loading the
+//! script after a `NOSCRIPT` (a restarted or failed-over server). Redis runs a script without
+//! interleaving other commands, which is what makes "check the epoch, then write" one step.
+//!
+//! Conventions shared with `codec.rs`:
+//! - the epoch key holds a decimal counter; anything else is reported as `MALFORMED` before any
+//!   write, so a corrupt key never turns into a partial write;
+//! - verdict replies are `{status, detail}`: 1 ok, 0 fenced (detail = current epoch, `"0"` when the
+//!   session no longer exists), 2 out of order (detail = the stream's newest id);
+//! - lease liveness is the `until` field (server milliseconds from `TIME`), not the key's TTL, so
+//!   a lease that lapsed while its owner was slow can be renewed as long as nobody took over;
+//! - every write slides the session's TTL (`PEXPIRE`) on the keys it touches.
+
+use ::redis::Script;
+
+/// Reads the epoch counter (`'0'` when absent) or raises `MALFORMED`. Inlined into each script.
+const EPOCH_OF: &str = r#"
+local function epoch_of(key)
+  local raw = redis.call('GET', key)
+  if not raw then return '0' end
+  if not string.match(raw, '^%d+$') then
+    return redis.error_reply('MALFORMED ' .. key .. ' does not hold an epoch counter')
+  end
+  return raw
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"#;
+
+/// `append(epoch, maxlen, ttl_ms, appid, has_appid, n, [id, nargs, field, value, …] × n)`.
+///
+/// Refuses (0) unless `epoch` is current; refuses (2) unless the first id is above the stream's
+/// newest (the caller checked the batch itself is increasing), so every `XADD` below succeeds and
+/// the batch lands whole or not at all. Only the last `XADD` trims (`MAXLEN ~`: whole radix-tree
+/// nodes, so the history keeps at least `maxlen` and at most about 100 more). The newest app id
+/// of the batch is kept in its own key so `last_app_id` is one `GET` even after trimming.
+const APPEND: &str = r#"
+local cur = epoch_of(KEYS[2])
+if type(cur) == 'table' then return cur end
+if cur ~= ARGV[1] then return {0, cur} end
+local n = tonumber(ARGV[6])
+if n > 0 then
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if #top > 0 then
+    local tid = top[1][1]
+    local ts = string.match(tid, '^(%d+)-%d+$')
+    local fs = string.match(ARGV[7], '^(%d+)-0$')
+    if not ts or not fs then return {2, tid} end
+    -- Compare decimal strings without going through Lua's doubles.
+    local above = #fs > #ts or (#fs == #ts and fs > ts)
+    if not above then return {2, tid} end
+  end
+  local pos = 7
+  for j = 1, n do
+    local id = ARGV[pos]
+    local nargs = tonumber(ARGV[pos + 1])
+    local args = {'XADD', KEYS[1]}
+    if j == n then
+      args[#args + 1] = 'MAXLEN'
+      args[#args + 1] = '~'
+      args[#args + 1] = ARGV[2]
+    end
+    args[#args + 1] = id
+    for a = pos + 2, pos + 1 + nargs do args[#args + 1] = ARGV[a] end
+    redis.call(unpack(args))
+    pos = pos + 2 + nargs
+  end
+  if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[4]) end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+return {1, cur}
+"#;
+
+/// `acquire(owner, addr, lease_ttl_ms, key_ttl_ms)` → the new epoch.
+///
+/// Unconditional takeover: epoch + 1 (1 for a new session), a fresh lease hash, every key's TTL
+/// slid to `key_ttl_ms` (the longer of the session and lease TTLs).
+const ACQUIRE: &str = r#"
+local cur = epoch_of(KEYS[2])
+if type(cur) == 'table' then return cur end
+local e = redis.call('INCR', KEYS[2])
+local untl = string.format('%.0f', now_ms() + tonumber(ARGV[3]))
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], 'owner', ARGV[1], 'addr', ARGV[2], 'epoch', tostring(e),
+  'state', 'live', 'until', untl)
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+return e
+"#;
+
+/// `renew(epoch, state, lease_ttl_ms, key_ttl_ms)`: extends (or revives) the lease while `epoch`
+/// is current and the lease was not released.
+const RENEW: &str = r#"
+local cur = epoch_of(KEYS[2])
+if type(cur) == 'table' then return cur end
+if cur ~= ARGV[1] then return {0, cur} end
+if redis.call('EXISTS', KEYS[3]) == 0 then return {0, cur} end
+local untl = string.format('%.0f', now_ms() + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[3], 'state', ARGV[2], 'until', untl)
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+return {1, cur}
+"#;
+
+/// `release(epoch)`: drops the lease if `epoch` is current; a session already gone is released.
+const RELEASE: &str = r#"
+local cur = epoch_of(KEYS[2])
+if type(cur) == 'table' then return cur end
+if cur == '0' then return {1, cur} end
+if cur ~= ARGV[1] then return {0, cur} end
+redis.call('DEL', KEYS[3])
+return {1, cur}
+"#;
+
+/// `lease()` → `{now_ms, field, value, …}`: the lease hash with the server's clock beside it, so
+/// expiry is judged by the same clock that set `until`.
+const LEASE: &str = r#"
+local out = {string.format('%.0f', now_ms())}
+local f = redis.call('HGETALL', KEYS[3])
+for i = 1, #f do out[#out + 1] = f[i] end
+return out
+"#;
+
+/// The compiled scripts (their SHA1s are computed once).
+pub(crate) struct Scripts {
+    pub append: Script,
+    pub acquire: Script,
+    pub renew: Script,
+    pub release: Script,
+    pub lease: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        let s = |body: &str| Script::new(&format!("{EPOCH_OF}{body}"));
+        Self {
+            append: s(APPEND),
+            acquire: s(ACQUIRE),
+            renew: s(RENEW),
+            release: s(RELEASE),
+            lease: s(LEASE),
+        }
+    }
+}
