@@ -6,7 +6,6 @@
 
 pub mod demo;
 pub mod client;
-pub mod sse;
 pub mod verify;
 pub mod harness;
 pub mod scenario;

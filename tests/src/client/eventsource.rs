@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::http::open;
-use crate::sse::{ClientParser, Frame};
+use ssekeeper_sidecar::sse::{Frame, SseParser};
 
 /// How one client behaves and where its bounds are.
 #[derive(Debug, Clone)]
@@ -328,7 +328,7 @@ async fn connect_once(st: &mut State) -> ConnEnd {
         error: None,
     };
     let mut body = resp.into_body();
-    let mut parser = ClientParser::new(st.cfg.max_event_bytes);
+    let mut parser = SseParser::new(st.cfg.max_event_bytes);
     let mut frames = Vec::new();
     let mut count = 0usize;
     let idle = st.cfg.idle_timeout.unwrap_or(Duration::from_secs(24 * 3600));
@@ -400,6 +400,8 @@ impl State {
                     self.retries.push(ms);
                     self.retry = Duration::from_millis(ms);
                 }
+                // An id-only block moves the last event id, as in a browser.
+                Frame::SetId(id) => self.last_event_id = Some(id),
                 Frame::Comment(_) => {}
                 Frame::Oversized => self.oversized += 1,
             }

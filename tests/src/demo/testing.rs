@@ -28,6 +28,17 @@ pub const MALFORMED_CHUNKS: &[&[u8]] = &[
     b"data: never terminated",
 ];
 
+/// What an EventSource reading [`MALFORMED_CHUNKS`] dispatches, as `(event type, data)`, written
+/// out by hand from the spec: the proxy must hand the client exactly these.
+pub const MALFORMED_EXPECTED: &[(Option<&str>, &str)] = &[
+    (None, "one"),
+    (None, "two"),
+    (None, "three\u{20ac} and \u{fffd}\u{fffd}"),
+    (None, "\nfour"),
+    (Some("custom"), "five"),
+    (Some("done"), "malformed"),
+];
+
 /// Largest `bytes` / `n` the testing endpoints accept (they must stay bounded too).
 pub const MAX_TESTING_BYTES: usize = 64 * 1024 * 1024;
 
@@ -91,4 +102,30 @@ fn flood(n: usize, size: usize) -> Response<Body> {
         let _ = tx.send(wire::event(None, Some(wire::DONE_EVENT), "flood")).await;
     });
     server::sse(rx, ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssekeeper_sidecar::sse::{Frame, SseParser};
+
+    #[test]
+    fn the_codec_reads_the_malformed_stream_as_written_out_by_hand() {
+        let mut p = SseParser::new(1024);
+        let mut out = Vec::new();
+        for c in MALFORMED_CHUNKS {
+            p.push(c, &mut out);
+        }
+        p.finish(&mut out);
+        let events: Vec<(Option<&str>, &str)> = out
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Event(e) => Some((e.event.as_deref(), e.data.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(events, MALFORMED_EXPECTED);
+        // The id containing NUL was ignored, so the last id is still the first event's.
+        assert_eq!(p.last_event_id(), "m1");
+    }
 }
