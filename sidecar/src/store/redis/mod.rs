@@ -270,7 +270,7 @@ impl RedisStore {
             .arg(stream_id(after + 1))
             .arg("+")
             .arg("COUNT")
-            .arg(limit);
+            .arg(count(limit));
         parse_range(&self.query("read", &c).await?)
     }
 
@@ -410,7 +410,7 @@ impl RedisStore {
             };
             let mut c = cmd("XREAD");
             c.arg("COUNT")
-                .arg(limit)
+                .arg(count(limit))
                 .arg("BLOCK")
                 .arg(Self::ms(remaining))
                 .arg("STREAMS")
@@ -450,6 +450,11 @@ impl RedisStore {
             Err(_) => Err(timed_out("connect", self.op_timeout)),
         }
     }
+}
+
+/// Redis counts are signed 64-bit; `usize::MAX` ("everything") must not overflow them.
+fn count(limit: usize) -> u64 {
+    (limit as u64).min(i64::MAX as u64)
 }
 
 fn verdict_unit(v: &Value) -> StoreResult<()> {
