@@ -153,7 +153,7 @@ mod tests {
         let s = Settings::from_args(&args);
         assert_eq!(s.owner.name, "pod-a");
         assert_eq!(s.owner.addr, "127.0.0.1:8801".parse().unwrap());
-        assert_eq!(s.renew_every * 3, s.lease_ttl);
+        assert!(s.renew_every * 2 < s.lease_ttl);
         assert_eq!(s.batch_window, Duration::from_millis(5));
         assert_eq!(s.service, "ns/chat");
         assert!(s.forward_key.is_none());

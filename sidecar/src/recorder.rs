@@ -67,11 +67,23 @@ pub struct Attached {
     pub from_store: Option<(Seq, Seq)>,
 }
 
+/// How a recorder answered an attach.
+pub enum AttachReply {
+    /// Attached: send the missed entries, then the live ones follow.
+    Attached(Attached),
+    /// The recorder no longer serves clients (stopping, or handed over): resume from the store.
+    Refused(ClientTx),
+    /// The cursor is beyond anything this recorder numbered: forged.
+    Forged(ClientTx),
+    /// The recorder exited while answering; the client's stream is closed (it reconnects).
+    Lost,
+}
+
 enum Command {
     Attach {
         after: Seq,
         client: ClientTx,
-        reply: oneshot::Sender<Result<Attached, ClientTx>>,
+        reply: oneshot::Sender<AttachReply>,
     },
     Handover,
     Stop,
@@ -85,10 +97,8 @@ pub struct RecorderHandle {
 }
 
 impl RecorderHandle {
-    /// Attach a client resuming after `after`. `Err(Some(client))`: the recorder no longer serves
-    /// clients (stopping or handed over), resume it from the store. `Err(None)`: the recorder
-    /// exited while answering and the client's stream is closed; it will simply reconnect.
-    pub async fn attach(&self, after: Seq, client: ClientTx) -> Result<Attached, Option<ClientTx>> {
+    /// Attach a client resuming after `after`.
+    pub async fn attach(&self, after: Seq, client: ClientTx) -> AttachReply {
         let (reply, answer) = oneshot::channel();
         if let Err(mpsc::error::SendError(Command::Attach { client, .. })) = self
             .tx
@@ -99,13 +109,9 @@ impl RecorderHandle {
             })
             .await
         {
-            return Err(Some(client));
+            return AttachReply::Refused(client);
         }
-        match answer.await {
-            Ok(Ok(attached)) => Ok(attached),
-            Ok(Err(client)) => Err(Some(client)),
-            Err(_) => Err(None),
-        }
+        answer.await.unwrap_or(AttachReply::Lost)
     }
 
     /// Record a handover now (end of the drain window) and keep capturing until fenced.
@@ -412,17 +418,20 @@ impl Recorder {
         }
     }
 
-    fn on_attach(&mut self, after: Seq, client: ClientTx) -> Result<Attached, ClientTx> {
+    fn on_attach(&mut self, after: Seq, client: ClientTx) -> AttachReply {
+        let last = self.next_seq - 1;
         if self.phase != Phase::Capturing {
-            return Err(client);
+            return AttachReply::Refused(client);
+        }
+        if after > last {
+            return AttachReply::Forged(client);
         }
         self.client = Some(client);
         self.detached_at = None;
-        let last = self.next_seq - 1;
         // Older entries come from the store: make sure they are on their way there.
         self.urgent = true;
         let first_in_ring = self.ring.front().map(|(s, _)| *s);
-        let (from_store, ring_from) = if after >= last {
+        let (from_store, ring_from) = if after == last {
             (None, Seq::MAX)
         } else {
             match first_in_ring {
@@ -437,7 +446,7 @@ impl Recorder {
             .filter(|(s, _)| *s >= ring_from)
             .map(|(_, b)| b.clone())
             .collect();
-        Ok(Attached { prefix, from_store })
+        AttachReply::Attached(Attached { prefix, from_store })
     }
 
     async fn on_upstream(&mut self, frame: Option<Result<BodyFrame<Bytes>, BoxError>>) -> Flow {

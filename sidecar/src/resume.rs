@@ -27,7 +27,7 @@ use crate::body::{ClientBody, ClientTx, ProxyBody, client_channel, full};
 use crate::cursor::{Cursor, SessionId};
 use crate::headers::is_event_stream;
 use crate::health::timed;
-use crate::recorder::{self, StreamStart};
+use crate::recorder::{self, AttachReply, StreamStart};
 use crate::replay::{Overlap, entry_bytes};
 use crate::state::Shared;
 use crate::store::{Entry, LeaseState, Recorded, Seq};
@@ -93,7 +93,7 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
             return Resumed::Respond(too_many_streams(shared));
         };
         match handle.attach(after, tx).await {
-            Ok(attached) => {
+            AttachReply::Attached(attached) => {
                 shared.metrics.resume("local");
                 let mut prefix = match attached.from_store {
                     Some((from, upto)) => read_range(shared, &session, from, upto).await,
@@ -107,8 +107,13 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
                 body.set_prefix(prefix);
                 return Resumed::Respond(sse_response(body));
             }
-            Err(None) => return Resumed::Respond(sse_response(body)),
-            Err(Some(tx)) => carried = Some((tx, body)),
+            AttachReply::Lost => return Resumed::Respond(sse_response(body)),
+            AttachReply::Forged(_) => {
+                tracing::info!(session = %session, after, "cursor beyond the live session: fresh stream");
+                shared.metrics.resume("forged");
+                return Resumed::Fresh(None);
+            }
+            AttachReply::Refused(tx) => carried = Some((tx, body)),
         }
     }
 

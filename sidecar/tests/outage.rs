@@ -24,7 +24,10 @@ async fn streams_survive_a_store_outage_and_recording_recovers() {
 
     store.set_down(true);
     s.read_until(&mut log, 60, T).await; // the client path never waits on the store
-    eventually("store reported down", T, || sc.shared.metrics.store_up.get() == 0).await;
+    eventually("store reported down", T, || {
+        sc.shared.metrics.store_up.get() == 0
+    })
+    .await;
     let (status, _, body) = fetch(sc.admin, "GET", "/ready", &[], None).await;
     assert_eq!(status, 200, "still serving");
     assert!(body.contains("unavailable"), "{body}");
@@ -35,9 +38,15 @@ async fn streams_survive_a_store_outage_and_recording_recovers() {
 
     let recorded_before = sc.shared.metrics.events_recorded.get();
     store.set_down(false);
-    eventually("store reported up", T, || sc.shared.metrics.store_up.get() == 1).await;
+    eventually("store reported up", T, || {
+        sc.shared.metrics.store_up.get() == 1
+    })
+    .await;
     s.read_until(&mut log, 120, T).await;
-    eventually("recording resumed", T, || sc.shared.metrics.events_recorded.get() > recorded_before).await;
+    eventually("recording resumed", T, || {
+        sc.shared.metrics.events_recorded.get() > recorded_before
+    })
+    .await;
     assert_contiguous(&log.data());
     // The outage is short enough that the backlog was kept and written afterwards: a resume
     // from an event recorded during the outage still works without a gap.

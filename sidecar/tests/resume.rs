@@ -28,10 +28,19 @@ async fn reconnect_to_the_same_pod_misses_nothing() {
     s.read_until(&mut log, 80, T).await;
 
     let first = assert_contiguous(&log.data());
-    println!("same-pod resume: {} events from event {first}, no gap, no duplicate", log.events.len());
+    println!(
+        "same-pod resume: {} events from event {first}, no gap, no duplicate",
+        log.events.len()
+    );
     assert_eq!(sc.count("resumes", "local"), 1);
     // The app was asked once: the recorder kept its upstream through the blip.
-    let asked = app.seen.lock().unwrap().iter().filter(|r| r.starts_with("GET /events")).count();
+    let asked = app
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with("GET /events"))
+        .count();
     assert_eq!(asked, 1);
 }
 
@@ -56,13 +65,19 @@ async fn resume_on_another_pod_tails_the_live_owner() {
     assert_contiguous(&log.data());
     assert_eq!(b.count("resumes", "store"), 1);
     assert_eq!(b.count("takeovers", "ok"), 0, "A still owns the session");
-    assert!(app_b.seen.lock().unwrap().is_empty(), "B never asked its app");
+    assert!(
+        app_b.seen.lock().unwrap().is_empty(),
+        "B never asked its app"
+    );
     let sessions: Vec<_> = log
         .events
         .iter()
         .map(|e| Cursor::parse(e.id.as_deref().unwrap()).unwrap().session)
         .collect();
-    assert!(sessions.iter().all(|s| s == &sessions[0]), "one session across pods");
+    assert!(
+        sessions.iter().all(|s| s == &sessions[0]),
+        "one session across pods"
+    );
 }
 
 #[tokio::test]
@@ -91,7 +106,10 @@ async fn a_finite_stream_ends_on_the_pod_the_client_moved_to() {
     assert!(ended, "the app has nothing after event 25");
     assert_eq!(b.count("resumes", "ended"), 1);
     let seen = app_b.seen.lock().unwrap().clone();
-    assert_eq!(seen, vec!["GET /events?feed=h&interval_ms=20&total=25 25".to_string()]);
+    assert_eq!(
+        seen,
+        vec!["GET /events?feed=h&interval_ms=20&total=25 25".to_string()]
+    );
 }
 
 #[tokio::test]
@@ -132,12 +150,22 @@ async fn drain_hands_the_session_over_without_gap_or_duplicate() {
     );
     assert_eq!(b.count("takeovers", "ok"), 1);
     assert_eq!(a.count("handovers", "drain"), 1);
-    let deadline = Duration::from_secs(u64::from(ssekeeper_sidecar::contract::termination_grace_period_seconds(0, 1)));
-    assert!(took < deadline, "drained in {took:?}, deadline {deadline:?}");
+    let deadline = Duration::from_secs(u64::from(
+        ssekeeper_sidecar::contract::termination_grace_period_seconds(0, 1),
+    ));
+    assert!(
+        took < deadline,
+        "drained in {took:?}, deadline {deadline:?}"
+    );
     // B's app was asked with the app's last id, not the cursor.
     let seen = app_b.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
-    let lei: u64 = seen[0].rsplit(' ').next().unwrap().parse().expect("an app id, not a cursor");
+    let lei: u64 = seen[0]
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("an app id, not a cursor");
     assert!(lei > 10);
     // One session throughout.
     let first_id = Cursor::parse(log.events[0].id.as_deref().unwrap()).unwrap();
@@ -169,7 +197,10 @@ async fn a_crashed_owner_is_taken_over_after_its_lease_expires() {
     let total = nums.len();
     nums.dedup();
     let dups = total - nums.len();
-    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "no gap after a crash (the app replays): {nums:?}");
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap after a crash (the app replays): {nums:?}"
+    );
     println!(
         "crash takeover after {:?} (lease ttl 2 s): {dups} duplicate(s) from the unflushed window",
         t0.elapsed()
@@ -202,12 +233,20 @@ async fn forged_foreign_and_unknown_cursors_get_defined_answers() {
     assert_eq!(sc.count("resumes", "unknown"), 1);
 
     // A cursor far beyond the session's history: refused as forged, fresh stream.
-    eventually("the first session is recorded", T, || sc.shared.metrics.events_recorded.get() >= 1).await;
+    eventually("the first session is recorded", T, || {
+        sc.shared.metrics.events_recorded.get() >= 1
+    })
+    .await;
     let forged = format!("{}.{}", known.session, u64::MAX - 1);
     let mut s = Stream::open(sc.sse, path, Some(&forged)).await;
     let mut log = Log::default();
     s.read_until(&mut log, 1, T).await;
-    assert_ne!(Cursor::parse(log.last_id.as_deref().unwrap()).unwrap().session, known.session);
+    assert_ne!(
+        Cursor::parse(log.last_id.as_deref().unwrap())
+            .unwrap()
+            .session,
+        known.session
+    );
     assert_eq!(sc.count("resumes", "forged"), 1);
 
     // Garbage with control bytes cannot even be sent as a header; garbage text is "foreign".

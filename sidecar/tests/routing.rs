@@ -58,11 +58,25 @@ async fn streamable_http_session_header_is_learned_and_routed() {
     let a = start_sidecar(args(app_a.addr, "pod-a"), store.clone()).await;
     let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
 
-    let (status, headers, _) = fetch(b.sse, "POST", "/mcp", &[], Some("{\"method\":\"initialize\"}")).await;
+    let (status, headers, _) = fetch(
+        b.sse,
+        "POST",
+        "/mcp",
+        &[],
+        Some("{\"method\":\"initialize\"}"),
+    )
+    .await;
     assert_eq!(status, 200);
     let id = headers["mcp-session-id"].to_str().unwrap().to_string();
     for _ in 0..5 {
-        let (status, _, body) = fetch(a.sse, "POST", "/mcp", &[("mcp-session-id", &id)], Some("{}")).await;
+        let (status, _, body) = fetch(
+            a.sse,
+            "POST",
+            "/mcp",
+            &[("mcp-session-id", &id)],
+            Some("{}"),
+        )
+        .await;
         assert_eq!((status.as_u16(), body.as_str()), (200, "ok from app-b\n"));
     }
 }
@@ -82,7 +96,10 @@ async fn forged_and_expired_forwards_are_refused() {
         sc.admin,
         "POST",
         "/internal/forward/echo",
-        &[("x-ssekeeper-forward-ts", &ts), ("x-ssekeeper-forward-sig", &forged)],
+        &[
+            ("x-ssekeeper-forward-ts", &ts),
+            ("x-ssekeeper-forward-sig", &forged),
+        ],
         Some("x"),
     )
     .await;
@@ -94,7 +111,10 @@ async fn forged_and_expired_forwards_are_refused() {
         sc.admin,
         "POST",
         "/internal/forward/echo",
-        &[("x-ssekeeper-forward-ts", &old_ts), ("x-ssekeeper-forward-sig", &stale)],
+        &[
+            ("x-ssekeeper-forward-ts", &old_ts),
+            ("x-ssekeeper-forward-sig", &stale),
+        ],
         Some("x"),
     )
     .await;
@@ -105,7 +125,10 @@ async fn forged_and_expired_forwards_are_refused() {
         sc.admin,
         "POST",
         "/internal/forward/echo",
-        &[("x-ssekeeper-forward-ts", &ts), ("x-ssekeeper-forward-sig", &other)],
+        &[
+            ("x-ssekeeper-forward-ts", &ts),
+            ("x-ssekeeper-forward-sig", &other),
+        ],
         Some("x"),
     )
     .await;
@@ -113,7 +136,10 @@ async fn forged_and_expired_forwards_are_refused() {
     assert_eq!(sc.count("forwards", "missing"), 1);
     assert_eq!(sc.count("forwards", "forged"), 2);
     assert_eq!(sc.count("forwards", "expired"), 1);
-    assert!(app.seen.lock().unwrap().is_empty(), "nothing reached the app");
+    assert!(
+        app.seen.lock().unwrap().is_empty(),
+        "nothing reached the app"
+    );
 
     // A valid signature is accepted and the app sees no forwarding headers.
     let good = forward::sign(FORWARD_KEY.as_bytes(), "POST", path, now);
@@ -121,7 +147,10 @@ async fn forged_and_expired_forwards_are_refused() {
         sc.admin,
         "POST",
         "/internal/forward/echo",
-        &[("x-ssekeeper-forward-ts", &ts), ("x-ssekeeper-forward-sig", &good)],
+        &[
+            ("x-ssekeeper-forward-ts", &ts),
+            ("x-ssekeeper-forward-sig", &good),
+        ],
         Some("signed"),
     )
     .await;

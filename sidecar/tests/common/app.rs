@@ -232,7 +232,11 @@ async fn route(state: AppState, req: Request<Incoming>) -> Response<AppBody> {
             }
         }
         ("POST", "/mcp") => {
-            match req.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+            match req
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+            {
                 None => {
                     let id = format!("{:032x}", rand::random::<u128>());
                     state.mcp_sessions.lock().unwrap().insert(id.clone());
@@ -253,7 +257,9 @@ async fn route(state: AppState, req: Request<Incoming>) -> Response<AppBody> {
             }
         }
         ("GET", "/firehose") => {
-            let size: usize = query(&req, "size").and_then(|s| s.parse().ok()).unwrap_or(1000);
+            let size: usize = query(&req, "size")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1000);
             let (tx, body) = channel_body();
             tokio::spawn(async move {
                 let data = "x".repeat(size);

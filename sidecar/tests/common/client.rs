@@ -109,9 +109,12 @@ pub async fn fetch(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> (StatusCode, http::HeaderMap, String) {
-    let resp = tokio::time::timeout(Duration::from_secs(10), request(addr, method, path, headers, body))
-        .await
-        .expect("response in time");
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        request(addr, method, path, headers, body),
+    )
+    .await
+    .expect("response in time");
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
@@ -134,9 +137,12 @@ impl Stream {
 
     /// Open with explicit headers.
     pub async fn open_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Stream {
-        let resp = tokio::time::timeout(Duration::from_secs(10), request(addr, "GET", path, headers, None))
-            .await
-            .expect("stream response in time");
+        let resp = tokio::time::timeout(
+            Duration::from_secs(10),
+            request(addr, "GET", path, headers, None),
+        )
+        .await
+        .expect("stream response in time");
         Stream {
             status: resp.status(),
             headers: resp.headers().clone(),
@@ -184,7 +190,11 @@ impl Stream {
         let deadline = Instant::now() + timeout;
         while log.events.len() < events {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "only {} of {events} events in time", log.events.len());
+            assert!(
+                !left.is_zero(),
+                "only {} of {events} events in time",
+                log.events.len()
+            );
             match self.next(left).await {
                 Some(f) => {
                     log.take(f);
@@ -222,7 +232,11 @@ pub fn assert_contiguous(data: &[String]) -> u64 {
     assert!(!data.is_empty(), "no events");
     let nums: Vec<u64> = data
         .iter()
-        .map(|d| d.strip_prefix("event ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("odd event {d:?}")))
+        .map(|d| {
+            d.strip_prefix("event ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("odd event {d:?}"))
+        })
         .collect();
     for w in nums.windows(2) {
         assert_eq!(w[1], w[0] + 1, "gap or duplicate in {nums:?}");

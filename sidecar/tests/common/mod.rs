@@ -79,7 +79,9 @@ pub async fn start_sidecar(args: SidecarArgs, store: Arc<dyn SessionStore>) -> T
             .enable_all()
             .build()
             .unwrap();
-        let running = rt.block_on(server::start(settings, store)).expect("sidecar starts");
+        let running = rt
+            .block_on(server::start(settings, store))
+            .expect("sidecar starts");
         let _ = info_tx.send((running.sse_addr, running.admin_addr, running.shared.clone()));
         let f2 = f.clone();
         rt.spawn(async move {
@@ -180,13 +182,24 @@ impl FlakyStore {
 }
 
 impl SessionStore for FlakyStore {
-    fn acquire<'a>(&'a self, s: &'a SessionId, o: &'a Owner, ttl: Duration) -> BoxFuture<'a, StoreResult<Lease>> {
+    fn acquire<'a>(
+        &'a self,
+        s: &'a SessionId,
+        o: &'a Owner,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<Lease>> {
         Box::pin(async move {
             self.check()?;
             self.inner.acquire(s, o, ttl).await
         })
     }
-    fn renew<'a>(&'a self, s: &'a SessionId, e: Epoch, st: LeaseState, ttl: Duration) -> BoxFuture<'a, StoreResult<()>> {
+    fn renew<'a>(
+        &'a self,
+        s: &'a SessionId,
+        e: Epoch,
+        st: LeaseState,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
             self.check()?;
             self.inner.renew(s, e, st, ttl).await
@@ -204,19 +217,35 @@ impl SessionStore for FlakyStore {
             self.inner.lease(s).await
         })
     }
-    fn append<'a>(&'a self, s: &'a SessionId, e: Epoch, entries: &'a [Recorded]) -> BoxFuture<'a, StoreResult<()>> {
+    fn append<'a>(
+        &'a self,
+        s: &'a SessionId,
+        e: Epoch,
+        entries: &'a [Recorded],
+    ) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
             self.check()?;
             self.inner.append(s, e, entries).await
         })
     }
-    fn read_after<'a>(&'a self, s: &'a SessionId, after: Seq, limit: usize) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
+    fn read_after<'a>(
+        &'a self,
+        s: &'a SessionId,
+        after: Seq,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
         Box::pin(async move {
             self.check()?;
             self.inner.read_after(s, after, limit).await
         })
     }
-    fn wait_after<'a>(&'a self, s: &'a SessionId, after: Seq, limit: usize, block: Duration) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
+    fn wait_after<'a>(
+        &'a self,
+        s: &'a SessionId,
+        after: Seq,
+        limit: usize,
+        block: Duration,
+    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
         Box::pin(async move {
             self.check()?;
             self.inner.wait_after(s, after, limit, block).await
