@@ -205,3 +205,71 @@ impl fmt::Display for ChatSummary {
         )
     }
 }
+
+/// Heavy data-plane tests take turns within one test binary: they measure timing on a small
+/// machine, and two at once would measure each other.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
+/// The sum of every sample of metric `name` (any labels) in OpenMetrics `text`, or of those
+/// whose labels contain `label` (e.g. `outcome="accepted"`).
+pub fn metric_sum(text: &str, name: &str, label: Option<&str>) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest),
+                None => (series, ""),
+            };
+            (metric == name && label.is_none_or(|want| labels.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// A chat client's events grouped by the pod that delivered them, in delivery order, e.g.
+/// `pod-1 x120, pod-4 x80` - shows a handoff at a glance.
+pub fn pod_runs(events: &[Received]) -> String {
+    let mut runs: Vec<(String, usize)> = Vec::new();
+    for p in events.iter().filter_map(|r| {
+        serde_json::from_str::<serde_json::Value>(&r.data)
+            .ok()?
+            .get("pod")?
+            .as_str()
+            .map(str::to_string)
+    }) {
+        match runs.last_mut() {
+            Some((last, n)) if *last == p => *n += 1,
+            _ => runs.push((p, 1)),
+        }
+    }
+    runs.iter()
+        .map(|(p, n)| format!("{p} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sum_filters_by_name_and_label() {
+        let text = "# TYPE ssekeeper_forwards counter\n\
+                    ssekeeper_forwards_total{outcome=\"accepted\"} 3\n\
+                    ssekeeper_forwards_total{outcome=\"bad_signature\"} 2\n\
+                    ssekeeper_forwards_total_other 9\n\
+                    ssekeeper_store_up 1\n";
+        assert_eq!(metric_sum(text, "ssekeeper_forwards_total", None), 5.0);
+        assert_eq!(
+            metric_sum(text, "ssekeeper_forwards_total", Some("outcome=\"accepted\"")),
+            3.0
+        );
+        assert_eq!(metric_sum(text, "ssekeeper_store_up", None), 1.0);
+        assert_eq!(metric_sum(text, "missing", None), 0.0);
+    }
+}
