@@ -51,6 +51,9 @@ pub struct McpSession {
     replies: mpsc::UnboundedReceiver<Received>,
     /// Replies that arrived but whose POST has not been matched yet, by echo.
     pending: HashMap<String, Instant>,
+    /// How often the server announced a new endpoint on the same stream (after a handover the
+    /// new owner's app opens a new session there); the client follows it, as MCP SDKs do.
+    pub endpoint_changes: usize,
 }
 
 /// Find `sessionId=` in an endpoint path.
@@ -98,6 +101,7 @@ impl McpSession {
             stream,
             replies: rx,
             pending: HashMap::new(),
+            endpoint_changes: 0,
         })
     }
 
@@ -109,6 +113,9 @@ impl McpSession {
         body: &str,
         timeout: Duration,
     ) -> PostRecord {
+        while let Ok(ev) = self.replies.try_recv() {
+            self.absorb(ev);
+        }
         let started = Instant::now();
         let reply = request(
             target,
@@ -139,6 +146,29 @@ impl McpSession {
         }
     }
 
+    /// Take note of one stream event: a new endpoint is followed, a reply is remembered.
+    /// Returns the reply's echo and arrival time.
+    fn absorb(&mut self, ev: Received) -> Option<(String, Instant)> {
+        match ev.event.as_deref() {
+            Some("endpoint") => {
+                if let Some(id) = session_of(&ev.data)
+                    && id != self.session_id
+                {
+                    self.session_id = id.to_string();
+                    self.endpoint = ev.data.clone();
+                    self.endpoint_changes += 1;
+                }
+                None
+            }
+            Some("message") => {
+                let reply = serde_json::from_str::<McpReply>(&ev.data).ok()?;
+                self.pending.insert(reply.echo.clone(), ev.at);
+                Some((reply.echo, ev.at))
+            }
+            _ => None,
+        }
+    }
+
     async fn await_reply(&mut self, body: &str, started: Instant, timeout: Duration) -> Option<Instant> {
         if let Some(at) = self.pending.remove(body) {
             return Some(at);
@@ -148,16 +178,12 @@ impl McpSession {
             let ev = tokio::time::timeout_at(deadline, self.replies.recv())
                 .await
                 .ok()??;
-            if ev.event.as_deref() != Some("message") {
-                continue;
+            if let Some((echo, at)) = self.absorb(ev)
+                && echo == body
+            {
+                self.pending.remove(body);
+                return Some(at);
             }
-            let Ok(reply) = serde_json::from_str::<McpReply>(&ev.data) else {
-                continue;
-            };
-            if reply.echo == body {
-                return Some(ev.at);
-            }
-            self.pending.insert(reply.echo, ev.at);
         }
     }
 

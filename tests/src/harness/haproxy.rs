@@ -54,8 +54,9 @@ pub fn slot_name(i: usize) -> String {
     format!("s{i}")
 }
 
-/// The HAProxy configuration: HTTP mode, timeouts long enough for idle SSE streams, connect
-/// failures retried on another pod, every slot disabled until a pod takes it.
+/// The HAProxy configuration: HTTP mode, timeouts long enough for idle SSE streams, no send
+/// coalescing (`http-no-delay`: without it small SSE events wait up to 200 ms in the kernel),
+/// connect failures retried on another pod, every slot disabled until a pod takes it.
 pub fn render_config(c: &HaProxyConfig) -> String {
     let mut s = String::new();
     let ms = c.check_interval.as_millis().max(10);
@@ -80,6 +81,7 @@ pub fn render_config(c: &HaProxyConfig) -> String {
          \x20   timeout check 500ms\n\
          \x20   retries 2\n\
          \x20   option redispatch\n\
+         \x20   option http-no-delay\n\
          frontend fe\n\
          \x20   bind 127.0.0.1:{port}\n\
          \x20   default_backend {BACKEND}\n\
