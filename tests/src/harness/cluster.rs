@@ -44,8 +44,8 @@ pub struct ClusterConfig {
     pub drain_seconds: u32,
     /// `--reconnect-delay-millis`.
     pub reconnect_delay_millis: u32,
-    /// Extra sidecar flags.
-    pub sidecar_extra_args: Vec<String>,
+    /// Adjusts each sidecar's settings (e.g. `|a| a.lease_ttl_seconds = 2`).
+    pub sidecar_tweak: fn(&mut ssekeeper_sidecar::contract::SidecarArgs),
     /// Chat-room entries per second; `None` runs no publisher.
     pub publish_rate: Option<f64>,
     /// The Deployment's `minReadySeconds` between rolling steps.
@@ -67,7 +67,7 @@ impl ClusterConfig {
             prestop_delay_seconds: 1,
             drain_seconds: 2,
             reconnect_delay_millis: 200,
-            sidecar_extra_args: Vec::new(),
+            sidecar_tweak: |_| {},
             publish_rate: None,
             min_ready: Duration::from_millis(500),
             endpoint_removal_delay: Some(Duration::from_millis(300)),
@@ -121,7 +121,7 @@ impl Cluster {
                     prestop_delay_seconds: cfg.prestop_delay_seconds,
                     drain_seconds: cfg.drain_seconds,
                     reconnect_delay_millis: cfg.reconnect_delay_millis,
-                    extra_args: cfg.sidecar_extra_args.clone(),
+                    tweak: cfg.sidecar_tweak,
                 };
                 (Some(store), Some(settings))
             }

@@ -35,8 +35,9 @@ pub struct SidecarSettings {
     pub drain_seconds: u32,
     /// `--reconnect-delay-millis`.
     pub reconnect_delay_millis: u32,
-    /// Flags appended after the rendered ones (limits a test wants to provoke).
-    pub extra_args: Vec<String>,
+    /// Adjusts the rendered settings (limits a test wants to provoke); runs before rendering,
+    /// so every flag still goes through `SidecarArgs::to_args` exactly once.
+    pub tweak: fn(&mut SidecarArgs),
 }
 
 impl SidecarSettings {
@@ -56,9 +57,8 @@ impl SidecarSettings {
         a.drain_seconds = self.drain_seconds;
         a.reconnect_delay_millis = self.reconnect_delay_millis;
         a.log_format = contract::LogFormat::Pretty;
-        let mut args = a.to_args();
-        args.extend(self.extra_args.iter().cloned());
-        args
+        (self.tweak)(&mut a);
+        a.to_args()
     }
 }
 
