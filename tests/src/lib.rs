@@ -4,8 +4,8 @@
 //! `client` is an EventSource-like load client, `verify` checks what clients received, and
 //! `harness` runs real Redis, HAProxy and sidecar + app "pods" terminated in the kubelet's order.
 
-pub mod demo;
 pub mod client;
-pub mod verify;
+pub mod demo;
 pub mod harness;
 pub mod scenario;
+pub mod verify;

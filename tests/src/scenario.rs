@@ -53,7 +53,8 @@ impl ChatCrowd {
 
     /// Wait until every client's latest event is at least `seq`, for at most `timeout`.
     pub async fn wait_caught_up(&self, seq: u64, timeout: Duration) -> bool {
-        self.wait_until(timeout, |s| s.is_some_and(|s| s >= seq)).await
+        self.wait_until(timeout, |s| s.is_some_and(|s| s >= seq))
+            .await
     }
 
     async fn wait_until(&self, timeout: Duration, ok: impl Fn(Option<u64>) -> bool) -> bool {
@@ -150,7 +151,10 @@ impl ChatSummary {
 
     /// Non-stream answers (HTTP statuses) over all clients.
     pub fn http_errors(&self) -> Vec<u16> {
-        self.clients.iter().flat_map(|c| c.report.http_errors()).collect()
+        self.clients
+            .iter()
+            .flat_map(|c| c.report.http_errors())
+            .collect()
     }
 
     /// The first few imperfect clients, for a failure message.
@@ -266,7 +270,11 @@ mod tests {
                     ssekeeper_store_up 1\n";
         assert_eq!(metric_sum(text, "ssekeeper_forwards_total", None), 5.0);
         assert_eq!(
-            metric_sum(text, "ssekeeper_forwards_total", Some("outcome=\"accepted\"")),
+            metric_sum(
+                text,
+                "ssekeeper_forwards_total",
+                Some("outcome=\"accepted\"")
+            ),
             3.0
         );
         assert_eq!(metric_sum(text, "ssekeeper_store_up", None), 1.0);

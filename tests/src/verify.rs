@@ -151,7 +151,11 @@ mod tests {
     #[test]
     fn max_gap_and_percentiles() {
         let t = Instant::now();
-        let ts = [t, t + Duration::from_millis(5), t + Duration::from_millis(25)];
+        let ts = [
+            t,
+            t + Duration::from_millis(5),
+            t + Duration::from_millis(25),
+        ];
         assert_eq!(max_gap(&ts), Duration::from_millis(20));
         assert_eq!(max_gap(&ts[..1]), Duration::ZERO);
         let v: Vec<_> = (1..=100).map(Duration::from_millis).collect();

@@ -16,14 +16,21 @@ fn binaries() -> Binaries {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_rolling_restart_keeps_a_replaying_app_whole() {
-    bounded(Duration::from_secs(120), "direct rolling restart", direct_rolling_restart()).await;
+    bounded(
+        Duration::from_secs(120),
+        "direct rolling restart",
+        direct_rolling_restart(),
+    )
+    .await;
 }
 
 async fn direct_rolling_restart() {
     let t0 = Instant::now();
     let mut cfg = ClusterConfig::new("baseline-roll", Mode::Direct, Balance::Source, 3);
     cfg.publish_rate = Some(20.0);
-    let mut cluster = Cluster::start(binaries(), cfg).await.expect("cluster starts");
+    let mut cluster = Cluster::start(binaries(), cfg)
+        .await
+        .expect("cluster starts");
     let crowd = ChatCrowd::spawn(cluster.frontend(), 30, |_, c| c);
     assert!(
         crowd.wait_all_receiving(Duration::from_secs(10)).await,
@@ -41,9 +48,20 @@ async fn direct_rolling_restart() {
         "clients catch up to {last}"
     );
     let summary = crowd.finish(last).await;
-    println!("direct rolling restart: last seq {last}; {summary}; {:.1}s", t0.elapsed().as_secs_f64());
-    assert_eq!(summary.perfect(), summary.clients.len(), "{}", summary.worst(5));
-    assert!(summary.reconnects() >= summary.clients.len(), "every client was moved at least once");
+    println!(
+        "direct rolling restart: last seq {last}; {summary}; {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        summary.perfect(),
+        summary.clients.len(),
+        "{}",
+        summary.worst(5)
+    );
+    assert!(
+        summary.reconnects() >= summary.clients.len(),
+        "every client was moved at least once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,7 +71,9 @@ async fn direct_round_robin_loses_in_memory_mcp_sessions() {
 
 async fn direct_mcp() {
     let cfg = ClusterConfig::new("baseline-mcp", Mode::Direct, Balance::RoundRobin, 3);
-    let cluster = Cluster::start(binaries(), cfg).await.expect("cluster starts");
+    let cluster = Cluster::start(binaries(), cfg)
+        .await
+        .expect("cluster starts");
     let front = cluster.frontend();
     let (mut answered, mut not_found, mut other) = (0, 0, 0);
     for s in 0..5 {
@@ -62,7 +82,12 @@ async fn direct_mcp() {
             .expect("session opens");
         for i in 0..20 {
             let r = session
-                .post(front, None, &format!("{{\"s\":{s},\"i\":{i}}}"), Duration::from_secs(3))
+                .post(
+                    front,
+                    None,
+                    &format!("{{\"s\":{s},\"i\":{i}}}"),
+                    Duration::from_secs(3),
+                )
                 .await;
             match r.result {
                 PostResult::Answered { .. } => answered += 1,
@@ -75,5 +100,8 @@ async fn direct_mcp() {
     println!("direct round robin MCP: answered {answered}, 404 {not_found}, other {other} of 100");
     assert_eq!(other, 0);
     // With 3 pods and round robin, about 2 in 3 land on a pod that never heard of the session.
-    assert!(not_found >= 40, "the harness must reproduce the bug; 404s: {not_found}");
+    assert!(
+        not_found >= 40,
+        "the harness must reproduce the bug; 404s: {not_found}"
+    );
 }

@@ -30,7 +30,9 @@ async fn sigkill() {
     let mut cfg = ClusterConfig::new("sigkill", Mode::Sidecar, Balance::Source, 3);
     cfg.publish_rate = Some(RATE);
     cfg.sidecar_tweak = |a| a.lease_ttl_seconds = LEASE_TTL_SECONDS;
-    let mut cluster = Cluster::start(binaries(), cfg).await.expect("cluster starts");
+    let mut cluster = Cluster::start(binaries(), cfg)
+        .await
+        .expect("cluster starts");
     let crowd = ChatCrowd::spawn(cluster.frontend(), CLIENTS, |_, c| c);
     assert!(crowd.wait_all_receiving(Duration::from_secs(20)).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -49,7 +51,11 @@ async fn sigkill() {
         .iter()
         .filter(|c| c.report.reconnects() > 0)
         .collect();
-    let worst_loss = affected.iter().map(|c| c.seq.missing_count()).max().unwrap_or(0);
+    let worst_loss = affected
+        .iter()
+        .map(|c| c.seq.missing_count())
+        .max()
+        .unwrap_or(0);
     let worst_stall = affected.iter().map(|c| c.max_gap).max().unwrap_or_default();
     println!(
         "SIGKILL of {victim} at {RATE}/s: {} of {CLIENTS} clients moved; loss: total {} events, \
@@ -63,7 +69,11 @@ async fn sigkill() {
         killed_at.elapsed().as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
-    assert!(caught_up, "every client resumes after the crash: {}", summary.worst(3));
+    assert!(
+        caught_up,
+        "every client resumes after the crash: {}",
+        summary.worst(3)
+    );
     assert!(!affected.is_empty(), "the killed pod had clients");
     for (i, c) in summary.clients.iter().enumerate() {
         assert!(
@@ -106,7 +116,9 @@ async fn store_outage() {
     let t0 = Instant::now();
     let mut cfg = ClusterConfig::new("outage", Mode::Sidecar, Balance::Source, 3);
     cfg.publish_rate = Some(RATE);
-    let mut cluster = Cluster::start(binaries(), cfg).await.expect("cluster starts");
+    let mut cluster = Cluster::start(binaries(), cfg)
+        .await
+        .expect("cluster starts");
     let before = ChatCrowd::spawn(cluster.frontend(), CLIENTS, |_, c| c);
     assert!(before.wait_all_receiving(Duration::from_secs(20)).await);
 
@@ -118,7 +130,10 @@ async fn store_outage() {
     let reported_down = wait_store_state(&cluster, 0.0, Duration::from_secs(10)).await;
     let mut ready = Vec::new();
     for name in cluster.pod_names() {
-        let admin = cluster.pod(&name).and_then(|p| p.admin_addr()).expect("admin");
+        let admin = cluster
+            .pod(&name)
+            .and_then(|p| p.admin_addr())
+            .expect("admin");
         let r = ssekeeper_tests::client::request(
             admin,
             None,
@@ -131,12 +146,20 @@ async fn store_outage() {
         )
         .await
         .expect("ready answers");
-        ready.push((r.status.as_u16(), String::from_utf8_lossy(&r.body).trim().to_string()));
+        ready.push((
+            r.status.as_u16(),
+            String::from_utf8_lossy(&r.body).trim().to_string(),
+        ));
     }
     let outage_took = outage_started.elapsed();
 
     // Back (empty: no persistence), then new clients, then a roll that needs replay.
-    cluster.store_redis().expect("sidecar mode").up().await.expect("redis restarts");
+    cluster
+        .store_redis()
+        .expect("sidecar mode")
+        .up()
+        .await
+        .expect("redis restarts");
     let reported_up = wait_store_state(&cluster, 1.0, Duration::from_secs(15)).await;
     let after = ChatCrowd::spawn(cluster.frontend(), CLIENTS, |i, mut c| {
         c.source_ip = Some(client_ip(CLIENTS + i));
@@ -152,8 +175,7 @@ async fn store_outage() {
     let after = after.finish(last).await;
     println!(
         "store outage of {:.1}s: streams continued {streams_continue}, store_up 0 reported \
-         {reported_down}, /ready during outage {ready:?}, store_up 1 after restart {reported_up}"
-        ,
+         {reported_down}, /ready during outage {ready:?}, store_up 1 after restart {reported_up}",
         outage_took.as_secs_f64()
     );
     for r in &reports {
@@ -163,14 +185,25 @@ async fn store_outage() {
     println!("clients opened after the restart, after the roll: {after}");
     println!("{:.1}s total", t0.elapsed().as_secs_f64());
     assert!(streams_continue, "streams continue during the outage");
-    assert!(reported_down, "the pods report the store outage (store_up 0)");
+    assert!(
+        reported_down,
+        "the pods report the store outage (store_up 0)"
+    );
     assert!(
         ready.iter().all(|(s, _)| *s == 200),
         "pods stay ready without the store: {ready:?}"
     );
     assert!(reported_up, "the pods see the store again");
-    assert!(before_caught_up, "old clients keep streaming: {}", before.worst(3));
-    assert!(after_caught_up, "new clients keep streaming: {}", after.worst(3));
+    assert!(
+        before_caught_up,
+        "old clients keep streaming: {}",
+        before.worst(3)
+    );
+    assert!(
+        after_caught_up,
+        "new clients keep streaming: {}",
+        after.worst(3)
+    );
     assert_eq!(
         after.perfect(),
         CLIENTS,

@@ -153,7 +153,9 @@ async fn every_post_reaches_its_session_through_round_robin() {
 async fn steady() {
     let t0 = Instant::now();
     let cfg = ClusterConfig::new("mcp", Mode::Sidecar, Balance::RoundRobin, 3);
-    let cluster = Cluster::start(binaries(), cfg).await.expect("cluster starts");
+    let cluster = Cluster::start(binaries(), cfg)
+        .await
+        .expect("cluster starts");
     let front = cluster.frontend();
     let tasks: Vec<_> = (0..SESSIONS)
         .map(|i| tokio::spawn(session_client(front, i, POSTS_PER_SESSION, false)))
@@ -168,9 +170,16 @@ async fn steady() {
         t0.elapsed().as_secs_f64()
     );
     assert_eq!(tally.total(), SESSIONS * POSTS_PER_SESSION);
-    assert_eq!(tally.answered, tally.total(), "100% answered on the right stream: {tally}");
+    assert_eq!(
+        tally.answered,
+        tally.total(),
+        "100% answered on the right stream: {tally}"
+    );
     // Round robin over 3 pods sends about 2 in 3 POSTs to a pod that does not own the session.
-    assert!(fwd >= tally.total() as f64 / 3.0, "requests were forwarded: {fwd}");
+    assert!(
+        fwd >= tally.total() as f64 / 3.0,
+        "requests were forwarded: {fwd}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +191,9 @@ async fn no_post_hangs_during_a_rolling_restart() {
 async fn rolling() {
     let t0 = Instant::now();
     let cfg = ClusterConfig::new("mcp-roll", Mode::Sidecar, Balance::RoundRobin, 3);
-    let mut cluster = Cluster::start(binaries(), cfg).await.expect("cluster starts");
+    let mut cluster = Cluster::start(binaries(), cfg)
+        .await
+        .expect("cluster starts");
     let front = cluster.frontend();
     // Enough POSTs per session to keep posting through the whole roll (~15 s).
     let tasks: Vec<_> = (0..SESSIONS)
@@ -201,7 +212,11 @@ async fn rolling() {
         "MCP round robin during a rolling restart: {tally}; {:.1}s",
         t0.elapsed().as_secs_f64()
     );
-    assert!(tally.failed.is_empty(), "no POST hangs or fails: {:?}", &tally.failed[..tally.failed.len().min(5)]);
+    assert!(
+        tally.failed.is_empty(),
+        "no POST hangs or fails: {:?}",
+        &tally.failed[..tally.failed.len().min(5)]
+    );
     assert_eq!(
         tally.accepted_no_reply,
         0,
@@ -210,8 +225,14 @@ async fn rolling() {
     );
     assert!(tally.other_status.is_empty(), "only 202 or 404: {tally}");
     let slowest = tally.took.iter().max().copied().unwrap_or_default();
-    assert!(slowest < POST_BOUND, "every POST finishes fast: {slowest:?}");
-    assert!(tally.answered > tally.total() / 2, "most POSTs are answered: {tally}");
+    assert!(
+        slowest < POST_BOUND,
+        "every POST finishes fast: {slowest:?}"
+    );
+    assert!(
+        tally.answered > tally.total() / 2,
+        "most POSTs are answered: {tally}"
+    );
     for r in &reports {
         assert!(r.clean(), "clean termination: {r}");
     }

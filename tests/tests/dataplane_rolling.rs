@@ -21,14 +21,21 @@ const RATE: f64 = 10.0;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_delivers_the_whole_sequence_to_every_client() {
     let _turn = serial().await;
-    bounded(Duration::from_secs(240), "rolling restart", rolling_restart()).await;
+    bounded(
+        Duration::from_secs(240),
+        "rolling restart",
+        rolling_restart(),
+    )
+    .await;
 }
 
 async fn rolling_restart() {
     let t0 = Instant::now();
     let mut cfg = ClusterConfig::new("roll", Mode::Sidecar, Balance::Source, 3);
     cfg.publish_rate = Some(RATE);
-    let mut cluster = Cluster::start(binaries(), cfg).await.expect("cluster starts");
+    let mut cluster = Cluster::start(binaries(), cfg)
+        .await
+        .expect("cluster starts");
     let crowd = ChatCrowd::spawn(cluster.frontend(), CLIENTS, |_, c| c);
     assert!(
         crowd.wait_all_receiving(Duration::from_secs(30)).await,
@@ -50,22 +57,35 @@ async fn rolling_restart() {
         roll_took.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
-    assert!(caught_up, "clients catch up to {last}: {}", summary.worst(3));
+    assert!(
+        caught_up,
+        "clients catch up to {last}: {}",
+        summary.worst(3)
+    );
     assert_eq!(summary.perfect(), CLIENTS, "{}", summary.worst(5));
-    assert!(summary.http_errors().is_empty(), "HTTP errors: {:?}", summary.http_errors());
+    assert!(
+        summary.http_errors().is_empty(),
+        "HTTP errors: {:?}",
+        summary.http_errors()
+    );
     assert!(
         summary.clients.iter().all(|c| !c.report.retries.is_empty()),
         "every drained client got the retry hint"
     );
     for r in &reports {
-        assert!(r.clean(), "pod exits cleanly before its grace deadline: {r}");
+        assert!(
+            r.clean(),
+            "pod exits cleanly before its grace deadline: {r}"
+        );
     }
 }
 
 async fn answer_through_termination(label: &str, n: u32, interval_ms: u64, kill_after: Duration) {
     let t0 = Instant::now();
     let cfg = ClusterConfig::new(label, Mode::Sidecar, Balance::Source, 2);
-    let mut cluster = Cluster::start(binaries(), cfg).await.expect("cluster starts");
+    let mut cluster = Cluster::start(binaries(), cfg)
+        .await
+        .expect("cluster starts");
     let mut c = EventSourceConfig::new(
         cluster.frontend(),
         format!("/answer?n={n}&interval_ms={interval_ms}"),
@@ -106,7 +126,12 @@ fn print_answer(label: &str, r: &EventSourceReport, n: u32, t0: Instant) {
 }
 
 fn check_answer(r: &EventSourceReport, n: u32) {
-    assert_eq!(r.outcome, Outcome::Finished, "the answer ends with done: {:?}", r.attempts);
+    assert_eq!(
+        r.outcome,
+        Outcome::Finished,
+        "the answer ends with done: {:?}",
+        r.attempts
+    );
     let tokens: Vec<u64> = r
         .events
         .iter()

@@ -10,7 +10,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "demo-app", about = "Demo SSE app for the ssekeeper data-plane tests")]
+#[command(
+    name = "demo-app",
+    about = "Demo SSE app for the ssekeeper data-plane tests"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -64,8 +67,7 @@ fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let shutdown = shutdown_on_signal()?;

@@ -300,7 +300,9 @@ async fn connect_once(st: &mut State) -> ConnEnd {
         for (k, v) in &st.cfg.headers {
             req = req.header(k, v);
         }
-        let req = req.body(Empty::new()).expect("configured headers are valid");
+        let req = req
+            .body(Empty::new())
+            .expect("configured headers are valid");
         let resp = tokio::time::timeout(st.cfg.connect_timeout, sender.send_request(req))
             .await
             .map_err(|_| super::ClientError::Timeout(st.cfg.connect_timeout))??;
@@ -331,7 +333,10 @@ async fn connect_once(st: &mut State) -> ConnEnd {
     let mut parser = SseParser::new(st.cfg.max_event_bytes);
     let mut frames = Vec::new();
     let mut count = 0usize;
-    let idle = st.cfg.idle_timeout.unwrap_or(Duration::from_secs(24 * 3600));
+    let idle = st
+        .cfg
+        .idle_timeout
+        .unwrap_or(Duration::from_secs(24 * 3600));
     let error = loop {
         let next = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => {

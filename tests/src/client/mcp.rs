@@ -169,7 +169,12 @@ impl McpSession {
         }
     }
 
-    async fn await_reply(&mut self, body: &str, started: Instant, timeout: Duration) -> Option<Instant> {
+    async fn await_reply(
+        &mut self,
+        body: &str,
+        started: Instant,
+        timeout: Duration,
+    ) -> Option<Instant> {
         if let Some(at) = self.pending.remove(body) {
             return Some(at);
         }

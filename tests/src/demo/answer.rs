@@ -31,7 +31,11 @@ pub struct AnswerSpec {
 }
 
 /// Parse `n`, `interval_ms` and the resume point; `None` when out of bounds.
-pub fn parse(n: Option<&str>, interval_ms: Option<&str>, last_id: Option<u64>) -> Option<AnswerSpec> {
+pub fn parse(
+    n: Option<&str>,
+    interval_ms: Option<&str>,
+    last_id: Option<u64>,
+) -> Option<AnswerSpec> {
     let n: u32 = n.unwrap_or("10").parse().ok()?;
     let ms: u64 = interval_ms.unwrap_or("100").parse().ok()?;
     if n == 0 || n > MAX_TOKENS || ms > MAX_INTERVAL_MS {
@@ -78,7 +82,9 @@ pub fn handle(req: &Request<Incoming>, state: &Arc<AppState>) -> Response<Body> 
             }
         }
         let done = format!("{{\"n\":{},\"pod\":\"{pod}\"}}", spec.n);
-        let _ = tx.send(wire::event(None, Some(wire::DONE_EVENT), &done)).await;
+        let _ = tx
+            .send(wire::event(None, Some(wire::DONE_EVENT), &done))
+            .await;
     });
     server::sse(rx, ())
 }

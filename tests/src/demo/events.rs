@@ -45,7 +45,8 @@ pub fn parse_entry_id(id: &str) -> Option<u64> {
 }
 
 fn entries(ids: &[StreamId]) -> impl Iterator<Item = Entry> + '_ {
-    ids.iter().filter_map(|e| parse_entry_id(&e.id).map(|seq| Entry { seq }))
+    ids.iter()
+        .filter_map(|e| parse_entry_id(&e.id).map(|seq| Entry { seq }))
 }
 
 /// The per-process fan-out of the chat room.

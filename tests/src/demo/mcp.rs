@@ -91,7 +91,10 @@ pub async fn post(req: Request<Incoming>, state: &Arc<AppState>) -> Response<Bod
     let Some(tx) = state.sessions.get(&id) else {
         return server::text(StatusCode::NOT_FOUND, "session not found");
     };
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => return server::text(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
     };

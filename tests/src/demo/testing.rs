@@ -99,7 +99,9 @@ fn flood(n: usize, size: usize) -> Response<Body> {
                 return;
             }
         }
-        let _ = tx.send(wire::event(None, Some(wire::DONE_EVENT), "flood")).await;
+        let _ = tx
+            .send(wire::event(None, Some(wire::DONE_EVENT), "flood"))
+            .await;
     });
     server::sse(rx, ())
 }

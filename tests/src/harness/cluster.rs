@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::haproxy::HaProxy;
 pub use super::haproxy::Balance;
+use super::haproxy::HaProxy;
 use super::kubelet::{self, TerminationPlan, TerminationReport};
 use super::pod::{Pod, SidecarSettings};
 use super::ports::pod_ip;
@@ -163,7 +163,13 @@ impl Cluster {
             format!("--rate={rate}"),
         ];
         let log = self.dir.path().join("publisher.log");
-        self.publisher = Some(Proc::spawn("publisher", &self.bins.demo_app, &args, &[], &log)?);
+        self.publisher = Some(Proc::spawn(
+            "publisher",
+            &self.bins.demo_app,
+            &args,
+            &[],
+            &log,
+        )?);
         Ok(())
     }
 
@@ -219,10 +225,20 @@ impl Cluster {
             self.dir.path(),
         )
         .await?;
-        let slot = self.haproxy.attach(pod.serving_addr(), pod.check_port()).await?;
-        if !self.haproxy.wait_status(slot, "UP", Duration::from_secs(10)).await {
+        let slot = self
+            .haproxy
+            .attach(pod.serving_addr(), pod.check_port())
+            .await?;
+        if !self
+            .haproxy
+            .wait_status(slot, "UP", Duration::from_secs(10))
+            .await
+        {
             return Err(HarnessError::NotReady {
-                what: format!("{name} in haproxy ({:?})", self.haproxy.statuses().await.ok()),
+                what: format!(
+                    "{name} in haproxy ({:?})",
+                    self.haproxy.statuses().await.ok()
+                ),
                 timeout: Duration::from_secs(10),
                 log: self.dir.path().display().to_string(),
             });

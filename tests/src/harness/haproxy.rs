@@ -133,7 +133,11 @@ impl HaProxy {
         };
         let cfg_path = dir.join("haproxy.cfg");
         std::fs::write(&cfg_path, render_config(&cfg))?;
-        let args = vec!["-db".to_string(), "-f".to_string(), cfg_path.display().to_string()];
+        let args = vec![
+            "-db".to_string(),
+            "-f".to_string(),
+            cfg_path.display().to_string(),
+        ];
         let log = dir.join("haproxy.log");
         let proc = Proc::spawn("haproxy", program, &args, &[], &log)?;
         let hp = Arc::new(Self {
@@ -210,7 +214,8 @@ impl HaProxy {
             i
         };
         let srv = format!("{BACKEND}/{}", slot_name(slot));
-        self.command_ok(&format!("set server {srv} state maint")).await?;
+        self.command_ok(&format!("set server {srv} state maint"))
+            .await?;
         self.command_ok(&format!(
             "set server {srv} addr {} port {}",
             serve.ip(),
@@ -219,20 +224,27 @@ impl HaProxy {
         .await?;
         self.command_ok(&format!("set server {srv} check-port {check_port}"))
             .await?;
-        self.command_ok(&format!("set server {srv} state ready")).await?;
+        self.command_ok(&format!("set server {srv} state ready"))
+            .await?;
         Ok(slot)
     }
 
     /// Stop sending new requests to `slot` (the endpoint was removed) without cutting open ones.
     pub async fn drain(&self, slot: usize) -> Result<(), HarnessError> {
-        self.command_ok(&format!("set server {BACKEND}/{} state drain", slot_name(slot)))
-            .await
+        self.command_ok(&format!(
+            "set server {BACKEND}/{} state drain",
+            slot_name(slot)
+        ))
+        .await
     }
 
     /// Give `slot` back (its pod is gone).
     pub async fn detach(&self, slot: usize) -> Result<(), HarnessError> {
         let r = self
-            .command_ok(&format!("set server {BACKEND}/{} state maint", slot_name(slot)))
+            .command_ok(&format!(
+                "set server {BACKEND}/{} state maint",
+                slot_name(slot)
+            ))
             .await;
         self.free.lock().await[slot] = true;
         r

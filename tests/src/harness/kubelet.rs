@@ -40,7 +40,8 @@ impl TerminationPlan {
     /// period is `contract::termination_grace_period_seconds`.
     pub fn sidecar_pod(admin: SocketAddr, prestop_delay_seconds: u32, drain_seconds: u32) -> Self {
         let sleep = contract::app_prestop_sleep_seconds(prestop_delay_seconds, drain_seconds);
-        let grace = contract::termination_grace_period_seconds(prestop_delay_seconds, drain_seconds);
+        let grace =
+            contract::termination_grace_period_seconds(prestop_delay_seconds, drain_seconds);
         Self {
             app: PreStop::Sleep(Duration::from_secs(sleep.into())),
             sidecar: Some(PreStop::HttpGet(admin, contract::paths::PRESTOP)),
@@ -51,7 +52,8 @@ impl TerminationPlan {
     /// A pod without the sidecar, as people deploy SSE apps today: a `sleep` preStop so the
     /// endpoint can go away, then SIGTERM, within the same grace period.
     pub fn plain_pod(prestop_delay_seconds: u32, drain_seconds: u32) -> Self {
-        let grace = contract::termination_grace_period_seconds(prestop_delay_seconds, drain_seconds);
+        let grace =
+            contract::termination_grace_period_seconds(prestop_delay_seconds, drain_seconds);
         Self {
             app: PreStop::Sleep(Duration::from_secs(prestop_delay_seconds.into())),
             sidecar: None,
@@ -120,7 +122,13 @@ impl std::fmt::Display for TerminationReport {
                 if c.killed { " SIGKILLED" } else { "" }
             )
         };
-        write!(f, "{} in {:.1}s [{}", self.pod, self.took.as_secs_f64(), one(&self.app))?;
+        write!(
+            f,
+            "{} in {:.1}s [{}",
+            self.pod,
+            self.took.as_secs_f64(),
+            one(&self.app)
+        )?;
         if let Some(s) = &self.sidecar {
             write!(f, "; {}", one(s))?;
         }

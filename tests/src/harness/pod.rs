@@ -124,8 +124,14 @@ impl Pod {
         if let Some(s) = sidecar {
             let (sse, admin) = (free_port(ip)?, free_port(ip)?);
             let envs = vec![
-                (contract::env::REDIS_URL.to_string(), s.store_redis_url.clone()),
-                (contract::env::FORWARD_KEY.to_string(), s.forward_key.clone()),
+                (
+                    contract::env::REDIS_URL.to_string(),
+                    s.store_redis_url.clone(),
+                ),
+                (
+                    contract::env::FORWARD_KEY.to_string(),
+                    s.forward_key.clone(),
+                ),
                 (contract::env::POD_NAME.to_string(), name.to_string()),
                 (contract::env::POD_IP.to_string(), ip.to_string()),
                 (
@@ -149,11 +155,18 @@ impl Pod {
             pod.sidecar = Some(proc);
             let ready = SocketAddr::new(ip, admin);
             if !wait_http_ok(ready, contract::paths::READY, READY_TIMEOUT).await {
-                let log = pod.sidecar.as_ref().map(|p| p.log_tail(30)).unwrap_or_default();
+                let log = pod
+                    .sidecar
+                    .as_ref()
+                    .map(|p| p.log_tail(30))
+                    .unwrap_or_default();
                 return Err(HarnessError::NotReady {
                     what: format!("{name}/sidecar (last log lines:\n{log}\n)"),
                     timeout: READY_TIMEOUT,
-                    log: dir.join(format!("{name}.sidecar.log")).display().to_string(),
+                    log: dir
+                        .join(format!("{name}.sidecar.log"))
+                        .display()
+                        .to_string(),
                 });
             }
         }

@@ -108,7 +108,10 @@ impl Proc {
         if let Some(s) = self.try_exit() {
             return Some(s);
         }
-        let status = tokio::time::timeout(timeout, self.child.wait()).await.ok()?.ok()?;
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()?
+            .ok()?;
         self.exit = Some(status);
         Some(status)
     }

@@ -16,10 +16,8 @@ impl TestDir {
     /// A fresh directory named after `label`, this process and a counter.
     pub fn new(label: &str) -> std::io::Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "ssekeeper-{label}-{}-{n}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("ssekeeper-{label}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&path)?;
         Ok(Self { path })
     }
