@@ -97,6 +97,7 @@ pub struct Cluster {
     publisher: Option<Proc>,
     next_pod: u8,
     terminating: Vec<JoinHandle<TerminationReport>>,
+    cleanups: Vec<JoinHandle<()>>,
     // Last, so the processes above are gone before their directory is removed.
     dir: TestDir,
 }
@@ -145,6 +146,7 @@ impl Cluster {
             publisher: None,
             next_pod: 0,
             terminating: Vec::new(),
+            cleanups: Vec::new(),
             dir,
         };
         for _ in 0..c.cfg.replicas {
@@ -320,22 +322,9 @@ impl Cluster {
         };
         m.pod.kill().await;
         let hp = self.haproxy.clone();
-        self.terminating.push(tokio::spawn(async move {
+        self.cleanups.push(tokio::spawn(async move {
             let _ = hp.wait_status(m.slot, "DOWN", Duration::from_secs(5)).await;
             let _ = hp.detach(m.slot).await;
-            TerminationReport {
-                pod: m.pod.name.clone(),
-                app: kubelet::ContainerTermination {
-                    name: m.pod.app.name().to_string(),
-                    prestop_done: Duration::ZERO,
-                    prestop_error: None,
-                    exited: Duration::ZERO,
-                    status: m.pod.app.try_exit(),
-                    killed: true,
-                },
-                sidecar: None,
-                took: Duration::ZERO,
-            }
         }));
         true
     }
@@ -385,6 +374,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for h in &self.terminating {
+            h.abort();
+        }
+        for h in &self.cleanups {
             h.abort();
         }
     }
