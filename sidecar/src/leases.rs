@@ -22,6 +22,8 @@ use crate::store::{Epoch, LeaseState, Owner, SessionStore, StoreError, StoreResu
 const RENEW_CONCURRENCY: usize = 32;
 
 struct Held {
+    /// Identifies this holding across re-acquires (the epoch changes if the store lost it).
+    id: u64,
     epoch: Epoch,
     state: LeaseState,
     pins: u32,
@@ -33,7 +35,9 @@ struct Held {
 /// A pinned lease: the epoch to write with, and a token cancelled if another pod takes over.
 #[derive(Debug, Clone)]
 pub struct Claim {
-    /// The epoch appends must carry.
+    /// Which holding this is (for [`LeaseBook::epoch`], [`LeaseBook::unpin`]).
+    pub id: u64,
+    /// The epoch appends carried when the claim was made.
     pub epoch: Epoch,
     /// Cancelled when a renewal finds the session fenced.
     pub fenced: CancellationToken,
@@ -50,6 +54,7 @@ pub struct LeaseBook {
     metrics: Arc<Metrics>,
     held: Mutex<HashMap<SessionId, Held>>,
     draining: std::sync::atomic::AtomicBool,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl LeaseBook {
@@ -74,6 +79,7 @@ impl LeaseBook {
             metrics,
             held: Mutex::new(HashMap::new()),
             draining: std::sync::atomic::AtomicBool::new(false),
+            next_id: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -111,11 +117,45 @@ impl LeaseBook {
             h.pins += 1;
             h.last_used = Instant::now();
             return Ok(Claim {
+                id: h.id,
                 epoch: h.epoch,
                 fenced: h.fenced.clone(),
             });
         }
         self.acquire(session, 1, false).await
+    }
+
+    /// The epoch a claim must write with now (it changes only when the store lost the session
+    /// and it was re-acquired); `None` once the claim is gone (fenced or released).
+    pub fn epoch(&self, session: &SessionId, id: u64) -> Option<Epoch> {
+        self.lock()
+            .get(session)
+            .filter(|h| h.id == id)
+            .map(|h| h.epoch)
+    }
+
+    /// The store has no trace of a session this pod holds (Redis restarted without persistence,
+    /// or flushed): take it again so recording and routing continue. Returns the new epoch.
+    pub async fn recover(&self, session: &SessionId, id: u64) -> StoreResult<Epoch> {
+        let r = timed(
+            self.timeout,
+            self.store.acquire(session, &self.owner, self.ttl),
+        )
+        .await;
+        self.health.observe(&r);
+        let lease = r?;
+        let mut held = self.lock();
+        match held.get_mut(session) {
+            Some(h) if h.id == id => {
+                tracing::warn!(session = %session, epoch = lease.epoch, "session state lost in the store: re-acquired");
+                self.metrics.error("store_state_lost");
+                h.epoch = lease.epoch;
+                Ok(lease.epoch)
+            }
+            _ => Err(StoreError::Fenced {
+                current: lease.epoch,
+            }),
+        }
     }
 
     /// Take the session over (epoch + 1) even if this pod believes it holds it, and pin it.
@@ -152,10 +192,14 @@ impl LeaseBook {
             self.health.observe(&r);
         }
         let fenced = CancellationToken::new();
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut held = self.lock();
         let previous = held.insert(
             session.clone(),
             Held {
+                id,
                 epoch: lease.epoch,
                 state,
                 pins,
@@ -165,11 +209,10 @@ impl LeaseBook {
             },
         );
         match previous {
-            // A stale local entry (an older epoch of ours): whoever pinned it is fenced now.
+            // A stale local holding (an older epoch of ours): whoever pinned it is fenced now.
             Some(old) => {
                 old.fenced.cancel();
                 if let Some(h) = held.get_mut(session) {
-                    h.pins += old.pins;
                     h.routing |= old.routing;
                 }
             }
@@ -178,6 +221,7 @@ impl LeaseBook {
             }
         }
         Ok(Claim {
+            id,
             epoch: lease.epoch,
             fenced,
         })
@@ -185,25 +229,26 @@ impl LeaseBook {
 
     /// A recorder is done with the session. A stream lease nobody else uses is released at once;
     /// a routing registration stays until it is idle.
-    pub fn unpin(self: &Arc<Self>, session: &SessionId, epoch: Epoch) {
+    pub fn unpin(self: &Arc<Self>, session: &SessionId, id: u64) {
         let release = {
             let mut held = self.lock();
             match held.get_mut(session) {
-                Some(h) if h.epoch == epoch => {
+                Some(h) if h.id == id => {
                     h.pins = h.pins.saturating_sub(1);
                     h.last_used = Instant::now();
                     if h.pins == 0 && !h.routing {
+                        let epoch = h.epoch;
                         held.remove(session);
                         self.metrics.leases_held.dec();
-                        true
+                        Some(epoch)
                     } else {
-                        false
+                        None
                     }
                 }
-                _ => false,
+                _ => None,
             }
         };
-        if release {
+        if let Some(epoch) = release {
             let book = self.clone();
             let session = session.clone();
             tokio::spawn(async move {
@@ -213,10 +258,10 @@ impl LeaseBook {
         }
     }
 
-    /// Forget a session another pod took over (its epoch is newer than `epoch`).
-    pub fn fenced(&self, session: &SessionId, epoch: Epoch) {
+    /// Forget a session another pod took over (its epoch is newer than the held one).
+    pub fn fenced(&self, session: &SessionId, id: u64) {
         let mut held = self.lock();
-        if held.get(session).is_some_and(|h| h.epoch == epoch)
+        if held.get(session).is_some_and(|h| h.id == id)
             && let Some(h) = held.remove(session)
         {
             h.fenced.cancel();
@@ -227,13 +272,13 @@ impl LeaseBook {
     /// Mark one session draining now (before its handover is recorded, so a reader that sees
     /// the handover also sees the owner draining).
     pub async fn mark_draining(&self, session: &SessionId) -> StoreResult<()> {
-        let epoch = {
+        let (id, epoch) = {
             let mut held = self.lock();
             let Some(h) = held.get_mut(session) else {
                 return Ok(());
             };
             h.state = LeaseState::Draining;
-            h.epoch
+            (h.id, h.epoch)
         };
         let r = timed(
             self.timeout,
@@ -242,8 +287,10 @@ impl LeaseBook {
         )
         .await;
         self.health.observe(&r);
-        if let Err(StoreError::Fenced { .. }) = r {
-            self.fenced(session, epoch);
+        if let Err(StoreError::Fenced { current }) = r
+            && current > 0
+        {
+            self.fenced(session, id);
         }
         r
     }
@@ -261,7 +308,7 @@ impl LeaseBook {
     pub async fn renew_round(&self) {
         let now = Instant::now();
         let mut idle = Vec::new();
-        let work: Vec<(SessionId, Epoch, LeaseState)> = {
+        let work: Vec<(SessionId, u64, Epoch, LeaseState)> = {
             let mut held = self.lock();
             held.retain(|s, h| {
                 let expired = h.pins == 0 && now.duration_since(h.last_used) > self.idle_ttl;
@@ -272,22 +319,28 @@ impl LeaseBook {
                 !expired
             });
             held.iter()
-                .map(|(s, h)| (s.clone(), h.epoch, h.state))
+                .map(|(s, h)| (s.clone(), h.id, h.epoch, h.state))
                 .collect()
         };
-        let results: Vec<(SessionId, Epoch, StoreResult<()>)> = futures::stream::iter(work)
-            .map(|(s, epoch, state)| async move {
+        let results: Vec<(SessionId, u64, Epoch, StoreResult<()>)> = futures::stream::iter(work)
+            .map(|(s, id, epoch, state)| async move {
                 let r = timed(self.timeout, self.store.renew(&s, epoch, state, self.ttl)).await;
-                (s, epoch, r)
+                (s, id, epoch, r)
             })
             .buffer_unordered(RENEW_CONCURRENCY)
             .collect()
             .await;
-        for (s, epoch, r) in results {
+        for (s, id, epoch, r) in results {
             self.health.observe(&r);
-            if let Err(StoreError::Fenced { current }) = r {
-                tracing::info!(session = %s, epoch, current, "lease taken over by another pod");
-                self.fenced(&s, epoch);
+            match r {
+                Err(StoreError::Fenced { current }) if current == 0 || current == epoch => {
+                    let _ = self.recover(&s, id).await;
+                }
+                Err(StoreError::Fenced { current }) => {
+                    tracing::info!(session = %s, epoch, current, "lease taken over by another pod");
+                    self.fenced(&s, id);
+                }
+                _ => {}
             }
         }
         for (s, epoch) in idle {

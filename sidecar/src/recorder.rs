@@ -29,7 +29,7 @@ use crate::replay::{Overlap, apply_id, write_cursor};
 use crate::session_key;
 use crate::sse::{self, Frame, SseParser};
 use crate::state::Shared;
-use crate::store::{Entry, Recorded, Seq, StoreError, StoreResult};
+use crate::store::{Entry, Epoch, Recorded, Seq, StoreError, StoreResult};
 
 /// Pause after a failed batch before the next attempt (the store is down or slow).
 const FLUSH_BACKOFF: Duration = Duration::from_millis(250);
@@ -290,6 +290,11 @@ async fn register_endpoint_key(shared: &Shared, data: &str) {
         }
         Err(_) => shared.metrics.error("invalid_session_key"),
     }
+}
+
+/// The epoch of a holding now (it changes after a recovery), or the one it started with.
+fn epoch_now(shared: &Shared, session: &SessionId, id: u64, fallback: Epoch) -> Epoch {
+    shared.book.epoch(session, id).unwrap_or(fallback)
 }
 
 async fn next_frame(body: &mut Option<ProxyBody>) -> Option<Result<BodyFrame<Bytes>, BoxError>> {
@@ -585,13 +590,26 @@ impl Recorder {
         }
         let shared = self.shared.clone();
         let session = self.session.clone();
-        let claim = self.claim.clone();
+        let claim = self.claim.as_ref().map(|c| c.id);
         self.inflight = Some(tokio::spawn(async move {
             let started = Instant::now();
-            let (epoch, claimed) = match claim {
-                Some(c) => (c.epoch, None),
+            let (id, epoch, claimed) = match claim {
+                Some(id) => match shared.book.epoch(&session, id) {
+                    Some(epoch) => (id, epoch, None),
+                    // The holding is gone: another pod took the session over.
+                    None => {
+                        return FlushDone {
+                            batch,
+                            result: Err(StoreError::Fenced {
+                                current: Epoch::MAX,
+                            }),
+                            claim: None,
+                            elapsed: started.elapsed(),
+                        };
+                    }
+                },
                 None => match shared.book.claim(&session).await {
-                    Ok(c) => (c.epoch, Some(Ok(c))),
+                    Ok(c) => (c.id, c.epoch, Some(Ok(c))),
                     Err(e) => {
                         return FlushDone {
                             batch,
@@ -602,17 +620,34 @@ impl Recorder {
                     }
                 },
             };
-            let result = if batch.is_empty() {
-                Ok(())
-            } else {
+            let mut result = Ok(());
+            // At most one recovery: the store lost the session (restart, flush) and it is taken
+            // again, then the batch is written with the new epoch.
+            for _ in 0..2 {
+                if batch.is_empty() {
+                    break;
+                }
                 let r = timed(
                     shared.settings.store_timeout,
-                    shared.store.append(&session, epoch, &batch),
+                    shared
+                        .store
+                        .append(&session, epoch_now(&shared, &session, id, epoch), &batch),
                 )
                 .await;
                 shared.health.observe(&r);
-                r
-            };
+                result = r;
+                match &result {
+                    Err(StoreError::Fenced { current })
+                        if *current == 0 || *current == epoch_now(&shared, &session, id, epoch) =>
+                    {
+                        if let Err(e) = shared.book.recover(&session, id).await {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
             FlushDone {
                 batch,
                 result,
@@ -640,7 +675,7 @@ impl Recorder {
             Err(StoreError::Fenced { current }) => {
                 tracing::info!(session = %self.session, current, "session taken over by another pod: stop capturing");
                 if let Some(c) = &self.claim {
-                    self.shared.book.fenced(&self.session, c.epoch);
+                    self.shared.book.fenced(&self.session, c.id);
                 }
                 Flow::Fenced
             }
@@ -700,7 +735,7 @@ impl Recorder {
             h.abort();
         }
         if let Some(c) = &self.claim {
-            self.shared.book.unpin(&self.session, c.epoch);
+            self.shared.book.unpin(&self.session, c.id);
         }
         self.shared.metrics.recorders.dec();
     }

@@ -462,12 +462,12 @@ impl Follower {
             Ok(true) => {}
             Ok(false) => {
                 // Its stream ended before it was fenced: nothing left to capture.
-                shared.book.unpin(&self.session, claim.epoch);
+                shared.book.unpin(&self.session, claim.id);
                 shared.metrics.takeover("ended");
                 return;
             }
             Err(why) => {
-                shared.book.unpin(&self.session, claim.epoch);
+                shared.book.unpin(&self.session, claim.id);
                 shared.metrics.takeover(why);
                 return;
             }
