@@ -133,12 +133,11 @@ impl Settings {
         }
     }
 
-    /// Seconds from SIGTERM until the sidecar must have exited: what is left of the grace period
-    /// once preStop has run. The drain plan fits inside it.
+    /// How long after SIGTERM the sidecar exits at the latest: what is left of the grace period
+    /// once preStop has run, less a second so the exit is never raced by SIGKILL.
     pub fn exit_deadline(&self) -> Duration {
-        self.drain
-            + self.handover_margin
-            + Duration::from_secs(u64::from(crate::contract::APP_SHUTDOWN_MARGIN_SECONDS))
+        let margin = u64::from(crate::contract::APP_SHUTDOWN_MARGIN_SECONDS).saturating_sub(1);
+        self.drain + self.handover_margin + Duration::from_secs(margin)
     }
 }
 

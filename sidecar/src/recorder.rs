@@ -194,8 +194,9 @@ pub fn spawn(shared: &Arc<Shared>, start: StreamStart) -> RecorderHandle {
     let recorder = Recorder {
         parser: SseParser::new(settings.max_event_bytes),
         frames: Vec::with_capacity(8),
-        ring: VecDeque::with_capacity(settings.resume_buffer_events),
-        pending: Vec::with_capacity(settings.batch_max_entries),
+        // Grown on demand: thousands of mostly idle sessions must not each preallocate.
+        ring: VecDeque::new(),
+        pending: Vec::new(),
         pending_since: None,
         urgent: false,
         inflight: None,

@@ -190,3 +190,39 @@ async fn a_session_whose_owner_is_gone_answers_404_quickly() {
     assert_eq!(st.status, 200);
     st.read_until(&mut Log::default(), 1, T).await;
 }
+
+#[tokio::test]
+async fn keyed_streams_use_the_key_and_are_relayed_from_the_owner() {
+    let feeds = Arc::new(Feeds::default());
+    let app_a = TestApp::start("app-a", feeds.clone()).await;
+    let app_b = TestApp::start("app-b", feeds.clone()).await;
+    let store = memory_store();
+    let a = start_sidecar(args(app_a.addr, "pod-a"), store.clone()).await;
+    let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
+    let path = "/events?feed=q&interval_ms=10&sessionId=key-1";
+
+    let mut first = Stream::open(a.sse, path, None).await;
+    let mut log = Log::default();
+    first.read_until(&mut log, 3, T).await;
+    let c = ssekeeper_sidecar::cursor::Cursor::parse(log.last_id.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        c.session.as_str(),
+        "key-1",
+        "the stream records under its key"
+    );
+
+    // The same key through B: forwarded to the owner A and relayed; a second stream of one key
+    // gets its own session so the two never share a sequence.
+    let mut second = Stream::open(b.sse, path, None).await;
+    let mut log2 = Log::default();
+    second.read_until(&mut log2, 3, T).await;
+    let c2 = ssekeeper_sidecar::cursor::Cursor::parse(log2.last_id.as_deref().unwrap()).unwrap();
+    assert_ne!(c2.session.as_str(), "key-1");
+    assert_eq!(b.count("forwards", "ok"), 1);
+    assert!(app_b.seen.lock().unwrap().is_empty());
+
+    // B drains: the relayed stream is closed with the hint like its own streams.
+    b.terminate();
+    second.read_to_end(&mut log2, T).await;
+    assert_eq!(log2.retries.last(), Some(&100));
+}
