@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::pending;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,8 +19,8 @@ use http_body_util::BodyExt as _;
 use hyper::body::Frame as BodyFrame;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::sleep_until;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::body::{BoxError, ClientTx, Cut, ProxyBody};
 use crate::cursor::SessionId;
@@ -214,7 +215,7 @@ pub fn spawn(shared: &Arc<Shared>, start: StreamStart) -> RecorderHandle {
         client: start.client,
         detached_at,
         claim: start.claim,
-        fenced,
+        fenced_wait: Box::pin(fenced.cancelled_owned()),
         learn_endpoint: start.learn_endpoint
             && session_key::has_query_source(&shared.settings.session_keys),
         cmds,
@@ -269,7 +270,8 @@ struct Recorder {
     retry_at: Option<Instant>,
     unrecorded_warned: bool,
     claim: Option<Claim>,
-    fenced: CancellationToken,
+    /// Resolves when another pod takes the session over (cancelled by the lease book).
+    fenced_wait: Pin<Box<WaitForCancellationFutureOwned>>,
     phase: Phase,
     learn_endpoint: bool,
     cursor: String,
@@ -305,13 +307,6 @@ async fn next_frame(body: &mut Option<ProxyBody>) -> Option<Result<BodyFrame<Byt
     }
 }
 
-async fn client_gone(client: &Option<ClientTx>) {
-    match client {
-        Some(c) => c.closed().await,
-        None => pending().await,
-    }
-}
-
 async fn join(inflight: &mut Option<JoinHandle<FlushDone>>) -> Option<FlushDone> {
     match inflight {
         Some(h) => h.await.ok(),
@@ -319,12 +314,19 @@ async fn join(inflight: &mut Option<JoinHandle<FlushDone>>) -> Option<FlushDone>
     }
 }
 
-async fn at(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => sleep_until(d.into()).await,
-        None => pending().await,
+/// Fires at the armed deadline; pending while disarmed. One timer per recorder, re-armed only
+/// when the deadline changes (once per batch), so the per-event loop registers no timers.
+async fn timer(sleep: &mut Pin<Box<Sleep>>, armed: bool) {
+    if armed {
+        sleep.as_mut().await
+    } else {
+        pending().await
     }
 }
+
+/// How often a recorder checks, without events, whether its client left and whether its resume
+/// window is over.
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
 impl Recorder {
     async fn run(mut self) {
@@ -332,13 +334,21 @@ impl Recorder {
         if self.claim.is_none() {
             self.start_flush();
         }
+        let mut flush_timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let mut flush_deadline: Option<Instant> = None;
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let flow = loop {
-            let flush_at = self.flush_at();
-            let detach_deadline = self.detach_deadline();
-            let fenced = self.fenced.clone();
+            let due = self.flush_at();
+            if due != flush_deadline {
+                if let Some(d) = due {
+                    flush_timer.as_mut().reset(d.into());
+                }
+                flush_deadline = due;
+            }
             let flow = tokio::select! {
                 biased;
-                _ = fenced.cancelled() => Flow::Fenced,
+                _ = self.fenced_wait.as_mut() => Flow::Fenced,
                 cmd = self.cmds.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
                     None => Flow::Finish,
@@ -350,19 +360,12 @@ impl Recorder {
                         None => Flow::Continue,
                     }
                 },
-                _ = at(flush_at) => {
+                _ = timer(&mut flush_timer, flush_deadline.is_some()) => {
+                    flush_deadline = None;
                     self.start_flush();
                     Flow::Continue
                 },
-                _ = at(detach_deadline) => {
-                    tracing::debug!(session = %self.session, "resume window over: handing over");
-                    self.record_handover("resume_window").await;
-                    Flow::Finish
-                },
-                _ = client_gone(&self.client) => {
-                    self.detach();
-                    Flow::Continue
-                },
+                _ = housekeeping.tick() => self.housekeeping().await,
                 frame = next_frame(&mut self.upstream) => self.on_upstream(frame).await,
             };
             if flow != Flow::Continue {
@@ -370,6 +373,21 @@ impl Recorder {
             }
         };
         self.exit(flow).await;
+    }
+
+    /// Notice a client that left while the app was quiet, and end the resume window.
+    async fn housekeeping(&mut self) -> Flow {
+        if self.client.as_ref().is_some_and(ClientTx::is_closed) {
+            self.detach();
+        }
+        match self.detach_deadline() {
+            Some(deadline) if Instant::now() >= deadline => {
+                tracing::debug!(session = %self.session, "resume window over: handing over");
+                self.record_handover("resume_window").await;
+                Flow::Finish
+            }
+            _ => Flow::Continue,
+        }
     }
 
     /// When the next batch should start, if one is due and none is in flight.
@@ -660,7 +678,7 @@ impl Recorder {
 
     fn on_flushed(&mut self, done: FlushDone) -> Flow {
         if let Some(Ok(claim)) = done.claim {
-            self.fenced = claim.fenced.clone();
+            self.fenced_wait = Box::pin(claim.fenced.clone().cancelled_owned());
             self.claim = Some(claim);
         }
         match done.result {

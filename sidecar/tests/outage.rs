@@ -33,7 +33,12 @@ async fn streams_survive_a_store_outage_and_recording_recovers() {
     assert!(body.contains("unavailable"), "{body}");
     // New streams and plain requests still work.
     let mut other = Stream::open(sc.sse, "/events?feed=o2&interval_ms=10", None).await;
-    other.read_until(&mut Log::default(), 3, T).await;
+    let mut other_log = Log::default();
+    other.read_until(&mut other_log, 3, T).await;
+    let other_session =
+        ssekeeper_sidecar::cursor::Cursor::parse(other_log.last_id.as_deref().unwrap())
+            .unwrap()
+            .session;
     assert_eq!(fetch(sc.sse, "GET", "/plain", &[], None).await.0, 200);
 
     let recorded_before = sc.shared.metrics.events_recorded.get();
@@ -43,6 +48,26 @@ async fn streams_survive_a_store_outage_and_recording_recovers() {
     })
     .await;
     s.read_until(&mut log, 120, T).await;
+    // The stream opened during the outage takes its lease once the store is back.
+    let mut owned = false;
+    for _ in 0..100 {
+        if sc
+            .shared
+            .store
+            .lease(&other_session)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            owned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        owned,
+        "the stream opened during the outage is owned after it"
+    );
     eventually("recording resumed", T, || {
         sc.shared.metrics.events_recorded.get() > recorded_before
     })

@@ -431,3 +431,37 @@ async fn takeover_delivers_the_old_owners_late_writes_once_and_drops_the_overlap
     let now = store.lease(&session).await.unwrap().unwrap();
     assert_eq!((now.owner.as_str(), now.epoch), ("pod-b", 2));
 }
+
+#[tokio::test]
+async fn an_abandoned_stream_is_handed_over_after_the_resume_window() {
+    let feeds = Arc::new(Feeds::default());
+    let app_a = TestApp::start("app-a", feeds.clone()).await;
+    let app_b = TestApp::start("app-b", feeds.clone()).await;
+    let store = memory_store();
+    let mut args_a = args(app_a.addr, "pod-a");
+    args_a.resume_window_seconds = 1;
+    let a = start_sidecar(args_a, store.clone()).await;
+    let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
+
+    let path = "/events?feed=w&interval_ms=10";
+    let mut log = Log::default();
+    let mut s = Stream::open(a.sse, path, None).await;
+    s.read_until(&mut log, 5, T).await;
+    drop(s);
+    eventually("A gives the upstream up after its resume window", T, || {
+        a.count("handovers", "resume_window") == 1 && a.shared.recorders.is_empty()
+    })
+    .await;
+    let asked_a = app_a.seen.lock().unwrap().len();
+    // Much later the client comes back elsewhere: what A captured is replayed, then B takes over.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut s = Stream::open(b.sse, path, log.last_id.as_deref()).await;
+    s.read_until(&mut log, 250, T).await;
+    assert_contiguous(&log.data());
+    assert_eq!(b.count("takeovers", "ok"), 1);
+    assert_eq!(
+        app_a.seen.lock().unwrap().len(),
+        asked_a,
+        "A's app is not asked again"
+    );
+}
