@@ -18,6 +18,9 @@ use crate::health::{StoreHealth, timed};
 use crate::metrics::Metrics;
 use crate::store::{Epoch, LeaseState, Owner, SessionStore, StoreError, StoreResult};
 
+/// The epoch of a routing registration made while the store was down: acquired later.
+const UNACQUIRED: Epoch = 0;
+
 /// Concurrent store calls of one renewal round.
 const RENEW_CONCURRENCY: usize = 32;
 
@@ -113,7 +116,11 @@ impl LeaseBook {
 
     /// Pin the session's lease for a recorder: the held one, or a fresh acquire.
     pub async fn claim(&self, session: &SessionId) -> StoreResult<Claim> {
-        if let Some(h) = self.lock().get_mut(session) {
+        if let Some(h) = self
+            .lock()
+            .get_mut(session)
+            .filter(|h| h.epoch != UNACQUIRED)
+        {
             h.pins += 1;
             h.last_used = Instant::now();
             return Ok(Claim {
@@ -147,8 +154,12 @@ impl LeaseBook {
         let mut held = self.lock();
         match held.get_mut(session) {
             Some(h) if h.id == id => {
-                tracing::warn!(session = %session, epoch = lease.epoch, "session state lost in the store: re-acquired");
-                self.metrics.error("store_state_lost");
+                if h.epoch == UNACQUIRED {
+                    tracing::info!(session = %session, epoch = lease.epoch, "session key registered now that the store is back");
+                } else {
+                    tracing::warn!(session = %session, epoch = lease.epoch, "session state lost in the store: re-acquired");
+                    self.metrics.error("store_state_lost");
+                }
                 h.epoch = lease.epoch;
                 Ok(lease.epoch)
             }
@@ -165,11 +176,36 @@ impl LeaseBook {
 
     /// Register a key learned from the app so other pods route its requests here. Reuses a
     /// lease already held.
+    /// While the store is down the key is held locally (requests with it are served here) and
+    /// acquired by the next renewal round after the store is back, instead of holding up the
+    /// response that handed it out.
     pub async fn register(&self, session: &SessionId) -> StoreResult<()> {
-        if let Some(h) = self.lock().get_mut(session) {
-            h.routing = true;
-            h.last_used = Instant::now();
-            return Ok(());
+        {
+            let mut held = self.lock();
+            if let Some(h) = held.get_mut(session) {
+                h.routing = true;
+                h.last_used = Instant::now();
+                return Ok(());
+            }
+            if !self.health.is_up() {
+                let id = self
+                    .next_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                held.insert(
+                    session.clone(),
+                    Held {
+                        id,
+                        epoch: UNACQUIRED,
+                        state: self.state(),
+                        pins: 0,
+                        routing: true,
+                        last_used: Instant::now(),
+                        fenced: CancellationToken::new(),
+                    },
+                );
+                self.metrics.leases_held.inc();
+                return Ok(());
+            }
         }
         self.acquire(session, 0, true).await.map(|_| ())
     }
@@ -324,6 +360,10 @@ impl LeaseBook {
         };
         let results: Vec<(SessionId, u64, Epoch, StoreResult<()>)> = futures::stream::iter(work)
             .map(|(s, id, epoch, state)| async move {
+                if epoch == UNACQUIRED {
+                    let r = self.recover(&s, id).await.map(|_| ());
+                    return (s, id, epoch, r);
+                }
                 let r = timed(self.timeout, self.store.renew(&s, epoch, state, self.ttl)).await;
                 (s, id, epoch, r)
             })

@@ -228,7 +228,8 @@ async fn respond(
 /// The session a new stream records under: the request's key when no other stream of this pod
 /// records it (continuing its history), otherwise a fresh random id.
 async fn stream_session(shared: &Shared, key: Option<SessionId>) -> (SessionId, u64) {
-    let Some(key) = key.filter(|k| !shared.recorders.contains(k)) else {
+    let usable = shared.health.is_up();
+    let Some(key) = key.filter(|k| usable && !shared.recorders.contains(k)) else {
         return (SessionId::random(), 1);
     };
     let r = timed(shared.settings.store_timeout, shared.store.last(&key)).await;

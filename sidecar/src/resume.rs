@@ -118,6 +118,10 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
     }
 
     let s = &shared.settings;
+    if !shared.health.is_up() {
+        shared.metrics.resume("store_down");
+        return Resumed::Fresh(None);
+    }
     let first = timed(
         s.store_timeout,
         shared.store.read_after(&session, after, READ_BATCH),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::app::{Feeds, TestApp};
 use common::client::{Log, Stream, assert_contiguous, fetch};
 use common::{FlakyStore, args, eventually, memory_store, start_sidecar};
+use ssekeeper_sidecar::store::SessionStore as _;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -87,4 +88,57 @@ async fn streams_survive_a_store_outage_and_recording_recovers() {
         sc.shared.metrics.events_unrecorded.get(),
         sc.count("errors", "store_unavailable")
     );
+}
+
+#[tokio::test]
+async fn a_key_learned_during_an_outage_is_routed_once_the_store_is_back() {
+    use ssekeeper_sidecar::sse::Frame;
+    let feeds = std::sync::Arc::new(Feeds::default());
+    let app_a = TestApp::start("app-a", feeds.clone()).await;
+    let app_b = TestApp::start("app-b", feeds.clone()).await;
+    let store = FlakyStore::new(memory_store());
+    let a = start_sidecar(args(app_a.addr, "pod-a"), store.clone()).await;
+    let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
+
+    store.set_down(true);
+    // Both pods notice (the first failing call or the pinger).
+    let _ = fetch(a.sse, "POST", "/messages?sessionId=probe", &[], Some("{}")).await;
+    let _ = fetch(b.sse, "POST", "/messages?sessionId=probe", &[], Some("{}")).await;
+    eventually("outage noticed", T, || {
+        a.shared.metrics.store_up.get() == 0 && b.shared.metrics.store_up.get() == 0
+    })
+    .await;
+    let t = std::time::Instant::now();
+    let mut s = Stream::open(a.sse, "/sse", None).await;
+    let session = loop {
+        if let Frame::Event(e) = s.next(T).await.expect("endpoint event") {
+            break e.data.split("sessionId=").nth(1).unwrap().to_string();
+        }
+    };
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "the endpoint event did not wait on the store"
+    );
+    let path = format!("/messages?sessionId={session}");
+    // During the outage each pod serves what it gets itself.
+    assert_eq!(fetch(a.sse, "POST", &path, &[], Some("{}")).await.0, 202);
+
+    store.set_down(false);
+    eventually("stores back", T, || {
+        a.shared.metrics.store_up.get() == 1 && b.shared.metrics.store_up.get() == 1
+    })
+    .await;
+    let id = ssekeeper_sidecar::cursor::SessionId::from_external(&session).unwrap();
+    let mut registered = false;
+    for _ in 0..200 {
+        if store.lease(&id).await.unwrap().is_some() {
+            registered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(registered, "the key was registered after the outage");
+    let (status, headers, _) = fetch(b.sse, "POST", &path, &[], Some("{}")).await;
+    assert_eq!(status, 202);
+    assert_eq!(headers["x-app-name"], "app-a");
 }
