@@ -66,6 +66,11 @@ where
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
 
+    if accepts_event_stream(&parts.headers) || parts.headers.contains_key(LAST_EVENT_ID) {
+        // A compressed event stream could not be parsed (nor resumed): ask for it plain.
+        parts.headers.remove(ACCEPT_ENCODING);
+    }
+
     // 1. Resume.
     if let Some(value) = parts.headers.get(LAST_EVENT_ID) {
         match value.to_str().ok().map(Cursor::parse) {
@@ -130,10 +135,6 @@ where
         Origin::Client => "local",
         Origin::Forwarded => "forwarded_in",
     });
-    if accepts_event_stream(&parts.headers) {
-        // A compressed event stream could not be parsed (nor resumed): ask for it plain.
-        parts.headers.remove(ACCEPT_ENCODING);
-    }
     let sticky = parts
         .headers
         .get(LAST_EVENT_ID)

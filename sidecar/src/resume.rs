@@ -384,7 +384,7 @@ impl Follower {
             )
             .await;
             self.shared.health.observe(&r);
-            let entries = r.map_err(|_| "store")?;
+            let entries = r.map_err(|_| "store_unavailable")?;
             if entries.is_empty() {
                 return Ok(true);
             }
