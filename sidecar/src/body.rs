@@ -114,6 +114,25 @@ impl ClientTx {
         }
     }
 
+    /// Wait for room for a chunk of `len` bytes (budget and a queue slot), owned so the caller
+    /// may hold it across its own state changes; dropping it unused gives the room back.
+    pub async fn room(&self, len: usize) -> Result<Room, Cut> {
+        let n = charge(len, self.budget_bytes);
+        let budget = self
+            .budget
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| Cut::Closed)?;
+        let slot = self
+            .tx
+            .clone()
+            .reserve_owned()
+            .await
+            .map_err(|_| Cut::Closed)?;
+        Ok(Room { slot, budget })
+    }
+
     /// Resolves when the client side is gone.
     pub async fn closed(&self) {
         self.tx.closed().await
@@ -122,6 +141,20 @@ impl ClientTx {
     /// Whether the client side is gone.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+}
+
+/// Room reserved in a client's queue by [`ClientTx::room`].
+pub struct Room {
+    slot: mpsc::OwnedPermit<Bytes>,
+    budget: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Room {
+    /// Queue the chunk the room was reserved for (its budget is returned when the client reads it).
+    pub fn send(self, chunk: Bytes) {
+        self.budget.forget();
+        self.slot.send(chunk);
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::body::{BoxError, ClientTx, Cut, ProxyBody};
+use crate::body::{BoxError, ClientTx, Cut, ProxyBody, Room};
 use crate::cursor::SessionId;
 use crate::health::timed;
 use crate::leases::Claim;
@@ -213,6 +213,8 @@ pub fn spawn(shared: &Arc<Shared>, start: StreamStart) -> RecorderHandle {
         sticky: start.sticky,
         overlap: start.overlap,
         client: start.client,
+        backlog: VecDeque::new(),
+        stalled_since: None,
         detached_at,
         claim: start.claim,
         fenced_wait: Box::pin(fenced.cancelled_owned()),
@@ -260,6 +262,10 @@ struct Recorder {
     sticky: Option<String>,
     overlap: Overlap,
     client: Option<ClientTx>,
+    /// Chunks waiting for room in the client's queue (the app's stream is paused meanwhile).
+    backlog: VecDeque<Bytes>,
+    /// Since when the client's queue has been full.
+    stalled_since: Option<Instant>,
     detached_at: Option<Instant>,
     ring: VecDeque<(Seq, Bytes)>,
     pending: Vec<Recorded>,
@@ -311,6 +317,14 @@ async fn join(inflight: &mut Option<JoinHandle<FlushDone>>) -> Option<FlushDone>
     match inflight {
         Some(h) => h.await.ok(),
         None => pending().await,
+    }
+}
+
+/// Room in the client's queue for the first chunk that waits; pending when nothing waits.
+async fn room(client: &Option<ClientTx>, waiting: Option<usize>) -> Result<Room, Cut> {
+    match (client, waiting) {
+        (Some(c), Some(len)) => c.room(len).await,
+        _ => pending().await,
     }
 }
 
@@ -366,7 +380,13 @@ impl Recorder {
                     Flow::Continue
                 },
                 _ = housekeeping.tick() => self.housekeeping().await,
-                frame = next_frame(&mut self.upstream) => self.on_upstream(frame).await,
+                room = room(&self.client, self.backlog.front().map(Bytes::len)) => {
+                    self.on_room(room);
+                    Flow::Continue
+                },
+                frame = next_frame(&mut self.upstream), if self.backlog.is_empty() => {
+                    self.on_upstream(frame).await
+                },
             };
             if flow != Flow::Continue {
                 break flow;
@@ -379,6 +399,12 @@ impl Recorder {
     async fn housekeeping(&mut self) -> Flow {
         if self.client.as_ref().is_some_and(ClientTx::is_closed) {
             self.detach();
+        }
+        if self
+            .stalled_since
+            .is_some_and(|t| t.elapsed() >= self.shared.settings.client_stall)
+        {
+            self.cut_slow();
         }
         match self.detach_deadline() {
             Some(deadline) if Instant::now() >= deadline => {
@@ -414,6 +440,8 @@ impl Recorder {
     }
 
     fn detach(&mut self) {
+        self.backlog.clear();
+        self.stalled_since = None;
         if self.client.take().is_some() {
             self.detached_at = Some(Instant::now());
         }
@@ -516,12 +544,10 @@ impl Recorder {
                     self.deliver(seq, Bytes::from(out));
                 }
                 Frame::Comment(text) => {
-                    if let Some(c) = &self.client {
+                    if self.client.is_some() {
                         let mut out = Vec::with_capacity(text.len() + 2);
                         sse::encode_comment(&text, &mut out);
-                        if c.try_send(Bytes::from(out)) == Err(Cut::Full) {
-                            self.cut_slow();
-                        }
+                        self.send_to_client(Bytes::from(out));
                     }
                 }
                 Frame::SetId(id) => apply_id(&mut self.sticky, &id),
@@ -579,14 +605,42 @@ impl Recorder {
             }
             self.ring.push_back((seq, bytes.clone()));
         }
-        if let Some(c) = &self.client {
-            match c.try_send(bytes) {
-                Ok(()) => {
+        self.send_to_client(bytes);
+    }
+
+    /// Queue bytes for the client without waiting. A full queue pauses the app's stream (as a
+    /// plain proxy would, by TCP backpressure) until the client catches up; see `housekeeping`.
+    fn send_to_client(&mut self, bytes: Bytes) {
+        let Some(c) = &self.client else { return };
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(bytes);
+            return;
+        }
+        match c.try_send(bytes.clone()) {
+            Ok(()) => {
+                self.shared.metrics.events_forwarded.inc();
+            }
+            Err(Cut::Full) => {
+                self.backlog.push_back(bytes);
+                self.stalled_since = Some(Instant::now());
+            }
+            Err(Cut::Closed) => self.detach(),
+        }
+    }
+
+    /// The client has room again: hand it what waited.
+    fn on_room(&mut self, room: Result<Room, Cut>) {
+        match room {
+            Ok(room) => {
+                if let Some(bytes) = self.backlog.pop_front() {
+                    room.send(bytes);
                     self.shared.metrics.events_forwarded.inc();
                 }
-                Err(Cut::Full) => self.cut_slow(),
-                Err(Cut::Closed) => self.detach(),
+                if self.backlog.is_empty() {
+                    self.stalled_since = None;
+                }
             }
+            Err(_) => self.detach(),
         }
     }
 
