@@ -13,10 +13,10 @@ use clap::Parser;
 use ssekeeper_sidecar::contract::SidecarArgs;
 use ssekeeper_sidecar::cursor::SessionId;
 use ssekeeper_sidecar::store::{
-    self, ConnectError, Entry, OpenError, Owner, Recorded, RedisStore, SessionStore, StoreError,
-    purge_service,
+    self, ConnectError, Entry, OpenError, Owner, Recorded, RedisConfig, RedisStore, SessionStore,
+    StoreError, purge_service,
 };
-use store_common::{RedisCluster, RedisServer, free_port};
+use store_common::{RedisCluster, RedisSentinel, RedisServer, free_port};
 
 /// An outage must be reported within this (the proxy degrades instead of hanging).
 const QUICK: Duration = Duration::from_millis(2000);
@@ -462,4 +462,92 @@ async fn settings_are_validated_with_clear_errors() {
     args.store = ssekeeper_sidecar::contract::StoreKind::Memory;
     let st = store::open(&args).await.unwrap();
     st.ping().await.unwrap();
+}
+
+/// After a Sentinel failover the store finds the new master by itself (the demoted one answers
+/// READONLY, which drops the cached connection).
+#[tokio::test]
+async fn a_sentinel_failover_is_followed() {
+    let sentinel = RedisSentinel::start_replicated();
+    let st = store(&sentinel.url()).await;
+    let s = sid("before-failover");
+    let l = st.acquire(&s, &owner(), LONG).await.unwrap();
+    st.append(&s, l.epoch, &[ev(1)]).await.unwrap();
+
+    let t = Instant::now();
+    sentinel.failover();
+    let replica = sentinel.replica.as_ref().unwrap();
+    // Writes must reach the new master within the re-check interval (plus slack), even though
+    // the old master keeps accepting them until the sentinel demotes it.
+    let attempt = std::sync::atomic::AtomicU32::new(0);
+    let took = until_ok(Duration::from_secs(15), || async {
+        let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let s = sid(&format!("after-failover-{n}"));
+        let l = st.acquire(&s, &owner(), LONG).await?;
+        st.append(&s, l.epoch, &[ev(1)]).await?;
+        let key = format!("ssekeeper:ns/chat:{{after-failover-{n}}}:events");
+        if replica.cli(&["exists", &key]) == "1" {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("written to the old master".into()))
+        }
+    })
+    .await;
+    println!(
+        "failover announced after {:?}; writes reached the new master {took:?} later",
+        t.elapsed() - took
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "followed the failover late: {took:?}"
+    );
+    assert!(replica.cli(&["role"]).starts_with("master"));
+    let n = attempt.load(std::sync::atomic::Ordering::Relaxed) - 1;
+    let s2 = sid(&format!("after-failover-{n}"));
+    // Tails use the new master too.
+    assert_eq!(
+        st.wait_after(&s2, 0, 10, Duration::from_millis(200))
+            .await
+            .unwrap(),
+        vec![ev(1)]
+    );
+}
+
+/// With every blocking slot taken, a tail still answers (late, after its block), losing nothing.
+#[tokio::test]
+async fn exhausted_blocking_slots_degrade_to_a_late_read() {
+    let server = RedisServer::start();
+    let mut cfg = RedisConfig::new(&server.url(), "ns", "chat", 100, LONG);
+    cfg.max_blocking = 1;
+    let st = Arc::new(RedisStore::with_config(cfg).await.unwrap());
+    let (a, b) = (sid("tail-a"), sid("tail-b"));
+    let la = st.acquire(&a, &owner(), LONG).await.unwrap();
+    let lb = st.acquire(&b, &owner(), LONG).await.unwrap();
+
+    let hog = {
+        let st = st.clone();
+        let a = a.clone();
+        tokio::spawn(async move { st.wait_after(&a, 0, 10, Duration::from_millis(1500)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(st.blocking_stats().0, 1, "the only slot is taken");
+    let late = {
+        let st = st.clone();
+        let b = b.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let got = st.wait_after(&b, 0, 10, Duration::from_millis(500)).await;
+            (got, t.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    st.append(&b, lb.epoch, &[ev(1)]).await.unwrap();
+    let (got, waited) = late.await.unwrap();
+    assert_eq!(got.unwrap(), vec![ev(1)], "nothing lost");
+    assert!(
+        waited >= Duration::from_millis(450),
+        "answered at the end of its block: {waited:?}"
+    );
+    st.append(&a, la.epoch, &[ev(1)]).await.unwrap();
+    assert_eq!(hog.await.unwrap().unwrap(), vec![ev(1)]);
 }
