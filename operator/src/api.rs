@@ -1,0 +1,514 @@
+//! The `SseService` API (group `ssekeeper.dev`, version `v1alpha1`).
+//!
+//! Everything a person can get wrong is refused by the API server itself: ranges and enums in the
+//! structural schema, cross-field rules as `x-kubernetes-validations` CEL with a message that says
+//! what to change. The operator then never has to guess what a half-valid object meant.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use ssekeeper_sidecar::contract;
+
+/// Upper bound on the grace period a spec may imply (seconds). Longer would hold node drains and
+/// cluster upgrades hostage to one service.
+pub const MAX_GRACE_PERIOD_SECONDS: u32 = 1800;
+
+/// Desired state of an SSE service: the app's pod template plus how to serve, drain and resume it.
+// The printcolumn(...) entries repeat `type_ = "string"`, which clippy mistakes for duplicate attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ssekeeper.dev",
+    version = "v1alpha1",
+    kind = "SseService",
+    namespaced,
+    shortname = "ssesvc",
+    category = "ssekeeper",
+    status = "SseServiceStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Affinity", type_ = "string", json_path = ".status.affinity"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    doc = "An SSE service whose replicas roll without losing an event or a session"
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.sessions.store != 'memory' || self.replicas <= 1")
+        .message("sessions.store 'memory' keeps sessions inside one pod: set replicas to 0 or 1, or use sessions.store 'redis'")
+        .field_path(".sessions.store"),
+    validation = Rule::new("self.sessions.store != 'redis' || has(self.sessions.redis)")
+        .message("sessions.store 'redis' needs sessions.redis.secretRef naming the Secret that holds the Redis URL")
+        .field_path(".sessions.store"),
+    validation = Rule::new("has(self.template.spec) && size(self.template.spec.containers) > 0")
+        .message("template.spec.containers must name at least one container (the app)")
+        .field_path(".template"),
+    validation = Rule::new("!has(self.template.spec) || self.template.spec.containers.all(c, c.name != 'ssekeeper')")
+        .message("the container name 'ssekeeper' is reserved for the injected sidecar; rename the app container")
+        .field_path(".template.spec.containers"),
+    validation = Rule::new("self.appPort != 8800 && self.appPort != 8801")
+        .message("appPort 8800 and 8801 are the sidecar's sse and admin ports inside the pod; move the app to another port")
+        .field_path(".appPort"),
+    validation = Rule::new("self.drain.preStopDelaySeconds + self.drain.drainSeconds <= 1785")
+        .message("drain.preStopDelaySeconds + drain.drainSeconds must be at most 1785: the pod's grace period adds 15 s for handover and app shutdown and is capped at 1800 s")
+        .field_path(".drain"),
+    validation = Rule::new("!has(self.disruptionBudget) || self.replicas == 0 || self.disruptionBudget.maxUnavailable <= self.replicas")
+        .message("disruptionBudget.maxUnavailable cannot exceed replicas")
+        .field_path(".disruptionBudget.maxUnavailable"),
+)]
+pub struct SseServiceSpec {
+    /// Number of pods. `kubectl scale ssesvc/NAME --replicas=N` and HPAs set it.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// The app's pod template (unchanged app; the sidecar is injected next to it).
+    #[schemars(schema_with = "pod_template_schema")]
+    pub template: PodTemplateSpec,
+    /// Port the app listens on inside the pod; the sidecar proxies 127.0.0.1:appPort.
+    #[schemars(range(min = 1, max = 65535))]
+    pub app_port: i32,
+    /// How the Service exposes the pods.
+    #[serde(default)]
+    pub service: ServiceConfig,
+    /// Optional Ingress with cookie affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressConfig>,
+    /// Rolling-update settings of the Deployment.
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+    /// How pods drain their streams when they terminate.
+    #[serde(default)]
+    pub drain: DrainConfig,
+    /// Where sessions are recorded and how requests name them.
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+    /// Optional PodDisruptionBudget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption_budget: Option<DisruptionBudgetConfig>,
+    /// Overrides for the injected sidecar (defaults come from the operator's configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarConfig>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// The PodTemplateSpec schema without nested descriptions: the full one would push the CRD past
+/// the 256 KiB annotation that client-side `kubectl apply` stores. Structure and types stay, so the
+/// API server still validates and prunes the template.
+fn pod_template_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    crate::crd::schema_without_descriptions::<PodTemplateSpec>(generator)
+}
+
+/// Service type, as in core/v1 Service.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum ServiceType {
+    /// Cluster-internal virtual IP.
+    #[default]
+    ClusterIP,
+    /// Also a port on every node.
+    NodePort,
+    /// Also an external load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The core/v1 spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// The rendered Service.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceConfig {
+    /// Port clients connect to.
+    #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// ClientIP session affinity: keeps a client on one pod while that pod lives.
+    #[serde(default)]
+    pub session_affinity: SessionAffinityConfig,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            port: default_service_port(),
+            type_: ServiceType::default(),
+            session_affinity: SessionAffinityConfig::default(),
+        }
+    }
+}
+
+fn default_service_port() -> i32 {
+    80
+}
+
+/// ClientIP affinity settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAffinityConfig {
+    /// Whether the Service uses `sessionAffinity: ClientIP`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long a client sticks to its pod after its last request.
+    #[serde(default = "default_affinity_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: i32,
+}
+
+impl Default for SessionAffinityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            timeout_seconds: default_affinity_timeout(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_affinity_timeout() -> i32 {
+    10800
+}
+
+/// The optional Ingress.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressConfig {
+    /// Host name routed to the Service.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+        )
+    )]
+    pub host: String,
+    /// IngressClass name (e.g. `nginx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Add cookie-affinity annotations (ingress-nginx), so a browser sticks to one pod.
+    #[serde(default = "default_true")]
+    pub cookie_affinity: bool,
+    /// Secret with the TLS certificate for `host`, if TLS terminates at the Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    /// Extra annotations, merged over the rendered ones (for other ingress controllers).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Rolling-update settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxSurge > 0 || self.maxUnavailable > 0")
+    .message("rollout.maxSurge and rollout.maxUnavailable cannot both be 0: the rollout could never make progress"))]
+pub struct RolloutConfig {
+    /// Extra pods allowed during a rollout.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_surge: i32,
+    /// Pods allowed to be unavailable during a rollout.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_unavailable: i32,
+    /// Seconds a new pod must be ready before it counts as available.
+    #[serde(default = "default_min_ready")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub min_ready_seconds: i32,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            max_surge: 1,
+            max_unavailable: 0,
+            min_ready_seconds: default_min_ready(),
+        }
+    }
+}
+
+fn default_one() -> i32 {
+    1
+}
+
+fn default_min_ready() -> i32 {
+    5
+}
+
+/// Drain timing (see DESIGN.md "Drain").
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainConfig {
+    /// Seconds the pod keeps serving after turning unready, so every load balancer forgets it.
+    #[serde(default = "default_prestop_delay")]
+    #[schemars(range(min = 0, max = 300))]
+    pub pre_stop_delay_seconds: u32,
+    /// Seconds over which stream closes are spread (jittered), before sessions are handed over.
+    #[serde(default = "default_drain")]
+    #[schemars(range(min = 0, max = 1785))]
+    pub drain_seconds: u32,
+    /// The `retry:` hint (milliseconds) sent to clients before their stream is closed.
+    #[serde(default = "default_reconnect_delay")]
+    #[schemars(range(min = 0, max = 600000))]
+    pub reconnect_delay_millis: u32,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            pre_stop_delay_seconds: default_prestop_delay(),
+            drain_seconds: default_drain(),
+            reconnect_delay_millis: default_reconnect_delay(),
+        }
+    }
+}
+
+fn default_prestop_delay() -> u32 {
+    5
+}
+
+fn default_drain() -> u32 {
+    20
+}
+
+fn default_reconnect_delay() -> u32 {
+    1000
+}
+
+/// Which store records sessions.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreType {
+    /// Redis: shared by every replica.
+    Redis,
+    /// In-pod memory: one replica only.
+    #[default]
+    Memory,
+}
+
+impl From<StoreType> for contract::StoreKind {
+    fn from(s: StoreType) -> Self {
+        match s {
+            StoreType::Redis => contract::StoreKind::Redis,
+            StoreType::Memory => contract::StoreKind::Memory,
+        }
+    }
+}
+
+/// Session recording and naming.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionsConfig {
+    /// `redis` (any number of replicas) or `memory` (one replica).
+    #[serde(default)]
+    pub store: StoreType,
+    /// The Redis connection, required when `store` is `redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
+    /// Seconds a disconnected session stays resumable (sliding).
+    #[serde(default = "default_ttl")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub ttl_seconds: u32,
+    /// Events kept per session for replay.
+    #[serde(default = "default_history")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub history_limit: u32,
+    /// How a request names its session; the first match wins.
+    #[serde(default = "default_session_keys")]
+    #[schemars(length(max = 8))]
+    pub key: Vec<SessionKey>,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            store: StoreType::default(),
+            redis: None,
+            ttl_seconds: default_ttl(),
+            history_limit: default_history(),
+            key: default_session_keys(),
+        }
+    }
+}
+
+fn default_ttl() -> u32 {
+    300
+}
+
+fn default_history() -> u32 {
+    1000
+}
+
+fn default_session_keys() -> Vec<SessionKey> {
+    vec![
+        SessionKey {
+            query: Some("sessionId".into()),
+            ..SessionKey::default()
+        },
+        SessionKey {
+            header: Some("Mcp-Session-Id".into()),
+            ..SessionKey::default()
+        },
+    ]
+}
+
+/// Redis connection settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisConfig {
+    /// The Secret (same namespace) and key holding the Redis URL: `redis://`, `rediss://`,
+    /// `redis+sentinel://`, or a cluster list.
+    pub secret_ref: SecretKeySelector,
+}
+
+/// A key of a Secret in the SseService's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "url".into()
+}
+
+/// One place a request may name its session. Exactly one field is set.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.query), has(self.header), has(self.cookie)].filter(x, x).size() == 1")
+    .message("each sessions.key entry sets exactly one of query, header or cookie"))]
+pub struct SessionKey {
+    /// A query parameter (MCP's SSE transport uses `sessionId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_.~-]+$"))]
+    pub query: Option<String>,
+    /// A request header (MCP Streamable HTTP uses `Mcp-Session-Id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub header: Option<String>,
+    /// A cookie name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    pub cookie: Option<String>,
+}
+
+impl SessionKey {
+    /// The sidecar's form of this key, `None` if no field is set (the CRD refuses that).
+    pub fn to_source(&self) -> Option<contract::SessionKeySource> {
+        use contract::SessionKeySource as S;
+        self.query
+            .clone()
+            .map(S::Query)
+            .or_else(|| self.header.clone().map(S::Header))
+            .or_else(|| self.cookie.clone().map(S::Cookie))
+    }
+}
+
+/// The optional PodDisruptionBudget.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DisruptionBudgetConfig {
+    /// Pods that voluntary disruptions (node drains) may take down at once.
+    #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
+    pub max_unavailable: i32,
+}
+
+/// Overrides for the injected sidecar container.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarConfig {
+    /// Sidecar image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Sidecar resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn resources_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    crate::crd::schema_without_descriptions::<ResourceRequirements>(generator)
+}
+
+/// Observed state, written only by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SseServiceStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods of the Deployment.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Ready pods.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Pods running the current template.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// `ready/desired`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+    /// `ClientIP/<timeout>s` or `None`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<String>,
+    /// The Service clients connect to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Label selector of the pods, for the scale subresource (HPA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Ready, Progressing and Degraded, with metav1.Condition semantics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = crate::crd::schema_without_descriptions::<Vec<Condition>>(generator);
+    let map = schema.ensure_object();
+    map.insert("x-kubernetes-list-type".into(), "map".into());
+    map.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema
+}

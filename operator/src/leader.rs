@@ -1,0 +1,98 @@
+//! Leader election on a coordination.k8s.io Lease (kube-lease-manager): the controller runs only
+//! while this replica holds the Lease and stops as soon as it loses it, so two replicas never
+//! reconcile at once.
+
+use std::future::Future;
+
+use kube::Client;
+use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+
+/// Where the Lease lives and who we are.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Lease namespace.
+    pub namespace: String,
+    /// Lease name.
+    pub name: String,
+    /// This replica's identity.
+    pub identity: String,
+}
+
+/// A future that resolves when `rx` turns true. It is `Sync` (the controller's shutdown trigger
+/// must be), so the waiting happens in a task that fires a oneshot.
+pub fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
+    let (tx, done) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = rx.wait_for(|s| *s).await;
+        let _ = tx.send(());
+    });
+    async move {
+        let _ = done.await;
+    }
+}
+
+/// Seconds a Lease is valid without renewal; a crashed leader is replaced after about this long.
+const LEASE_SECONDS: u64 = 15;
+
+/// Hold the Lease and run `controller(lost)` each time we become leader, until `stop` turns true.
+/// `lost` resolves when leadership is lost or shutdown begins; the controller must then return.
+pub async fn run_while_leader<F, Fut>(
+    client: Client,
+    lease: LeaseConfig,
+    metrics: Metrics,
+    stop: watch::Receiver<bool>,
+    controller: F,
+) -> Result<(), LeaseManagerError>
+where
+    F: Fn(std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let manager = LeaseManagerBuilder::new(client, &lease.name)
+        .with_namespace(&lease.namespace)
+        .with_identity(&lease.identity)
+        .with_duration(LEASE_SECONDS)
+        .with_grace(5)
+        .with_field_manager("ssekeeper-operator")
+        .build()
+        .await?;
+    let (mut is_leader, task) = manager.watch().await;
+    loop {
+        let mut stop_wait = stop.clone();
+        tokio::select! {
+            _ = stop_wait.wait_for(|s| *s) => break,
+            res = is_leader.wait_for(|l| *l) => if res.is_err() { break },
+        }
+        info!(lease = %lease.name, "became leader; starting the controller");
+        metrics.leader.set(1);
+        let mut leadership = is_leader.clone();
+        let mut stop_wait = stop.clone();
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = leadership.wait_for(|l| !*l) => warn!("lost the leader lease; stopping the controller"),
+                _ = stop_wait.wait_for(|s| *s) => {}
+            }
+            let _ = lost_tx.send(());
+        });
+        let lost = Box::pin(async move {
+            let _ = lost_rx.await;
+        });
+        controller(lost).await;
+        metrics.leader.set(0);
+        if *stop.borrow() {
+            break;
+        }
+    }
+    // Closing the channel makes the manager release the Lease, so a standby takes over at once.
+    drop(is_leader);
+    match task.await {
+        Ok(Ok(_)) => info!("released the leader lease"),
+        Ok(Err(e)) => warn!(error = %e, "releasing the leader lease"),
+        Err(e) => warn!(error = %e, "lease task panicked"),
+    }
+    Ok(())
+}

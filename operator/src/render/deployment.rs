@@ -1,0 +1,253 @@
+//! The Deployment: the app's template with the sidecar injected and the kubelet's termination
+//! order arranged so that streams drain and sessions are handed over before the app stops.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
+    LifecycleHandler, ObjectFieldSelector, PodSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecurityContext, SleepAction,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
+use ssekeeper_sidecar::contract::{self, SidecarArgs, env, paths};
+
+use super::{CONFIG_HASH_ANNOTATION, Ctx, RenderInput};
+use crate::api::SseService;
+
+pub(super) fn render(ctx: &Ctx<'_>, input: &RenderInput<'_>) -> Deployment {
+    let spec = &ctx.svc.spec;
+    let args = sidecar_args(ctx.svc, &ctx.namespace, &ctx.name);
+
+    let mut template = spec.template.clone();
+    let meta = template.metadata.get_or_insert_with(Default::default);
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(ctx.selector());
+    meta.annotations.get_or_insert_with(BTreeMap::new).insert(
+        CONFIG_HASH_ANNOTATION.into(),
+        config_hash(&args, input.redis_url_digest.as_deref()),
+    );
+
+    let pod = template.spec.get_or_insert_with(PodSpec::default);
+    let grace = i64::from(contract::termination_grace_period_seconds(
+        spec.drain.pre_stop_delay_seconds,
+        spec.drain.drain_seconds,
+    ));
+    pod.termination_grace_period_seconds =
+        Some(pod.termination_grace_period_seconds.unwrap_or(0).max(grace));
+    if let Some(i) = app_container_index(ctx.svc) {
+        let app = &mut pod.containers[i];
+        let lifecycle = app.lifecycle.get_or_insert_with(Lifecycle::default);
+        // A preStop the app already has is its own business; without one, the app keeps serving
+        // until the sidecar has closed every stream and handed every session over.
+        lifecycle.pre_stop.get_or_insert_with(|| LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: i64::from(contract::app_prestop_sleep_seconds(
+                    spec.drain.pre_stop_delay_seconds,
+                    spec.drain.drain_seconds,
+                )),
+            }),
+            ..LifecycleHandler::default()
+        });
+    }
+    pod.containers.push(sidecar_container(ctx, input, &args));
+
+    Deployment {
+        metadata: ctx.meta(ctx.name.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(ctx.selector()),
+                ..LabelSelector::default()
+            },
+            min_ready_seconds: Some(spec.rollout.min_ready_seconds),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(spec.rollout.max_surge)),
+                    max_unavailable: Some(IntOrString::Int(spec.rollout.max_unavailable)),
+                }),
+            }),
+            template,
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Which container is "the app": the one exposing `appPort`, else the first.
+pub fn app_container_index(svc: &SseService) -> Option<usize> {
+    let containers = &svc.spec.template.spec.as_ref()?.containers;
+    containers
+        .iter()
+        .position(|c| {
+            c.ports
+                .iter()
+                .flatten()
+                .any(|p| p.container_port == svc.spec.app_port)
+        })
+        .or(if containers.is_empty() { None } else { Some(0) })
+}
+
+/// The sidecar's configuration for this SseService: what the sidecar will parse from its args.
+pub fn sidecar_args(svc: &SseService, namespace: &str, name: &str) -> SidecarArgs {
+    let spec = &svc.spec;
+    let mut args =
+        SidecarArgs::defaults(u16::try_from(spec.app_port).unwrap_or(0), namespace, name);
+    args.store = spec.sessions.store.into();
+    args.session_ttl_seconds = spec.sessions.ttl_seconds;
+    args.history_limit = spec.sessions.history_limit;
+    args.session_keys = spec
+        .sessions
+        .key
+        .iter()
+        .filter_map(|k| k.to_source())
+        .collect();
+    args.prestop_delay_seconds = spec.drain.pre_stop_delay_seconds;
+    args.drain_seconds = spec.drain.drain_seconds;
+    args.reconnect_delay_millis = spec.drain.reconnect_delay_millis;
+    args
+}
+
+/// Hash of everything that should roll the pods but is not visible in the template itself.
+fn config_hash(args: &SidecarArgs, redis_url_digest: Option<&str>) -> String {
+    let mut hasher = Sha256::new();
+    for arg in args.to_args() {
+        hasher.update(arg.as_bytes());
+        hasher.update([0]);
+    }
+    hasher.update(redis_url_digest.unwrap_or("").as_bytes());
+    hex::encode(&hasher.finalize()[..8])
+}
+
+fn sidecar_container(ctx: &Ctx<'_>, input: &RenderInput<'_>, args: &SidecarArgs) -> Container {
+    let overrides = ctx.svc.spec.sidecar.clone().unwrap_or_default();
+    let admin = IntOrString::String(contract::ADMIN_PORT_NAME.into());
+    let http_get = |path: &str| HTTPGetAction {
+        path: Some(path.into()),
+        port: admin.clone(),
+        ..HTTPGetAction::default()
+    };
+
+    let mut env = vec![
+        field_env(env::POD_NAME, "metadata.name"),
+        field_env(env::POD_NAMESPACE, "metadata.namespace"),
+        field_env(env::POD_IP, "status.podIP"),
+        secret_env(
+            env::FORWARD_KEY,
+            &contract::forward_secret_name(&ctx.name),
+            contract::FORWARD_KEY_SECRET_KEY,
+        ),
+    ];
+    if let Some(redis) = &ctx.svc.spec.sessions.redis
+        && args.store == contract::StoreKind::Redis
+    {
+        env.push(secret_env(
+            env::REDIS_URL,
+            &redis.secret_ref.name,
+            &redis.secret_ref.key,
+        ));
+    }
+
+    Container {
+        name: contract::SIDECAR_CONTAINER_NAME.into(),
+        image: Some(
+            overrides
+                .image
+                .unwrap_or_else(|| input.defaults.image.clone()),
+        ),
+        image_pull_policy: input.defaults.image_pull_policy.clone(),
+        args: Some(args.to_args()),
+        env: Some(env),
+        ports: Some(vec![
+            container_port(contract::SSE_PORT_NAME, contract::SSE_PORT),
+            container_port(contract::ADMIN_PORT_NAME, contract::ADMIN_PORT),
+        ]),
+        readiness_probe: Some(Probe {
+            http_get: Some(http_get(paths::READY)),
+            period_seconds: Some(2),
+            failure_threshold: Some(1),
+            timeout_seconds: Some(1),
+            ..Probe::default()
+        }),
+        liveness_probe: Some(Probe {
+            http_get: Some(http_get(paths::LIVE)),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            timeout_seconds: Some(2),
+            ..Probe::default()
+        }),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                http_get: Some(http_get(paths::PRESTOP)),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        resources: Some(
+            overrides
+                .resources
+                .unwrap_or_else(|| input.defaults.resources.clone()),
+        ),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+fn container_port(name: &str, port: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: i32::from(port),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}

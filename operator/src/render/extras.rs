@@ -1,0 +1,129 @@
+//! The optional and auxiliary objects: Ingress, PodDisruptionBudget, forwarding-key Secret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use ssekeeper_sidecar::contract;
+
+use super::Ctx;
+
+/// ingress-nginx annotations: cookie affinity (a browser sticks to one pod) and the settings an
+/// SSE response needs through nginx (no buffering, long read timeout).
+fn ingress_annotations(ctx: &Ctx<'_>, cookie_affinity: bool) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::from([
+        (
+            "nginx.ingress.kubernetes.io/proxy-buffering".into(),
+            "off".into(),
+        ),
+        (
+            "nginx.ingress.kubernetes.io/proxy-read-timeout".into(),
+            "3600".into(),
+        ),
+        (
+            "nginx.ingress.kubernetes.io/proxy-send-timeout".into(),
+            "3600".into(),
+        ),
+    ]);
+    if cookie_affinity {
+        let max_age = ctx.svc.spec.service.session_affinity.timeout_seconds;
+        a.extend([
+            (
+                "nginx.ingress.kubernetes.io/affinity".into(),
+                "cookie".into(),
+            ),
+            (
+                "nginx.ingress.kubernetes.io/affinity-mode".into(),
+                "persistent".into(),
+            ),
+            (
+                "nginx.ingress.kubernetes.io/session-cookie-name".into(),
+                format!("ssekeeper-{}", ctx.name),
+            ),
+            (
+                "nginx.ingress.kubernetes.io/session-cookie-max-age".into(),
+                max_age.to_string(),
+            ),
+        ]);
+    }
+    a
+}
+
+pub(super) fn ingress(ctx: &Ctx<'_>) -> Option<Ingress> {
+    let cfg = ctx.svc.spec.ingress.as_ref()?;
+    let mut annotations = ingress_annotations(ctx, cfg.cookie_affinity);
+    annotations.extend(cfg.annotations.clone());
+    let mut metadata = ctx.meta(ctx.name.clone());
+    metadata.annotations = Some(annotations);
+    Some(Ingress {
+        metadata,
+        spec: Some(IngressSpec {
+            ingress_class_name: cfg.class_name.clone(),
+            rules: Some(vec![IngressRule {
+                host: Some(cfg.host.clone()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".into()),
+                        path_type: "Prefix".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: ctx.name.clone(),
+                                port: Some(ServiceBackendPort {
+                                    number: Some(ctx.svc.spec.service.port),
+                                    ..ServiceBackendPort::default()
+                                }),
+                            }),
+                            ..IngressBackend::default()
+                        },
+                    }],
+                }),
+            }]),
+            tls: cfg.tls_secret_name.as_ref().map(|secret| {
+                vec![IngressTLS {
+                    hosts: Some(vec![cfg.host.clone()]),
+                    secret_name: Some(secret.clone()),
+                }]
+            }),
+            ..IngressSpec::default()
+        }),
+        status: None,
+    })
+}
+
+pub(super) fn pdb(ctx: &Ctx<'_>) -> Option<PodDisruptionBudget> {
+    let cfg = ctx.svc.spec.disruption_budget.as_ref()?;
+    Some(PodDisruptionBudget {
+        metadata: ctx.meta(ctx.name.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(cfg.max_unavailable)),
+            selector: Some(LabelSelector {
+                match_labels: Some(ctx.selector()),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The Secret holding the per-SseService forwarding key. The reconciler generates the key once
+/// and passes the existing one back in afterwards, so re-applying never rotates it under running
+/// pods.
+pub(super) fn forward_secret(ctx: &Ctx<'_>, key: &str) -> Secret {
+    Secret {
+        metadata: ctx.meta(contract::forward_secret_name(&ctx.name)),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            contract::FORWARD_KEY_SECRET_KEY.into(),
+            ByteString(key.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}

@@ -1,0 +1,310 @@
+//! Pure status computation: from the SseService, its Deployment and what went wrong (if anything)
+//! to the `status` block, with `metav1.Condition` semantics (`lastTransitionTime` moves only when
+//! a condition's status changes; `observedGeneration` says which spec it describes).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{SseService, SseServiceStatus};
+use crate::render;
+
+/// Condition type: every replica runs the current spec and is ready.
+pub const READY: &str = "Ready";
+/// Condition type: a rollout is under way.
+pub const PROGRESSING: &str = "Progressing";
+/// Condition type: the operator could not do what the spec asks (reason says why).
+pub const DEGRADED: &str = "Degraded";
+
+/// Something the operator could not do, surfaced as `Degraded=True`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// CamelCase reason (also the metric label).
+    pub reason: String,
+    /// What a person should know or do.
+    pub message: String,
+}
+
+/// Counts taken from the Deployment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    replicas: i32,
+    ready: i32,
+    updated: i32,
+    available: i32,
+    /// The Deployment controller has seen the Deployment's latest spec.
+    observed: bool,
+    deadline_exceeded: bool,
+}
+
+fn counts(deployment: Option<&Deployment>) -> Counts {
+    let Some(d) = deployment else {
+        return Counts::default();
+    };
+    let Some(s) = d.status.as_ref() else {
+        return Counts::default();
+    };
+    Counts {
+        replicas: s.replicas.unwrap_or(0),
+        ready: s.ready_replicas.unwrap_or(0),
+        updated: s.updated_replicas.unwrap_or(0),
+        available: s.available_replicas.unwrap_or(0),
+        observed: s.observed_generation.is_some() && s.observed_generation >= d.metadata.generation,
+        deadline_exceeded: s.conditions.iter().flatten().any(|c| {
+            c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        }),
+    }
+}
+
+/// The status the SseService should have now. `previous` supplies the transition times to keep.
+pub fn compute(
+    svc: &SseService,
+    deployment: Option<&Deployment>,
+    problem: Option<&Problem>,
+    previous: Option<&SseServiceStatus>,
+    now: &Time,
+) -> SseServiceStatus {
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let generation = svc.metadata.generation;
+    let desired = svc.spec.replicas;
+    let c = counts(deployment);
+
+    let rolled_out = c.observed && c.updated >= desired && c.replicas == c.updated;
+    let ready = rolled_out && c.ready >= desired && c.available >= desired;
+    let cond = |type_: &str, status: bool, reason: &str, message: String| Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    };
+
+    let ready_cond = if ready {
+        let reason = if desired == 0 {
+            "ScaledToZero"
+        } else {
+            "AllReplicasReady"
+        };
+        cond(
+            READY,
+            true,
+            reason,
+            format!("{}/{desired} replicas ready", c.ready),
+        )
+    } else if deployment.is_none() {
+        cond(
+            READY,
+            false,
+            "DeploymentMissing",
+            "the Deployment does not exist yet".into(),
+        )
+    } else {
+        cond(
+            READY,
+            false,
+            "ReplicasNotReady",
+            format!(
+                "{}/{desired} replicas ready, {} updated",
+                c.ready, c.updated
+            ),
+        )
+    };
+    let progressing = if c.deadline_exceeded {
+        cond(
+            PROGRESSING,
+            false,
+            "ProgressDeadlineExceeded",
+            "the Deployment made no progress within its deadline; check the pods' events".into(),
+        )
+    } else if rolled_out {
+        cond(
+            PROGRESSING,
+            false,
+            "RolloutComplete",
+            format!("{} replicas on the current spec", c.updated),
+        )
+    } else {
+        cond(
+            PROGRESSING,
+            true,
+            "RollingOut",
+            format!("{}/{desired} replicas updated", c.updated),
+        )
+    };
+    let degraded = match (problem, c.deadline_exceeded) {
+        (Some(p), _) => cond(DEGRADED, true, &p.reason, p.message.clone()),
+        (None, true) => cond(
+            DEGRADED,
+            true,
+            "ProgressDeadlineExceeded",
+            "the rollout is stuck; check the pods' events".into(),
+        ),
+        (None, false) => cond(
+            DEGRADED,
+            false,
+            "AsExpected",
+            "all owned objects applied".into(),
+        ),
+    };
+
+    let old = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    SseServiceStatus {
+        observed_generation: generation,
+        replicas: c.replicas,
+        ready_replicas: c.ready,
+        updated_replicas: c.updated,
+        ready: Some(format!("{}/{desired}", c.ready)),
+        affinity: Some(render::affinity_text(svc)),
+        service_name: Some(name.clone()),
+        selector: Some(render::selector_string(&name)),
+        conditions: [ready_cond, progressing, degraded]
+            .into_iter()
+            .map(|c| keep_transition_time(old, c))
+            .collect(),
+    }
+}
+
+/// `lastTransitionTime` changes only when the status does.
+fn keep_transition_time(old: &[Condition], mut new: Condition) -> Condition {
+    if let Some(prev) = old.iter().find(|c| c.type_ == new.type_)
+        && prev.status == new.status
+    {
+        new.last_transition_time = prev.last_transition_time.clone();
+    }
+    new
+}
+
+/// The status of condition `type_`, if present.
+pub fn condition_status<'a>(status: Option<&'a SseServiceStatus>, type_: &str) -> Option<&'a str> {
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::DeploymentStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn svc(replicas: i32) -> SseService {
+        let mut s: SseService = serde_yaml::from_str(
+            "apiVersion: ssekeeper.dev/v1alpha1\nkind: SseService\nmetadata: {name: chat, namespace: d, generation: 3}\nspec: {appPort: 8080, template: {spec: {containers: [{name: app}]}}}",
+        )
+        .unwrap();
+        s.spec.replicas = replicas;
+        s
+    }
+
+    fn dep(replicas: i32, ready: i32, updated: i32) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                generation: Some(2),
+                ..ObjectMeta::default()
+            },
+            status: Some(DeploymentStatus {
+                observed_generation: Some(2),
+                replicas: Some(replicas),
+                ready_replicas: Some(ready),
+                updated_replicas: Some(updated),
+                available_replicas: Some(ready),
+                ..DeploymentStatus::default()
+            }),
+            ..Deployment::default()
+        }
+    }
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    fn get<'a>(s: &'a SseServiceStatus, ty: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == ty).unwrap()
+    }
+
+    #[test]
+    fn all_ready_means_ready_and_not_progressing() {
+        let s = compute(
+            &svc(3),
+            Some(&dep(3, 3, 3)),
+            None,
+            None,
+            &t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(get(&s, READY).status, "True");
+        assert_eq!(get(&s, PROGRESSING).status, "False");
+        assert_eq!(get(&s, DEGRADED).status, "False");
+        assert_eq!(s.ready.as_deref(), Some("3/3"));
+        assert_eq!(s.selector.as_deref(), Some("ssekeeper.dev/service=chat"));
+        assert_eq!(get(&s, READY).observed_generation, Some(3));
+    }
+
+    #[test]
+    fn old_pods_still_running_means_progressing() {
+        let s = compute(
+            &svc(3),
+            Some(&dep(4, 3, 3)),
+            None,
+            None,
+            &t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(get(&s, PROGRESSING).status, "True");
+        assert_eq!(get(&s, READY).status, "False");
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let first = compute(
+            &svc(3),
+            Some(&dep(3, 2, 3)),
+            None,
+            None,
+            &t("2026-01-01T00:00:00Z"),
+        );
+        let same = compute(
+            &svc(3),
+            Some(&dep(3, 2, 3)),
+            None,
+            Some(&first),
+            &t("2026-01-01T00:05:00Z"),
+        );
+        assert_eq!(
+            get(&same, READY).last_transition_time,
+            t("2026-01-01T00:00:00Z")
+        );
+        let flipped = compute(
+            &svc(3),
+            Some(&dep(3, 3, 3)),
+            None,
+            Some(&same),
+            &t("2026-01-01T00:09:00Z"),
+        );
+        assert_eq!(
+            get(&flipped, READY).last_transition_time,
+            t("2026-01-01T00:09:00Z")
+        );
+        assert_eq!(
+            get(&flipped, DEGRADED).last_transition_time,
+            t("2026-01-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_problem_is_degraded_with_its_reason() {
+        let p = Problem {
+            reason: "RedisSecretInvalid".into(),
+            message: "Secret chat-redis not found".into(),
+        };
+        let s = compute(&svc(1), None, Some(&p), None, &t("2026-01-01T00:00:00Z"));
+        let d = get(&s, DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "RedisSecretInvalid")
+        );
+        assert_eq!(get(&s, READY).reason, "DeploymentMissing");
+    }
+}

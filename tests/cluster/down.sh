@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Stops the control plane that up.sh started in this run dir: each process from its pidfile
+# (newest first), TERM then KILL after a bounded wait, plus any process still running one of our
+# binaries against this run dir (e.g. left by an up.sh that was interrupted before writing its
+# pidfile). Leaves no process behind. `--purge` also removes <run dir>/cluster (certificates,
+# etcd data, logs). Safe to run when nothing is up.
+#
+# Env: SSEKEEPER_RUN_DIR, SSEKEEPER_CACHE, SSEKEEPER_DOWN_TIMEOUT (seconds per process, 15).
+set -euo pipefail
+# shellcheck source=tests/cluster/lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+purge=false
+for a in "$@"; do
+  case "$a" in
+    --purge) purge=true ;;
+    -h | --help) echo "usage: $0 [--purge]"; exit 0 ;;
+    *) die "unknown argument: $a (usage: $0 [--purge])" ;;
+  esac
+done
+DOWN_TIMEOUT="${SSEKEEPER_DOWN_TIMEOUT:-15}"
+PIDS="$STATE_DIR/pids"
+
+if [[ ! -d "$STATE_DIR" ]]; then
+  exit 0
+fi
+exec 9>"$STATE_DIR/.lock"
+flock -w 300 9 || die "another up.sh/down.sh holds $STATE_DIR/.lock"
+
+# ours PID: true if PID runs one of our binaries with arguments naming this run dir.
+ours() {
+  local exe cmd
+  exe="$(readlink "/proc/$1/exe" 2>/dev/null)" || return 1
+  [[ "${exe% (deleted)}" == "$BIN_DIR"/* || "${exe% (deleted)}" == "$SSEKEEPER_CACHE"/*/bin/* ]] || return 1
+  cmd="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmd" == *"$STATE_DIR"* ]]
+}
+
+# stop PID NAME: TERM, wait up to DOWN_TIMEOUT, then KILL and wait for it to be gone.
+stop() {
+  local pid="$1" name="$2" i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < DOWN_TIMEOUT * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  log "$name (pid $pid) ignored TERM for ${DOWN_TIMEOUT}s; killing it"
+  kill -KILL "$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  die "$name (pid $pid) is still running after KILL"
+}
+
+for ((n = ${#COMPONENTS[@]} - 1; n >= 0; n--)); do
+  c="${COMPONENTS[$n]}"
+  f="$PIDS/$c.pid"
+  if [[ -s "$f" ]]; then
+    pid="$(<"$f")"
+    if [[ "$pid" =~ ^[0-9]+$ ]] && ours "$pid"; then stop "$pid" "$c"; fi
+    rm -f "$f"
+  fi
+done
+
+# Anything of ours that no pidfile names (controller-manager first, etcd last).
+for pass in kube-controller-manager kube-apiserver etcd ""; do
+  for d in /proc/[0-9]*; do
+    pid="${d#/proc/}"
+    ours "$pid" || continue
+    exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || continue
+    [[ -z "$pass" || "$(basename "${exe% (deleted)}")" == "$pass" ]] || continue
+    log "stopping stray $(basename "${exe% (deleted)}") (pid $pid)"
+    stop "$pid" "$(basename "${exe% (deleted)}")"
+  done
+done
+
+rm -f "$STATE_DIR/env"
+if $purge; then
+  exec 9>&-
+  rm -rf "$STATE_DIR"
+fi

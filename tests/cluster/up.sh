@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# Starts a real Kubernetes control plane on loopback for the tests: upstream etcd,
+# kube-apiserver (Node,RBAC authorization, service-account tokens) and kube-controller-manager
+# (GC, deployment, replicaset, namespace, serviceaccount(-token) ... controllers), with
+# certificates generated here. Waits until the API is ready and the default namespace and
+# service account exist, then writes <run dir>/cluster/env (KUBECONFIG, PATH) for other scripts
+# and tests to source, and prints the KUBECONFIG export. Idempotent: says so if already up.
+#
+# Env: SSEKEEPER_RUN_DIR (default <repo>/tests/.run), SSEKEEPER_CACHE, SSEKEEPER_APISERVER_PORT
+# (16443), SSEKEEPER_ETCD_CLIENT_PORT (12379), SSEKEEPER_ETCD_PEER_PORT (12380),
+# SSEKEEPER_KCM_PORT (10257), SSEKEEPER_SERVICE_CIDR (198.19.0.0/16),
+# SSEKEEPER_FIRST_SERVICE_IP (198.19.0.1), SSEKEEPER_UP_TIMEOUT (seconds, 180).
+set -euo pipefail
+# shellcheck source=tests/cluster/lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+UP_TIMEOUT="${SSEKEEPER_UP_TIMEOUT:-180}"
+started_at=$(date +%s)
+
+"$CLUSTER_DIR/build.sh" >/dev/null || die "building the control-plane binaries failed"
+command -v openssl >/dev/null || die "openssl missing: run tests/scripts/install-deps.sh"
+command -v curl >/dev/null || die "curl missing: run tests/scripts/install-deps.sh"
+
+PKI="$STATE_DIR/pki"
+LOGS="$STATE_DIR/logs"
+PIDS="$STATE_DIR/pids"
+KUBECONFIG_FILE="$STATE_DIR/admin.kubeconfig"
+KCM_KUBECONFIG="$STATE_DIR/controller-manager.kubeconfig"
+ENV_FILE="$STATE_DIR/env"
+SERVER="https://127.0.0.1:${APISERVER_PORT}"
+mkdir -p "$PKI" "$LOGS" "$PIDS" "$STATE_DIR/etcd"
+chmod 700 "$STATE_DIR"
+
+# One up/down at a time per run dir.
+exec 9>"$STATE_DIR/.lock"
+flock -w 300 9 || die "another up.sh/down.sh holds $STATE_DIR/.lock"
+
+all_running() {
+  local c
+  for c in "${COMPONENTS[@]}"; do pid_alive "$PIDS/$c.pid" || return 1; done
+}
+
+api_ready() {
+  [[ -f "$PKI/admin.crt" ]] &&
+    [[ "$(curl -fsS --max-time 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+      "$SERVER/readyz" 2>/dev/null)" == "ok" ]]
+}
+
+write_env() {
+  cat >"$ENV_FILE.tmp" <<EOF
+# Written by tests/cluster/up.sh: source it to talk to the test control plane.
+export KUBECONFIG='$KUBECONFIG_FILE'
+export SSEKEEPER_CLUSTER_BIN='$BIN_DIR'
+export SSEKEEPER_APISERVER_URL='$SERVER'
+export SSEKEEPER_SERVICE_CIDR='$SERVICE_CIDR'
+case ":\$PATH:" in *":$BIN_DIR:"*) ;; *) export PATH='$BIN_DIR':"\$PATH" ;; esac
+EOF
+  mv -f "$ENV_FILE.tmp" "$ENV_FILE"
+}
+
+if all_running && api_ready; then
+  write_env
+  log "already up ($SERVER)"
+  echo "export KUBECONFIG=$KUBECONFIG_FILE"
+  exit 0
+fi
+
+# ---- certificates ---------------------------------------------------------------------------
+# gen_cert NAME CN O EXT: key + cert signed by the CA, with the given x509 extensions.
+gen_cert() {
+  local name="$1" cn="$2" o="$3" ext="$4" subj="/CN=$2"
+  [[ -s "$PKI/$name.crt" && -s "$PKI/$name.key" ]] && return 0
+  [[ -n "$o" ]] && subj="/O=$o/CN=$cn"
+  openssl genrsa -out "$PKI/$name.key" 2048 2>/dev/null
+  openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
+  printf '%s\n' "$ext" >"$PKI/$name.ext"
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null ||
+    die "openssl could not sign $name"
+  rm -f "$PKI/$name.csr" "$PKI/$name.ext"
+}
+
+if [[ ! -s "$PKI/ca.crt" || ! -s "$PKI/ca.key" ]]; then
+  rm -f "$PKI"/*.crt "$PKI"/*.key
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/ca.key" -out "$PKI/ca.crt" -days 3650 \
+    -subj "/CN=ssekeeper-test-ca" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null ||
+    die "openssl could not create the CA"
+fi
+client_ext="basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+gen_cert apiserver kube-apiserver "" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost,IP:${FIRST_SERVICE_IP},DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+gen_cert admin admin system:masters "$client_ext"
+gen_cert controller-manager system:kube-controller-manager "" "$client_ext"
+# For the kubelet stage: how the apiserver authenticates to kubelets (logs, exec).
+gen_cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters "$client_ext"
+if [[ ! -s "$PKI/sa.key" ]]; then
+  openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+fi
+chmod 600 "$PKI"/*.key
+
+# write_kubeconfig FILE USER CERT KEY: a self-contained kubeconfig (certificates embedded).
+write_kubeconfig() {
+  local b64="base64 -w0"
+  cat >"$1.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: ssekeeper-test
+  cluster:
+    server: $SERVER
+    certificate-authority-data: $($b64 <"$PKI/ca.crt")
+users:
+- name: $2
+  user:
+    client-certificate-data: $($b64 <"$3")
+    client-key-data: $($b64 <"$4")
+contexts:
+- name: ssekeeper-test
+  context: {cluster: ssekeeper-test, user: $2, namespace: default}
+current-context: ssekeeper-test
+EOF
+  chmod 600 "$1.tmp"
+  mv -f "$1.tmp" "$1"
+}
+write_kubeconfig "$KUBECONFIG_FILE" admin "$PKI/admin.crt" "$PKI/admin.key"
+write_kubeconfig "$KCM_KUBECONFIG" system:kube-controller-manager "$PKI/controller-manager.crt" "$PKI/controller-manager.key"
+
+# ---- processes ------------------------------------------------------------------------------
+port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+
+# start NAME PORT... -- CMD...: starts CMD detached (own session, survives this script) unless its
+# pidfile names a live process; refuses if one of its ports is taken by something else.
+start() {
+  local name="$1" ports=()
+  shift
+  while [[ "$1" != "--" ]]; do ports+=("$1"); shift; done
+  shift
+  if pid_alive "$PIDS/$name.pid"; then return 0; fi
+  local p
+  for p in "${ports[@]}"; do
+    port_busy "$p" && die "port $p (for $name) is already in use by another process; set SSEKEEPER_*_PORT to free ones or run tests/cluster/down.sh"
+  done
+  {
+    printf '\n==== %s starting %s\n' "$(date -Is)" "$name"
+  } >>"$LOGS/$name.log"
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$PIDS/$name.pid"
+}
+
+# wait_for WHAT SECONDS CMD...: polls CMD every 0.5 s until it succeeds; on timeout shows the logs.
+wait_for() {
+  local what="$1" secs="$2" deadline
+  shift 2
+  deadline=$(($(date +%s) + secs))
+  until "$@"; do
+    if (($(date +%s) >= deadline)); then
+      local c
+      for c in "${COMPONENTS[@]}"; do
+        [[ -f "$LOGS/$c.log" ]] && { echo "---- last lines of $LOGS/$c.log" >&2; tail -n 15 "$LOGS/$c.log" >&2; }
+      done
+      die "timed out after ${secs}s waiting for $what (logs in $LOGS; stop with tests/cluster/down.sh)"
+    fi
+    local c
+    for c in "${COMPONENTS[@]}"; do
+      if [[ -f "$PIDS/$c.pid" ]] && ! pid_alive "$PIDS/$c.pid"; then
+        echo "---- last lines of $LOGS/$c.log" >&2
+        tail -n 25 "$LOGS/$c.log" >&2
+        die "$c exited while waiting for $what (log: $LOGS/$c.log)"
+      fi
+    done
+    sleep 0.5
+  done
+}
+
+remaining() { local r=$((started_at + UP_TIMEOUT - $(date +%s))); ((r > 5)) && echo "$r" || echo 5; }
+
+start etcd "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" -- "$BIN_DIR/etcd" \
+  --name=ssekeeper-test \
+  --data-dir="$STATE_DIR/etcd" \
+  --listen-client-urls="http://127.0.0.1:${ETCD_CLIENT_PORT}" \
+  --advertise-client-urls="http://127.0.0.1:${ETCD_CLIENT_PORT}" \
+  --listen-peer-urls="http://127.0.0.1:${ETCD_PEER_PORT}" \
+  --initial-advertise-peer-urls="http://127.0.0.1:${ETCD_PEER_PORT}" \
+  --initial-cluster="ssekeeper-test=http://127.0.0.1:${ETCD_PEER_PORT}" \
+  --unsafe-no-fsync=true \
+  --log-level=warn
+
+etcd_ready() { curl -fsS --max-time 3 "http://127.0.0.1:${ETCD_CLIENT_PORT}/health" 2>/dev/null | grep -q '"health":"true"'; }
+wait_for "etcd" "$(remaining)" etcd_ready
+
+start kube-apiserver "$APISERVER_PORT" -- "$BIN_DIR/kube-apiserver" \
+  --etcd-servers="http://127.0.0.1:${ETCD_CLIENT_PORT}" \
+  --bind-address=127.0.0.1 \
+  --advertise-address=127.0.0.1 \
+  --endpoint-reconciler-type=none \
+  --secure-port="$APISERVER_PORT" \
+  --tls-cert-file="$PKI/apiserver.crt" \
+  --tls-private-key-file="$PKI/apiserver.key" \
+  --client-ca-file="$PKI/ca.crt" \
+  --authorization-mode=Node,RBAC \
+  --service-cluster-ip-range="$SERVICE_CIDR" \
+  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file="$PKI/sa.pub" \
+  --service-account-signing-key-file="$PKI/sa.key" \
+  --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+  --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+  --allow-privileged=true \
+  --profiling=false \
+  --cert-dir="$STATE_DIR/apiserver-certs"
+
+wait_for "kube-apiserver /readyz" "$(remaining)" api_ready
+
+start kube-controller-manager "$KCM_PORT" -- "$BIN_DIR/kube-controller-manager" \
+  --kubeconfig="$KCM_KUBECONFIG" \
+  --authentication-kubeconfig="$KCM_KUBECONFIG" \
+  --authorization-kubeconfig="$KCM_KUBECONFIG" \
+  --bind-address=127.0.0.1 \
+  --secure-port="$KCM_PORT" \
+  --cert-dir="$STATE_DIR/controller-manager-certs" \
+  --leader-elect=false \
+  --controllers='*' \
+  --use-service-account-credentials=true \
+  --service-account-private-key-file="$PKI/sa.key" \
+  --root-ca-file="$PKI/ca.crt" \
+  --cluster-signing-cert-file="$PKI/ca.crt" \
+  --cluster-signing-key-file="$PKI/ca.key" \
+  --service-cluster-ip-range="$SERVICE_CIDR" \
+  --profiling=false
+
+export KUBECONFIG="$KUBECONFIG_FILE"
+kctl() { "$BIN_DIR/kubectl" --request-timeout=5s "$@" >/dev/null 2>&1; }
+kcm_healthy() { curl -fsSk --max-time 3 "https://127.0.0.1:${KCM_PORT}/healthz" 2>/dev/null | grep -qx ok; }
+wait_for "kube-controller-manager /healthz" "$(remaining)" kcm_healthy
+wait_for "namespace default" "$(remaining)" kctl get namespace default
+wait_for "serviceaccount default/default" "$(remaining)" kctl -n default get serviceaccount default
+
+write_env
+log "up in $(($(date +%s) - started_at))s: $SERVER (logs: $LOGS)"
+echo "export KUBECONFIG=$KUBECONFIG_FILE"

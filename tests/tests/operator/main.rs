@@ -1,0 +1,744 @@
+//! The operator against a real kube-apiserver + etcd + kube-controller-manager (tests/cluster).
+//! Each test has its own namespace and its own operator process (`--watch-namespace`), so they run
+//! in parallel without seeing each other.
+
+mod redis;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use ssekeeper_operator::api::SseService;
+use ssekeeper_sidecar::contract;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn get<K>(client: &Client, ns: &str, name: &str) -> Option<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn events(client: &Client, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_event(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+) -> (String, String, String) {
+    eventually(&format!("event {reason} on {name}"), WAIT, || async {
+        events(client, ns, name)
+            .await
+            .into_iter()
+            .find(|e| e.1 == reason)
+    })
+    .await
+}
+
+fn condition(svc: &SseService, ty: &str) -> Option<(String, String)> {
+    svc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ty)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+fn pod_spec(d: &Deployment) -> k8s_openapi::api::core::v1::PodSpec {
+    d.spec.clone().unwrap().template.spec.unwrap()
+}
+
+#[tokio::test]
+async fn invalid_manifests_are_refused_with_a_clear_message() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "invalid").await;
+    let dir = repo().join("tests/testdata/invalid");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "at least 10 invalid manifests");
+    let mut failures = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{file:?} lacks '# expect: ' first line"));
+        let out = kubectl(&[
+            "create",
+            "--dry-run=server",
+            "-n",
+            &ns.name,
+            "-f",
+            file.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let name = file.file_name().unwrap().to_string_lossy();
+        if out.status.success() {
+            failures.push(format!(
+                "{name}: accepted, expected refusal with {expect:?}"
+            ));
+        } else if !stderr.contains(expect) {
+            failures.push(format!(
+                "{name}: refused, but message lacks {expect:?}:\n  {stderr}"
+            ));
+        } else {
+            println!("refused as expected: {name}: {expect}");
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // And the examples are valid.
+    for example in [
+        "examples/chat.yaml",
+        "examples/mcp.yaml",
+        "examples/minimal.yaml",
+    ] {
+        let path = repo().join(example);
+        let out = kubectl(&[
+            "create",
+            "--dry-run=server",
+            "-n",
+            &ns.name,
+            "-f",
+            path.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn examples_render_children_that_follow_the_spec() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "examples").await;
+    let _op = Operator::start(&ns.name, "op-a", &["--purge-timeout-seconds=3"]);
+    for example in [
+        "examples/chat.yaml",
+        "examples/mcp.yaml",
+        "examples/minimal.yaml",
+    ] {
+        let out = apply_text(&manifest(example, &ns.name));
+        assert!(
+            out.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // chat: Deployment with the sidecar, the grace period and the app preStop of the contract.
+    let dep: Deployment =
+        eventually("chat Deployment", WAIT, || get(&client, &ns.name, "chat")).await;
+    let pod = pod_spec(&dep);
+    assert_eq!(dep.spec.as_ref().unwrap().replicas, Some(3));
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(i64::from(contract::termination_grace_period_seconds(5, 20)))
+    );
+    let sidecar = pod
+        .containers
+        .iter()
+        .find(|c| c.name == contract::SIDECAR_CONTAINER_NAME)
+        .expect("sidecar");
+    assert_eq!(sidecar.image.as_deref(), Some("ssekeeper/sidecar:test"));
+    assert!(
+        sidecar
+            .args
+            .as_ref()
+            .unwrap()
+            .contains(&"--store=redis".to_string())
+    );
+    let app = pod.containers.iter().find(|c| c.name == "app").unwrap();
+    let sleep = app
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .pre_stop
+        .as_ref()
+        .unwrap()
+        .sleep
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        sleep.seconds,
+        i64::from(contract::app_prestop_sleep_seconds(5, 20))
+    );
+    assert_eq!(dep.owner_references()[0].kind, "SseService");
+
+    // Service: ClientIP affinity, targets the sidecar.
+    let svc: Service = get(&client, &ns.name, "chat").await.expect("chat Service");
+    let spec = svc.spec.unwrap();
+    assert_eq!(spec.session_affinity.as_deref(), Some("ClientIP"));
+    assert_eq!(
+        spec.session_affinity_config
+            .unwrap()
+            .client_ip
+            .unwrap()
+            .timeout_seconds,
+        Some(10800)
+    );
+    let port = &spec.ports.unwrap()[0];
+    assert_eq!(port.port, 80);
+    assert_eq!(
+        port.target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("sse".into()))
+    );
+
+    // Forwarding key Secret and PDB.
+    let secret: Secret = get(&client, &ns.name, &contract::forward_secret_name("chat"))
+        .await
+        .expect("forward key");
+    assert!(
+        secret.data.unwrap()[contract::FORWARD_KEY_SECRET_KEY]
+            .0
+            .len()
+            >= 32
+    );
+    let pdb: PodDisruptionBudget = get(&client, &ns.name, "chat").await.expect("PDB");
+    assert_eq!(
+        pdb.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+
+    // mcp: Ingress, no affinity; minimal: memory store, no Ingress/PDB.
+    let _ing: Ingress = eventually("mcp Ingress", WAIT, || get(&client, &ns.name, "mcp")).await;
+    let mcp_svc: Service = get(&client, &ns.name, "mcp").await.unwrap();
+    assert_eq!(
+        mcp_svc.spec.unwrap().session_affinity.as_deref(),
+        Some("None")
+    );
+    let _: Deployment = eventually("ticker Deployment", WAIT, || {
+        get(&client, &ns.name, "ticker")
+    })
+    .await;
+    assert!(
+        get::<PodDisruptionBudget>(&client, &ns.name, "ticker")
+            .await
+            .is_none()
+    );
+
+    // Status: observedGeneration, selector, conditions (no node: pods stay Pending).
+    let chat: SseService = eventually("chat status", WAIT, || async {
+        let s: SseService = get(&client, &ns.name, "chat").await?;
+        (s.status.as_ref()?.observed_generation == s.metadata.generation).then_some(s)
+    })
+    .await;
+    let status = chat.status.as_ref().unwrap();
+    assert_eq!(
+        status.selector.as_deref(),
+        Some("ssekeeper.dev/service=chat")
+    );
+    assert_eq!(status.service_name.as_deref(), Some("chat"));
+    assert_eq!(condition(&chat, "Ready").unwrap().0, "False");
+    assert_eq!(condition(&chat, "Progressing").unwrap().0, "True");
+    assert_eq!(
+        condition(&chat, "Degraded").unwrap(),
+        ("False".into(), "AsExpected".into())
+    );
+    wait_event(&client, &ns.name, "chat", "Created").await;
+
+    // kubectl get shows the columns; describe shows conditions and events.
+    let table = kubectl_ok(&["get", "ssesvc", "-n", &ns.name]);
+    println!("{table}");
+    let header = table.lines().next().unwrap();
+    for col in ["NAME", "READY", "REPLICAS", "AFFINITY", "AGE"] {
+        assert!(header.contains(col), "column {col} missing in {header:?}");
+    }
+    let chat_row = table.lines().find(|l| l.starts_with("chat ")).unwrap();
+    assert!(
+        chat_row.contains("0/3") && chat_row.contains("ClientIP/10800s"),
+        "{chat_row}"
+    );
+    let describe = kubectl_ok(&["describe", "ssesvc", "chat", "-n", &ns.name]);
+    for needle in [
+        "Conditions:",
+        "Progressing",
+        "RollingOut",
+        "Events:",
+        "Created",
+    ] {
+        assert!(
+            describe.contains(needle),
+            "describe lacks {needle:?}:\n{describe}"
+        );
+    }
+
+    // A spec change updates the children and says so.
+    let api: Api<SseService> = Api::namespaced(client.clone(), &ns.name);
+    api.patch(
+        "chat",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {
+            "drain": {"drainSeconds": 30},
+            "service": {"sessionAffinity": {"enabled": false}},
+            "disruptionBudget": null
+        }})),
+    )
+    .await
+    .unwrap();
+    let grace = i64::from(contract::termination_grace_period_seconds(5, 30));
+    eventually("grace period follows drainSeconds", WAIT, || async {
+        let d: Deployment = get(&client, &ns.name, "chat").await?;
+        (pod_spec(&d).termination_grace_period_seconds == Some(grace)).then_some(())
+    })
+    .await;
+    eventually("affinity off", WAIT, || async {
+        let s: Service = get(&client, &ns.name, "chat").await?;
+        let spec = s.spec?;
+        (spec.session_affinity.as_deref() == Some("None") && spec.session_affinity_config.is_none())
+            .then_some(())
+    })
+    .await;
+    eventually("PDB removed", WAIT, || async {
+        get::<PodDisruptionBudget>(&client, &ns.name, "chat")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    wait_event(&client, &ns.name, "chat", "RolloutStarted").await;
+    wait_event(&client, &ns.name, "chat", "Updated").await;
+
+    // kubectl scale reaches the Deployment through the scale subresource.
+    kubectl_ok(&["scale", "ssesvc/chat", "--replicas=5", "-n", &ns.name]);
+    eventually("Deployment scaled to 5", WAIT, || async {
+        let d: Deployment = get(&client, &ns.name, "chat").await?;
+        (d.spec?.replicas == Some(5)).then_some(())
+    })
+    .await;
+    wait_event(&client, &ns.name, "chat", "Scaled").await;
+
+    // Deletion: the finalizer gives up on the unreachable Redis after the purge timeout, then
+    // the controller-manager's garbage collector removes every child.
+    api.delete("chat", &DeleteParams::default()).await.unwrap();
+    eventually("chat deleted", WAIT, || async {
+        get::<SseService>(&client, &ns.name, "chat")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually(
+        "children garbage-collected",
+        Duration::from_secs(90),
+        || async {
+            let dep = get::<Deployment>(&client, &ns.name, "chat").await;
+            let svc = get::<Service>(&client, &ns.name, "chat").await;
+            let sec =
+                get::<Secret>(&client, &ns.name, &contract::forward_secret_name("chat")).await;
+            (dep.is_none() && svc.is_none() && sec.is_none()).then_some(())
+        },
+    )
+    .await;
+    let (ty, _, note) = wait_event(&client, &ns.name, "chat", "PurgeAbandoned").await;
+    assert_eq!(ty, "Warning");
+    assert!(note.contains("ssekeeper:"), "{note}");
+}
+
+#[tokio::test]
+async fn missing_redis_secret_degrades_then_heals_when_it_appears() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "secret").await;
+    let op = Operator::start(&ns.name, "op-a", &[]);
+    let text = manifest("examples/chat.yaml", &ns.name);
+    let only_svc = text.split("---").nth(1).unwrap();
+    let out = apply_text(only_svc);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let degraded = eventually("Degraded=True", WAIT, || async {
+        let s: SseService = get(&client, &ns.name, "chat").await?;
+        condition(&s, "Degraded").filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(degraded.1, "RedisSecretInvalid");
+    let (ty, _, note) = wait_event(&client, &ns.name, "chat", "Degraded").await;
+    assert_eq!(ty, "Warning");
+    assert!(
+        note.contains("chat-redis") && note.contains("not found"),
+        "{note}"
+    );
+    assert!(get::<Deployment>(&client, &ns.name, "chat").await.is_none());
+
+    // No hot loop: a handful of reconciles over a few seconds (backoff), not hundreds.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let metrics = op.metrics().await.unwrap();
+    let reconciles = metric_value(&metrics, "ssekeeper_operator_reconciles_total");
+    assert!(
+        reconciles < 20.0,
+        "{reconciles} reconciles in ~5 s: hot loop?\n{}",
+        op.log_text()
+    );
+    assert!(metrics.contains("kind=\"RedisSecretInvalid\""), "{metrics}");
+
+    // A malformed Secret is reported as such.
+    let bad: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "chat-redis"}, "stringData": {"url": "http://not-redis"}
+    }))
+    .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    secrets.create(&PostParams::default(), &bad).await.unwrap();
+    eventually("malformed URL reported", WAIT, || async {
+        let s: SseService = get(&client, &ns.name, "chat").await?;
+        let msg = s
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Degraded")?
+            .message;
+        msg.contains("does not hold a Redis URL").then_some(())
+    })
+    .await;
+
+    // Fix it: the Secret watch heals it without waiting for the backoff.
+    secrets
+        .patch(
+            "chat-redis",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"stringData": {"url": "redis://127.0.0.1:1/0"}})),
+        )
+        .await
+        .unwrap();
+    eventually("Degraded=False after the Secret is fixed", WAIT, || async {
+        let s: SseService = get(&client, &ns.name, "chat").await?;
+        condition(&s, "Degraded").filter(|c| c.0 == "False")
+    })
+    .await;
+    let _: Deployment = eventually("Deployment created", WAIT, || {
+        get(&client, &ns.name, "chat")
+    })
+    .await;
+    wait_event(&client, &ns.name, "chat", "Recovered").await;
+}
+
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn finalizer_purges_exactly_this_services_sessions_from_redis() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "purge").await;
+    let redis = redis::RedisServer::start();
+    let url = redis.url();
+    let prefix = contract::keys::service_prefix(&ns.name, "chat");
+    let other = contract::keys::service_prefix(&ns.name, "other");
+    for i in 0..250 {
+        redis.cmd(&["SET", &format!("{prefix}{{s{i}}}:events"), "x"]);
+    }
+    redis.cmd(&["SET", &format!("{other}{{s1}}:events"), "keep"]);
+    redis.cmd(&["SET", "unrelated", "keep"]);
+
+    let _op = Operator::start(&ns.name, "op-a", &[]);
+    let text = manifest("examples/chat.yaml", &ns.name)
+        .replace(&format!("redis://redis.{}.svc:6379/0", ns.name), &url);
+    let out = apply_text(&text);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _: Deployment = eventually("Deployment", WAIT, || get(&client, &ns.name, "chat")).await;
+    eventually("finalizer added", WAIT, || async {
+        let s: SseService = get(&client, &ns.name, "chat").await?;
+        s.finalizers()
+            .iter()
+            .any(|f| f == "ssekeeper.dev/purge-sessions")
+            .then_some(())
+    })
+    .await;
+
+    Api::<SseService>::namespaced(client.clone(), &ns.name)
+        .delete("chat", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("chat deleted", WAIT, || async {
+        get::<SseService>(&client, &ns.name, "chat")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        redis.cmd(&["DBSIZE"]).trim(),
+        "2",
+        "only the other service's and unrelated keys remain"
+    );
+    assert_eq!(redis.cmd(&["GET", "unrelated"]).trim(), "keep");
+    let (_, _, note) = wait_event(&client, &ns.name, "chat", "SessionsPurged").await;
+    assert!(note.contains("250"), "{note}");
+}
+
+#[tokio::test]
+async fn operator_restart_and_standby_do_not_fight_over_objects() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "restart").await;
+    let mut first = Operator::start(&ns.name, "op-a", &[]);
+    let out = apply_text(&manifest("examples/minimal.yaml", &ns.name));
+    assert!(out.status.success());
+    let svc: SseService = eventually("status written", WAIT, || async {
+        let s: SseService = get(&client, &ns.name, "ticker").await?;
+        s.status.as_ref()?.observed_generation.map(|_| s)
+    })
+    .await;
+    let versions = |client: Client, ns: String| async move {
+        let d: Deployment = get(&client, &ns, "ticker").await.unwrap();
+        let s: Service = get(&client, &ns, "ticker").await.unwrap();
+        let k: Secret = get(&client, &ns, &contract::forward_secret_name("ticker"))
+            .await
+            .unwrap();
+        let key = k.data.clone().unwrap()[contract::FORWARD_KEY_SECRET_KEY].clone();
+        (
+            d.resource_version(),
+            s.resource_version(),
+            k.resource_version(),
+            key,
+        )
+    };
+    let before = versions(client.clone(), ns.name.clone()).await;
+
+    // Graceful stop: exit 0, Lease released.
+    let status = first.terminate();
+    assert!(
+        status.success(),
+        "operator exited with {status}: {}",
+        first.log_text()
+    );
+
+    // Two replicas at once: exactly one leads; the other stands by.
+    let second = Operator::start(&ns.name, "op-b", &[]);
+    let third = Operator::start(&ns.name, "op-c", &[]);
+    let leaders = eventually("one leader", WAIT, || async {
+        let b = metric_value(&second.metrics().await?, "ssekeeper_operator_leader");
+        let c = metric_value(&third.metrics().await?, "ssekeeper_operator_leader");
+        (b + c == 1.0).then_some((b, c))
+    })
+    .await;
+    // Let the leader reconcile, then check nothing was rewritten (no fighting, no duplicates).
+    let leader = if leaders.0 == 1.0 { &second } else { &third };
+    eventually("leader reconciled", WAIT, || async {
+        (metric_value(
+            &leader.metrics().await?,
+            "ssekeeper_operator_reconciles_total",
+        ) >= 1.0)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = versions(client.clone(), ns.name.clone()).await;
+    assert_eq!(
+        before, after,
+        "a restarted operator rewrote objects (or rotated the key)"
+    );
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default().labels("ssekeeper.dev/service=ticker"))
+        .await
+        .unwrap();
+    assert_eq!(deployments.items.len(), 1);
+    let standby = if leaders.0 == 1.0 { &third } else { &second };
+    assert_eq!(
+        metric_value(
+            &standby.metrics().await.unwrap(),
+            "ssekeeper_operator_reconciles_total"
+        ),
+        0.0,
+        "the standby reconciled"
+    );
+    assert_eq!(
+        svc.metadata.generation,
+        get::<SseService>(&client, &ns.name, "ticker")
+            .await
+            .unwrap()
+            .metadata
+            .generation
+    );
+}
+
+#[tokio::test]
+async fn helm_chart_lints_templates_installs_and_its_rbac_is_enough() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "helm").await;
+    let chart = repo().join("charts/ssekeeper");
+    let chart = chart.to_str().unwrap();
+    let env = cluster_env();
+    let helm = |args: &[&str]| {
+        std::process::Command::new("helm")
+            .args(args)
+            .envs(env)
+            .output()
+            .expect("run helm")
+    };
+    let lint = helm(&["lint", "--strict", chart]);
+    assert!(
+        lint.status.success(),
+        "helm lint: {}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    let template = helm(&["template", "sk", chart, "--namespace", &ns.name]);
+    assert!(
+        template.status.success(),
+        "{}",
+        String::from_utf8_lossy(&template.stderr)
+    );
+    let rendered = String::from_utf8_lossy(&template.stdout);
+    for kind in [
+        "kind: Deployment",
+        "kind: ClusterRole",
+        "kind: ServiceAccount",
+        "readOnlyRootFilesystem: true",
+    ] {
+        assert!(rendered.contains(kind), "helm template lacks {kind}");
+    }
+    let bad = helm(&["template", "sk", chart, "--set", "operator.logFormat=xml"]);
+    assert!(
+        !bad.status.success(),
+        "values.schema.json must refuse logFormat=xml"
+    );
+
+    let release = ns.name.clone();
+    let install = helm(&[
+        "install",
+        &release,
+        chart,
+        "--namespace",
+        &ns.name,
+        "--skip-crds",
+    ]);
+    assert!(
+        install.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let operator_name = format!("{release}-ssekeeper");
+    let dep: Deployment = eventually("operator Deployment", WAIT, || {
+        get(&client, &ns.name, &operator_name)
+    })
+    .await;
+    let pod = pod_spec(&dep);
+    assert_eq!(dep.spec.unwrap().replicas, Some(2));
+    let sc = pod.containers[0].security_context.clone().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+
+    // Run the operator out of cluster as the chart's service account: the chart's RBAC must be
+    // enough for everything it does (create children, status, events, finalizer, lease).
+    let sa = format!("{release}-ssekeeper");
+    let token = kubectl_ok(&["create", "token", &sa, "-n", &ns.name, "--duration=1h"]);
+    let kubeconfig = service_account_kubeconfig(token.trim(), &ns.name);
+    let _op =
+        Operator::start_with_kubeconfig(&ns.name, "chart-sa", &[], kubeconfig.to_str().unwrap());
+    let out = apply_text(&manifest("examples/minimal.yaml", &ns.name));
+    assert!(out.status.success());
+    let _: Deployment = eventually("Deployment made with the chart's RBAC", WAIT, || {
+        get(&client, &ns.name, "ticker")
+    })
+    .await;
+    eventually("status written with the chart's RBAC", WAIT, || async {
+        let s: SseService = get(&client, &ns.name, "ticker").await?;
+        s.status?.observed_generation.map(|_| ())
+    })
+    .await;
+    wait_event(&client, &ns.name, "ticker", "Created").await;
+    let can = |verb: &str, res: &str| {
+        kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            res,
+            "--as",
+            &format!("system:serviceaccount:{}:{sa}", ns.name),
+            "-n",
+            &ns.name,
+        ])
+        .status
+        .success()
+    };
+    assert!(
+        !can("delete", "deployments"),
+        "least privilege: no deployment deletes"
+    );
+    assert!(!can("create", "pods"), "least privilege: no pods");
+
+    Api::<SseService>::namespaced(client.clone(), &ns.name)
+        .delete("ticker", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "deleted with the chart's RBAC (finalizer removed)",
+        WAIT,
+        || async {
+            get::<SseService>(&client, &ns.name, "ticker")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let uninstall = helm(&["uninstall", &release, "--namespace", &ns.name]);
+    assert!(
+        uninstall.status.success(),
+        "{}",
+        String::from_utf8_lossy(&uninstall.stderr)
+    );
+}
+
+/// A kubeconfig that authenticates with a service-account token against the test cluster.
+fn service_account_kubeconfig(token: &str, ns: &str) -> std::path::PathBuf {
+    let admin = std::fs::read_to_string(&cluster_env()["KUBECONFIG"]).unwrap();
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&admin).unwrap();
+    let users = doc["users"].as_sequence_mut().unwrap();
+    for user in users.iter_mut() {
+        let mut m = BTreeMap::new();
+        m.insert("token".to_string(), token.to_string());
+        user["user"] = serde_yaml::to_value(m).unwrap();
+    }
+    let path = std::env::temp_dir().join(format!("ssekeeper-sa-{ns}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    path
+}
