@@ -100,8 +100,10 @@ async fn a_key_learned_during_an_outage_is_routed_once_the_store_is_back() {
     let a = start_sidecar(args(app_a.addr, "pod-a"), store.clone()).await;
     let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
 
+    // A black-holed store: calls hang until their time budget runs out.
+    store.set_hanging(true);
     store.set_down(true);
-    // Both pods notice (the first failing call or the pinger).
+    // Both pods notice (the first timed-out call or the pinger).
     let _ = fetch(a.sse, "POST", "/messages?sessionId=probe", &[], Some("{}")).await;
     let _ = fetch(b.sse, "POST", "/messages?sessionId=probe", &[], Some("{}")).await;
     eventually("outage noticed", T, || {

@@ -211,7 +211,7 @@ async fn a_crashed_owner_is_taken_over_after_its_lease_expires() {
         "crash takeover after {:?} (lease ttl 2 s): {dups} duplicate(s) from the unflushed window",
         t0.elapsed()
     );
-    assert!(dups <= 1);
+    assert!(dups <= 3, "at most the unflushed window is repeated");
     assert_eq!(b.count("takeovers", "ok"), 1);
 }
 

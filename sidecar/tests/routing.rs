@@ -176,13 +176,13 @@ async fn a_session_whose_owner_is_gone_answers_404_quickly() {
     let (status, _, _) = fetch(b.sse, "POST", &path, &[], Some("{}")).await;
     assert_eq!(status, 404);
     println!("owner unreachable: 404 in {:?}", t.elapsed());
-    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(t.elapsed() < Duration::from_secs(3));
     // Once the lease expired nobody owns it: 404 from the registry, the app is not asked.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let t = Instant::now();
     let (status, _, _) = fetch(b.sse, "POST", &path, &[], Some("{}")).await;
     assert_eq!(status, 404);
-    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(t.elapsed() < Duration::from_secs(2));
     assert!(app_b.seen.lock().unwrap().is_empty());
     assert_eq!(b.count("forwards", "owner_gone"), 2);
     // A stream request for an unowned key opens a stream here (this pod becomes the owner).
