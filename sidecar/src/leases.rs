@@ -426,3 +426,102 @@ impl LeaseBook {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn owner(name: &str) -> Owner {
+        Owner {
+            name: name.into(),
+            addr: "127.0.0.1:8801".parse().unwrap(),
+        }
+    }
+
+    fn book(store: Arc<dyn SessionStore>, name: &str) -> Arc<LeaseBook> {
+        let metrics = Arc::new(Metrics::new());
+        LeaseBook::new(
+            store,
+            owner(name),
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+            StoreHealth::new(metrics.clone()),
+            metrics,
+        )
+    }
+
+    #[tokio::test]
+    async fn claims_share_one_lease_and_the_last_unpin_releases_it() {
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
+        let b = book(store.clone(), "a");
+        let s = SessionId::parse("s1").unwrap();
+        let c1 = b.claim(&s).await.unwrap();
+        let c2 = b.claim(&s).await.unwrap();
+        assert_eq!((c1.id, c1.epoch), (c2.id, c2.epoch));
+        b.unpin(&s, c1.id);
+        assert!(store.lease(&s).await.unwrap().is_some());
+        b.unpin(&s, c2.id);
+        assert!(b.is_empty());
+        for _ in 0..50 {
+            if store.lease(&s).await.unwrap().is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the lease was not released");
+    }
+
+    #[tokio::test]
+    async fn a_takeover_elsewhere_fences_on_renewal_and_lost_state_is_recovered() {
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
+        let a = book(store.clone(), "a");
+        let s = SessionId::parse("s2").unwrap();
+        let claim = a.claim(&s).await.unwrap();
+        store
+            .acquire(&s, &owner("b"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        a.renew_round().await;
+        assert!(claim.fenced.is_cancelled());
+        assert_eq!(a.epoch(&s, claim.id), None);
+
+        // A fresh store (Redis restarted empty): the holding is re-acquired, not dropped.
+        let empty: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
+        let c = book(empty.clone(), "c");
+        let k = SessionId::parse("s3").unwrap();
+        c.register(&k).await.unwrap();
+        let before = c.lock().get(&k).map(|h| (h.id, h.epoch)).unwrap();
+        let replacement: Arc<dyn SessionStore> =
+            Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
+        let c2 = LeaseBook {
+            store: replacement.clone(),
+            owner: owner("c"),
+            ttl: Duration::from_secs(5),
+            idle_ttl: Duration::from_secs(60),
+            timeout: Duration::from_secs(1),
+            health: c.health.clone(),
+            metrics: c.metrics.clone(),
+            held: Mutex::new(std::mem::take(&mut *c.lock())),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            next_id: std::sync::atomic::AtomicU64::new(100),
+        };
+        c2.renew_round().await;
+        assert_eq!(c2.epoch(&k, before.0), Some(1));
+        assert_eq!(replacement.lease(&k).await.unwrap().unwrap().owner, "c");
+    }
+
+    #[tokio::test]
+    async fn idle_routing_registrations_are_released() {
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
+        let b = book(store.clone(), "a");
+        let k = SessionId::parse("key").unwrap();
+        b.register(&k).await.unwrap();
+        assert!(b.touch(&k));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        b.renew_round().await;
+        assert!(b.is_empty());
+        assert!(store.lease(&k).await.unwrap().is_none());
+    }
+}
