@@ -24,8 +24,8 @@ PIDS="$STATE_DIR/pids"
 if [[ ! -d "$STATE_DIR" ]]; then
   exit 0
 fi
-exec 9>"$STATE_DIR/.lock"
-flock -w 300 9 || die "another up.sh/down.sh holds $STATE_DIR/.lock"
+exec 9>"$STATE_DIR/.updown.lock"
+flock -w 300 9 || die "another up.sh/down.sh holds $STATE_DIR/.updown.lock"
 
 # stop PID NAME: TERM, wait up to DOWN_TIMEOUT, then KILL and wait for it to be gone.
 stop() {

@@ -33,9 +33,9 @@ mkdir -p "$PKI" "$LOGS" "$PIDS"
 mkdir -p "$STATE_DIR/etcd" && chmod 700 "$STATE_DIR/etcd"
 chmod 700 "$STATE_DIR"
 
-# One up/down at a time per run dir.
-exec 9>"$STATE_DIR/.lock"
-flock -w 300 9 || die "another up.sh/down.sh holds $STATE_DIR/.lock"
+# One up/down at a time per run dir. (The daemons must not inherit fd 9: see start.)
+exec 9>"$STATE_DIR/.updown.lock"
+flock -w 300 9 || die "another up.sh/down.sh holds $STATE_DIR/.updown.lock"
 
 # If bringing the cluster up fails half-way, stop what we started (logs stay for a look).
 on_exit() {
