@@ -3,7 +3,6 @@
 //! in parallel without seeing each other.
 
 // The store's own real-redis-server helper, shared rather than written twice.
-#[allow(dead_code)]
 #[path = "../../../sidecar/tests/store_common/mod.rs"]
 mod redis;
 mod support;
