@@ -242,6 +242,62 @@ pub struct SidecarArgs {
     /// This pod's IP, advertised to other sidecars for forwarding.
     #[arg(long, env = env::POD_IP)]
     pub pod_ip: Option<IpAddr>,
+    /// Seconds an owner's lease lives without renewal: how long a crashed pod's sessions wait
+    /// before another pod takes them over. Renewed every third of it.
+    #[arg(long, env = "SSEKEEPER_LEASE_TTL_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=3600))]
+    pub lease_ttl_seconds: u32,
+    /// Seconds a recorder keeps capturing the app's stream after its client went away, so the
+    /// client can come back (to any pod) without a gap; then it records a handover and stops.
+    #[arg(long, env = "SSEKEEPER_RESUME_WINDOW_SECONDS", default_value_t = 30)]
+    pub resume_window_seconds: u32,
+    /// Most concurrent client streams; more are refused with 503.
+    #[arg(long, env = "SSEKEEPER_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: u32,
+    /// Largest event the parser accepts from the app; bigger ones are dropped (metric).
+    #[arg(long, env = "SSEKEEPER_MAX_EVENT_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(64..))]
+    pub max_event_bytes: u32,
+    /// Bytes queued for one client; when they are used up the app's stream is paused (as a plain
+    /// proxy's TCP backpressure would) until the client reads.
+    #[arg(long, env = "SSEKEEPER_CLIENT_BUFFER_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub client_buffer_bytes: u32,
+    /// Milliseconds a client may leave its queue full before it is cut as a slow consumer (it then
+    /// resumes from its cursor and the app's stream is captured again).
+    #[arg(long, env = "SSEKEEPER_CLIENT_STALL_MILLIS", default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_stall_millis: u32,
+    /// Recent events a recorder keeps in memory to resume a client on the same pod without the
+    /// store (the store covers anything older).
+    #[arg(long, env = "SSEKEEPER_RESUME_BUFFER_EVENTS", default_value_t = 64)]
+    pub resume_buffer_events: u32,
+    /// Largest request head (request line and headers) accepted from a client.
+    #[arg(long, env = "SSEKEEPER_MAX_HEADER_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
+    pub max_header_bytes: u32,
+    /// Milliseconds a recorded event may wait before its batch is written to the store: the
+    /// most a SIGKILL can lose.
+    #[arg(long, env = "SSEKEEPER_BATCH_WINDOW_MILLIS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch_window_millis: u32,
+    /// Most entries written to the store in one batch.
+    #[arg(long, env = "SSEKEEPER_BATCH_MAX_ENTRIES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch_max_entries: u32,
+    /// Milliseconds to wait for the app's response head (connect included); 504 after.
+    #[arg(
+        long,
+        env = "SSEKEEPER_UPSTREAM_TIMEOUT_MILLIS",
+        default_value_t = 60_000
+    )]
+    pub upstream_timeout_millis: u32,
+    /// Milliseconds to wait for another sidecar's response head when forwarding to a session's owner.
+    #[arg(
+        long,
+        env = "SSEKEEPER_FORWARD_TIMEOUT_MILLIS",
+        default_value_t = 5_000
+    )]
+    pub forward_timeout_millis: u32,
+    /// Milliseconds a store call on a request's path may take before the sidecar serves without it.
+    #[arg(long, env = "SSEKEEPER_STORE_TIMEOUT_MILLIS", default_value_t = 1_000)]
+    pub store_timeout_millis: u32,
+    /// Seconds a forwarding signature stays valid (either side of the receiver's clock).
+    #[arg(long, env = "SSEKEEPER_FORWARD_MAX_SKEW_SECONDS", default_value_t = 30)]
+    pub forward_max_skew_seconds: u32,
 }
 
 impl SidecarArgs {
@@ -270,6 +326,23 @@ impl SidecarArgs {
             format!("--drain-seconds={}", self.drain_seconds),
             format!("--reconnect-delay-millis={}", self.reconnect_delay_millis),
             format!("--handover-margin-seconds={}", self.handover_margin_seconds),
+            format!("--lease-ttl-seconds={}", self.lease_ttl_seconds),
+            format!("--resume-window-seconds={}", self.resume_window_seconds),
+            format!("--max-streams={}", self.max_streams),
+            format!("--max-event-bytes={}", self.max_event_bytes),
+            format!("--client-buffer-bytes={}", self.client_buffer_bytes),
+            format!("--client-stall-millis={}", self.client_stall_millis),
+            format!("--resume-buffer-events={}", self.resume_buffer_events),
+            format!("--max-header-bytes={}", self.max_header_bytes),
+            format!("--batch-window-millis={}", self.batch_window_millis),
+            format!("--batch-max-entries={}", self.batch_max_entries),
+            format!("--upstream-timeout-millis={}", self.upstream_timeout_millis),
+            format!("--forward-timeout-millis={}", self.forward_timeout_millis),
+            format!("--store-timeout-millis={}", self.store_timeout_millis),
+            format!(
+                "--forward-max-skew-seconds={}",
+                self.forward_max_skew_seconds
+            ),
             format!(
                 "--log-format={}",
                 match self.log_format {
@@ -309,6 +382,20 @@ mod tests {
             SessionKeySource::Cookie("sid".into()),
         ];
         cfg.drain_seconds = 42;
+        cfg.lease_ttl_seconds = 7;
+        cfg.resume_window_seconds = 11;
+        cfg.max_streams = 12;
+        cfg.max_event_bytes = 4096;
+        cfg.client_buffer_bytes = 8192;
+        cfg.client_stall_millis = 77;
+        cfg.resume_buffer_events = 3;
+        cfg.max_header_bytes = 9000;
+        cfg.batch_window_millis = 2;
+        cfg.batch_max_entries = 17;
+        cfg.upstream_timeout_millis = 1234;
+        cfg.forward_timeout_millis = 2345;
+        cfg.store_timeout_millis = 345;
+        cfg.forward_max_skew_seconds = 9;
         cfg.log_format = LogFormat::Pretty;
         let argv = std::iter::once("ssekeeper-sidecar".to_string()).chain(cfg.to_args());
         assert_eq!(SidecarArgs::try_parse_from(argv).unwrap(), cfg);

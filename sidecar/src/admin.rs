@@ -1,0 +1,118 @@
+//! The admin port: probes, metrics, the preStop hook, and forwarded requests from other sidecars.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+
+use crate::body::{ProxyBody, full};
+use crate::contract::paths;
+use crate::forward;
+use crate::proxy::{self, Origin};
+use crate::state::Shared;
+
+fn text(code: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = code;
+    r
+}
+
+/// Handle one admin request.
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, paths::LIVE) => text(StatusCode::OK, "live\n"),
+        (&Method::GET, paths::READY) => ready(&shared),
+        (&Method::GET, paths::METRICS) => {
+            let mut r = text(StatusCode::OK, shared.metrics.encode());
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        (&Method::GET | &Method::POST, paths::PRESTOP) => {
+            shared
+                .lifecycle
+                .prestop(shared.settings.prestop_delay)
+                .await;
+            text(StatusCode::OK, "draining\n")
+        }
+        _ if path == paths::FORWARD || path.starts_with(&format!("{}/", paths::FORWARD)) => {
+            forwarded(shared, req, peer).await
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn ready(shared: &Shared) -> Response<ProxyBody> {
+    if !shared.lifecycle.ready() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n");
+    }
+    if !shared.app_probe.is_up() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: app not accepting connections\n",
+        );
+    }
+    if shared.health.is_up() {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        // Still ready: the pod serves without replay; the store outage is reported, not hidden.
+        text(
+            StatusCode::OK,
+            "ready (session store unavailable: no replay)\n",
+        )
+    }
+}
+
+/// A request another sidecar forwarded because this pod owns its session.
+async fn forwarded(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let full_path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or(paths::FORWARD);
+    let Some(original) = forward::original_path(full_path) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let verdict = forward::verify(
+        shared.settings.forward_key.as_deref(),
+        req.method().as_str(),
+        &original,
+        req.headers(),
+        forward::unix_now(),
+        shared.settings.forward_max_skew.as_secs(),
+    );
+    if let Err(rejection) = verdict {
+        tracing::warn!(%peer, reason = rejection.kind(), "forwarded request refused");
+        shared.metrics.forward(rejection.kind());
+        return text(StatusCode::FORBIDDEN, format!("forbidden: {rejection}\n"));
+    }
+    shared.metrics.forward("accepted");
+    let (mut parts, body) = req.into_parts();
+    forward::strip(&mut parts.headers);
+    parts.uri = match Uri::try_from(original) {
+        Ok(uri) => uri,
+        Err(_) => return text(StatusCode::BAD_REQUEST, "bad path\n"),
+    };
+    proxy::handle(
+        shared,
+        Request::from_parts(parts, body),
+        peer,
+        Origin::Forwarded,
+    )
+    .await
+}

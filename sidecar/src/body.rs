@@ -1,0 +1,268 @@
+//! Body types: what the proxy sends to clients and to the app.
+//!
+//! Pass-through bodies are boxed as they come (streamed, never buffered). SSE responses are fed
+//! through a [`ClientTx`]/[`ClientBody`] pair: a bounded queue whose byte budget makes a slow
+//! client visible to its producer (which cuts it) instead of growing memory, and whose close
+//! signal lets the drain end a stream with a `retry:` hint at a moment of its choosing.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::streams::StreamGuard;
+
+/// Any error a body can fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The one body type of every request and response the proxy handles.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    Empty::<Bytes>::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+/// Box any body whose errors convert into [`BoxError`].
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// Queue slots per client, in messages; the byte budget is the tighter bound in practice.
+const CLIENT_QUEUE_MESSAGES: usize = 4096;
+
+/// Why a chunk could not be queued for a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The client's budget is used up: it does not read fast enough.
+    Full,
+    /// The client is gone (disconnected, cut, or closed by the drain).
+    Closed,
+}
+
+/// The producer side of one client's SSE stream.
+#[derive(Debug)]
+pub struct ClientTx {
+    tx: mpsc::Sender<Bytes>,
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
+}
+
+/// Bytes charged against the budget for a chunk: at most the whole budget, so one chunk larger
+/// than the budget still fits in an empty queue.
+fn charge(len: usize, budget_bytes: usize) -> u32 {
+    len.clamp(1, budget_bytes).min(u32::MAX as usize) as u32
+}
+
+impl ClientTx {
+    /// Queue a chunk without waiting (the live path: never held up by a client).
+    pub fn try_send(&self, chunk: Bytes) -> Result<(), Cut> {
+        let n = charge(chunk.len(), self.budget_bytes);
+        if self.tx.is_closed() {
+            return Err(Cut::Closed);
+        }
+        let permit = self.budget.try_acquire_many(n).map_err(|_| Cut::Full)?;
+        permit.forget();
+        self.tx.try_send(chunk).map_err(|e| {
+            self.budget.add_permits(n as usize);
+            match e {
+                mpsc::error::TrySendError::Full(_) => Cut::Full,
+                mpsc::error::TrySendError::Closed(_) => Cut::Closed,
+            }
+        })
+    }
+
+    /// Queue a chunk, waiting up to `patience` for room (replay from the store, where waiting on
+    /// the client is fine but not forever).
+    pub async fn send(&self, chunk: Bytes, patience: Duration) -> Result<(), Cut> {
+        let n = charge(chunk.len(), self.budget_bytes);
+        let work = async {
+            let permit = self.budget.acquire_many(n).await.map_err(|_| Cut::Closed)?;
+            permit.forget();
+            if self.tx.send(chunk).await.is_err() {
+                self.budget.add_permits(n as usize);
+                return Err(Cut::Closed);
+            }
+            Ok(())
+        };
+        tokio::select! {
+            r = work => r,
+            _ = self.tx.closed() => Err(Cut::Closed),
+            _ = tokio::time::sleep(patience) => Err(Cut::Full),
+        }
+    }
+
+    /// Wait for room for a chunk of `len` bytes (budget and a queue slot), owned so the caller
+    /// may hold it across its own state changes; dropping it unused gives the room back.
+    pub async fn room(&self, len: usize) -> Result<Room, Cut> {
+        let n = charge(len, self.budget_bytes);
+        let budget = self
+            .budget
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| Cut::Closed)?;
+        let slot = self
+            .tx
+            .clone()
+            .reserve_owned()
+            .await
+            .map_err(|_| Cut::Closed)?;
+        Ok(Room { slot, budget })
+    }
+
+    /// Resolves when the client side is gone.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    /// Whether the client side is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Room reserved in a client's queue by [`ClientTx::room`].
+pub struct Room {
+    slot: mpsc::OwnedPermit<Bytes>,
+    budget: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Room {
+    /// Queue the chunk the room was reserved for (its budget is returned when the client reads it).
+    pub fn send(self, chunk: Bytes) {
+        self.budget.forget();
+        self.slot.send(chunk);
+    }
+}
+
+/// The client side: yields a prefix (replayed history), then what the producer queues; on the
+/// drain's signal it yields what is already queued, then the `retry:` hint, and ends.
+pub struct ClientBody {
+    prefix: VecDeque<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
+    close: Pin<Box<WaitForCancellationFutureOwned>>,
+    closing: bool,
+    done: bool,
+    retry_hint: Bytes,
+    _guard: StreamGuard,
+}
+
+/// A new client stream: the producer side, and the body to answer the client with.
+pub fn client_channel(
+    guard: StreamGuard,
+    budget_bytes: usize,
+    retry_millis: u64,
+) -> (ClientTx, ClientBody) {
+    let (tx, rx) = mpsc::channel(CLIENT_QUEUE_MESSAGES);
+    let budget_bytes = budget_bytes.max(1);
+    let budget = Arc::new(Semaphore::new(budget_bytes));
+    let mut hint = Vec::new();
+    crate::sse::encode_retry(retry_millis, &mut hint);
+    let close = Box::pin(guard.token().cancelled_owned());
+    (
+        ClientTx {
+            tx,
+            budget: budget.clone(),
+            budget_bytes,
+        },
+        ClientBody {
+            prefix: VecDeque::new(),
+            rx,
+            budget,
+            budget_bytes,
+            close,
+            closing: false,
+            done: false,
+            retry_hint: Bytes::from(hint),
+            _guard: guard,
+        },
+    )
+}
+
+impl ClientBody {
+    /// Chunks to send before anything queued (history replayed on a resume).
+    pub fn set_prefix(&mut self, prefix: VecDeque<Bytes>) {
+        self.prefix = prefix;
+    }
+
+    fn release(&self, chunk: &Bytes) {
+        self.budget
+            .add_permits(charge(chunk.len(), self.budget_bytes) as usize);
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(chunk) = this.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if !this.closing {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(chunk)) => {
+                    this.release(&chunk);
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {}
+            }
+            if this.close.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.closing = true;
+        }
+        // Closing: hand over what is already queued, then the retry hint, then end.
+        match this.rx.try_recv() {
+            Ok(chunk) => {
+                this.release(&chunk);
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Err(_) => {
+                this.rx.close();
+                this.done = true;
+                Poll::Ready(Some(Ok(Frame::data(this.retry_hint.clone()))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}

@@ -1,0 +1,428 @@
+//! The leases this pod holds: one place that acquires, renews, marks draining and releases them.
+//!
+//! A session's lease serves two purposes: it fences recording (only the epoch holder may append)
+//! and it is the routing registry (its address is where other sidecars forward the session's
+//! requests). Recorders pin the leases of the sessions they capture; keys learned from the app
+//! are held as routing registrations while requests keep using them. A single renewal loop keeps
+//! them all alive; a renewal that finds the session fenced tells its recorder to stop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::cursor::SessionId;
+use crate::health::{StoreHealth, timed};
+use crate::metrics::Metrics;
+use crate::store::{Epoch, LeaseState, Owner, SessionStore, StoreError, StoreResult};
+
+/// The epoch of a routing registration made while the store was down: acquired later.
+const UNACQUIRED: Epoch = 0;
+
+/// Concurrent store calls of one renewal round.
+const RENEW_CONCURRENCY: usize = 32;
+
+struct Held {
+    /// Identifies this holding across re-acquires (the epoch changes if the store lost it).
+    id: u64,
+    epoch: Epoch,
+    state: LeaseState,
+    pins: u32,
+    routing: bool,
+    last_used: Instant,
+    fenced: CancellationToken,
+}
+
+/// A pinned lease: the epoch to write with, and a token cancelled if another pod takes over.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// Which holding this is (for [`LeaseBook::epoch`], [`LeaseBook::unpin`]).
+    pub id: u64,
+    /// The epoch appends carried when the claim was made.
+    pub epoch: Epoch,
+    /// Cancelled when a renewal finds the session fenced.
+    pub fenced: CancellationToken,
+}
+
+/// This pod's leases.
+pub struct LeaseBook {
+    store: Arc<dyn SessionStore>,
+    owner: Owner,
+    ttl: Duration,
+    idle_ttl: Duration,
+    timeout: Duration,
+    health: Arc<StoreHealth>,
+    metrics: Arc<Metrics>,
+    held: Mutex<HashMap<SessionId, Held>>,
+    draining: std::sync::atomic::AtomicBool,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl LeaseBook {
+    /// A book for `owner`, with leases of `ttl`, routing registrations kept `idle_ttl` after their
+    /// last use, and store calls bounded by `timeout`.
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        owner: Owner,
+        ttl: Duration,
+        idle_ttl: Duration,
+        timeout: Duration,
+        health: Arc<StoreHealth>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(LeaseBook {
+            store,
+            owner,
+            ttl,
+            idle_ttl,
+            timeout,
+            health,
+            metrics,
+            held: Mutex::new(HashMap::new()),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Held>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn state(&self) -> LeaseState {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            LeaseState::Draining
+        } else {
+            LeaseState::Live
+        }
+    }
+
+    /// This pod as an owner.
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    /// Whether this pod holds the session (and marks it used: a routing registration lives on).
+    pub fn touch(&self, session: &SessionId) -> bool {
+        match self.lock().get_mut(session) {
+            Some(h) => {
+                h.last_used = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Pin the session's lease for a recorder: the held one, or a fresh acquire.
+    pub async fn claim(&self, session: &SessionId) -> StoreResult<Claim> {
+        if let Some(h) = self
+            .lock()
+            .get_mut(session)
+            .filter(|h| h.epoch != UNACQUIRED)
+        {
+            h.pins += 1;
+            h.last_used = Instant::now();
+            return Ok(Claim {
+                id: h.id,
+                epoch: h.epoch,
+                fenced: h.fenced.clone(),
+            });
+        }
+        self.acquire(session, 1, false).await
+    }
+
+    /// The epoch a claim must write with now (it changes only when the store lost the session
+    /// and it was re-acquired); `None` once the claim is gone (fenced or released).
+    pub fn epoch(&self, session: &SessionId, id: u64) -> Option<Epoch> {
+        self.lock()
+            .get(session)
+            .filter(|h| h.id == id)
+            .map(|h| h.epoch)
+    }
+
+    /// The store has no trace of a session this pod holds (Redis restarted without persistence,
+    /// or flushed): take it again so recording and routing continue. Returns the new epoch.
+    pub async fn recover(&self, session: &SessionId, id: u64) -> StoreResult<Epoch> {
+        let r = timed(
+            self.timeout,
+            self.store.acquire(session, &self.owner, self.ttl),
+        )
+        .await;
+        self.health.observe(&r);
+        let lease = r?;
+        let mut held = self.lock();
+        match held.get_mut(session) {
+            Some(h) if h.id == id => {
+                if h.epoch == UNACQUIRED {
+                    tracing::info!(session = %session, epoch = lease.epoch, "session key registered now that the store is back");
+                } else {
+                    tracing::warn!(session = %session, epoch = lease.epoch, "session state lost in the store: re-acquired");
+                    self.metrics.error("store_state_lost");
+                }
+                h.epoch = lease.epoch;
+                Ok(lease.epoch)
+            }
+            _ => Err(StoreError::Fenced {
+                current: lease.epoch,
+            }),
+        }
+    }
+
+    /// Take the session over (epoch + 1) even if this pod believes it holds it, and pin it.
+    pub async fn take_over(&self, session: &SessionId) -> StoreResult<Claim> {
+        self.acquire(session, 1, false).await
+    }
+
+    /// Register a key learned from the app so other pods route its requests here. Reuses a
+    /// lease already held.
+    /// While the store is down the key is held locally (requests with it are served here) and
+    /// acquired by the next renewal round after the store is back, instead of holding up the
+    /// response that handed it out.
+    pub async fn register(&self, session: &SessionId) -> StoreResult<()> {
+        {
+            let mut held = self.lock();
+            if let Some(h) = held.get_mut(session) {
+                h.routing = true;
+                h.last_used = Instant::now();
+                return Ok(());
+            }
+            if !self.health.is_up() {
+                let id = self
+                    .next_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                held.insert(
+                    session.clone(),
+                    Held {
+                        id,
+                        epoch: UNACQUIRED,
+                        state: self.state(),
+                        pins: 0,
+                        routing: true,
+                        last_used: Instant::now(),
+                        fenced: CancellationToken::new(),
+                    },
+                );
+                self.metrics.leases_held.inc();
+                return Ok(());
+            }
+        }
+        self.acquire(session, 0, true).await.map(|_| ())
+    }
+
+    async fn acquire(&self, session: &SessionId, pins: u32, routing: bool) -> StoreResult<Claim> {
+        let r = timed(
+            self.timeout,
+            self.store.acquire(session, &self.owner, self.ttl),
+        )
+        .await;
+        self.health.observe(&r);
+        let lease = r?;
+        let state = self.state();
+        if state == LeaseState::Draining {
+            let r = timed(
+                self.timeout,
+                self.store.renew(session, lease.epoch, state, self.ttl),
+            )
+            .await;
+            self.health.observe(&r);
+        }
+        let fenced = CancellationToken::new();
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut held = self.lock();
+        let previous = held.insert(
+            session.clone(),
+            Held {
+                id,
+                epoch: lease.epoch,
+                state,
+                pins,
+                routing,
+                last_used: Instant::now(),
+                fenced: fenced.clone(),
+            },
+        );
+        match previous {
+            // A stale local holding (an older epoch of ours): whoever pinned it is fenced now.
+            Some(old) => {
+                old.fenced.cancel();
+                if let Some(h) = held.get_mut(session) {
+                    h.routing |= old.routing;
+                }
+            }
+            None => {
+                self.metrics.leases_held.inc();
+            }
+        }
+        Ok(Claim {
+            id,
+            epoch: lease.epoch,
+            fenced,
+        })
+    }
+
+    /// A recorder is done with the session. A stream lease nobody else uses is released at once;
+    /// a routing registration stays until it is idle.
+    pub fn unpin(self: &Arc<Self>, session: &SessionId, id: u64) {
+        let release = {
+            let mut held = self.lock();
+            match held.get_mut(session) {
+                Some(h) if h.id == id => {
+                    h.pins = h.pins.saturating_sub(1);
+                    h.last_used = Instant::now();
+                    if h.pins == 0 && !h.routing {
+                        let epoch = h.epoch;
+                        held.remove(session);
+                        self.metrics.leases_held.dec();
+                        Some(epoch)
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            }
+        };
+        if let Some(epoch) = release {
+            let book = self.clone();
+            let session = session.clone();
+            tokio::spawn(async move {
+                let r = timed(book.timeout, book.store.release(&session, epoch)).await;
+                book.health.observe(&r);
+            });
+        }
+    }
+
+    /// Forget a session another pod took over (its epoch is newer than the held one).
+    pub fn fenced(&self, session: &SessionId, id: u64) {
+        let mut held = self.lock();
+        if held.get(session).is_some_and(|h| h.id == id)
+            && let Some(h) = held.remove(session)
+        {
+            h.fenced.cancel();
+            self.metrics.leases_held.dec();
+        }
+    }
+
+    /// Mark one session draining now (before its handover is recorded, so a reader that sees
+    /// the handover also sees the owner draining).
+    pub async fn mark_draining(&self, session: &SessionId) -> StoreResult<()> {
+        let (id, epoch) = {
+            let mut held = self.lock();
+            let Some(h) = held.get_mut(session) else {
+                return Ok(());
+            };
+            h.state = LeaseState::Draining;
+            (h.id, h.epoch)
+        };
+        let r = timed(
+            self.timeout,
+            self.store
+                .renew(session, epoch, LeaseState::Draining, self.ttl),
+        )
+        .await;
+        self.health.observe(&r);
+        if let Err(StoreError::Fenced { current }) = r
+            && current > 0
+        {
+            self.fenced(session, id);
+        }
+        r
+    }
+
+    /// From now on every lease is renewed as draining (and the next round marks them all).
+    pub fn set_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in self.lock().values_mut() {
+            h.state = LeaseState::Draining;
+        }
+    }
+
+    /// Renew every lease once; drop the fenced, release idle routing registrations.
+    pub async fn renew_round(&self) {
+        let now = Instant::now();
+        let mut idle = Vec::new();
+        let work: Vec<(SessionId, u64, Epoch, LeaseState)> = {
+            let mut held = self.lock();
+            held.retain(|s, h| {
+                let expired = h.pins == 0 && now.duration_since(h.last_used) > self.idle_ttl;
+                if expired {
+                    idle.push((s.clone(), h.epoch));
+                    self.metrics.leases_held.dec();
+                }
+                !expired
+            });
+            held.iter()
+                .map(|(s, h)| (s.clone(), h.id, h.epoch, h.state))
+                .collect()
+        };
+        let results: Vec<(SessionId, u64, Epoch, StoreResult<()>)> = futures::stream::iter(work)
+            .map(|(s, id, epoch, state)| async move {
+                if epoch == UNACQUIRED {
+                    let r = self.recover(&s, id).await.map(|_| ());
+                    return (s, id, epoch, r);
+                }
+                let r = timed(self.timeout, self.store.renew(&s, epoch, state, self.ttl)).await;
+                (s, id, epoch, r)
+            })
+            .buffer_unordered(RENEW_CONCURRENCY)
+            .collect()
+            .await;
+        for (s, id, epoch, r) in results {
+            self.health.observe(&r);
+            match r {
+                Err(StoreError::Fenced { current }) if current == 0 || current == epoch => {
+                    let _ = self.recover(&s, id).await;
+                }
+                Err(StoreError::Fenced { current }) => {
+                    tracing::info!(session = %s, epoch, current, "lease taken over by another pod");
+                    self.fenced(&s, id);
+                }
+                _ => {}
+            }
+        }
+        for (s, epoch) in idle {
+            let r = timed(self.timeout, self.store.release(&s, epoch)).await;
+            self.health.observe(&r);
+        }
+    }
+
+    /// Release every lease (the end of a drain).
+    pub async fn release_all(&self) {
+        let all: Vec<(SessionId, Held)> = self.lock().drain().collect();
+        self.metrics.leases_held.set(0);
+        futures::stream::iter(all)
+            .for_each_concurrent(RENEW_CONCURRENCY, |(s, h)| async move {
+                h.fenced.cancel();
+                let r = timed(self.timeout, self.store.release(&s, h.epoch)).await;
+                self.health.observe(&r);
+            })
+            .await;
+    }
+
+    /// Renew every `every` until `stop`.
+    pub fn spawn_renewer(self: &Arc<Self>, every: Duration, stop: CancellationToken) {
+        let book = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                book.renew_round().await;
+            }
+        });
+    }
+
+    /// How many leases are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no lease is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

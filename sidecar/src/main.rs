@@ -1,0 +1,72 @@
+//! `ssekeeper-sidecar`: parse the contract's flags, open the store, serve, and follow the
+//! kubelet's termination order on SIGTERM; exit 0 once every session is handed over.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser as _;
+use ssekeeper_sidecar::config::Settings;
+use ssekeeper_sidecar::contract::SidecarArgs;
+use ssekeeper_sidecar::{server, store, telemetry};
+use tokio::signal::unix::{SignalKind, signal};
+
+fn main() -> ExitCode {
+    let args = SidecarArgs::parse();
+    telemetry::init(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(run(args));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+async fn run(args: SidecarArgs) -> ExitCode {
+    let store = match store::open(&args).await {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the session store");
+            return ExitCode::from(2);
+        }
+    };
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return ExitCode::from(1);
+        }
+    };
+    let settings = Settings::from_args(&args);
+    let running = match server::start(settings, store).await {
+        Ok(running) => running,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot bind the listeners");
+            return ExitCode::from(1);
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    let deadline = running.shared.settings.exit_deadline();
+    running.terminate();
+    tokio::select! {
+        r = tokio::time::timeout(deadline, running.wait()) => {
+            if r.is_err() {
+                tracing::warn!("drain did not finish before the deadline: exiting anyway");
+            }
+        }
+        _ = int.recv() => tracing::warn!("second SIGINT: exiting without finishing the drain"),
+    }
+    ExitCode::SUCCESS
+}

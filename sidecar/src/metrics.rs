@@ -1,0 +1,313 @@
+//! Prometheus metrics of the sidecar.
+//!
+//! The per-event path must stay lean, so every labelled series the proxy touches per event is
+//! resolved once here (a `Counter` clone shares its atomic) and the hot path only does atomic adds.
+//! Labels with open-ended values (error kinds, outcomes) go through [`Metrics::error`] and friends,
+//! which are called on rare paths only.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// One label named `kind`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The label value.
+    pub kind: &'static str,
+}
+
+/// One label named `outcome`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// The label value.
+    pub outcome: &'static str,
+}
+
+/// One label named `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The label value.
+    pub reason: &'static str,
+}
+
+/// One label named `route`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// The label value.
+    pub route: &'static str,
+}
+
+/// The drain phases, as the `drain_phase` gauge reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainPhase {
+    /// Serving normally.
+    Serving = 0,
+    /// preStop received: not ready, still serving.
+    PreStop = 1,
+    /// SIGTERM received: closing client streams, capturing upstreams.
+    Draining = 2,
+    /// Drain window over: handover recorded, waiting for new owners.
+    Handover = 3,
+    /// Everything released; about to exit.
+    Done = 4,
+}
+
+/// Every metric of the sidecar, registered in one registry served on `/metrics`.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteLabel, Counter>,
+    /// Client streams open right now.
+    pub active_streams: Gauge,
+    /// Events written to clients (live and replayed).
+    pub events_forwarded: Counter,
+    /// Entries written to the store.
+    pub events_recorded: Counter,
+    /// Entries that could not be recorded (store down for too long, or the backlog was full).
+    pub events_unrecorded: Counter,
+    /// Time of one store append (one batch).
+    pub record_batch_seconds: Histogram,
+    /// Events delivered from the store or the resume buffer on a resume.
+    pub replayed_events: Counter,
+    /// Events from a new upstream dropped because the client already had them (the overlap).
+    pub overlap_dropped: Counter,
+    /// Events bigger than the parser bound, dropped.
+    pub oversized_events: Counter,
+    /// Resumes whose history had a hole (trimmed, or lost while the store was down).
+    pub replay_gaps: Counter,
+    takeovers: Family<OutcomeLabel, Counter>,
+    handovers: Family<ReasonLabel, Counter>,
+    forwards: Family<OutcomeLabel, Counter>,
+    resumes: Family<OutcomeLabel, Counter>,
+    /// Clients cut because they did not read fast enough.
+    pub slow_consumers: Counter,
+    errors: Family<KindLabel, Counter>,
+    /// 1 while the store answers, 0 while it does not.
+    pub store_up: Gauge,
+    /// 1 while the app's port accepts connections.
+    pub app_up: Gauge,
+    /// The current [`DrainPhase`].
+    pub drain_phase: Gauge,
+    /// Sessions this pod owns (leases held).
+    pub leases_held: Gauge,
+    /// Recorders capturing an upstream right now.
+    pub recorders: Gauge,
+}
+
+impl Metrics {
+    /// All metrics, registered under the `ssekeeper` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ssekeeper");
+        let m = Metrics {
+            requests: Family::default(),
+            active_streams: Gauge::default(),
+            events_forwarded: Counter::default(),
+            events_recorded: Counter::default(),
+            events_unrecorded: Counter::default(),
+            record_batch_seconds: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            replayed_events: Counter::default(),
+            overlap_dropped: Counter::default(),
+            oversized_events: Counter::default(),
+            replay_gaps: Counter::default(),
+            takeovers: Family::default(),
+            handovers: Family::default(),
+            forwards: Family::default(),
+            resumes: Family::default(),
+            slow_consumers: Counter::default(),
+            errors: Family::default(),
+            store_up: Gauge::default(),
+            app_up: Gauge::default(),
+            drain_phase: Gauge::default(),
+            leases_held: Gauge::default(),
+            recorders: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests received on the sse port, by route",
+            m.requests.clone(),
+        );
+        registry.register(
+            "active_streams",
+            "Client SSE streams open",
+            m.active_streams.clone(),
+        );
+        registry.register(
+            "events_forwarded",
+            "Events written to clients",
+            m.events_forwarded.clone(),
+        );
+        registry.register(
+            "events_recorded",
+            "Entries written to the session store",
+            m.events_recorded.clone(),
+        );
+        registry.register(
+            "events_unrecorded",
+            "Entries that could not be written to the store",
+            m.events_unrecorded.clone(),
+        );
+        registry.register(
+            "record_batch_seconds",
+            "Latency of one store append batch",
+            m.record_batch_seconds.clone(),
+        );
+        registry.register(
+            "replayed_events",
+            "Events replayed to resuming clients",
+            m.replayed_events.clone(),
+        );
+        registry.register(
+            "overlap_dropped",
+            "Upstream events dropped after a takeover because the client had them",
+            m.overlap_dropped.clone(),
+        );
+        registry.register(
+            "oversized_events",
+            "App events over the size bound, dropped",
+            m.oversized_events.clone(),
+        );
+        registry.register(
+            "replay_gaps",
+            "Resumes whose history had a hole",
+            m.replay_gaps.clone(),
+        );
+        registry.register(
+            "takeovers",
+            "Session takeovers, by outcome",
+            m.takeovers.clone(),
+        );
+        registry.register(
+            "handovers",
+            "Handovers recorded, by reason",
+            m.handovers.clone(),
+        );
+        registry.register(
+            "forwards",
+            "Requests forwarded between sidecars, by outcome",
+            m.forwards.clone(),
+        );
+        registry.register(
+            "resumes",
+            "Resume requests (Last-Event-ID), by outcome",
+            m.resumes.clone(),
+        );
+        registry.register(
+            "slow_consumers",
+            "Clients cut for not reading fast enough",
+            m.slow_consumers.clone(),
+        );
+        registry.register("errors", "Errors, by kind", m.errors.clone());
+        registry.register(
+            "store_up",
+            "Whether the session store answers",
+            m.store_up.clone(),
+        );
+        registry.register(
+            "app_up",
+            "Whether the app's port accepts connections",
+            m.app_up.clone(),
+        );
+        registry.register(
+            "drain_phase",
+            "0 serving, 1 preStop, 2 draining, 3 handover, 4 done",
+            m.drain_phase.clone(),
+        );
+        registry.register(
+            "leases_held",
+            "Session leases this pod holds",
+            m.leases_held.clone(),
+        );
+        registry.register("recorders", "Upstreams being captured", m.recorders.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Count a request on the sse port by the route it took.
+    pub fn request(&self, route: &'static str) {
+        self.requests.get_or_create(&RouteLabel { route }).inc();
+    }
+
+    /// Count an error by kind.
+    pub fn error(&self, kind: &'static str) {
+        self.errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Count a takeover attempt by outcome.
+    pub fn takeover(&self, outcome: &'static str) {
+        self.takeovers
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Count a recorded handover by reason.
+    pub fn handover(&self, reason: &'static str) {
+        self.handovers.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Count a forward (either side) by outcome.
+    pub fn forward(&self, outcome: &'static str) {
+        self.forwards.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Count a resume request by outcome.
+    pub fn resume(&self, outcome: &'static str) {
+        self.resumes.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Set the drain phase gauge.
+    pub fn set_phase(&self, phase: DrainPhase) {
+        self.drain_phase.set(phase as i64);
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Value of a labelled counter, for tests and logs.
+    pub fn count(&self, family: &str, label: &'static str) -> u64 {
+        let fam = match family {
+            "takeovers" => &self.takeovers,
+            "forwards" => &self.forwards,
+            "resumes" => &self.resumes,
+            _ => return self.other_count(family, label),
+        };
+        fam.get(&OutcomeLabel { outcome: label })
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+
+    fn other_count(&self, family: &str, label: &'static str) -> u64 {
+        match family {
+            "handovers" => self
+                .handovers
+                .get(&ReasonLabel { reason: label })
+                .map(|c| c.get())
+                .unwrap_or(0),
+            "errors" => self
+                .errors
+                .get(&KindLabel { kind: label })
+                .map(|c| c.get())
+                .unwrap_or(0),
+            "requests" => self
+                .requests
+                .get(&RouteLabel { route: label })
+                .map(|c| c.get())
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,333 @@
+//! The client-facing handler: resume, route, proxy, and turn SSE responses into recorded streams.
+//!
+//! Order of decisions for one request:
+//! 1. `Last-Event-ID` is a cursor → resume (any pod can). A `Last-Event-ID` that is not a cursor
+//!    is passed to the app unchanged (it may be the app's own id from before the sidecar).
+//! 2. It names a session another live pod owns → forward it there (signed); owner gone → 404,
+//!    unless the request opens a stream (then this pod becomes the owner).
+//! 3. Proxy it to the app. Non-SSE responses stream back unchanged; a `200 text/event-stream`
+//!    response gets a recorder and the client gets the re-emitted stream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::{ProxyBody, boxed, client_channel, full};
+use crate::cursor::{Cursor, SessionId};
+use crate::forward;
+use crate::headers::{
+    LAST_EVENT_ID, accepts_event_stream, append_forwarded_for, is_event_stream, strip_hop_by_hop,
+};
+use crate::health::timed;
+use crate::recorder::{self, StreamStart};
+use crate::replay::Overlap;
+use crate::resume::{self, Resumed, too_many_streams};
+use crate::routing::{self, Location};
+use crate::session_key;
+use crate::state::Shared;
+use crate::upstream::{RequestTemplate, UpstreamError, outbound};
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client, on the sse port.
+    Client,
+    /// Another sidecar, forwarded (never forwarded again).
+    Forwarded,
+}
+
+fn status(code: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(full(text));
+    *r.status_mut() = code;
+    r
+}
+
+/// Handle one request (from a client, or forwarded by another sidecar).
+pub async fn handle<B>(
+    shared: Arc<Shared>,
+    req: Request<B>,
+    peer: SocketAddr,
+    origin: Origin,
+) -> Response<ProxyBody>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::body::BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    append_forwarded_for(&mut parts.headers, peer.ip());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".to_string());
+
+    if accepts_event_stream(&parts.headers) || parts.headers.contains_key(LAST_EVENT_ID) {
+        // A compressed event stream could not be parsed (nor resumed): ask for it plain.
+        parts.headers.remove(ACCEPT_ENCODING);
+    }
+
+    // 1. Resume.
+    if let Some(value) = parts.headers.get(LAST_EVENT_ID) {
+        match value.to_str().ok().map(Cursor::parse) {
+            Some(Ok(cursor)) => {
+                shared.metrics.request("resume");
+                parts.headers.remove(LAST_EVENT_ID);
+                let template = RequestTemplate {
+                    method: parts.method.clone(),
+                    path: path.clone(),
+                    headers: parts.headers.clone(),
+                };
+                match resume::resume(&shared, template, cursor).await {
+                    Resumed::Respond(r) => return r,
+                    Resumed::Fresh(app_id) => {
+                        if let Some(v) = app_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                            parts.headers.insert(LAST_EVENT_ID, v);
+                        }
+                    }
+                }
+            }
+            _ => shared.metrics.resume("foreign"),
+        }
+    }
+
+    // 2. Route by session key.
+    let key = session_key::from_request(
+        parts.uri.query(),
+        &parts.headers,
+        &shared.settings.session_keys,
+    )
+    .and_then(|k| match SessionId::from_external(&k) {
+        Ok(id) => Some(id),
+        Err(_) => {
+            shared.metrics.error("invalid_session_key");
+            None
+        }
+    });
+    if let (Some(k), Origin::Client) = (&key, origin) {
+        match routing::locate(&shared, k).await {
+            Location::Local => {}
+            Location::Unknown => shared.metrics.request("unrouted"),
+            Location::Remote { addr, owner } => {
+                if shared.settings.forward_key.is_some() {
+                    return to_owner(&shared, parts, &path, boxed(body), addr, &owner).await;
+                }
+                shared.metrics.forward("disabled");
+            }
+            Location::Gone => {
+                let opens_stream =
+                    parts.method == Method::GET && accepts_event_stream(&parts.headers);
+                if !opens_stream {
+                    shared.metrics.request("not_found");
+                    shared.metrics.forward("owner_gone");
+                    return status(StatusCode::NOT_FOUND, "session not found\n");
+                }
+            }
+        }
+    }
+
+    // 3. Proxy to the app.
+    shared.metrics.request(match origin {
+        Origin::Client => "local",
+        Origin::Forwarded => "forwarded_in",
+    });
+    let sticky = parts
+        .headers
+        .get(LAST_EVENT_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    let upstream_req = outbound(
+        parts.method.clone(),
+        &path,
+        parts.headers.clone(),
+        boxed(body),
+        shared.settings.app_addr,
+    );
+    match shared.app.send(upstream_req).await {
+        Ok(resp) => respond(&shared, &parts, resp, key, sticky).await,
+        Err(e) => upstream_failed(&shared, e),
+    }
+}
+
+fn upstream_failed(shared: &Shared, e: UpstreamError) -> Response<ProxyBody> {
+    shared.metrics.error(e.kind());
+    tracing::warn!(error = %e, "app request failed");
+    match e {
+        UpstreamError::Timeout(_) => status(StatusCode::GATEWAY_TIMEOUT, "app timed out\n"),
+        _ => status(StatusCode::BAD_GATEWAY, "app unavailable\n"),
+    }
+}
+
+/// The app answered: learn a session key it handed out, then pass the response through or make
+/// it a recorded stream.
+async fn respond(
+    shared: &Arc<Shared>,
+    req: &Parts,
+    resp: Response<Incoming>,
+    key: Option<SessionId>,
+    sticky: Option<String>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(learned) = session_key::from_response(&parts.headers, &shared.settings.session_keys)
+        .and_then(|k| SessionId::from_external(&k).ok())
+        && key.as_ref() != Some(&learned)
+    {
+        // Own the key before the client can use it, so its next request is routed here.
+        if let Err(e) = shared.book.register(&learned).await {
+            shared.metrics.error(e.kind());
+            tracing::warn!(error = %e, "could not register a session key the app handed out");
+        }
+    }
+    if parts.status != StatusCode::OK
+        || !is_event_stream(&parts.headers)
+        || req.method == Method::HEAD
+    {
+        return Response::from_parts(parts, boxed(body));
+    }
+    if parts
+        .headers
+        .get(CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        // Encoded although it was asked plain: pass it on untouched, unrecorded.
+        shared.metrics.error("sse_encoded");
+        return Response::from_parts(parts, boxed(body));
+    }
+
+    let Some(guard) = shared.streams.open() else {
+        return too_many_streams(shared);
+    };
+    parts.headers.remove(CONTENT_LENGTH);
+    let (session, next_seq) = stream_session(shared, key).await;
+    let (tx, client_body) = client_channel(
+        guard,
+        shared.settings.client_buffer_bytes,
+        shared.settings.reconnect_delay_millis,
+    );
+    recorder::spawn(
+        shared,
+        StreamStart {
+            session,
+            upstream: boxed(body),
+            next_seq,
+            sticky,
+            overlap: Overlap::default(),
+            client: Some(tx),
+            claim: None,
+            learn_endpoint: true,
+        },
+    );
+    Response::from_parts(parts, boxed(client_body))
+}
+
+/// The session a new stream records under: the request's key when no other stream of this pod
+/// records it (continuing its history), otherwise a fresh random id.
+async fn stream_session(shared: &Shared, key: Option<SessionId>) -> (SessionId, u64) {
+    let usable = shared.health.is_up();
+    let Some(key) = key.filter(|k| usable && !shared.recorders.contains(k)) else {
+        return (SessionId::random(), 1);
+    };
+    let r = timed(shared.settings.store_timeout, shared.store.last(&key)).await;
+    shared.health.observe(&r);
+    match r {
+        Ok(last) => (key, last.map_or(1, |l| l.seq + 1)),
+        Err(_) => (SessionId::random(), 1),
+    }
+}
+
+/// Copy an owner's stream to the client until either side ends; a client that does not keep up
+/// is cut like any other.
+async fn relay(mut body: ProxyBody, tx: crate::body::ClientTx) {
+    use http_body_util::BodyExt as _;
+    loop {
+        let frame = tokio::select! {
+            _ = tx.closed() => return,
+            f = body.frame() => f,
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data()
+                    && tx.send(data, RELAY_PATIENCE).await.is_err()
+                {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// How long a relayed stream waits for a slow client before cutting it.
+const RELAY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Send a request to the pod that owns its session, signed; stream the answer back.
+async fn to_owner(
+    shared: &Shared,
+    mut parts: Parts,
+    path: &str,
+    body: ProxyBody,
+    addr: SocketAddr,
+    owner: &str,
+) -> Response<ProxyBody> {
+    let Some(key) = shared.settings.forward_key.as_deref() else {
+        return status(StatusCode::BAD_GATEWAY, "forwarding disabled\n");
+    };
+    shared.metrics.request("forwarded_out");
+    forward::strip(&mut parts.headers);
+    forward::add_signature(
+        &mut parts.headers,
+        key,
+        parts.method.as_str(),
+        path,
+        forward::unix_now(),
+        &shared.settings.owner.name,
+    );
+    let req = outbound(
+        parts.method,
+        &forward::forward_path(path),
+        parts.headers,
+        body,
+        addr,
+    );
+    match shared.peers.send(req).await {
+        Ok(resp) => {
+            shared.metrics.forward("ok");
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            if !is_event_stream(&parts.headers) {
+                return Response::from_parts(parts, boxed(body));
+            }
+            // A stream the owner serves: relay it so this pod's drain can close it too.
+            let Some(guard) = shared.streams.open() else {
+                return too_many_streams(shared);
+            };
+            let (tx, client_body) = client_channel(
+                guard,
+                shared.settings.client_buffer_bytes,
+                shared.settings.reconnect_delay_millis,
+            );
+            tokio::spawn(relay(boxed(body), tx));
+            Response::from_parts(parts, boxed(client_body))
+        }
+        Err(UpstreamError::Connect(e)) => {
+            tracing::info!(owner, %addr, error = %e, "session owner unreachable: 404");
+            shared.metrics.forward("owner_gone");
+            status(StatusCode::NOT_FOUND, "session not found\n")
+        }
+        Err(UpstreamError::Timeout(_)) => {
+            shared.metrics.forward("timeout");
+            status(StatusCode::GATEWAY_TIMEOUT, "session owner timed out\n")
+        }
+        Err(e) => {
+            tracing::warn!(owner, %addr, error = %e, "forward failed");
+            shared.metrics.forward("error");
+            status(StatusCode::BAD_GATEWAY, "session owner failed\n")
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! Resuming a stream from its cursor (`Last-Event-ID: <session>.<seq>`), on any pod.
+//!
+//! - The session's recorder runs here (a network blip): attach to it; it hands over its recent
+//!   events, and anything older comes from the store.
+//! - Otherwise replay the store after `seq`, then tail it while the owner (another pod) records.
+//!   An `End` marker ends the response; a `Handover` marker (the owner is draining) or an expired
+//!   lease (it died) makes this pod take the session over: open a fresh upstream to its own app
+//!   with the app's last event id, only then take the lease (epoch + 1, which fences the old
+//!   owner), deliver what the old owner recorded meanwhile, and record the new upstream's events,
+//!   dropping those the client already had (the overlap), continuing the sequence.
+//!
+//! Defined answers for the odd cases (each counted in `resumes_total{outcome}`): a session the
+//! store does not know (expired, or never existed) and a cursor far beyond the session's history
+//! (forged) start a fresh stream under a new session; a cursor at a finished stream's end opens a
+//! new stream from the app with the app's last id, exactly what the client would have sent the app
+//! directly; a store outage starts a fresh stream (no replay is possible).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::{ClientBody, ClientTx, ProxyBody, client_channel, full};
+use crate::cursor::{Cursor, SessionId};
+use crate::headers::is_event_stream;
+use crate::health::timed;
+use crate::recorder::{self, AttachReply, StreamStart};
+use crate::replay::{Overlap, entry_bytes};
+use crate::state::Shared;
+use crate::store::{Entry, LeaseState, Recorded, Seq};
+use crate::upstream::RequestTemplate;
+
+/// Entries read from the store per call.
+const READ_BATCH: usize = 256;
+/// How long one tail read blocks waiting for the owner's next batch.
+const TAIL_BLOCK: Duration = Duration::from_millis(1000);
+/// How long a resuming client may keep the replay waiting before it is cut.
+const SEND_PATIENCE: Duration = Duration::from_secs(10);
+/// Store failures in a row a tail tolerates before it ends the response (the client reconnects).
+const TAIL_ERRORS: u32 = 5;
+/// How long a same-pod resume waits for entries still on their way to the store.
+const RANGE_WAIT: Duration = Duration::from_secs(1);
+
+/// What to do with a resume request.
+pub enum Resumed {
+    /// Answer with this (a replay, a tail, a refusal).
+    Respond(Response<ProxyBody>),
+    /// Open a new stream from the app, sending it this `Last-Event-ID` (if any).
+    Fresh(Option<String>),
+}
+
+/// The head of an SSE response the sidecar produces itself (replay and tail).
+pub fn sse_response(body: ClientBody) -> Response<ProxyBody> {
+    let mut resp = Response::new(crate::body::boxed(body));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// 503 for a request beyond the stream bound.
+pub fn too_many_streams(shared: &Shared) -> Response<ProxyBody> {
+    shared.metrics.error("too_many_streams");
+    let mut r = Response::new(full("too many streams\n"));
+    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("1"));
+    r
+}
+
+fn channel(shared: &Shared) -> Option<(ClientTx, ClientBody)> {
+    let guard = shared.streams.open()?;
+    Some(client_channel(
+        guard,
+        shared.settings.client_buffer_bytes,
+        shared.settings.reconnect_delay_millis,
+    ))
+}
+
+/// Answer a request carrying a valid cursor.
+pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cursor) -> Resumed {
+    let Cursor {
+        session,
+        seq: after,
+    } = cursor;
+    let mut carried = None;
+    if let Some(handle) = shared.recorders.get(&session) {
+        let Some((tx, mut body)) = channel(shared) else {
+            return Resumed::Respond(too_many_streams(shared));
+        };
+        match handle.attach(after, tx).await {
+            AttachReply::Attached(attached) => {
+                shared.metrics.resume("local");
+                let mut prefix = match attached.from_store {
+                    Some((from, upto)) => read_range(shared, &session, from, upto).await,
+                    None => VecDeque::new(),
+                };
+                shared
+                    .metrics
+                    .replayed_events
+                    .inc_by((prefix.len() + attached.prefix.len()) as u64);
+                prefix.extend(attached.prefix);
+                body.set_prefix(prefix);
+                return Resumed::Respond(sse_response(body));
+            }
+            AttachReply::Lost => return Resumed::Respond(sse_response(body)),
+            AttachReply::Forged(_) => {
+                tracing::info!(session = %session, after, "cursor beyond the live session: fresh stream");
+                shared.metrics.resume("forged");
+                return Resumed::Fresh(None);
+            }
+            AttachReply::Refused(tx) => carried = Some((tx, body)),
+        }
+    }
+
+    let s = &shared.settings;
+    if !shared.health.is_up() {
+        shared.metrics.resume("store_down");
+        return Resumed::Fresh(None);
+    }
+    let first = timed(
+        s.store_timeout,
+        shared.store.read_after(&session, after, READ_BATCH),
+    )
+    .await;
+    shared.health.observe(&first);
+    let first = match first {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(session = %session, error = %e, "resume without the store: fresh stream");
+            shared.metrics.resume("store_down");
+            return Resumed::Fresh(None);
+        }
+    };
+    if first.is_empty() {
+        let lease = timed(s.store_timeout, shared.store.lease(&session)).await;
+        let last = timed(s.store_timeout, shared.store.last(&session)).await;
+        shared.health.observe(&last);
+        let (Ok(lease), Ok(last)) = (lease, last) else {
+            shared.metrics.resume("store_down");
+            return Resumed::Fresh(None);
+        };
+        match &last {
+            None if lease.is_none() => {
+                tracing::info!(session = %session, "resume of an unknown session: fresh stream");
+                shared.metrics.resume("unknown");
+                return Resumed::Fresh(None);
+            }
+            Some(last) if after > last.seq.saturating_add(s.max_unrecorded as u64) => {
+                tracing::info!(session = %session, after, last = last.seq, "cursor beyond the session's history: fresh stream");
+                shared.metrics.resume("forged");
+                return Resumed::Fresh(None);
+            }
+            _ => {}
+        }
+    } else if first[0].entry == Entry::End {
+        // The client has the whole finished stream: it reconnects as it would to the app.
+        let app_id = timed(s.store_timeout, shared.store.last_app_id(&session)).await;
+        shared.metrics.resume("ended");
+        return Resumed::Fresh(app_id.ok().flatten());
+    }
+
+    let (tx, body) = match carried {
+        Some(pair) => pair,
+        None => match channel(shared) {
+            Some(pair) => pair,
+            None => return Resumed::Respond(too_many_streams(shared)),
+        },
+    };
+    shared.metrics.resume("store");
+    let follower = Follower {
+        shared: shared.clone(),
+        session,
+        client_after: after,
+        cursor: after,
+        client: tx,
+        sticky: None,
+        template,
+        gap_seen: false,
+        buf: String::with_capacity(64),
+    };
+    tokio::spawn(follower.run(first));
+    Resumed::Respond(sse_response(body))
+}
+
+/// Entries `(from, upto]` as wire bytes, waiting briefly for those still on their way.
+async fn read_range(shared: &Shared, session: &SessionId, from: Seq, upto: Seq) -> VecDeque<Bytes> {
+    let mut out = VecDeque::new();
+    let mut cursor = from;
+    let mut buf = String::new();
+    let deadline = Instant::now() + RANGE_WAIT;
+    while cursor < upto && Instant::now() < deadline {
+        let want = (upto - cursor).min(READ_BATCH as u64) as usize;
+        let r = timed(
+            shared.settings.store_timeout + RANGE_WAIT,
+            shared
+                .store
+                .wait_after(session, cursor, want, Duration::from_millis(100)),
+        )
+        .await;
+        shared.health.observe(&r);
+        let Ok(entries) = r else { break };
+        for e in entries.iter().filter(|e| e.seq <= upto) {
+            if let Some(b) = entry_bytes(session, e, &mut buf) {
+                out.push_back(b);
+            }
+            cursor = e.seq;
+        }
+    }
+    if cursor < upto {
+        shared.metrics.replay_gaps.inc();
+        tracing::warn!(session = %session, from, upto, reached = cursor, "same-pod resume: part of the history is missing");
+    }
+    out
+}
+
+enum Step {
+    Next,
+    Stop,
+    Takeover,
+}
+
+/// Who holds a session now, as a tail sees it.
+enum Holder {
+    /// Another pod, recording normally.
+    Live,
+    /// Another pod, draining (it will hand over).
+    Draining,
+    /// Nobody: the owner died or released it.
+    Gone,
+    /// A recorder of this pod (another client took it over here).
+    Here,
+    /// The store did not answer.
+    Unknown,
+}
+
+/// Feeds one resumed client from the store, and takes the session over when the owner leaves.
+struct Follower {
+    shared: Arc<Shared>,
+    session: SessionId,
+    /// The client's own cursor (a crash may have shown it entries the store never got).
+    client_after: Seq,
+    /// The last seq read from the store (delivered, or a marker passed).
+    cursor: Seq,
+    client: ClientTx,
+    /// The app's last event id at `cursor`, once an event told it.
+    sticky: Option<Option<String>>,
+    template: RequestTemplate,
+    gap_seen: bool,
+    buf: String,
+}
+
+impl Follower {
+    async fn run(mut self, mut batch: Vec<Recorded>) {
+        let mut errors = 0;
+        loop {
+            for r in std::mem::take(&mut batch) {
+                match self.on_entry(r).await {
+                    Step::Next => {}
+                    Step::Stop => return,
+                    Step::Takeover => return self.takeover().await,
+                }
+            }
+            let s = &self.shared.settings;
+            let read = tokio::select! {
+                _ = self.client.closed() => return,
+                r = timed(
+                    s.store_timeout + TAIL_BLOCK,
+                    self.shared.store.wait_after(&self.session, self.cursor, READ_BATCH, TAIL_BLOCK),
+                ) => r,
+            };
+            self.shared.health.observe(&read);
+            match read {
+                Ok(entries) if !entries.is_empty() => {
+                    errors = 0;
+                    batch = entries;
+                }
+                Ok(_) => match self.holder().await {
+                    Holder::Live | Holder::Draining => errors = 0,
+                    Holder::Unknown => errors += 1,
+                    Holder::Gone => return self.takeover().await,
+                    Holder::Here => {
+                        // Rare: a second client took the session over on this pod. End this
+                        // response; the client reconnects and attaches to that recorder.
+                        return;
+                    }
+                },
+                Err(e) => {
+                    errors += 1;
+                    tracing::debug!(session = %self.session, error = %e, "tail read failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            if errors >= TAIL_ERRORS {
+                tracing::warn!(session = %self.session, "store unavailable while tailing: ending the response");
+                self.shared.metrics.error("tail_store_unavailable");
+                return;
+            }
+        }
+    }
+
+    async fn holder(&self) -> Holder {
+        if self.shared.recorders.contains(&self.session) {
+            return Holder::Here;
+        }
+        let r = timed(
+            self.shared.settings.store_timeout,
+            self.shared.store.lease(&self.session),
+        )
+        .await;
+        self.shared.health.observe(&r);
+        let me = self.shared.book.owner();
+        match r {
+            Err(_) => Holder::Unknown,
+            Ok(None) => Holder::Gone,
+            Ok(Some(l)) if l.owner == me.name => Holder::Gone,
+            Ok(Some(l)) if l.state == LeaseState::Draining => Holder::Draining,
+            Ok(Some(_)) => Holder::Live,
+        }
+    }
+
+    /// Deliver one stored entry (or act on a marker).
+    async fn on_entry(&mut self, r: Recorded) -> Step {
+        if r.seq <= self.cursor {
+            return Step::Next;
+        }
+        if r.seq > self.cursor + 1 && !self.gap_seen {
+            self.gap_seen = true;
+            self.shared.metrics.replay_gaps.inc();
+            tracing::warn!(session = %self.session, after = self.cursor, next = r.seq, "history has a hole (trimmed or unrecorded)");
+        }
+        match &r.entry {
+            Entry::End => {
+                self.cursor = r.seq;
+                Step::Stop
+            }
+            Entry::Handover => {
+                self.cursor = r.seq;
+                match self.holder().await {
+                    // A handover some earlier owner recorded; a live owner holds the session now.
+                    Holder::Live | Holder::Here => Step::Next,
+                    _ => Step::Takeover,
+                }
+            }
+            Entry::Event { app_id, .. } => {
+                self.sticky = Some(app_id.clone());
+                self.send(&r).await
+            }
+            Entry::Retry(_) => self.send(&r).await,
+        }
+    }
+
+    async fn send(&mut self, r: &Recorded) -> Step {
+        self.cursor = r.seq;
+        let Some(bytes) = entry_bytes(&self.session, r, &mut self.buf) else {
+            return Step::Next;
+        };
+        match self.client.send(bytes, SEND_PATIENCE).await {
+            Ok(()) => {
+                self.shared.metrics.replayed_events.inc();
+                self.shared.metrics.events_forwarded.inc();
+                Step::Next
+            }
+            Err(crate::body::Cut::Full) => {
+                self.shared.metrics.slow_consumers.inc();
+                Step::Stop
+            }
+            Err(crate::body::Cut::Closed) => Step::Stop,
+        }
+    }
+
+    /// Deliver everything stored after the cursor; `false` if the response must end.
+    async fn catch_up(&mut self, delivered: &mut Vec<Recorded>) -> Result<bool, &'static str> {
+        loop {
+            let r = timed(
+                self.shared.settings.store_timeout,
+                self.shared
+                    .store
+                    .read_after(&self.session, self.cursor, READ_BATCH),
+            )
+            .await;
+            self.shared.health.observe(&r);
+            let entries = r.map_err(|_| "store_unavailable")?;
+            if entries.is_empty() {
+                return Ok(true);
+            }
+            for e in entries {
+                if e.seq <= self.cursor {
+                    continue;
+                }
+                match &e.entry {
+                    Entry::End => {
+                        self.cursor = e.seq;
+                        return Ok(false);
+                    }
+                    Entry::Handover => self.cursor = e.seq,
+                    Entry::Event { app_id, .. } => {
+                        self.sticky = Some(app_id.clone());
+                        if let Step::Stop = self.send(&e).await {
+                            return Err("client");
+                        }
+                        delivered.push(e);
+                    }
+                    Entry::Retry(_) => {
+                        if let Step::Stop = self.send(&e).await {
+                            return Err("client");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Step 5 of the handoff: open first, then take the lease, then deliver the rest.
+    async fn takeover(mut self) {
+        let started = Instant::now();
+        let shared = self.shared.clone();
+        let s = &shared.settings;
+        let base = timed(s.store_timeout, shared.store.last_app_id(&self.session)).await;
+        shared.health.observe(&base);
+        let Ok(base) = base else {
+            shared.metrics.takeover("store_unavailable");
+            return;
+        };
+        let mut ignored = Vec::new();
+        match self.catch_up(&mut ignored).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(why) => {
+                shared.metrics.takeover(why);
+                return;
+            }
+        }
+        let app_last_id = self.sticky.clone().unwrap_or(base);
+
+        let req = self.template.build(app_last_id.as_deref(), s.app_addr);
+        let upstream = match shared.app.send(req).await {
+            Ok(resp) if resp.status() == StatusCode::OK && is_event_stream(resp.headers()) => resp,
+            Ok(resp) => {
+                tracing::warn!(session = %self.session, status = %resp.status(), "takeover: the app did not answer with a stream");
+                shared.metrics.takeover("upstream_refused");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(session = %self.session, error = %e, "takeover: cannot reach the app");
+                shared.metrics.error(e.kind());
+                shared.metrics.takeover("upstream_unreachable");
+                return;
+            }
+        };
+        let claim = match shared.book.take_over(&self.session).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(session = %self.session, error = %e, "takeover: cannot take the lease");
+                shared.metrics.takeover("store_unavailable");
+                return;
+            }
+        };
+        // The old owner is fenced now: what it recorded so far is all it ever will.
+        let mut rest = Vec::new();
+        match self.catch_up(&mut rest).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Its stream ended before it was fenced: nothing left to capture.
+                shared.book.unpin(&self.session, claim.id);
+                shared.metrics.takeover("ended");
+                return;
+            }
+            Err(why) => {
+                shared.book.unpin(&self.session, claim.id);
+                shared.metrics.takeover(why);
+                return;
+            }
+        }
+        let next_seq = self.cursor.max(self.client_after) + 1;
+        tracing::info!(
+            session = %self.session,
+            epoch = claim.epoch,
+            next_seq,
+            overlap = rest.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "took the session over"
+        );
+        recorder::spawn(
+            &shared,
+            StreamStart {
+                session: self.session,
+                upstream: crate::body::boxed(upstream.into_body()),
+                next_seq,
+                sticky: app_last_id,
+                overlap: Overlap::from_delivered(&rest),
+                client: Some(self.client),
+                claim: Some(claim),
+                learn_endpoint: false,
+            },
+        );
+        shared.metrics.takeover("ok");
+    }
+}

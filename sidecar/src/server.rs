@@ -1,0 +1,207 @@
+//! Listeners, connections and the process lifecycle.
+//!
+//! [`start`] binds both ports and starts every background task, and returns a [`Running`]
+//! handle; [`Running::terminate`] is what SIGTERM does (the binary wires the signal to it, tests
+//! call it directly, so several sidecars can run in one test process).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin;
+use crate::config::Settings;
+use crate::drain::{self, Lifecycle};
+use crate::health::{AppProbe, StoreHealth};
+use crate::leases::LeaseBook;
+use crate::metrics::Metrics;
+use crate::proxy::{self, Origin};
+use crate::recorder::Recorders;
+use crate::state::Shared;
+use crate::store::SessionStore;
+use crate::streams::Streams;
+use crate::upstream::HttpClient;
+
+/// A started sidecar.
+pub struct Running {
+    /// Where the client listener is bound.
+    pub sse_addr: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin_addr: SocketAddr,
+    /// The shared state (tests read metrics and counts from it).
+    pub shared: Arc<Shared>,
+    terminate: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+impl Running {
+    /// Begin the SIGTERM sequence.
+    pub fn terminate(&self) {
+        self.terminate.cancel();
+    }
+
+    /// Wait until the drain is complete and every listener is closed.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Bind the ports and start serving.
+pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io::Result<Running> {
+    let sse = TcpListener::bind(settings.sse_listen).await?;
+    let admin_listener = TcpListener::bind(settings.admin_listen).await?;
+    let sse_addr = sse.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let mut settings = settings;
+    if settings.owner.addr.port() == 0 {
+        settings.owner.addr.set_port(admin_addr.port());
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let background = CancellationToken::new();
+    let health = StoreHealth::new(metrics.clone());
+    health.spawn_pinger(
+        store.clone(),
+        Duration::from_secs(1),
+        settings.store_timeout,
+        background.clone(),
+    );
+    let book = LeaseBook::new(
+        store.clone(),
+        settings.owner.clone(),
+        settings.lease_ttl,
+        settings.session_ttl,
+        settings.store_timeout,
+        health.clone(),
+        metrics.clone(),
+    );
+    book.spawn_renewer(settings.renew_every, background.clone());
+    let app_probe = AppProbe::spawn(settings.app_addr, metrics.clone(), background.clone());
+    let shared = Arc::new(Shared {
+        app: HttpClient::new(settings.upstream_timeout),
+        peers: HttpClient::new(settings.forward_timeout),
+        streams: Streams::new(settings.max_streams, metrics.clone()),
+        recorders: Recorders::default(),
+        lifecycle: Lifecycle::new(metrics.clone()),
+        store,
+        health,
+        book,
+        app_probe,
+        metrics,
+        settings,
+    });
+    tracing::info!(
+        sse = %sse_addr,
+        admin = %admin_addr,
+        app = %shared.settings.app_addr,
+        owner = %shared.settings.owner.name,
+        advertised = %shared.settings.owner.addr,
+        service = %shared.settings.service,
+        "ssekeeper sidecar serving"
+    );
+
+    let admin_stop = CancellationToken::new();
+    let sse_task = tokio::spawn(serve_clients(shared.clone(), sse));
+    let admin_task = tokio::spawn(serve_admin(
+        shared.clone(),
+        admin_listener,
+        admin_stop.clone(),
+    ));
+    let terminate = CancellationToken::new();
+    let done = {
+        let shared = shared.clone();
+        let terminate = terminate.clone();
+        tokio::spawn(async move {
+            terminate.cancelled().await;
+            drain::run(shared.clone()).await;
+            let _ = sse_task.await;
+            background.cancel();
+            admin_stop.cancel();
+            let _ = admin_task.await;
+        })
+    };
+    Ok(Running {
+        sse_addr,
+        admin_addr,
+        shared,
+        terminate,
+        done,
+    })
+}
+
+fn http1_builder(max_header_bytes: usize) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.max_buf_size(max_header_bytes.max(8192))
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    b
+}
+
+/// Accept clients until the drain stops accepting; then ask every connection to close after its
+/// current response (no keep-alive), so reconnects go to another pod.
+async fn serve_clients(shared: Arc<Shared>, listener: TcpListener) {
+    let graceful = GracefulShutdown::new();
+    let builder = http1_builder(shared.settings.max_header_bytes);
+    let stop = shared.lifecycle.stop_accepting.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let service = service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(shared, req, peer, Origin::Client).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::spawn(graceful.shutdown());
+}
+
+async fn serve_admin(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
+    let builder = http1_builder(shared.settings.max_header_bytes);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let service = service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(admin::handle(shared, req, peer).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}

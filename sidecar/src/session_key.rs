@@ -1,0 +1,173 @@
+//! Finding a request's session key, and learning keys from the app's answers.
+//!
+//! Routing needs to know which session a request belongs to without understanding the app: the
+//! operator configures where keys live (`query:`, `header:`, `cookie:`; first match wins). Keys are
+//! learned from what the app hands out, through the same configured names: an SSE `endpoint` event
+//! whose data is a URL carrying the query key (MCP's SSE transport), a response header (MCP
+//! Streamable HTTP's `Mcp-Session-Id`), or a `Set-Cookie` of the cookie key.
+
+use http::header::{self, HeaderMap};
+
+use crate::contract::SessionKeySource;
+
+/// The first configured key present in a request, as the raw (decoded) value.
+pub fn from_request(
+    query: Option<&str>,
+    headers: &HeaderMap,
+    sources: &[SessionKeySource],
+) -> Option<String> {
+    sources.iter().find_map(|source| match source {
+        SessionKeySource::Query(name) => query.and_then(|q| query_param(q, name)),
+        SessionKeySource::Header(name) => headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
+        SessionKeySource::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| cookie_value(v, name)),
+    })
+}
+
+/// A key the app handed out in a response head: a configured header, or a configured cookie set.
+pub fn from_response(headers: &HeaderMap, sources: &[SessionKeySource]) -> Option<String> {
+    sources.iter().find_map(|source| match source {
+        SessionKeySource::Header(name) => headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string),
+        SessionKeySource::Cookie(name) => headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| {
+                let first = v.split(';').next()?;
+                let (k, val) = first.split_once('=')?;
+                (k.trim() == name && !val.trim().is_empty()).then(|| val.trim().to_string())
+            }),
+        SessionKeySource::Query(_) => None,
+    })
+}
+
+/// A key in the data of an MCP `endpoint` event (`/messages?sessionId=...`, possibly absolute).
+pub fn from_endpoint_data(data: &str, sources: &[SessionKeySource]) -> Option<String> {
+    let query = data.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or(query);
+    sources.iter().find_map(|source| match source {
+        SessionKeySource::Query(name) => query_param(query, name),
+        _ => None,
+    })
+}
+
+/// Whether any configured source is a query parameter (only then are endpoint events inspected).
+pub fn has_query_source(sources: &[SessionKeySource]) -> bool {
+    sources
+        .iter()
+        .any(|s| matches!(s, SessionKeySource::Query(_)))
+}
+
+/// The decoded value of the first non-empty `name=` parameter of a query string.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (percent_decode(k)? == name)
+            .then(|| percent_decode(v))
+            .flatten()
+            .filter(|v| !v.is_empty())
+    })
+}
+
+fn cookie_value(header: &str, name: &str) -> Option<String> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        let v = v.trim().trim_matches('"');
+        (k.trim() == name && !v.is_empty()).then(|| v.to_string())
+    })
+}
+
+/// `application/x-www-form-urlencoded` decoding; `None` for malformed escapes or non-UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn sources() -> Vec<SessionKeySource> {
+        ["query:sessionId", "header:Mcp-Session-Id", "cookie:sid"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn first_configured_source_wins() {
+        let mut h = HeaderMap::new();
+        h.insert("mcp-session-id", HeaderValue::from_static("hdr"));
+        h.insert("cookie", HeaderValue::from_static("a=1; sid=\"ck\""));
+        assert_eq!(
+            from_request(Some("x=1&sessionId=q%2D1"), &h, &sources()).as_deref(),
+            Some("q-1")
+        );
+        assert_eq!(
+            from_request(Some("sessionId="), &h, &sources()).as_deref(),
+            Some("hdr")
+        );
+        h.remove("mcp-session-id");
+        assert_eq!(from_request(None, &h, &sources()).as_deref(), Some("ck"));
+        assert_eq!(
+            from_request(Some("%zz=1"), &HeaderMap::new(), &sources()),
+            None
+        );
+    }
+
+    #[test]
+    fn keys_are_learned_from_responses_and_endpoint_events() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "set-cookie",
+            HeaderValue::from_static("sid=abc; Path=/; HttpOnly"),
+        );
+        assert_eq!(from_response(&h, &sources()).as_deref(), Some("abc"));
+        h.insert("mcp-session-id", HeaderValue::from_static("m-1"));
+        assert_eq!(from_response(&h, &sources()).as_deref(), Some("m-1"));
+        assert_eq!(
+            from_endpoint_data("/messages?sessionId=0b9f-11", &sources()).as_deref(),
+            Some("0b9f-11")
+        );
+        assert_eq!(
+            from_endpoint_data("http://h:1/m?a=b&sessionId=x#frag", &sources()).as_deref(),
+            Some("x")
+        );
+        assert_eq!(from_endpoint_data("/messages", &sources()), None);
+        assert!(has_query_source(&sources()));
+    }
+}

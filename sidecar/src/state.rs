@@ -1,0 +1,39 @@
+//! What every task of the sidecar shares, built once at start.
+
+use std::sync::Arc;
+
+use crate::config::Settings;
+use crate::drain::Lifecycle;
+use crate::health::{AppProbe, StoreHealth};
+use crate::leases::LeaseBook;
+use crate::metrics::Metrics;
+use crate::recorder::Recorders;
+use crate::store::SessionStore;
+use crate::streams::Streams;
+use crate::upstream::HttpClient;
+
+/// The sidecar's shared state: settings, store, leases, streams, recorders, clients, lifecycle.
+pub struct Shared {
+    /// Runtime settings.
+    pub settings: Settings,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The session store.
+    pub store: Arc<dyn SessionStore>,
+    /// Whether the store answers.
+    pub health: Arc<StoreHealth>,
+    /// Leases this pod holds.
+    pub book: Arc<LeaseBook>,
+    /// Open client streams.
+    pub streams: Arc<Streams>,
+    /// Recorders running here.
+    pub recorders: Recorders,
+    /// Client for the app.
+    pub app: HttpClient,
+    /// Client for other sidecars' admin ports.
+    pub peers: HttpClient,
+    /// Drain phase and readiness.
+    pub lifecycle: Lifecycle,
+    /// Whether the app's port accepts connections.
+    pub app_probe: Arc<AppProbe>,
+}

@@ -1,0 +1,272 @@
+//! Test harness: sidecars in their own runtime threads (so one can be killed like SIGKILL while
+//! the others keep running), a store that can be switched off, and small waiting helpers.
+
+#![allow(dead_code)]
+
+pub mod app;
+pub mod client;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use ssekeeper_sidecar::config::Settings;
+use ssekeeper_sidecar::contract::{SidecarArgs, StoreKind};
+use ssekeeper_sidecar::cursor::SessionId;
+use ssekeeper_sidecar::server;
+use ssekeeper_sidecar::state::Shared;
+use ssekeeper_sidecar::store::{
+    Epoch, Lease, LeaseState, MemoryStore, Owner, Recorded, Seq, SessionStore, StoreError,
+    StoreResult,
+};
+use tokio_util::sync::CancellationToken;
+
+/// The forwarding key every test sidecar shares.
+pub const FORWARD_KEY: &str = "test-forward-key";
+
+/// Test defaults: loopback, ephemeral ports, short timings, MCP-style session keys.
+pub fn args(app: SocketAddr, name: &str) -> SidecarArgs {
+    let mut a = SidecarArgs::defaults(app.port(), "test", "svc");
+    a.app_host = app.ip();
+    a.listen_host = "127.0.0.1".parse().unwrap();
+    a.sse_port = 0;
+    a.admin_port = 0;
+    a.pod_name = name.to_string();
+    a.store = StoreKind::Memory;
+    a.session_keys = vec![
+        "query:sessionId".parse().unwrap(),
+        "header:Mcp-Session-Id".parse().unwrap(),
+    ];
+    a.forward_key = Some(FORWARD_KEY.to_string());
+    a.prestop_delay_seconds = 0;
+    a.drain_seconds = 1;
+    a.handover_margin_seconds = 3;
+    a.reconnect_delay_millis = 100;
+    a.lease_ttl_seconds = 2;
+    a.resume_window_seconds = 10;
+    a
+}
+
+/// A memory store shared by the sidecars of one test.
+pub fn memory_store() -> Arc<dyn SessionStore> {
+    Arc::new(MemoryStore::new(1000, Duration::from_secs(300)))
+}
+
+/// A sidecar running in its own thread and runtime.
+pub struct TestSidecar {
+    pub sse: SocketAddr,
+    pub admin: SocketAddr,
+    pub shared: Arc<Shared>,
+    term: CancellationToken,
+    kill: CancellationToken,
+    finished: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Start a sidecar with these args on this store.
+pub async fn start_sidecar(args: SidecarArgs, store: Arc<dyn SessionStore>) -> TestSidecar {
+    let settings = Settings::from_args(&args);
+    let term = CancellationToken::new();
+    let kill = CancellationToken::new();
+    let finished = CancellationToken::new();
+    let (info_tx, info_rx) = tokio::sync::oneshot::channel();
+    let (t, k, f) = (term.clone(), kill.clone(), finished.clone());
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let running = rt
+            .block_on(server::start(settings, store))
+            .expect("sidecar starts");
+        let _ = info_tx.send((running.sse_addr, running.admin_addr, running.shared.clone()));
+        let f2 = f.clone();
+        rt.spawn(async move {
+            t.cancelled().await;
+            running.terminate();
+            running.wait().await;
+            f2.cancel();
+        });
+        rt.block_on(async {
+            tokio::select! {
+                _ = k.cancelled() => {}
+                _ = f.cancelled() => {}
+            }
+        });
+        rt.shutdown_background();
+    });
+    let (sse, admin, shared) = info_rx.await.expect("sidecar started");
+    TestSidecar {
+        sse,
+        admin,
+        shared,
+        term,
+        kill,
+        finished,
+        thread: Some(thread),
+    }
+}
+
+impl TestSidecar {
+    /// What SIGTERM does.
+    pub fn terminate(&self) {
+        self.term.cancel();
+    }
+
+    /// Wait for the drain to complete; returns how long it took from now.
+    pub async fn wait_finished(&self, timeout: Duration) -> Duration {
+        let t = Instant::now();
+        tokio::time::timeout(timeout, self.finished.cancelled())
+            .await
+            .expect("drain finished in time");
+        t.elapsed()
+    }
+
+    /// What SIGKILL does: every task of this sidecar stops at once, nothing is flushed.
+    pub fn kill(&mut self) {
+        self.kill.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// A labelled counter.
+    pub fn count(&self, family: &str, label: &'static str) -> u64 {
+        self.shared.metrics.count(family, label)
+    }
+}
+
+impl Drop for TestSidecar {
+    fn drop(&mut self) {
+        self.kill.cancel();
+    }
+}
+
+/// Poll `cond` every 20 ms until it holds or `timeout` passes.
+pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A store that can be switched off: every call then fails with `Unavailable`.
+pub struct FlakyStore {
+    pub inner: Arc<dyn SessionStore>,
+    pub down: AtomicBool,
+}
+
+impl FlakyStore {
+    pub fn new(inner: Arc<dyn SessionStore>) -> Arc<Self> {
+        Arc::new(FlakyStore {
+            inner,
+            down: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> StoreResult<()> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("switched off by the test".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl SessionStore for FlakyStore {
+    fn acquire<'a>(
+        &'a self,
+        s: &'a SessionId,
+        o: &'a Owner,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<Lease>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.acquire(s, o, ttl).await
+        })
+    }
+    fn renew<'a>(
+        &'a self,
+        s: &'a SessionId,
+        e: Epoch,
+        st: LeaseState,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.renew(s, e, st, ttl).await
+        })
+    }
+    fn release<'a>(&'a self, s: &'a SessionId, e: Epoch) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.release(s, e).await
+        })
+    }
+    fn lease<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Lease>>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.lease(s).await
+        })
+    }
+    fn append<'a>(
+        &'a self,
+        s: &'a SessionId,
+        e: Epoch,
+        entries: &'a [Recorded],
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.append(s, e, entries).await
+        })
+    }
+    fn read_after<'a>(
+        &'a self,
+        s: &'a SessionId,
+        after: Seq,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.read_after(s, after, limit).await
+        })
+    }
+    fn wait_after<'a>(
+        &'a self,
+        s: &'a SessionId,
+        after: Seq,
+        limit: usize,
+        block: Duration,
+    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.wait_after(s, after, limit, block).await
+        })
+    }
+    fn last<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Recorded>>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.last(s).await
+        })
+    }
+    fn last_app_id<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<String>>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.last_app_id(s).await
+        })
+    }
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            self.check()?;
+            self.inner.ping().await
+        })
+    }
+}

@@ -1,0 +1,154 @@
+//! The kubelet's termination order: preStop flips readiness and holds, SIGTERM closes streams
+//! with a retry hint, the process exits 0 before the grace deadline.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::app::{Feeds, TestApp};
+use common::client::{Log, Stream, fetch};
+use common::{args, eventually, memory_store, start_sidecar};
+
+const T: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn prestop_flips_readiness_then_sigterm_closes_streams_with_a_hint() {
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    let mut a = args(app.addr, "pod-a");
+    a.prestop_delay_seconds = 1;
+    a.drain_seconds = 2;
+    a.handover_margin_seconds = 1;
+    a.reconnect_delay_millis = 750;
+    let sc = start_sidecar(a, memory_store()).await;
+    eventually("ready", T, || sc.shared.app_probe.is_up()).await;
+    assert_eq!(fetch(sc.admin, "GET", "/ready", &[], None).await.0, 200);
+
+    let mut streams = Vec::new();
+    for i in 0..4 {
+        let mut s = Stream::open(sc.sse, &format!("/events?feed=p{i}&interval_ms=20"), None).await;
+        s.read_until(&mut Log::default(), 1, T).await;
+        streams.push(s);
+    }
+
+    let admin = sc.admin;
+    let t = Instant::now();
+    let prestop = tokio::spawn(async move { fetch(admin, "GET", "/prestop", &[], None).await.0 });
+    eventually("readiness off at once", Duration::from_millis(500), || {
+        !sc.shared.lifecycle.ready()
+    })
+    .await;
+    assert_eq!(fetch(sc.admin, "GET", "/ready", &[], None).await.0, 503);
+    assert_eq!(prestop.await.unwrap(), 200);
+    let held = t.elapsed();
+    assert!(held >= Duration::from_secs(1), "preStop held {held:?}");
+    // Still serving while the load balancers catch up.
+    assert_eq!(fetch(sc.sse, "GET", "/plain", &[], None).await.0, 200);
+
+    let t = Instant::now();
+    sc.terminate();
+    let closes = streams.iter_mut().map(|s| async move {
+        let mut log = Log::default();
+        s.read_to_end(&mut log, T).await;
+        assert_eq!(
+            log.retries.last(),
+            Some(&750),
+            "every stream gets the retry hint"
+        );
+        t.elapsed()
+    });
+    let mut closed_at = futures::future::join_all(closes).await;
+    closed_at.sort();
+    println!("stream closes after SIGTERM (jittered over the 2 s drain window): {closed_at:?}");
+    assert!(closed_at.iter().all(|d| *d < Duration::from_secs(2)));
+    // New connections are refused.
+    assert!(tokio::net::TcpStream::connect(sc.sse).await.is_err());
+    let took = sc.wait_finished(T).await + t.elapsed();
+    assert!(took < Duration::from_secs(2 + 1 + 5), "drain took {took:?}");
+    assert_eq!(sc.count("handovers", "drain"), 4);
+}
+
+#[tokio::test]
+async fn the_binary_drains_and_exits_zero_before_the_deadline() {
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sse_port = probe.local_addr().unwrap().port();
+    let probe2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_port = probe2.local_addr().unwrap().port();
+    drop((probe, probe2));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssekeeper-sidecar"))
+        .args([
+            format!("--app-port={}", app.addr.port()),
+            "--listen-host=127.0.0.1".to_string(),
+            format!("--sse-port={sse_port}"),
+            format!("--admin-port={admin_port}"),
+            "--service-namespace=test".to_string(),
+            "--service-name=bin".to_string(),
+            "--drain-seconds=1".to_string(),
+            "--handover-margin-seconds=1".to_string(),
+            "--prestop-delay-seconds=0".to_string(),
+            "--reconnect-delay-millis=300".to_string(),
+            "--log-format=json".to_string(),
+        ])
+        .env("POD_NAME", "bin-pod")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let sse = format!("127.0.0.1:{sse_port}").parse().unwrap();
+    let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        if let Ok(s) = tokio::net::TcpStream::connect(admin).await {
+            drop(s);
+            if fetch(admin, "GET", "/ready", &[], None).await.0 == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "binary never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut s = Stream::open(sse, "/events?feed=b&interval_ms=20", None).await;
+    let mut log = Log::default();
+    s.read_until(&mut log, 3, T).await;
+    let (_, _, metrics) = fetch(admin, "GET", "/metrics", &[], None).await;
+    assert!(metrics.contains("ssekeeper_active_streams 1"), "{metrics}");
+
+    let t = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    s.read_to_end(&mut log, T).await;
+    assert_eq!(log.retries.last(), Some(&300));
+    let exit = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(t.elapsed() < T, "the binary did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = t.elapsed();
+    let grace = Duration::from_secs(u64::from(
+        ssekeeper_sidecar::contract::termination_grace_period_seconds(0, 1),
+    ));
+    println!("binary: SIGTERM to exit {exit} in {took:?} (grace {grace:?})");
+    assert!(exit.success(), "exit code {exit:?}");
+    assert!(took < grace);
+    let mut stderr = String::new();
+    use std::io::Read as _;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("drain complete") && l.starts_with('{')),
+        "json logs: {stderr}"
+    );
+}

@@ -1,0 +1,467 @@
+//! Resume and handoff: the promise (no gap, no duplicate, order kept) across reconnects to the
+//! same pod, to another pod, through a drain's handover, and after a crash.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use ssekeeper_sidecar::cursor::SessionId;
+use ssekeeper_sidecar::store::{
+    Entry, Epoch, Lease, LeaseState, Owner, Recorded, Seq, SessionStore, StoreResult,
+};
+
+use common::app::{Feeds, TestApp};
+use common::client::{Log, Stream, assert_contiguous};
+use common::{args, eventually, memory_store, start_sidecar};
+use ssekeeper_sidecar::cursor::Cursor;
+
+const T: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn reconnect_to_the_same_pod_misses_nothing() {
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    let sc = start_sidecar(args(app.addr, "pod-a"), memory_store()).await;
+
+    let mut log = Log::default();
+    let mut s = Stream::open(sc.sse, "/events?feed=f&interval_ms=10", None).await;
+    s.read_until(&mut log, 10, T).await;
+    drop(s); // network blip
+    tokio::time::sleep(Duration::from_millis(300)).await; // ~30 events happen meanwhile
+    let last = log.last_id.clone().unwrap();
+    let mut s = Stream::open(sc.sse, "/events?feed=f&interval_ms=10", Some(&last)).await;
+    s.read_until(&mut log, 80, T).await;
+
+    let first = assert_contiguous(&log.data());
+    println!(
+        "same-pod resume: {} events from event {first}, no gap, no duplicate",
+        log.events.len()
+    );
+    assert_eq!(sc.count("resumes", "local"), 1);
+    // The app was asked once: the recorder kept its upstream through the blip.
+    let asked = app
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with("GET /events"))
+        .count();
+    assert_eq!(asked, 1);
+}
+
+#[tokio::test]
+async fn resume_on_another_pod_tails_the_live_owner() {
+    let feeds = Arc::new(Feeds::default());
+    let app_a = TestApp::start("app-a", feeds.clone()).await;
+    let app_b = TestApp::start("app-b", feeds.clone()).await;
+    let store = memory_store();
+    let a = start_sidecar(args(app_a.addr, "pod-a"), store.clone()).await;
+    let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
+
+    let path = "/events?feed=g&interval_ms=10";
+    let mut log = Log::default();
+    let mut s = Stream::open(a.sse, path, None).await;
+    s.read_until(&mut log, 10, T).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s = Stream::open(b.sse, path, log.last_id.as_deref()).await;
+    s.read_until(&mut log, 60, T).await;
+
+    assert_contiguous(&log.data());
+    assert_eq!(b.count("resumes", "store"), 1);
+    assert_eq!(b.count("takeovers", "ok"), 0, "A still owns the session");
+    assert!(
+        app_b.seen.lock().unwrap().is_empty(),
+        "B never asked its app"
+    );
+    let sessions: Vec<_> = log
+        .events
+        .iter()
+        .map(|e| Cursor::parse(e.id.as_deref().unwrap()).unwrap().session)
+        .collect();
+    assert!(
+        sessions.iter().all(|s| s == &sessions[0]),
+        "one session across pods"
+    );
+}
+
+#[tokio::test]
+async fn a_finite_stream_ends_on_the_pod_the_client_moved_to() {
+    let feeds = Arc::new(Feeds::default());
+    let app_a = TestApp::start("app-a", feeds.clone()).await;
+    let app_b = TestApp::start("app-b", feeds.clone()).await;
+    let store = memory_store();
+    let a = start_sidecar(args(app_a.addr, "pod-a"), store.clone()).await;
+    let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
+
+    let path = "/events?feed=h&interval_ms=20&total=25";
+    let mut log = Log::default();
+    let mut s = Stream::open(a.sse, path, None).await;
+    s.read_until(&mut log, 5, T).await;
+    drop(s);
+    let mut s = Stream::open(b.sse, path, log.last_id.as_deref()).await;
+    s.read_to_end(&mut log, T).await;
+
+    assert_eq!(log.data(), common::client::expected(1, 25));
+    assert_eq!(b.count("takeovers", "ok"), 0, "no work redone");
+    assert!(app_b.seen.lock().unwrap().is_empty());
+    // Reconnecting at the end opens the app's stream again with the app's own last id.
+    let mut again = Stream::open(b.sse, path, log.last_id.as_deref()).await;
+    let ended = again.read_until(&mut Log::default(), 1, T).await;
+    assert!(ended, "the app has nothing after event 25");
+    assert_eq!(b.count("resumes", "ended"), 1);
+    let seen = app_b.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec!["GET /events?feed=h&interval_ms=20&total=25 25".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn drain_hands_the_session_over_without_gap_or_duplicate() {
+    let feeds = Arc::new(Feeds::default());
+    let app_a = TestApp::start("app-a", feeds.clone()).await;
+    let app_b = TestApp::start("app-b", feeds.clone()).await;
+    let store = memory_store();
+    let mut args_a = args(app_a.addr, "pod-a");
+    args_a.drain_seconds = 1;
+    args_a.handover_margin_seconds = 5;
+    let a = start_sidecar(args_a, store.clone()).await;
+    let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
+
+    let path = "/events?feed=d&interval_ms=10";
+    let mut log = Log::default();
+    let mut s = Stream::open(a.sse, path, None).await;
+    s.read_until(&mut log, 10, T).await;
+
+    let t0 = Instant::now();
+    a.terminate();
+    // A closes the stream with a retry hint within the drain window.
+    let ended = s.read_until(&mut log, usize::MAX, T).await;
+    assert!(ended);
+    assert_eq!(log.retries.last(), Some(&100), "the reconnect hint");
+    // The client reconnects to B (the load balancer no longer sends it to A).
+    let mut s = Stream::open(b.sse, path, log.last_id.as_deref()).await;
+    let target = log.events.len() + 200; // well past the handover (~1 s of events)
+    s.read_until(&mut log, target, T).await;
+
+    let first = assert_contiguous(&log.data());
+    let took = a.wait_finished(T).await + t0.elapsed();
+    println!(
+        "handover: {} events from event {first} without gap or duplicate; pod A drained in {:?}; overlap dropped {}",
+        log.events.len(),
+        took,
+        b.shared.metrics.overlap_dropped.get()
+    );
+    assert_eq!(b.count("takeovers", "ok"), 1);
+    assert_eq!(a.count("handovers", "drain"), 1);
+    let deadline = Duration::from_secs(u64::from(
+        ssekeeper_sidecar::contract::termination_grace_period_seconds(0, 1),
+    ));
+    assert!(
+        took < deadline,
+        "drained in {took:?}, deadline {deadline:?}"
+    );
+    // B's app was asked with the app's last id, not the cursor.
+    let seen = app_b.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let lei: u64 = seen[0]
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("an app id, not a cursor");
+    assert!(lei > 10);
+    // One session throughout.
+    let first_id = Cursor::parse(log.events[0].id.as_deref().unwrap()).unwrap();
+    let last_id = Cursor::parse(log.last_id.as_deref().unwrap()).unwrap();
+    assert_eq!(first_id.session, last_id.session);
+}
+
+#[tokio::test]
+async fn a_crashed_owner_is_taken_over_after_its_lease_expires() {
+    let feeds = Arc::new(Feeds::default());
+    let app_a = TestApp::start("app-a", feeds.clone()).await;
+    let app_b = TestApp::start("app-b", feeds.clone()).await;
+    let store = memory_store();
+    let mut a = start_sidecar(args(app_a.addr, "pod-a"), store.clone()).await;
+    let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
+
+    let path = "/events?feed=c&interval_ms=10";
+    let mut log = Log::default();
+    let mut s = Stream::open(a.sse, path, None).await;
+    s.read_until(&mut log, 20, T).await;
+    let t0 = Instant::now();
+    a.kill(); // SIGKILL: nothing flushed, lease left to expire
+    s.read_until(&mut log, usize::MAX, T).await;
+    let mut s = Stream::open(b.sse, path, log.last_id.as_deref()).await;
+    let before = log.events.len();
+    s.read_until(&mut log, before + 50, T).await;
+    let data = log.data();
+    let mut nums: Vec<u64> = data.iter().map(|d| d[6..].parse().unwrap()).collect();
+    let total = nums.len();
+    nums.dedup();
+    let dups = total - nums.len();
+    assert!(
+        nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap after a crash (the app replays): {nums:?}"
+    );
+    println!(
+        "crash takeover after {:?} (lease ttl 2 s): {dups} duplicate(s) from the unflushed window",
+        t0.elapsed()
+    );
+    assert!(dups <= 1);
+    assert_eq!(b.count("takeovers", "ok"), 1);
+}
+
+#[tokio::test]
+async fn forged_foreign_and_unknown_cursors_get_defined_answers() {
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    let sc = start_sidecar(args(app.addr, "pod-a"), memory_store()).await;
+    let path = "/events?feed=u&interval_ms=10";
+
+    // Not a cursor (maybe the app's own id from before the sidecar): passed to the app.
+    let mut s = Stream::open(sc.sse, path, Some("41")).await;
+    let mut log = Log::default();
+    s.read_until(&mut log, 1, T).await;
+    assert_eq!(log.data(), vec!["event 42"]);
+    assert_eq!(sc.count("resumes", "foreign"), 1);
+    let known = Cursor::parse(log.last_id.as_deref().unwrap()).unwrap();
+    drop(s);
+
+    // A well-formed cursor of a session nobody knows: a fresh stream under a new session.
+    let mut s = Stream::open(sc.sse, path, Some("nosuchsession.5")).await;
+    let mut log = Log::default();
+    s.read_until(&mut log, 1, T).await;
+    let c = Cursor::parse(log.last_id.as_deref().unwrap()).unwrap();
+    assert_ne!(c.session.as_str(), "nosuchsession");
+    assert_eq!(sc.count("resumes", "unknown"), 1);
+
+    // A cursor far beyond the session's history: refused as forged, fresh stream.
+    eventually("the first session is recorded", T, || {
+        sc.shared.metrics.events_recorded.get() >= 1
+    })
+    .await;
+    let forged = format!("{}.{}", known.session, u64::MAX - 1);
+    let mut s = Stream::open(sc.sse, path, Some(&forged)).await;
+    let mut log = Log::default();
+    s.read_until(&mut log, 1, T).await;
+    assert_ne!(
+        Cursor::parse(log.last_id.as_deref().unwrap())
+            .unwrap()
+            .session,
+        known.session
+    );
+    assert_eq!(sc.count("resumes", "forged"), 1);
+
+    // Garbage with control bytes cannot even be sent as a header; garbage text is "foreign".
+    let mut s = Stream::open(sc.sse, path, Some("../../etc/passwd{}.x")).await;
+    assert_eq!(s.status, 200);
+    s.read_until(&mut Log::default(), 1, T).await;
+}
+
+/// A store that, when a session is taken over, first lets the old owner write a few more
+/// entries: the race step 5 of the handoff must absorb (the old owner records until fenced).
+struct RacingStore {
+    inner: Arc<dyn SessionStore>,
+    late: Mutex<Option<(SessionId, Epoch, Vec<Recorded>)>>,
+}
+
+impl SessionStore for RacingStore {
+    fn acquire<'a>(
+        &'a self,
+        s: &'a SessionId,
+        o: &'a Owner,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<Lease>> {
+        Box::pin(async move {
+            let late = self.late.lock().unwrap().take_if(|(id, _, _)| id == s);
+            if let Some((id, epoch, entries)) = late {
+                self.inner.append(&id, epoch, &entries).await?;
+            }
+            self.inner.acquire(s, o, ttl).await
+        })
+    }
+    fn renew<'a>(
+        &'a self,
+        s: &'a SessionId,
+        e: Epoch,
+        st: LeaseState,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        self.inner.renew(s, e, st, ttl)
+    }
+    fn release<'a>(&'a self, s: &'a SessionId, e: Epoch) -> BoxFuture<'a, StoreResult<()>> {
+        self.inner.release(s, e)
+    }
+    fn lease<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Lease>>> {
+        self.inner.lease(s)
+    }
+    fn append<'a>(
+        &'a self,
+        s: &'a SessionId,
+        e: Epoch,
+        entries: &'a [Recorded],
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        self.inner.append(s, e, entries)
+    }
+    fn read_after<'a>(
+        &'a self,
+        s: &'a SessionId,
+        after: Seq,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
+        self.inner.read_after(s, after, limit)
+    }
+    fn wait_after<'a>(
+        &'a self,
+        s: &'a SessionId,
+        after: Seq,
+        limit: usize,
+        block: Duration,
+    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
+        self.inner.wait_after(s, after, limit, block)
+    }
+    fn last<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Recorded>>> {
+        self.inner.last(s)
+    }
+    fn last_app_id<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<String>>> {
+        self.inner.last_app_id(s)
+    }
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
+        self.inner.ping()
+    }
+}
+
+fn app_event(seq: Seq, k: u64) -> Recorded {
+    Recorded {
+        seq,
+        entry: Entry::Event {
+            app_id: Some(k.to_string()),
+            event: None,
+            data: format!("event {k}"),
+        },
+    }
+}
+
+#[tokio::test]
+async fn takeover_delivers_the_old_owners_late_writes_once_and_drops_the_overlap() {
+    let inner = memory_store();
+    let session = SessionId::parse("planted-session").unwrap();
+    let gone = Owner {
+        name: "pod-x".into(),
+        addr: "127.0.0.1:9".parse().unwrap(),
+    };
+    // pod-x recorded events 1..=10, started draining and recorded its handover...
+    let lease = inner
+        .acquire(&session, &gone, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let history: Vec<Recorded> = (1..=10).map(|k| app_event(k, k)).collect();
+    inner.append(&session, lease.epoch, &history).await.unwrap();
+    inner
+        .renew(
+            &session,
+            lease.epoch,
+            LeaseState::Draining,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    inner
+        .append(
+            &session,
+            lease.epoch,
+            &[Recorded {
+                seq: 11,
+                entry: Entry::Handover,
+            }],
+        )
+        .await
+        .unwrap();
+    // ...and will still record events 11 and 12 right before it is fenced.
+    let store = Arc::new(RacingStore {
+        inner,
+        late: Mutex::new(Some((
+            session.clone(),
+            lease.epoch,
+            vec![app_event(12, 11), app_event(13, 12)],
+        ))),
+    });
+
+    let app = TestApp::start("app-b", Arc::new(Feeds::default())).await;
+    let b = start_sidecar(args(app.addr, "pod-b"), store.clone()).await;
+    let mut s = Stream::open(
+        b.sse,
+        "/events?feed=ov&interval_ms=10",
+        Some("planted-session.5"),
+    )
+    .await;
+    let mut log = Log::default();
+    s.read_until(&mut log, 30, T).await;
+
+    assert_eq!(log.data(), common::client::expected(6, 35));
+    assert_eq!(
+        b.shared.metrics.overlap_dropped.get(),
+        2,
+        "events 11 and 12 came from the store, not twice"
+    );
+    assert_eq!(b.count("takeovers", "ok"), 1);
+    let seqs: Vec<u64> = log
+        .events
+        .iter()
+        .map(|e| Cursor::parse(e.id.as_deref().unwrap()).unwrap().seq)
+        .collect();
+    assert_eq!(
+        &seqs[..7],
+        &[6, 7, 8, 9, 10, 12, 13],
+        "the handover marker takes a seq, not a line"
+    );
+    assert_eq!(
+        seqs[7], 14,
+        "the sequence continues after the old owner's last entry"
+    );
+    let seen = app.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec!["GET /events?feed=ov&interval_ms=10 10".to_string()],
+        "opened with the app's id"
+    );
+    let now = store.lease(&session).await.unwrap().unwrap();
+    assert_eq!((now.owner.as_str(), now.epoch), ("pod-b", 2));
+}
+
+#[tokio::test]
+async fn an_abandoned_stream_is_handed_over_after_the_resume_window() {
+    let feeds = Arc::new(Feeds::default());
+    let app_a = TestApp::start("app-a", feeds.clone()).await;
+    let app_b = TestApp::start("app-b", feeds.clone()).await;
+    let store = memory_store();
+    let mut args_a = args(app_a.addr, "pod-a");
+    args_a.resume_window_seconds = 1;
+    let a = start_sidecar(args_a, store.clone()).await;
+    let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
+
+    let path = "/events?feed=w&interval_ms=10";
+    let mut log = Log::default();
+    let mut s = Stream::open(a.sse, path, None).await;
+    s.read_until(&mut log, 5, T).await;
+    drop(s);
+    eventually("A gives the upstream up after its resume window", T, || {
+        a.count("handovers", "resume_window") == 1 && a.shared.recorders.is_empty()
+    })
+    .await;
+    let asked_a = app_a.seen.lock().unwrap().len();
+    // Much later the client comes back elsewhere: what A captured is replayed, then B takes over.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut s = Stream::open(b.sse, path, log.last_id.as_deref()).await;
+    s.read_until(&mut log, 250, T).await;
+    assert_contiguous(&log.data());
+    assert_eq!(b.count("takeovers", "ok"), 1);
+    assert_eq!(
+        app_a.seen.lock().unwrap().len(),
+        asked_a,
+        "A's app is not asked again"
+    );
+}
