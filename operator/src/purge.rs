@@ -9,7 +9,9 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Delete every key of the SseService `namespace/name`; the number deleted, or why it failed.
 pub async fn purge(url: &str, namespace: &str, name: &str) -> Result<u64, String> {
     // Boxed: the store's connect future is deep, and the reconcile future embeds this one.
-    let attempt = Box::pin(ssekeeper_sidecar::store::redis::purge_service(url, namespace, name));
+    let attempt = Box::pin(ssekeeper_sidecar::store::redis::purge_service(
+        url, namespace, name,
+    ));
     match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
         Ok(Ok(deleted)) => Ok(deleted),
         Ok(Err(e)) => Err(e.to_string()),

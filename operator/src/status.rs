@@ -68,8 +68,11 @@ pub fn compute(
     let desired = svc.spec.replicas;
     let c = counts(deployment);
 
-    let rolled_out = c.observed && c.updated >= desired && c.replicas == c.updated;
-    let ready = rolled_out && c.ready >= desired && c.available >= desired;
+    // Like a Deployment's own Progressing: done only when the new pods are available and no old
+    // pod is left.
+    let rolled_out =
+        c.observed && c.updated >= desired && c.replicas == c.updated && c.available >= desired;
+    let ready = rolled_out && c.ready >= desired;
     let cond = |type_: &str, status: bool, reason: &str, message: String| Condition {
         type_: type_.into(),
         status: if status { "True" } else { "False" }.into(),
@@ -254,6 +257,19 @@ mod tests {
         );
         assert_eq!(get(&s, PROGRESSING).status, "True");
         assert_eq!(get(&s, READY).status, "False");
+    }
+
+    #[test]
+    fn unavailable_new_pods_are_still_progressing() {
+        let s = compute(
+            &svc(3),
+            Some(&dep(3, 0, 3)),
+            None,
+            None,
+            &t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(get(&s, PROGRESSING).status, "True");
+        assert_eq!(get(&s, READY).reason, "ReplicasNotReady");
     }
 
     #[test]

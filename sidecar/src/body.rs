@@ -114,6 +114,25 @@ impl ClientTx {
         }
     }
 
+    /// Wait for room for a chunk of `len` bytes (budget and a queue slot), owned so the caller
+    /// may hold it across its own state changes; dropping it unused gives the room back.
+    pub async fn room(&self, len: usize) -> Result<Room, Cut> {
+        let n = charge(len, self.budget_bytes);
+        let budget = self
+            .budget
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| Cut::Closed)?;
+        let slot = self
+            .tx
+            .clone()
+            .reserve_owned()
+            .await
+            .map_err(|_| Cut::Closed)?;
+        Ok(Room { slot, budget })
+    }
+
     /// Resolves when the client side is gone.
     pub async fn closed(&self) {
         self.tx.closed().await
@@ -122,6 +141,20 @@ impl ClientTx {
     /// Whether the client side is gone.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+}
+
+/// Room reserved in a client's queue by [`ClientTx::room`].
+pub struct Room {
+    slot: mpsc::OwnedPermit<Bytes>,
+    budget: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Room {
+    /// Queue the chunk the room was reserved for (its budget is returned when the client reads it).
+    pub fn send(self, chunk: Bytes) {
+        self.budget.forget();
+        self.slot.send(chunk);
     }
 }
 
@@ -231,5 +264,71 @@ impl Body for ClientBody {
 
     fn is_end_stream(&self) -> bool {
         self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::streams::Streams;
+
+    async fn next(body: &mut ClientBody) -> Option<Bytes> {
+        body.frame().await.map(|f| f.unwrap().into_data().unwrap())
+    }
+
+    #[tokio::test]
+    async fn prefix_then_queue_then_end() {
+        let streams = Streams::new(4, Arc::new(Metrics::new()));
+        let (tx, mut body) = client_channel(streams.open().unwrap(), 1024, 500);
+        body.set_prefix(VecDeque::from([
+            Bytes::from_static(b"p1"),
+            Bytes::from_static(b"p2"),
+        ]));
+        tx.try_send(Bytes::from_static(b"q1")).unwrap();
+        drop(tx);
+        let mut got = Vec::new();
+        while let Some(b) = next(&mut body).await {
+            got.push(b);
+        }
+        assert_eq!(got, vec!["p1", "p2", "q1"]);
+        assert_eq!(streams.len(), 1);
+        drop(body);
+        assert!(
+            streams.is_empty(),
+            "the stream left the registry with its body"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_refuses_a_client_that_does_not_read_and_reading_frees_it() {
+        let streams = Streams::new(4, Arc::new(Metrics::new()));
+        let (tx, mut body) = client_channel(streams.open().unwrap(), 10, 500);
+        tx.try_send(Bytes::from_static(b"123456")).unwrap();
+        assert_eq!(tx.try_send(Bytes::from_static(b"123456")), Err(Cut::Full));
+        assert_eq!(next(&mut body).await.unwrap(), "123456");
+        tx.try_send(Bytes::from_static(b"123456")).unwrap();
+        // A chunk larger than the whole budget still fits into an empty queue.
+        let (tx2, _body2) = client_channel(streams.open().unwrap(), 4, 500);
+        tx2.try_send(Bytes::from_static(b"much longer")).unwrap();
+        let room = tokio::time::timeout(Duration::from_millis(50), tx2.room(1)).await;
+        assert!(room.is_err(), "no room until the client reads");
+    }
+
+    #[tokio::test]
+    async fn a_drain_close_delivers_what_is_queued_then_the_retry_hint() {
+        let streams = Streams::new(4, Arc::new(Metrics::new()));
+        let (tx, mut body) = client_channel(streams.open().unwrap(), 1024, 750);
+        tx.try_send(Bytes::from_static(b"a")).unwrap();
+        tx.try_send(Bytes::from_static(b"b")).unwrap();
+        streams.close_all_spread(Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut got = Vec::new();
+        while let Some(b) = next(&mut body).await {
+            got.push(b);
+        }
+        assert_eq!(got, vec!["a", "b", "retry: 750\n\n"]);
+        assert!(tx.is_closed(), "the producer sees the client gone");
+        assert_eq!(tx.try_send(Bytes::from_static(b"c")), Err(Cut::Closed));
     }
 }

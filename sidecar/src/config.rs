@@ -47,8 +47,10 @@ pub struct Settings {
     pub max_streams: usize,
     /// Parser bound on one event.
     pub max_event_bytes: usize,
-    /// Bytes queued per client before it is cut.
+    /// Bytes queued per client; when full, the app's stream is paused.
     pub client_buffer_bytes: usize,
+    /// How long a client may keep its queue full before it is cut.
+    pub client_stall: Duration,
     /// Recent events kept per recorder for same-pod resumes.
     pub resume_buffer_events: usize,
     /// Bound on a request head.
@@ -115,6 +117,7 @@ impl Settings {
             max_streams: args.max_streams as usize,
             max_event_bytes: args.max_event_bytes as usize,
             client_buffer_bytes: args.client_buffer_bytes as usize,
+            client_stall: millis(args.client_stall_millis.max(1)),
             resume_buffer_events: args.resume_buffer_events as usize,
             max_header_bytes: args.max_header_bytes as usize,
             batch_window: millis(args.batch_window_millis.max(1)),
@@ -133,12 +136,11 @@ impl Settings {
         }
     }
 
-    /// Seconds from SIGTERM until the sidecar must have exited: what is left of the grace period
-    /// once preStop has run. The drain plan fits inside it.
+    /// How long after SIGTERM the sidecar exits at the latest: what is left of the grace period
+    /// once preStop has run, less a second so the exit is never raced by SIGKILL.
     pub fn exit_deadline(&self) -> Duration {
-        self.drain
-            + self.handover_margin
-            + Duration::from_secs(u64::from(crate::contract::APP_SHUTDOWN_MARGIN_SECONDS))
+        let margin = u64::from(crate::contract::APP_SHUTDOWN_MARGIN_SECONDS).saturating_sub(1);
+        self.drain + self.handover_margin + Duration::from_secs(margin)
     }
 }
 

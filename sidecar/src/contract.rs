@@ -256,9 +256,14 @@ pub struct SidecarArgs {
     /// Largest event the parser accepts from the app; bigger ones are dropped (metric).
     #[arg(long, env = "SSEKEEPER_MAX_EVENT_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(64..))]
     pub max_event_bytes: u32,
-    /// Bytes queued for one client before it is cut as a slow consumer (it resumes from the store).
+    /// Bytes queued for one client; when they are used up the app's stream is paused (as a plain
+    /// proxy's TCP backpressure would) until the client reads.
     #[arg(long, env = "SSEKEEPER_CLIENT_BUFFER_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1024..))]
     pub client_buffer_bytes: u32,
+    /// Milliseconds a client may leave its queue full before it is cut as a slow consumer (it then
+    /// resumes from its cursor and the app's stream is captured again).
+    #[arg(long, env = "SSEKEEPER_CLIENT_STALL_MILLIS", default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_stall_millis: u32,
     /// Recent events a recorder keeps in memory to resume a client on the same pod without the
     /// store (the store covers anything older).
     #[arg(long, env = "SSEKEEPER_RESUME_BUFFER_EVENTS", default_value_t = 64)]
@@ -326,6 +331,7 @@ impl SidecarArgs {
             format!("--max-streams={}", self.max_streams),
             format!("--max-event-bytes={}", self.max_event_bytes),
             format!("--client-buffer-bytes={}", self.client_buffer_bytes),
+            format!("--client-stall-millis={}", self.client_stall_millis),
             format!("--resume-buffer-events={}", self.resume_buffer_events),
             format!("--max-header-bytes={}", self.max_header_bytes),
             format!("--batch-window-millis={}", self.batch_window_millis),
@@ -381,6 +387,7 @@ mod tests {
         cfg.max_streams = 12;
         cfg.max_event_bytes = 4096;
         cfg.client_buffer_bytes = 8192;
+        cfg.client_stall_millis = 77;
         cfg.resume_buffer_events = 3;
         cfg.max_header_bytes = 9000;
         cfg.batch_window_millis = 2;

@@ -86,10 +86,11 @@ pub async fn run(shared: Arc<Shared>) {
     }
     shared.streams.close_all_spread(s.drain);
 
-    // The drain window; over early once nothing is left to hand over.
+    // The drain window; over early once nothing is left to hand over (no stream, no captured
+    // upstream, no session key other pods may still route here).
     let window_end = started + s.drain;
     while Instant::now() < window_end {
-        if shared.streams.is_empty() && shared.recorders.is_empty() {
+        if shared.streams.is_empty() && shared.recorders.is_empty() && shared.book.is_empty() {
             break;
         }
         tokio::time::sleep(POLL).await;

@@ -18,10 +18,15 @@ use crate::health::{StoreHealth, timed};
 use crate::metrics::Metrics;
 use crate::store::{Epoch, LeaseState, Owner, SessionStore, StoreError, StoreResult};
 
+/// The epoch of a routing registration made while the store was down: acquired later.
+const UNACQUIRED: Epoch = 0;
+
 /// Concurrent store calls of one renewal round.
 const RENEW_CONCURRENCY: usize = 32;
 
 struct Held {
+    /// Identifies this holding across re-acquires (the epoch changes if the store lost it).
+    id: u64,
     epoch: Epoch,
     state: LeaseState,
     pins: u32,
@@ -33,7 +38,9 @@ struct Held {
 /// A pinned lease: the epoch to write with, and a token cancelled if another pod takes over.
 #[derive(Debug, Clone)]
 pub struct Claim {
-    /// The epoch appends must carry.
+    /// Which holding this is (for [`LeaseBook::epoch`], [`LeaseBook::unpin`]).
+    pub id: u64,
+    /// The epoch appends carried when the claim was made.
     pub epoch: Epoch,
     /// Cancelled when a renewal finds the session fenced.
     pub fenced: CancellationToken,
@@ -50,6 +57,7 @@ pub struct LeaseBook {
     metrics: Arc<Metrics>,
     held: Mutex<HashMap<SessionId, Held>>,
     draining: std::sync::atomic::AtomicBool,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl LeaseBook {
@@ -74,6 +82,7 @@ impl LeaseBook {
             metrics,
             held: Mutex::new(HashMap::new()),
             draining: std::sync::atomic::AtomicBool::new(false),
+            next_id: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -107,15 +116,57 @@ impl LeaseBook {
 
     /// Pin the session's lease for a recorder: the held one, or a fresh acquire.
     pub async fn claim(&self, session: &SessionId) -> StoreResult<Claim> {
-        if let Some(h) = self.lock().get_mut(session) {
+        if let Some(h) = self
+            .lock()
+            .get_mut(session)
+            .filter(|h| h.epoch != UNACQUIRED)
+        {
             h.pins += 1;
             h.last_used = Instant::now();
             return Ok(Claim {
+                id: h.id,
                 epoch: h.epoch,
                 fenced: h.fenced.clone(),
             });
         }
         self.acquire(session, 1, false).await
+    }
+
+    /// The epoch a claim must write with now (it changes only when the store lost the session
+    /// and it was re-acquired); `None` once the claim is gone (fenced or released).
+    pub fn epoch(&self, session: &SessionId, id: u64) -> Option<Epoch> {
+        self.lock()
+            .get(session)
+            .filter(|h| h.id == id)
+            .map(|h| h.epoch)
+    }
+
+    /// The store has no trace of a session this pod holds (Redis restarted without persistence,
+    /// or flushed): take it again so recording and routing continue. Returns the new epoch.
+    pub async fn recover(&self, session: &SessionId, id: u64) -> StoreResult<Epoch> {
+        let r = timed(
+            self.timeout,
+            self.store.acquire(session, &self.owner, self.ttl),
+        )
+        .await;
+        self.health.observe(&r);
+        let lease = r?;
+        let mut held = self.lock();
+        match held.get_mut(session) {
+            Some(h) if h.id == id => {
+                if h.epoch == UNACQUIRED {
+                    tracing::info!(session = %session, epoch = lease.epoch, "session key registered now that the store is back");
+                } else {
+                    tracing::warn!(session = %session, epoch = lease.epoch, "session state lost in the store: re-acquired");
+                    self.metrics.error("store_state_lost");
+                }
+                h.epoch = lease.epoch;
+                Ok(lease.epoch)
+            }
+            _ => Err(StoreError::Fenced {
+                current: lease.epoch,
+            }),
+        }
     }
 
     /// Take the session over (epoch + 1) even if this pod believes it holds it, and pin it.
@@ -125,11 +176,36 @@ impl LeaseBook {
 
     /// Register a key learned from the app so other pods route its requests here. Reuses a
     /// lease already held.
+    /// While the store is down the key is held locally (requests with it are served here) and
+    /// acquired by the next renewal round after the store is back, instead of holding up the
+    /// response that handed it out.
     pub async fn register(&self, session: &SessionId) -> StoreResult<()> {
-        if let Some(h) = self.lock().get_mut(session) {
-            h.routing = true;
-            h.last_used = Instant::now();
-            return Ok(());
+        {
+            let mut held = self.lock();
+            if let Some(h) = held.get_mut(session) {
+                h.routing = true;
+                h.last_used = Instant::now();
+                return Ok(());
+            }
+            if !self.health.is_up() {
+                let id = self
+                    .next_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                held.insert(
+                    session.clone(),
+                    Held {
+                        id,
+                        epoch: UNACQUIRED,
+                        state: self.state(),
+                        pins: 0,
+                        routing: true,
+                        last_used: Instant::now(),
+                        fenced: CancellationToken::new(),
+                    },
+                );
+                self.metrics.leases_held.inc();
+                return Ok(());
+            }
         }
         self.acquire(session, 0, true).await.map(|_| ())
     }
@@ -152,10 +228,14 @@ impl LeaseBook {
             self.health.observe(&r);
         }
         let fenced = CancellationToken::new();
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut held = self.lock();
         let previous = held.insert(
             session.clone(),
             Held {
+                id,
                 epoch: lease.epoch,
                 state,
                 pins,
@@ -165,11 +245,10 @@ impl LeaseBook {
             },
         );
         match previous {
-            // A stale local entry (an older epoch of ours): whoever pinned it is fenced now.
+            // A stale local holding (an older epoch of ours): whoever pinned it is fenced now.
             Some(old) => {
                 old.fenced.cancel();
                 if let Some(h) = held.get_mut(session) {
-                    h.pins += old.pins;
                     h.routing |= old.routing;
                 }
             }
@@ -178,6 +257,7 @@ impl LeaseBook {
             }
         }
         Ok(Claim {
+            id,
             epoch: lease.epoch,
             fenced,
         })
@@ -185,25 +265,26 @@ impl LeaseBook {
 
     /// A recorder is done with the session. A stream lease nobody else uses is released at once;
     /// a routing registration stays until it is idle.
-    pub fn unpin(self: &Arc<Self>, session: &SessionId, epoch: Epoch) {
+    pub fn unpin(self: &Arc<Self>, session: &SessionId, id: u64) {
         let release = {
             let mut held = self.lock();
             match held.get_mut(session) {
-                Some(h) if h.epoch == epoch => {
+                Some(h) if h.id == id => {
                     h.pins = h.pins.saturating_sub(1);
                     h.last_used = Instant::now();
                     if h.pins == 0 && !h.routing {
+                        let epoch = h.epoch;
                         held.remove(session);
                         self.metrics.leases_held.dec();
-                        true
+                        Some(epoch)
                     } else {
-                        false
+                        None
                     }
                 }
-                _ => false,
+                _ => None,
             }
         };
-        if release {
+        if let Some(epoch) = release {
             let book = self.clone();
             let session = session.clone();
             tokio::spawn(async move {
@@ -213,10 +294,10 @@ impl LeaseBook {
         }
     }
 
-    /// Forget a session another pod took over (its epoch is newer than `epoch`).
-    pub fn fenced(&self, session: &SessionId, epoch: Epoch) {
+    /// Forget a session another pod took over (its epoch is newer than the held one).
+    pub fn fenced(&self, session: &SessionId, id: u64) {
         let mut held = self.lock();
-        if held.get(session).is_some_and(|h| h.epoch == epoch)
+        if held.get(session).is_some_and(|h| h.id == id)
             && let Some(h) = held.remove(session)
         {
             h.fenced.cancel();
@@ -227,13 +308,13 @@ impl LeaseBook {
     /// Mark one session draining now (before its handover is recorded, so a reader that sees
     /// the handover also sees the owner draining).
     pub async fn mark_draining(&self, session: &SessionId) -> StoreResult<()> {
-        let epoch = {
+        let (id, epoch) = {
             let mut held = self.lock();
             let Some(h) = held.get_mut(session) else {
                 return Ok(());
             };
             h.state = LeaseState::Draining;
-            h.epoch
+            (h.id, h.epoch)
         };
         let r = timed(
             self.timeout,
@@ -242,8 +323,10 @@ impl LeaseBook {
         )
         .await;
         self.health.observe(&r);
-        if let Err(StoreError::Fenced { .. }) = r {
-            self.fenced(session, epoch);
+        if let Err(StoreError::Fenced { current }) = r
+            && current > 0
+        {
+            self.fenced(session, id);
         }
         r
     }
@@ -261,7 +344,7 @@ impl LeaseBook {
     pub async fn renew_round(&self) {
         let now = Instant::now();
         let mut idle = Vec::new();
-        let work: Vec<(SessionId, Epoch, LeaseState)> = {
+        let work: Vec<(SessionId, u64, Epoch, LeaseState)> = {
             let mut held = self.lock();
             held.retain(|s, h| {
                 let expired = h.pins == 0 && now.duration_since(h.last_used) > self.idle_ttl;
@@ -272,22 +355,32 @@ impl LeaseBook {
                 !expired
             });
             held.iter()
-                .map(|(s, h)| (s.clone(), h.epoch, h.state))
+                .map(|(s, h)| (s.clone(), h.id, h.epoch, h.state))
                 .collect()
         };
-        let results: Vec<(SessionId, Epoch, StoreResult<()>)> = futures::stream::iter(work)
-            .map(|(s, epoch, state)| async move {
+        let results: Vec<(SessionId, u64, Epoch, StoreResult<()>)> = futures::stream::iter(work)
+            .map(|(s, id, epoch, state)| async move {
+                if epoch == UNACQUIRED {
+                    let r = self.recover(&s, id).await.map(|_| ());
+                    return (s, id, epoch, r);
+                }
                 let r = timed(self.timeout, self.store.renew(&s, epoch, state, self.ttl)).await;
-                (s, epoch, r)
+                (s, id, epoch, r)
             })
             .buffer_unordered(RENEW_CONCURRENCY)
             .collect()
             .await;
-        for (s, epoch, r) in results {
+        for (s, id, epoch, r) in results {
             self.health.observe(&r);
-            if let Err(StoreError::Fenced { current }) = r {
-                tracing::info!(session = %s, epoch, current, "lease taken over by another pod");
-                self.fenced(&s, epoch);
+            match r {
+                Err(StoreError::Fenced { current }) if current == 0 || current == epoch => {
+                    let _ = self.recover(&s, id).await;
+                }
+                Err(StoreError::Fenced { current }) => {
+                    tracing::info!(session = %s, epoch, current, "lease taken over by another pod");
+                    self.fenced(&s, id);
+                }
+                _ => {}
             }
         }
         for (s, epoch) in idle {
@@ -331,5 +424,104 @@ impl LeaseBook {
     /// Whether no lease is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn owner(name: &str) -> Owner {
+        Owner {
+            name: name.into(),
+            addr: "127.0.0.1:8801".parse().unwrap(),
+        }
+    }
+
+    fn book(store: Arc<dyn SessionStore>, name: &str) -> Arc<LeaseBook> {
+        let metrics = Arc::new(Metrics::new());
+        LeaseBook::new(
+            store,
+            owner(name),
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+            StoreHealth::new(metrics.clone()),
+            metrics,
+        )
+    }
+
+    #[tokio::test]
+    async fn claims_share_one_lease_and_the_last_unpin_releases_it() {
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
+        let b = book(store.clone(), "a");
+        let s = SessionId::parse("s1").unwrap();
+        let c1 = b.claim(&s).await.unwrap();
+        let c2 = b.claim(&s).await.unwrap();
+        assert_eq!((c1.id, c1.epoch), (c2.id, c2.epoch));
+        b.unpin(&s, c1.id);
+        assert!(store.lease(&s).await.unwrap().is_some());
+        b.unpin(&s, c2.id);
+        assert!(b.is_empty());
+        for _ in 0..50 {
+            if store.lease(&s).await.unwrap().is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the lease was not released");
+    }
+
+    #[tokio::test]
+    async fn a_takeover_elsewhere_fences_on_renewal_and_lost_state_is_recovered() {
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
+        let a = book(store.clone(), "a");
+        let s = SessionId::parse("s2").unwrap();
+        let claim = a.claim(&s).await.unwrap();
+        store
+            .acquire(&s, &owner("b"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        a.renew_round().await;
+        assert!(claim.fenced.is_cancelled());
+        assert_eq!(a.epoch(&s, claim.id), None);
+
+        // A fresh store (Redis restarted empty): the holding is re-acquired, not dropped.
+        let empty: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
+        let c = book(empty.clone(), "c");
+        let k = SessionId::parse("s3").unwrap();
+        c.register(&k).await.unwrap();
+        let before = c.lock().get(&k).map(|h| (h.id, h.epoch)).unwrap();
+        let replacement: Arc<dyn SessionStore> =
+            Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
+        let c2 = LeaseBook {
+            store: replacement.clone(),
+            owner: owner("c"),
+            ttl: Duration::from_secs(5),
+            idle_ttl: Duration::from_secs(60),
+            timeout: Duration::from_secs(1),
+            health: c.health.clone(),
+            metrics: c.metrics.clone(),
+            held: Mutex::new(std::mem::take(&mut *c.lock())),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            next_id: std::sync::atomic::AtomicU64::new(100),
+        };
+        c2.renew_round().await;
+        assert_eq!(c2.epoch(&k, before.0), Some(1));
+        assert_eq!(replacement.lease(&k).await.unwrap().unwrap().owner, "c");
+    }
+
+    #[tokio::test]
+    async fn idle_routing_registrations_are_released() {
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
+        let b = book(store.clone(), "a");
+        let k = SessionId::parse("key").unwrap();
+        b.register(&k).await.unwrap();
+        assert!(b.touch(&k));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        b.renew_round().await;
+        assert!(b.is_empty());
+        assert!(store.lease(&k).await.unwrap().is_none());
     }
 }

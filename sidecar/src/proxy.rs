@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -65,6 +65,11 @@ where
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
+
+    if accepts_event_stream(&parts.headers) || parts.headers.contains_key(LAST_EVENT_ID) {
+        // A compressed event stream could not be parsed (nor resumed): ask for it plain.
+        parts.headers.remove(ACCEPT_ENCODING);
+    }
 
     // 1. Resume.
     if let Some(value) = parts.headers.get(LAST_EVENT_ID) {
@@ -185,6 +190,15 @@ async fn respond(
     {
         return Response::from_parts(parts, boxed(body));
     }
+    if parts
+        .headers
+        .get(CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        // Encoded although it was asked plain: pass it on untouched, unrecorded.
+        shared.metrics.error("sse_encoded");
+        return Response::from_parts(parts, boxed(body));
+    }
 
     let Some(guard) = shared.streams.open() else {
         return too_many_streams(shared);
@@ -215,7 +229,8 @@ async fn respond(
 /// The session a new stream records under: the request's key when no other stream of this pod
 /// records it (continuing its history), otherwise a fresh random id.
 async fn stream_session(shared: &Shared, key: Option<SessionId>) -> (SessionId, u64) {
-    let Some(key) = key.filter(|k| !shared.recorders.contains(k)) else {
+    let usable = shared.health.is_up();
+    let Some(key) = key.filter(|k| usable && !shared.recorders.contains(k)) else {
         return (SessionId::random(), 1);
     };
     let r = timed(shared.settings.store_timeout, shared.store.last(&key)).await;
@@ -225,6 +240,31 @@ async fn stream_session(shared: &Shared, key: Option<SessionId>) -> (SessionId, 
         Err(_) => (SessionId::random(), 1),
     }
 }
+
+/// Copy an owner's stream to the client until either side ends; a client that does not keep up
+/// is cut like any other.
+async fn relay(mut body: ProxyBody, tx: crate::body::ClientTx) {
+    use http_body_util::BodyExt as _;
+    loop {
+        let frame = tokio::select! {
+            _ = tx.closed() => return,
+            f = body.frame() => f,
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data()
+                    && tx.send(data, RELAY_PATIENCE).await.is_err()
+                {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// How long a relayed stream waits for a slow client before cutting it.
+const RELAY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Send a request to the pod that owns its session, signed; stream the answer back.
 async fn to_owner(
@@ -260,7 +300,20 @@ async fn to_owner(
             shared.metrics.forward("ok");
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, boxed(body))
+            if !is_event_stream(&parts.headers) {
+                return Response::from_parts(parts, boxed(body));
+            }
+            // A stream the owner serves: relay it so this pod's drain can close it too.
+            let Some(guard) = shared.streams.open() else {
+                return too_many_streams(shared);
+            };
+            let (tx, client_body) = client_channel(
+                guard,
+                shared.settings.client_buffer_bytes,
+                shared.settings.reconnect_delay_millis,
+            );
+            tokio::spawn(relay(boxed(body), tx));
+            Response::from_parts(parts, boxed(client_body))
         }
         Err(UpstreamError::Connect(e)) => {
             tracing::info!(owner, %addr, error = %e, "session owner unreachable: 404");

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::pending;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,10 +19,10 @@ use http_body_util::BodyExt as _;
 use hyper::body::Frame as BodyFrame;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::sleep_until;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::body::{BoxError, ClientTx, Cut, ProxyBody};
+use crate::body::{BoxError, ClientTx, Cut, ProxyBody, Room};
 use crate::cursor::SessionId;
 use crate::health::timed;
 use crate::leases::Claim;
@@ -29,7 +30,7 @@ use crate::replay::{Overlap, apply_id, write_cursor};
 use crate::session_key;
 use crate::sse::{self, Frame, SseParser};
 use crate::state::Shared;
-use crate::store::{Entry, Recorded, Seq, StoreError, StoreResult};
+use crate::store::{Entry, Epoch, Recorded, Seq, StoreError, StoreResult};
 
 /// Pause after a failed batch before the next attempt (the store is down or slow).
 const FLUSH_BACKOFF: Duration = Duration::from_millis(250);
@@ -194,8 +195,9 @@ pub fn spawn(shared: &Arc<Shared>, start: StreamStart) -> RecorderHandle {
     let recorder = Recorder {
         parser: SseParser::new(settings.max_event_bytes),
         frames: Vec::with_capacity(8),
-        ring: VecDeque::with_capacity(settings.resume_buffer_events),
-        pending: Vec::with_capacity(settings.batch_max_entries),
+        // Grown on demand: thousands of mostly idle sessions must not each preallocate.
+        ring: VecDeque::new(),
+        pending: Vec::new(),
         pending_since: None,
         urgent: false,
         inflight: None,
@@ -211,9 +213,11 @@ pub fn spawn(shared: &Arc<Shared>, start: StreamStart) -> RecorderHandle {
         sticky: start.sticky,
         overlap: start.overlap,
         client: start.client,
+        backlog: VecDeque::new(),
+        stalled_since: None,
         detached_at,
         claim: start.claim,
-        fenced,
+        fenced_wait: Box::pin(fenced.cancelled_owned()),
         learn_endpoint: start.learn_endpoint
             && session_key::has_query_source(&shared.settings.session_keys),
         cmds,
@@ -258,6 +262,10 @@ struct Recorder {
     sticky: Option<String>,
     overlap: Overlap,
     client: Option<ClientTx>,
+    /// Chunks waiting for room in the client's queue (the app's stream is paused meanwhile).
+    backlog: VecDeque<Bytes>,
+    /// Since when the client's queue has been full.
+    stalled_since: Option<Instant>,
     detached_at: Option<Instant>,
     ring: VecDeque<(Seq, Bytes)>,
     pending: Vec<Recorded>,
@@ -268,7 +276,8 @@ struct Recorder {
     retry_at: Option<Instant>,
     unrecorded_warned: bool,
     claim: Option<Claim>,
-    fenced: CancellationToken,
+    /// Resolves when another pod takes the session over (cancelled by the lease book).
+    fenced_wait: Pin<Box<WaitForCancellationFutureOwned>>,
     phase: Phase,
     learn_endpoint: bool,
     cursor: String,
@@ -292,16 +301,14 @@ async fn register_endpoint_key(shared: &Shared, data: &str) {
     }
 }
 
+/// The epoch of a holding now (it changes after a recovery), or the one it started with.
+fn epoch_now(shared: &Shared, session: &SessionId, id: u64, fallback: Epoch) -> Epoch {
+    shared.book.epoch(session, id).unwrap_or(fallback)
+}
+
 async fn next_frame(body: &mut Option<ProxyBody>) -> Option<Result<BodyFrame<Bytes>, BoxError>> {
     match body {
         Some(b) => b.frame().await,
-        None => pending().await,
-    }
-}
-
-async fn client_gone(client: &Option<ClientTx>) {
-    match client {
-        Some(c) => c.closed().await,
         None => pending().await,
     }
 }
@@ -313,12 +320,27 @@ async fn join(inflight: &mut Option<JoinHandle<FlushDone>>) -> Option<FlushDone>
     }
 }
 
-async fn at(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => sleep_until(d.into()).await,
-        None => pending().await,
+/// Room in the client's queue for the first chunk that waits; pending when nothing waits.
+async fn room(client: &Option<ClientTx>, waiting: Option<usize>) -> Result<Room, Cut> {
+    match (client, waiting) {
+        (Some(c), Some(len)) => c.room(len).await,
+        _ => pending().await,
     }
 }
+
+/// Fires at the armed deadline; pending while disarmed. One timer per recorder, re-armed only
+/// when the deadline changes (once per batch), so the per-event loop registers no timers.
+async fn timer(sleep: &mut Pin<Box<Sleep>>, armed: bool) {
+    if armed {
+        sleep.as_mut().await
+    } else {
+        pending().await
+    }
+}
+
+/// How often a recorder checks, without events, whether its client left and whether its resume
+/// window is over.
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
 impl Recorder {
     async fn run(mut self) {
@@ -326,13 +348,21 @@ impl Recorder {
         if self.claim.is_none() {
             self.start_flush();
         }
+        let mut flush_timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let mut flush_deadline: Option<Instant> = None;
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let flow = loop {
-            let flush_at = self.flush_at();
-            let detach_deadline = self.detach_deadline();
-            let fenced = self.fenced.clone();
+            let due = self.flush_at();
+            if due != flush_deadline {
+                if let Some(d) = due {
+                    flush_timer.as_mut().reset(d.into());
+                }
+                flush_deadline = due;
+            }
             let flow = tokio::select! {
                 biased;
-                _ = fenced.cancelled() => Flow::Fenced,
+                _ = self.fenced_wait.as_mut() => Flow::Fenced,
                 cmd = self.cmds.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
                     None => Flow::Finish,
@@ -344,26 +374,46 @@ impl Recorder {
                         None => Flow::Continue,
                     }
                 },
-                _ = at(flush_at) => {
+                _ = timer(&mut flush_timer, flush_deadline.is_some()) => {
+                    flush_deadline = None;
                     self.start_flush();
                     Flow::Continue
                 },
-                _ = at(detach_deadline) => {
-                    tracing::debug!(session = %self.session, "resume window over: handing over");
-                    self.record_handover("resume_window").await;
-                    Flow::Finish
-                },
-                _ = client_gone(&self.client) => {
-                    self.detach();
+                _ = housekeeping.tick() => self.housekeeping().await,
+                room = room(&self.client, self.backlog.front().map(Bytes::len)) => {
+                    self.on_room(room);
                     Flow::Continue
                 },
-                frame = next_frame(&mut self.upstream) => self.on_upstream(frame).await,
+                frame = next_frame(&mut self.upstream), if self.backlog.is_empty() => {
+                    self.on_upstream(frame).await
+                },
             };
             if flow != Flow::Continue {
                 break flow;
             }
         };
         self.exit(flow).await;
+    }
+
+    /// Notice a client that left while the app was quiet, and end the resume window.
+    async fn housekeeping(&mut self) -> Flow {
+        if self.client.as_ref().is_some_and(ClientTx::is_closed) {
+            self.detach();
+        }
+        if self
+            .stalled_since
+            .is_some_and(|t| t.elapsed() >= self.shared.settings.client_stall)
+        {
+            self.cut_slow();
+        }
+        match self.detach_deadline() {
+            Some(deadline) if Instant::now() >= deadline => {
+                tracing::debug!(session = %self.session, "resume window over: handing over");
+                self.record_handover("resume_window").await;
+                Flow::Finish
+            }
+            _ => Flow::Continue,
+        }
     }
 
     /// When the next batch should start, if one is due and none is in flight.
@@ -390,6 +440,8 @@ impl Recorder {
     }
 
     fn detach(&mut self) {
+        self.backlog.clear();
+        self.stalled_since = None;
         if self.client.take().is_some() {
             self.detached_at = Some(Instant::now());
         }
@@ -492,12 +544,10 @@ impl Recorder {
                     self.deliver(seq, Bytes::from(out));
                 }
                 Frame::Comment(text) => {
-                    if let Some(c) = &self.client {
+                    if self.client.is_some() {
                         let mut out = Vec::with_capacity(text.len() + 2);
                         sse::encode_comment(&text, &mut out);
-                        if c.try_send(Bytes::from(out)) == Err(Cut::Full) {
-                            self.cut_slow();
-                        }
+                        self.send_to_client(Bytes::from(out));
                     }
                 }
                 Frame::SetId(id) => apply_id(&mut self.sticky, &id),
@@ -555,14 +605,42 @@ impl Recorder {
             }
             self.ring.push_back((seq, bytes.clone()));
         }
-        if let Some(c) = &self.client {
-            match c.try_send(bytes) {
-                Ok(()) => {
+        self.send_to_client(bytes);
+    }
+
+    /// Queue bytes for the client without waiting. A full queue pauses the app's stream (as a
+    /// plain proxy would, by TCP backpressure) until the client catches up; see `housekeeping`.
+    fn send_to_client(&mut self, bytes: Bytes) {
+        let Some(c) = &self.client else { return };
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(bytes);
+            return;
+        }
+        match c.try_send(bytes.clone()) {
+            Ok(()) => {
+                self.shared.metrics.events_forwarded.inc();
+            }
+            Err(Cut::Full) => {
+                self.backlog.push_back(bytes);
+                self.stalled_since = Some(Instant::now());
+            }
+            Err(Cut::Closed) => self.detach(),
+        }
+    }
+
+    /// The client has room again: hand it what waited.
+    fn on_room(&mut self, room: Result<Room, Cut>) {
+        match room {
+            Ok(room) => {
+                if let Some(bytes) = self.backlog.pop_front() {
+                    room.send(bytes);
                     self.shared.metrics.events_forwarded.inc();
                 }
-                Err(Cut::Full) => self.cut_slow(),
-                Err(Cut::Closed) => self.detach(),
+                if self.backlog.is_empty() {
+                    self.stalled_since = None;
+                }
             }
+            Err(_) => self.detach(),
         }
     }
 
@@ -585,13 +663,26 @@ impl Recorder {
         }
         let shared = self.shared.clone();
         let session = self.session.clone();
-        let claim = self.claim.clone();
+        let claim = self.claim.as_ref().map(|c| c.id);
         self.inflight = Some(tokio::spawn(async move {
             let started = Instant::now();
-            let (epoch, claimed) = match claim {
-                Some(c) => (c.epoch, None),
+            let (id, epoch, claimed) = match claim {
+                Some(id) => match shared.book.epoch(&session, id) {
+                    Some(epoch) => (id, epoch, None),
+                    // The holding is gone: another pod took the session over.
+                    None => {
+                        return FlushDone {
+                            batch,
+                            result: Err(StoreError::Fenced {
+                                current: Epoch::MAX,
+                            }),
+                            claim: None,
+                            elapsed: started.elapsed(),
+                        };
+                    }
+                },
                 None => match shared.book.claim(&session).await {
-                    Ok(c) => (c.epoch, Some(Ok(c))),
+                    Ok(c) => (c.id, c.epoch, Some(Ok(c))),
                     Err(e) => {
                         return FlushDone {
                             batch,
@@ -602,17 +693,34 @@ impl Recorder {
                     }
                 },
             };
-            let result = if batch.is_empty() {
-                Ok(())
-            } else {
+            let mut result = Ok(());
+            // At most one recovery: the store lost the session (restart, flush) and it is taken
+            // again, then the batch is written with the new epoch.
+            for _ in 0..2 {
+                if batch.is_empty() {
+                    break;
+                }
                 let r = timed(
                     shared.settings.store_timeout,
-                    shared.store.append(&session, epoch, &batch),
+                    shared
+                        .store
+                        .append(&session, epoch_now(&shared, &session, id, epoch), &batch),
                 )
                 .await;
                 shared.health.observe(&r);
-                r
-            };
+                result = r;
+                match &result {
+                    Err(StoreError::Fenced { current })
+                        if *current == 0 || *current == epoch_now(&shared, &session, id, epoch) =>
+                    {
+                        if let Err(e) = shared.book.recover(&session, id).await {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
             FlushDone {
                 batch,
                 result,
@@ -624,7 +732,7 @@ impl Recorder {
 
     fn on_flushed(&mut self, done: FlushDone) -> Flow {
         if let Some(Ok(claim)) = done.claim {
-            self.fenced = claim.fenced.clone();
+            self.fenced_wait = Box::pin(claim.fenced.clone().cancelled_owned());
             self.claim = Some(claim);
         }
         match done.result {
@@ -640,7 +748,7 @@ impl Recorder {
             Err(StoreError::Fenced { current }) => {
                 tracing::info!(session = %self.session, current, "session taken over by another pod: stop capturing");
                 if let Some(c) = &self.claim {
-                    self.shared.book.fenced(&self.session, c.epoch);
+                    self.shared.book.fenced(&self.session, c.id);
                 }
                 Flow::Fenced
             }
@@ -700,7 +808,7 @@ impl Recorder {
             h.abort();
         }
         if let Some(c) = &self.claim {
-            self.shared.book.unpin(&self.session, c.epoch);
+            self.shared.book.unpin(&self.session, c.id);
         }
         self.shared.metrics.recorders.dec();
     }

@@ -118,6 +118,10 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
     }
 
     let s = &shared.settings;
+    if !shared.health.is_up() {
+        shared.metrics.resume("store_down");
+        return Resumed::Fresh(None);
+    }
     let first = timed(
         s.store_timeout,
         shared.store.read_after(&session, after, READ_BATCH),
@@ -380,7 +384,7 @@ impl Follower {
             )
             .await;
             self.shared.health.observe(&r);
-            let entries = r.map_err(|_| "store")?;
+            let entries = r.map_err(|_| "store_unavailable")?;
             if entries.is_empty() {
                 return Ok(true);
             }
@@ -462,12 +466,12 @@ impl Follower {
             Ok(true) => {}
             Ok(false) => {
                 // Its stream ended before it was fenced: nothing left to capture.
-                shared.book.unpin(&self.session, claim.epoch);
+                shared.book.unpin(&self.session, claim.id);
                 shared.metrics.takeover("ended");
                 return;
             }
             Err(why) => {
-                shared.book.unpin(&self.session, claim.epoch);
+                shared.book.unpin(&self.session, claim.id);
                 shared.metrics.takeover(why);
                 return;
             }

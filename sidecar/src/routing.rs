@@ -29,6 +29,10 @@ pub async fn locate(shared: &Shared, session: &SessionId) -> Location {
     if shared.book.touch(session) {
         return Location::Local;
     }
+    if !shared.health.is_up() {
+        // Known down: do not make every request wait for a timeout.
+        return Location::Unknown;
+    }
     let r = timed(shared.settings.store_timeout, shared.store.lease(session)).await;
     shared.health.observe(&r);
     let me = shared.book.owner();

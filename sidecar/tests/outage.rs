@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::app::{Feeds, TestApp};
 use common::client::{Log, Stream, assert_contiguous, fetch};
 use common::{FlakyStore, args, eventually, memory_store, start_sidecar};
+use ssekeeper_sidecar::store::SessionStore as _;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -33,7 +34,12 @@ async fn streams_survive_a_store_outage_and_recording_recovers() {
     assert!(body.contains("unavailable"), "{body}");
     // New streams and plain requests still work.
     let mut other = Stream::open(sc.sse, "/events?feed=o2&interval_ms=10", None).await;
-    other.read_until(&mut Log::default(), 3, T).await;
+    let mut other_log = Log::default();
+    other.read_until(&mut other_log, 3, T).await;
+    let other_session =
+        ssekeeper_sidecar::cursor::Cursor::parse(other_log.last_id.as_deref().unwrap())
+            .unwrap()
+            .session;
     assert_eq!(fetch(sc.sse, "GET", "/plain", &[], None).await.0, 200);
 
     let recorded_before = sc.shared.metrics.events_recorded.get();
@@ -43,6 +49,26 @@ async fn streams_survive_a_store_outage_and_recording_recovers() {
     })
     .await;
     s.read_until(&mut log, 120, T).await;
+    // The stream opened during the outage takes its lease once the store is back.
+    let mut owned = false;
+    for _ in 0..100 {
+        if sc
+            .shared
+            .store
+            .lease(&other_session)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            owned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        owned,
+        "the stream opened during the outage is owned after it"
+    );
     eventually("recording resumed", T, || {
         sc.shared.metrics.events_recorded.get() > recorded_before
     })
@@ -62,4 +88,59 @@ async fn streams_survive_a_store_outage_and_recording_recovers() {
         sc.shared.metrics.events_unrecorded.get(),
         sc.count("errors", "store_unavailable")
     );
+}
+
+#[tokio::test]
+async fn a_key_learned_during_an_outage_is_routed_once_the_store_is_back() {
+    use ssekeeper_sidecar::sse::Frame;
+    let feeds = std::sync::Arc::new(Feeds::default());
+    let app_a = TestApp::start("app-a", feeds.clone()).await;
+    let app_b = TestApp::start("app-b", feeds.clone()).await;
+    let store = FlakyStore::new(memory_store());
+    let a = start_sidecar(args(app_a.addr, "pod-a"), store.clone()).await;
+    let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
+
+    // A black-holed store: calls hang until their time budget runs out.
+    store.set_hanging(true);
+    store.set_down(true);
+    // Both pods notice (the first timed-out call or the pinger).
+    let _ = fetch(a.sse, "POST", "/messages?sessionId=probe", &[], Some("{}")).await;
+    let _ = fetch(b.sse, "POST", "/messages?sessionId=probe", &[], Some("{}")).await;
+    eventually("outage noticed", T, || {
+        a.shared.metrics.store_up.get() == 0 && b.shared.metrics.store_up.get() == 0
+    })
+    .await;
+    let t = std::time::Instant::now();
+    let mut s = Stream::open(a.sse, "/sse", None).await;
+    let session = loop {
+        if let Frame::Event(e) = s.next(T).await.expect("endpoint event") {
+            break e.data.split("sessionId=").nth(1).unwrap().to_string();
+        }
+    };
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "the endpoint event did not wait on the store"
+    );
+    let path = format!("/messages?sessionId={session}");
+    // During the outage each pod serves what it gets itself.
+    assert_eq!(fetch(a.sse, "POST", &path, &[], Some("{}")).await.0, 202);
+
+    store.set_down(false);
+    eventually("stores back", T, || {
+        a.shared.metrics.store_up.get() == 1 && b.shared.metrics.store_up.get() == 1
+    })
+    .await;
+    let id = ssekeeper_sidecar::cursor::SessionId::from_external(&session).unwrap();
+    let mut registered = false;
+    for _ in 0..200 {
+        if store.lease(&id).await.unwrap().is_some() {
+            registered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(registered, "the key was registered after the outage");
+    let (status, headers, _) = fetch(b.sse, "POST", &path, &[], Some("{}")).await;
+    assert_eq!(status, 202);
+    assert_eq!(headers["x-app-name"], "app-a");
 }

@@ -161,7 +161,15 @@ async fn a_slow_consumer_is_cut_and_memory_stays_bounded() {
     let app = TestApp::start("app", Arc::new(Feeds::default())).await;
     let mut a = args(app.addr, "pod-a");
     a.client_buffer_bytes = 64 * 1024;
+    a.client_stall_millis = 300;
     let sc = start_sidecar(a, memory_store()).await;
+
+    // A client that reads gets everything: a full queue only pauses the app's stream.
+    let mut s = Stream::open(sc.sse, "/firehose?size=1000", None).await;
+    let mut all = Log::default();
+    s.read_to_end(&mut all, T).await;
+    assert_eq!(all.events.len(), 20_000);
+    assert_eq!(sc.shared.metrics.slow_consumers.get(), 0);
 
     let mut s = Stream::open(sc.sse, "/firehose?size=1000", None).await;
     // Do not read: the app writes far more than the budget.

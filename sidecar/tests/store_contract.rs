@@ -304,7 +304,7 @@ async fn history_is_trimmed(b: &Backend) {
 }
 
 async fn ttl_expires_and_slides(b: &Backend) {
-    let ttl = Duration::from_millis(700);
+    let ttl = Duration::from_millis(1500);
     let st = b.store(1000, ttl).await;
     let s = sid("sess-ttl");
     let l = st
@@ -312,9 +312,9 @@ async fn ttl_expires_and_slides(b: &Backend) {
         .await
         .unwrap();
     st.append(&s, l.epoch, &[ev(1, Some("1"))]).await.unwrap();
-    // Writes every ~450 ms keep it alive past its TTL.
+    // Writes every ~600 ms keep it alive well past its TTL.
     for q in 2..=4 {
-        tokio::time::sleep(Duration::from_millis(450)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         st.append(&s, l.epoch, &[ev(q, Some(&q.to_string()))])
             .await
             .unwrap();
@@ -325,7 +325,7 @@ async fn ttl_expires_and_slides(b: &Backend) {
         "slid by writes"
     );
     // Silence longer than the TTL: the whole session is gone.
-    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
     assert_eq!(st.read_after(&s, 0, 10).await.unwrap(), vec![]);
     assert_eq!(st.last(&s).await.unwrap(), None);
     assert_eq!(st.last_app_id(&s).await.unwrap(), None);
@@ -344,7 +344,7 @@ async fn lease_expires_by_time(b: &Backend) {
     let s = sid("sess-lease");
     let o = owner("pod-a", 8801);
     let l = st
-        .acquire(&s, &o, Duration::from_millis(400))
+        .acquire(&s, &o, Duration::from_millis(1000))
         .await
         .unwrap();
     assert_eq!(st.lease(&s).await.unwrap(), Some(l.clone()));
@@ -352,7 +352,7 @@ async fn lease_expires_by_time(b: &Backend) {
         &s,
         l.epoch,
         LeaseState::Draining,
-        Duration::from_millis(400),
+        Duration::from_millis(1000),
     )
     .await
     .unwrap();
@@ -360,7 +360,7 @@ async fn lease_expires_by_time(b: &Backend) {
         st.lease(&s).await.unwrap().map(|l| l.state),
         Some(LeaseState::Draining)
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(st.lease(&s).await.unwrap(), None, "expired by time");
     // Nobody took over: the owner may renew (revive) its lapsed lease.
     st.renew(&s, l.epoch, LeaseState::Live, LONG).await.unwrap();

@@ -20,9 +20,11 @@ command -v go >/dev/null || die "go is not installed (need Go >= 1.25 for Kubern
 export GOTOOLCHAIN=local
 export CGO_ENABLED=0
 export GOFLAGS="-buildvcs=false -trimpath"
+export GOWORK=off
 
 SRC_DIR="$BUILD_DIR/src"
 mkdir -p "$BIN_DIR" "$SRC_DIR"
+cd "$SRC_DIR"  # outside any module of the caller's
 
 # One build at a time per cache entry (two checkouts may call this together).
 exec 9>"$BUILD_DIR/.lock"

@@ -24,17 +24,8 @@ PIDS="$STATE_DIR/pids"
 if [[ ! -d "$STATE_DIR" ]]; then
   exit 0
 fi
-exec 9>"$STATE_DIR/.lock"
-flock -w 300 9 || die "another up.sh/down.sh holds $STATE_DIR/.lock"
-
-# ours PID: true if PID runs one of our binaries with arguments naming this run dir.
-ours() {
-  local exe cmd
-  exe="$(readlink "/proc/$1/exe" 2>/dev/null)" || return 1
-  [[ "${exe% (deleted)}" == "$BIN_DIR"/* || "${exe% (deleted)}" == "$SSEKEEPER_CACHE"/*/bin/* ]] || return 1
-  cmd="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 1
-  [[ "$cmd" == *"$STATE_DIR"* ]]
-}
+exec 9>"$STATE_DIR/.updown.lock"
+flock -w 300 9 || die "another up.sh/down.sh holds $STATE_DIR/.updown.lock"
 
 # stop PID NAME: TERM, wait up to DOWN_TIMEOUT, then KILL and wait for it to be gone.
 stop() {
@@ -58,7 +49,7 @@ for ((n = ${#COMPONENTS[@]} - 1; n >= 0; n--)); do
   f="$PIDS/$c.pid"
   if [[ -s "$f" ]]; then
     pid="$(<"$f")"
-    if [[ "$pid" =~ ^[0-9]+$ ]] && ours "$pid"; then stop "$pid" "$c"; fi
+    if [[ "$pid" =~ ^[0-9]+$ ]] && is_ours "$pid"; then stop "$pid" "$c"; fi
     rm -f "$f"
   fi
 done
@@ -67,7 +58,7 @@ done
 for pass in kube-controller-manager kube-apiserver etcd ""; do
   for d in /proc/[0-9]*; do
     pid="${d#/proc/}"
-    ours "$pid" || continue
+    is_ours "$pid" || continue
     exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || continue
     [[ -z "$pass" || "$(basename "${exe% (deleted)}")" == "$pass" ]] || continue
     log "stopping stray $(basename "${exe% (deleted)}") (pid $pid)"

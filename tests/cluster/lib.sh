@@ -29,10 +29,21 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager)
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
 
-# pid_alive FILE: true if FILE names a live process.
+# is_ours PID: true if PID runs one of our cached binaries with arguments naming this run dir
+# (so a recycled pid, or another checkout's cluster, is never taken for ours).
+is_ours() {
+  local exe cmd
+  exe="$(readlink "/proc/$1/exe" 2>/dev/null)" || return 1
+  exe="${exe% (deleted)}"
+  [[ "$exe" == "$SSEKEEPER_CACHE"/*/bin/* ]] || return 1
+  cmd="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmd" == *"$STATE_DIR/"* ]]
+}
+
+# pid_alive FILE: true if FILE names a live process of ours.
 pid_alive() {
   local pid
   [[ -s "$1" ]] || return 1
   pid="$(<"$1")"
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+  [[ "$pid" =~ ^[0-9]+$ ]] && is_ours "$pid"
 }

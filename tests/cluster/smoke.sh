@@ -116,12 +116,24 @@ rs_of_web() {
 pods_of_web() {
   [[ "$(k -n "$NS" get pods -l app=web -o name | wc -l)" -eq 2 ]]
 }
-if eventually "$WAIT" rs_of_web; then ok "deployment controller created a ReplicaSet owned by the Deployment"; else fail "deployment controller created a ReplicaSet owned by the Deployment" "$(k -n "$NS" get deploy,rs 2>&1)"; fi
+rs_made=false
+if eventually "$WAIT" rs_of_web; then
+  rs_made=true
+  ok "deployment controller created a ReplicaSet owned by the Deployment"
+else
+  fail "deployment controller created a ReplicaSet owned by the Deployment" "$(k -n "$NS" get deploy,rs 2>&1)"
+fi
 if eventually "$WAIT" pods_of_web; then ok "replicaset controller created 2 Pods"; else fail "replicaset controller created 2 Pods" "$(k -n "$NS" get pods 2>&1)"; fi
 
 k -n "$NS" delete deployment web --cascade=background --wait=false >/dev/null
 no_rs() { [[ -z "$(k -n "$NS" get rs,pods -l app=web -o name)" ]]; }
-if eventually "$WAIT" no_rs; then ok "garbage collector removed the ReplicaSet and its Pods"; else fail "garbage collector removed the ReplicaSet and its Pods" "$(k -n "$NS" get rs,pods 2>&1)"; fi
+if ! $rs_made; then
+  fail "garbage collector removed the ReplicaSet and its Pods" "there was no ReplicaSet to collect"
+elif eventually "$WAIT" no_rs; then
+  ok "garbage collector removed the ReplicaSet and its Pods"
+else
+  fail "garbage collector removed the ReplicaSet and its Pods" "$(k -n "$NS" get rs,pods 2>&1)"
+fi
 
 # ---- RBAC ------------------------------------------------------------------------------------
 if [[ "$(k auth can-i create deployments -n "$NS" 2>&1)" == yes ]]; then ok "auth can-i: admin may create deployments"; else fail "auth can-i: admin may create deployments"; fi

@@ -9,7 +9,8 @@
 # Env: SSEKEEPER_RUN_DIR (default <repo>/tests/.run), SSEKEEPER_CACHE, SSEKEEPER_APISERVER_PORT
 # (16443), SSEKEEPER_ETCD_CLIENT_PORT (12379), SSEKEEPER_ETCD_PEER_PORT (12380),
 # SSEKEEPER_KCM_PORT (10257), SSEKEEPER_SERVICE_CIDR (198.19.0.0/16),
-# SSEKEEPER_FIRST_SERVICE_IP (198.19.0.1), SSEKEEPER_UP_TIMEOUT (seconds, 180).
+# SSEKEEPER_FIRST_SERVICE_IP (198.19.0.1), SSEKEEPER_UP_TIMEOUT (seconds, 180),
+# SSEKEEPER_KEEP_ON_FAILURE=1 (leave the processes running when up fails, to debug).
 set -euo pipefail
 # shellcheck source=tests/cluster/lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -28,12 +29,30 @@ KUBECONFIG_FILE="$STATE_DIR/admin.kubeconfig"
 KCM_KUBECONFIG="$STATE_DIR/controller-manager.kubeconfig"
 ENV_FILE="$STATE_DIR/env"
 SERVER="https://127.0.0.1:${APISERVER_PORT}"
-mkdir -p "$PKI" "$LOGS" "$PIDS" "$STATE_DIR/etcd"
+mkdir -p "$PKI" "$LOGS" "$PIDS"
+mkdir -p "$STATE_DIR/etcd" && chmod 700 "$STATE_DIR/etcd"
 chmod 700 "$STATE_DIR"
 
-# One up/down at a time per run dir.
-exec 9>"$STATE_DIR/.lock"
-flock -w 300 9 || die "another up.sh/down.sh holds $STATE_DIR/.lock"
+# One up/down at a time per run dir. (The daemons must not inherit fd 9: see start.)
+exec 9>"$STATE_DIR/.updown.lock"
+flock -w 300 9 || die "another up.sh/down.sh holds $STATE_DIR/.updown.lock"
+
+# If bringing the cluster up fails half-way, stop what we started (logs stay for a look).
+on_exit() {
+  local rc=$?
+  if ((rc != 0)) && [[ "${SSEKEEPER_KEEP_ON_FAILURE:-}" != 1 ]]; then
+    exec 9>&-
+    log "stopping what was started (set SSEKEEPER_KEEP_ON_FAILURE=1 to keep it running)"
+    "$CLUSTER_DIR/down.sh" || true
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
+
+# Forget pidfiles of processes that are gone (killed, crashed, machine restarted).
+for c in "${COMPONENTS[@]}"; do
+  pid_alive "$PIDS/$c.pid" || rm -f "$PIDS/$c.pid"
+done
 
 all_running() {
   local c
@@ -66,27 +85,35 @@ if all_running && api_ready; then
 fi
 
 # ---- certificates ---------------------------------------------------------------------------
-# gen_cert NAME CN O EXT: key + cert signed by the CA, with the given x509 extensions.
+# gen_ca NAME CN: a self-signed CA (kept across runs).
+gen_ca() {
+  [[ -s "$PKI/$1.crt" && -s "$PKI/$1.key" ]] && return 0
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/$1.key" -out "$PKI/$1.crt" -days 3650 \
+    -subj "/CN=$2" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null ||
+    die "openssl could not create the CA $1"
+}
+
+# gen_cert NAME CN O EXT [CA]: key + cert signed by CA (default: ca), with the given extensions.
 gen_cert() {
-  local name="$1" cn="$2" o="$3" ext="$4" subj="/CN=$2"
+  local name="$1" cn="$2" o="$3" ext="$4" ca="${5:-ca}" subj="/CN=$2"
   [[ -s "$PKI/$name.crt" && -s "$PKI/$name.key" ]] && return 0
   [[ -n "$o" ]] && subj="/O=$o/CN=$cn"
   openssl genrsa -out "$PKI/$name.key" 2048 2>/dev/null
   openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
   printf '%s\n' "$ext" >"$PKI/$name.ext"
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial \
     -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null ||
     die "openssl could not sign $name"
   rm -f "$PKI/$name.csr" "$PKI/$name.ext"
 }
 
 if [[ ! -s "$PKI/ca.crt" || ! -s "$PKI/ca.key" ]]; then
-  rm -f "$PKI"/*.crt "$PKI"/*.key
-  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/ca.key" -out "$PKI/ca.crt" -days 3650 \
-    -subj "/CN=ssekeeper-test-ca" -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null ||
-    die "openssl could not create the CA"
+  rm -f "$PKI"/*.crt "$PKI"/*.key  # a new CA invalidates every certificate it signed
 fi
+gen_ca ca ssekeeper-test-ca
+# Front proxy (request-header authentication): for aggregated API servers; its own CA, as kubeadm does.
+gen_ca front-proxy-ca ssekeeper-test-front-proxy-ca
 client_ext="basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
@@ -96,6 +123,7 @@ extendedKeyUsage=serverAuth
 subjectAltName=IP:127.0.0.1,DNS:localhost,IP:${FIRST_SERVICE_IP},DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 gen_cert admin admin system:masters "$client_ext"
 gen_cert controller-manager system:kube-controller-manager "" "$client_ext"
+gen_cert front-proxy-client front-proxy-client "" "$client_ext" front-proxy-ca
 # For the kubelet stage: how the apiserver authenticates to kubelets (logs, exec).
 gen_cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters "$client_ext"
 if [[ ! -s "$PKI/sa.key" ]]; then
@@ -149,7 +177,7 @@ start() {
   {
     printf '\n==== %s starting %s\n' "$(date -Is)" "$name"
   } >>"$LOGS/$name.log"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$PIDS/$name.pid"
 }
 
@@ -164,7 +192,7 @@ wait_for() {
       for c in "${COMPONENTS[@]}"; do
         [[ -f "$LOGS/$c.log" ]] && { echo "---- last lines of $LOGS/$c.log" >&2; tail -n 15 "$LOGS/$c.log" >&2; }
       done
-      die "timed out after ${secs}s waiting for $what (logs in $LOGS; stop with tests/cluster/down.sh)"
+      die "timed out after ${secs}s waiting for $what (logs in $LOGS)"
     fi
     local c
     for c in "${COMPONENTS[@]}"; do
@@ -210,6 +238,13 @@ start kube-apiserver "$APISERVER_PORT" -- "$BIN_DIR/kube-apiserver" \
   --service-account-signing-key-file="$PKI/sa.key" \
   --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
   --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+  --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
+  --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User \
+  --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
+  --proxy-client-key-file="$PKI/front-proxy-client.key" \
   --allow-privileged=true \
   --profiling=false \
   --cert-dir="$STATE_DIR/apiserver-certs"

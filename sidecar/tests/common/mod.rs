@@ -158,6 +158,8 @@ pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() ->
 pub struct FlakyStore {
     pub inner: Arc<dyn SessionStore>,
     pub down: AtomicBool,
+    /// While down, calls hang (like a black-holed Redis) instead of failing at once.
+    pub hang: AtomicBool,
 }
 
 impl FlakyStore {
@@ -165,6 +167,7 @@ impl FlakyStore {
         Arc::new(FlakyStore {
             inner,
             down: AtomicBool::new(false),
+            hang: AtomicBool::new(false),
         })
     }
 
@@ -172,12 +175,18 @@ impl FlakyStore {
         self.down.store(down, Ordering::SeqCst);
     }
 
-    fn check(&self) -> StoreResult<()> {
-        if self.down.load(Ordering::SeqCst) {
-            Err(StoreError::Unavailable("switched off by the test".into()))
-        } else {
-            Ok(())
+    pub fn set_hanging(&self, hang: bool) {
+        self.hang.store(hang, Ordering::SeqCst);
+    }
+
+    async fn check(&self) -> StoreResult<()> {
+        if !self.down.load(Ordering::SeqCst) {
+            return Ok(());
         }
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        Err(StoreError::Unavailable("switched off by the test".into()))
     }
 }
 
@@ -189,7 +198,7 @@ impl SessionStore for FlakyStore {
         ttl: Duration,
     ) -> BoxFuture<'a, StoreResult<Lease>> {
         Box::pin(async move {
-            self.check()?;
+            self.check().await?;
             self.inner.acquire(s, o, ttl).await
         })
     }
@@ -201,19 +210,19 @@ impl SessionStore for FlakyStore {
         ttl: Duration,
     ) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
-            self.check()?;
+            self.check().await?;
             self.inner.renew(s, e, st, ttl).await
         })
     }
     fn release<'a>(&'a self, s: &'a SessionId, e: Epoch) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
-            self.check()?;
+            self.check().await?;
             self.inner.release(s, e).await
         })
     }
     fn lease<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Lease>>> {
         Box::pin(async move {
-            self.check()?;
+            self.check().await?;
             self.inner.lease(s).await
         })
     }
@@ -224,7 +233,7 @@ impl SessionStore for FlakyStore {
         entries: &'a [Recorded],
     ) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
-            self.check()?;
+            self.check().await?;
             self.inner.append(s, e, entries).await
         })
     }
@@ -235,7 +244,7 @@ impl SessionStore for FlakyStore {
         limit: usize,
     ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
         Box::pin(async move {
-            self.check()?;
+            self.check().await?;
             self.inner.read_after(s, after, limit).await
         })
     }
@@ -247,25 +256,25 @@ impl SessionStore for FlakyStore {
         block: Duration,
     ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
         Box::pin(async move {
-            self.check()?;
+            self.check().await?;
             self.inner.wait_after(s, after, limit, block).await
         })
     }
     fn last<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Recorded>>> {
         Box::pin(async move {
-            self.check()?;
+            self.check().await?;
             self.inner.last(s).await
         })
     }
     fn last_app_id<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<String>>> {
         Box::pin(async move {
-            self.check()?;
+            self.check().await?;
             self.inner.last_app_id(s).await
         })
     }
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            self.check()?;
+            self.check().await?;
             self.inner.ping().await
         })
     }

@@ -265,10 +265,12 @@ impl RedisCluster {
     }
 }
 
-/// A master plus one Sentinel monitoring it as `mymaster`.
+/// A master (optionally with one replica) plus one Sentinel monitoring it as `mymaster`.
 pub struct RedisSentinel {
-    /// The monitored master.
+    /// The monitored master (after a failover: the demoted one).
     pub master: RedisServer,
+    /// The replica, when started with one.
+    pub replica: Option<RedisServer>,
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
@@ -277,7 +279,26 @@ pub struct RedisSentinel {
 impl RedisSentinel {
     /// Starts a master and a sentinel and waits until the sentinel reports the master.
     pub fn start() -> Self {
+        Self::start_inner(false)
+    }
+
+    /// Like [`RedisSentinel::start`] with a replica in sync, known to the sentinel, so
+    /// [`RedisSentinel::failover`] can promote it.
+    pub fn start_replicated() -> Self {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(with_replica: bool) -> Self {
         let master = RedisServer::start();
+        let replica = with_replica.then(|| {
+            let r =
+                RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port().to_string()]);
+            wait_for("replica in sync", || {
+                r.cli(&["info", "replication"])
+                    .contains("master_link_status:up")
+            });
+            r
+        });
         let port = free_port();
         let dir = temp_dir("sentinel");
         let conf = dir.join("sentinel.conf");
@@ -285,7 +306,9 @@ impl RedisSentinel {
             &conf,
             format!(
                 "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\n\
-                 sentinel monitor mymaster 127.0.0.1 {} 1\n",
+                 sentinel monitor mymaster 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds mymaster 2000\n\
+                 sentinel failover-timeout mymaster 10000\n",
                 dir.display(),
                 dir.join("sentinel.log").display(),
                 master.port()
@@ -301,28 +324,36 @@ impl RedisSentinel {
         );
         let s = Self {
             master,
+            replica,
             child: Some(child),
             port,
             dir,
         };
         wait_ready(port, None, &s.dir.join("sentinel.log"));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let out = Command::new("redis-cli")
-                .args([
-                    "-p",
-                    &port.to_string(),
-                    "sentinel",
-                    "get-master-addr-by-name",
-                    "mymaster",
-                ])
-                .output()
-                .expect("run redis-cli");
-            if String::from_utf8_lossy(&out.stdout).contains(&s.master.port().to_string()) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "sentinel never saw the master");
-            std::thread::sleep(Duration::from_millis(50));
+        let want = s.master.port().to_string();
+        wait_for("sentinel sees the master", || {
+            s.master_addr().contains(&want)
+        });
+        if let Some(r) = &s.replica {
+            let rp = r.port().to_string();
+            // Promotable = the sentinel has connected to it and read its INFO (link to the
+            // master up, no "disconnected"/"s_down" flags); before that, a failover answers
+            // NOGOODSLAVE.
+            wait_for("sentinel can promote the replica", || {
+                let out = s.sentinel_cli(&["sentinel", "replicas", "mymaster"]);
+                let lines: Vec<&str> = out.lines().collect();
+                let field = |name: &str| {
+                    lines
+                        .iter()
+                        .position(|l| *l == name)
+                        .and_then(|i| lines.get(i + 1))
+                        .copied()
+                        .unwrap_or("")
+                };
+                field("port") == rp
+                    && field("flags") == "slave"
+                    && field("master-link-status") == "ok"
+            });
         }
         s
     }
@@ -330,6 +361,39 @@ impl RedisSentinel {
     /// `redis+sentinel://127.0.0.1:<sentinel port>/mymaster`.
     pub fn url(&self) -> String {
         format!("redis+sentinel://127.0.0.1:{}/mymaster", self.port)
+    }
+
+    /// Forces a failover to the replica and waits until the sentinel names it as the master.
+    pub fn failover(&self) {
+        let replica = self.replica.as_ref().expect("started without a replica");
+        let out = self.sentinel_cli(&["sentinel", "failover", "mymaster"]);
+        assert!(out.contains("OK"), "sentinel failover: {out}");
+        let want = replica.port().to_string();
+        wait_for("failover to the replica", || {
+            self.master_addr().contains(&want)
+        });
+    }
+
+    fn master_addr(&self) -> String {
+        self.sentinel_cli(&["sentinel", "get-master-addr-by-name", "mymaster"])
+    }
+
+    fn sentinel_cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+/// Polls `cond` every 50 ms until true, failing after [`READY_TIMEOUT`] (doubled: failovers).
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + 2 * READY_TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

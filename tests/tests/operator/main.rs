@@ -2,6 +2,8 @@
 //! Each test has its own namespace and its own operator process (`--watch-namespace`), so they run
 //! in parallel without seeing each other.
 
+// The store's own real-redis-server helper, shared rather than written twice.
+#[path = "../../../sidecar/tests/store_common/mod.rs"]
 mod redis;
 mod support;
 
@@ -130,15 +132,10 @@ async fn invalid_manifests_are_refused_with_a_clear_message() {
         "examples/mcp.yaml",
         "examples/minimal.yaml",
     ] {
-        let path = repo().join(example);
-        let out = kubectl(&[
-            "create",
-            "--dry-run=server",
-            "-n",
-            &ns.name,
-            "-f",
-            path.to_str().unwrap(),
-        ]);
+        let out = kubectl_stdin(
+            &["create", "--dry-run=server", "-f", "-"],
+            &manifest(example, &ns.name),
+        );
         assert!(
             out.status.success(),
             "{example}: {}",
@@ -470,10 +467,10 @@ async fn finalizer_purges_exactly_this_services_sessions_from_redis() {
     let prefix = contract::keys::service_prefix(&ns.name, "chat");
     let other = contract::keys::service_prefix(&ns.name, "other");
     for i in 0..250 {
-        redis.cmd(&["SET", &format!("{prefix}{{s{i}}}:events"), "x"]);
+        redis.cli(&["SET", &format!("{prefix}{{s{i}}}:events"), "x"]);
     }
-    redis.cmd(&["SET", &format!("{other}{{s1}}:events"), "keep"]);
-    redis.cmd(&["SET", "unrelated", "keep"]);
+    redis.cli(&["SET", &format!("{other}{{s1}}:events"), "keep"]);
+    redis.cli(&["SET", "unrelated", "keep"]);
 
     let _op = Operator::start(&ns.name, "op-a", &[]);
     let text = manifest("examples/chat.yaml", &ns.name)
@@ -506,11 +503,11 @@ async fn finalizer_purges_exactly_this_services_sessions_from_redis() {
     })
     .await;
     assert_eq!(
-        redis.cmd(&["DBSIZE"]).trim(),
+        redis.cli(&["DBSIZE"]).trim(),
         "2",
         "only the other service's and unrelated keys remain"
     );
-    assert_eq!(redis.cmd(&["GET", "unrelated"]).trim(), "keep");
+    assert_eq!(redis.cli(&["GET", "unrelated"]).trim(), "keep");
     let (_, _, note) = wait_event(&client, &ns.name, "chat", "SessionsPurged").await;
     assert!(note.contains("250"), "{note}");
 }
@@ -608,7 +605,7 @@ async fn helm_chart_lints_templates_installs_and_its_rbac_is_enough() {
     let chart = chart.to_str().unwrap();
     let env = cluster_env();
     let helm = |args: &[&str]| {
-        std::process::Command::new("helm")
+        std::process::Command::new(cluster_bin("helm"))
             .args(args)
             .envs(env)
             .output()

@@ -81,8 +81,13 @@ fn parse_env_file(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// A binary of the test control plane (kubectl, helm): never whatever else is on PATH.
+pub fn cluster_bin(name: &str) -> PathBuf {
+    PathBuf::from(&cluster_env()["SSEKEEPER_CLUSTER_BIN"]).join(name)
+}
+
 fn kubectl_with(env: &HashMap<String, String>, args: &[&str]) -> Output {
-    Command::new("kubectl")
+    Command::new(PathBuf::from(&env["SSEKEEPER_CLUSTER_BIN"]).join("kubectl"))
         .args(args)
         .envs(env)
         .output()
@@ -307,9 +312,14 @@ pub fn manifest(path: &str, ns: &str) -> String {
 
 /// `kubectl apply` a manifest given as text.
 pub fn apply_text(text: &str) -> Output {
+    kubectl_stdin(&["apply", "--server-side", "-f", "-"], text)
+}
+
+/// Run kubectl with `text` on its standard input.
+pub fn kubectl_stdin(args: &[&str], text: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new("kubectl")
-        .args(["apply", "--server-side", "-f", "-"])
+    let mut child = Command::new(cluster_bin("kubectl"))
+        .args(args)
         .envs(cluster_env())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

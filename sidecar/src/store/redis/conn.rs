@@ -8,12 +8,13 @@
 //!
 //! Reconnection: single node uses the redis crate's `ConnectionManager` (reconnects on I/O
 //! errors); Cluster uses its cluster client (rediscovers slots, reconnects nodes); Sentinel has no
-//! such manager in the crate, so [`SentinelState`] keeps the current master connection and drops
-//! it on a connection fault or `READONLY` (a failover demoted it), asking the sentinels again on
-//! the next call.
+//! such manager in the crate, so [`SentinelState`] keeps the current master connection, drops it
+//! on a connection fault, `READONLY` (a failover demoted it) or a timeout, and also asks the
+//! sentinels every [`SENTINEL_RECHECK`] whether the master moved (a freshly elected master is
+//! announced before the old one is demoted; writes to the old one in between are lost).
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
@@ -100,11 +101,24 @@ enum Dedicated {
     Cluster(ClusterClient),
 }
 
+/// How often the sentinels are asked whether the master changed. A failover announced by the
+/// sentinels is followed within this (plus one lookup) even while the old master still accepts
+/// writes, which bounds the writes sent to a master that is about to be demoted.
+const SENTINEL_RECHECK: Duration = Duration::from_secs(1);
+
 /// The master behind a set of sentinels, re-resolved after a failover.
 struct SentinelState {
     sentinel: tokio::sync::Mutex<SentinelClient>,
-    current: Mutex<Option<MultiplexedConnection>>,
+    current: Mutex<Option<Current>>,
     config: AsyncConnectionConfig,
+}
+
+/// The connection to the master the sentinels named last, and when that was confirmed.
+#[derive(Clone)]
+struct Current {
+    conn: MultiplexedConnection,
+    addr: String,
+    checked: Instant,
 }
 
 impl Connector {
@@ -190,7 +204,7 @@ impl Connector {
         if let Shared::Sentinel(s) = &self.shared
             && is_connection_fault(e)
         {
-            *s.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            s.forget();
         }
     }
 
@@ -198,7 +212,7 @@ impl Connector {
     /// black-holed network only ever shows up this way, so it is looked up again.
     pub(crate) fn report_timeout(&self) {
         if let Shared::Sentinel(s) = &self.shared {
-            *s.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            s.forget();
         }
     }
 
@@ -235,26 +249,66 @@ impl Connector {
 
 impl SentinelState {
     async fn master(&self) -> RedisResult<MultiplexedConnection> {
-        if let Some(c) = self.cached() {
-            return Ok(c);
+        if let Some(cur) = self.cached() {
+            if cur.checked.elapsed() < SENTINEL_RECHECK {
+                return Ok(cur.conn);
+            }
+            // Due for a re-check. One caller does it; the others keep using the connection.
+            let Ok(mut sentinel) = self.sentinel.try_lock() else {
+                return Ok(cur.conn);
+            };
+            return match sentinel.async_get_client().await {
+                Ok(client) if client.get_connection_info().addr().to_string() == cur.addr => {
+                    self.set_checked(&cur.addr);
+                    Ok(cur.conn)
+                }
+                // A failover elected another master: move now, before the old one is demoted.
+                Ok(client) => self.switch(client).await,
+                // Sentinels unreachable: the master we have is still the best guess.
+                Err(_) => {
+                    self.set_checked(&cur.addr);
+                    Ok(cur.conn)
+                }
+            };
         }
-        // One lookup at a time; whoever waited behind it reuses its result.
+        // No master yet (or it failed): one lookup at a time, the others reuse its result.
         let mut sentinel = self.sentinel.lock().await;
-        if let Some(c) = self.cached() {
-            return Ok(c);
+        if let Some(cur) = self.cached() {
+            return Ok(cur.conn);
         }
-        let conn = sentinel
-            .get_async_connection_with_config(&self.config)
+        let client = sentinel.async_get_client().await?;
+        self.switch(client).await
+    }
+
+    async fn switch(&self, client: Client) -> RedisResult<MultiplexedConnection> {
+        let addr = client.get_connection_info().addr().to_string();
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        *self.lock() = Some(Current {
+            conn: conn.clone(),
+            addr,
+            checked: Instant::now(),
+        });
         Ok(conn)
     }
 
-    fn cached(&self) -> Option<MultiplexedConnection> {
-        self.current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    fn cached(&self) -> Option<Current> {
+        self.lock().clone()
+    }
+
+    fn set_checked(&self, addr: &str) {
+        if let Some(cur) = self.lock().as_mut().filter(|c| c.addr == addr) {
+            cur.checked = Instant::now();
+        }
+    }
+
+    fn forget(&self) {
+        *self.lock() = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -7,8 +7,8 @@
 //! |---|---|---|---|
 //! | `ssekeeper:<ns>/<name>:{<s>}:events` | stream | entries, id `<seq>-0`, fields see `codec.rs` | session TTL, slid by every write |
 //! | `…:{<s>}:epoch` | string | ownership counter (survives lease expiry) | same |
-//! | `…:{<s>}:lease` | hash | `owner`, `addr`, `epoch`, `state`, `until` (server ms) | the longer of session and lease TTL, slid by acquire/renew |
-//! | `…:{<s>}:appid` | string | newest app id recorded | session TTL, slid by appends |
+//! | `…:{<s>}:lease` | hash | `owner`, `addr`, `epoch`, `state`, `until` (server ms) | same (acquire/renew: the longer of session and lease TTL) |
+//! | `…:{<s>}:appid` | string | newest app id recorded | same |
 //!
 //! Because an entry's stream id *is* its seq, `XADD` itself would refuse a replayed seq, and a
 //! tail is `XREAD BLOCK … <seq>-0`. Writes go through the Lua scripts in `scripts.rs` (fencing is

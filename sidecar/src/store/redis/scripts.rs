@@ -12,7 +12,8 @@
 //!   session no longer exists), 2 out of order (detail = the stream's newest id);
 //! - lease liveness is the `until` field (server milliseconds from `TIME`), not the key's TTL, so
 //!   a lease that lapsed while its owner was slow can be renewed as long as nobody took over;
-//! - every write slides the session's TTL (`PEXPIRE`) on the keys it touches.
+//! - every write (append, acquire, renew) slides the TTL of all four keys (`PEXPIRE`), so a
+//!   session expires as a whole.
 
 use ::redis::Script;
 
@@ -72,9 +73,7 @@ if n > 0 then
   end
   if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[4]) end
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[4], ARGV[3])
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 return {1, cur}
 "#;
 
