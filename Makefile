@@ -9,7 +9,7 @@ export SSEKEEPER_RUN_DIR := $(RUN_DIR)
 CLUSTER_ENV := $(RUN_DIR)/cluster/env
 DEMO_DIR := $(RUN_DIR)/demo
 
-.PHONY: help deps k8s-bins build crds chart lint cluster-up cluster-down test test-unit test-operator test-dataplane demo demo-down
+.PHONY: help deps k8s-bins build crds chart lint cluster-up cluster-down test test-unit test-operator test-dataplane demo demo-down bench
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ test-operator: ## operator integration tests against the running control plane
 
 test-dataplane: ## data-plane end-to-end tests: sidecars, demo app, real Redis and HAProxy
 	$(CARGO) test -p ssekeeper-tests --test 'dataplane*' -- --test-threads=1 --nocapture
+
+bench: deps ## measurements in release: SSE codec, sidecar vs direct throughput, Redis appends (tables, no pass/fail on speed)
+	$(CARGO) test --release -p ssekeeper-sidecar --test sse_throughput --test throughput --test store_bench -- --ignored --nocapture --test-threads=1
 
 demo: deps k8s-bins build ## bring up the control plane, install the chart, apply examples/chat.yaml, show it
 	@bash tests/demo.sh
