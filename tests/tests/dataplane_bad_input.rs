@@ -26,12 +26,15 @@ fn binaries() -> Binaries {
 const MAX_EVENT_BYTES: u32 = 64 * 1024;
 /// Per-client buffer given to the sidecars here (the slow-consumer test overruns it).
 const CLIENT_BUFFER_BYTES: u32 = 64 * 1024;
+/// How long a client may keep its buffer full before it is cut.
+const CLIENT_STALL_MILLIS: u32 = 1000;
 
 async fn cluster(label: &str) -> Cluster {
     let mut cfg = ClusterConfig::new(label, Mode::Sidecar, Balance::RoundRobin, 2);
     cfg.sidecar_tweak = |a| {
         a.max_event_bytes = MAX_EVENT_BYTES;
         a.client_buffer_bytes = CLIENT_BUFFER_BYTES;
+        a.client_stall_millis = CLIENT_STALL_MILLIS;
     };
     Cluster::start(binaries(), cfg)
         .await
@@ -290,14 +293,15 @@ async fn slow_consumer_is_cut_and_the_proxy_keeps_serving() {
         let c = cluster("bad-slow").await;
         let name = c.pod_names()[0].clone();
         let sse = c.pod(&name).expect("pod").serving_addr();
-        // 16 MiB offered to a client that reads nothing for 3 s, with a small receive window.
+        // 16 MiB offered to a client that reads nothing for 3 s (three times the stall bound),
+        // with a small receive window; `Connection: close` so the end of the response is EOF.
         let (n, size) = (4096, 4096);
         let sock = tokio::net::TcpSocket::new_v4().expect("socket");
         sock.set_recv_buffer_size(16 * 1024).expect("rcvbuf");
         let mut s = sock.connect(sse).await.expect("connect");
         let req = format!(
             "GET /testing/flood?n={n}&bytes={size} HTTP/1.1\r\nHost: x\r\n\
-             Accept: text/event-stream\r\n\r\n"
+             Accept: text/event-stream\r\nConnection: close\r\n\r\n"
         );
         s.write_all(req.as_bytes()).await.expect("request");
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -210,4 +210,12 @@ async fn store_outage() {
         "replay works again after the restart: {}",
         after.worst(5)
     );
+    // Sessions opened before the outage were lost with the store's memory; the sidecars
+    // re-register them when the store is back, so they too are replayed at the roll.
+    assert_eq!(
+        before.perfect(),
+        CLIENTS,
+        "sessions from before the outage survive the roll: {}",
+        before.worst(5)
+    );
 }

@@ -80,9 +80,17 @@ async fn rolling_restart() {
     }
 }
 
-async fn answer_through_termination(label: &str, n: u32, interval_ms: u64, kill_after: Duration) {
+async fn answer_through_termination(
+    label: &str,
+    n: u32,
+    interval_ms: u64,
+    kill_after: Duration,
+    drain_seconds: u32,
+    apps: usize,
+) {
     let t0 = Instant::now();
-    let cfg = ClusterConfig::new(label, Mode::Sidecar, Balance::Source, 2);
+    let mut cfg = ClusterConfig::new(label, Mode::Sidecar, Balance::Source, 2);
+    cfg.drain_seconds = drain_seconds;
     let mut cluster = Cluster::start(binaries(), cfg)
         .await
         .expect("cluster starts");
@@ -110,7 +118,7 @@ async fn answer_through_termination(label: &str, n: u32, interval_ms: u64, kill_
         .await
         .expect("client finishes");
     print_answer(label, &report, n, t0);
-    check_answer(&report, n);
+    check_answer(&report, n, apps);
     assert!(terminated.clean(), "clean termination: {terminated}");
 }
 
@@ -125,7 +133,20 @@ fn print_answer(label: &str, r: &EventSourceReport, n: u32, t0: Instant) {
     );
 }
 
-fn check_answer(r: &EventSourceReport, n: u32) {
+/// `apps`: how many apps produced the tokens - one when the old owner's recording carried the
+/// answer to its end, two when the new owner continued it from its own app.
+fn check_answer(r: &EventSourceReport, n: u32, apps: usize) {
+    let producers: std::collections::BTreeSet<String> = r
+        .events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<AnswerToken>(&e.data).ok())
+        .map(|t| t.pod)
+        .collect();
+    assert_eq!(
+        producers.len(),
+        apps,
+        "apps that produced the answer: {producers:?}"
+    );
     assert_eq!(
         r.outcome,
         Outcome::Finished,
@@ -146,12 +167,14 @@ fn check_answer(r: &EventSourceReport, n: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answer_that_ends_during_the_drain_completes_on_the_client() {
     let _turn = serial().await;
-    // 3 s of answer, owner terminated after 1 s: the answer ends while the old owner drains,
-    // so the new pod delivers the old owner's end marker.
+    // The owner is terminated after 1 s: preStop holds 1 s, so SIGTERM comes at ~2 s; the drain
+    // closes the client's stream at a random moment in the first 90% of its 10 s (by ~11 s) and
+    // records the handover at ~12 s. The answer ends at ~11.5 s, in between: the client is on
+    // the new pod by then, which tails the old owner's recording and delivers its end marker.
     bounded(
         Duration::from_secs(120),
         "short answer",
-        answer_through_termination("answer-end", 30, 100, Duration::from_secs(1)),
+        answer_through_termination("answer-end", 115, 100, Duration::from_secs(1), 10, 1),
     )
     .await;
 }
@@ -159,12 +182,13 @@ async fn answer_that_ends_during_the_drain_completes_on_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answer_that_outlives_its_pod_is_continued_by_the_new_owner() {
     let _turn = serial().await;
-    // 20 s of answer, owner terminated after 1 s: it outlives the old owner's drain, so the new
-    // owner reopens the app's stream with the app's last id and continues it.
+    // 20 s of answer, owner terminated after 1 s with a 2 s drain: the answer outlives the old
+    // owner's handover, so the new owner reopens the app's stream with the app's last id and
+    // continues it.
     bounded(
         Duration::from_secs(120),
         "long answer",
-        answer_through_termination("answer-handover", 200, 100, Duration::from_secs(1)),
+        answer_through_termination("answer-handover", 200, 100, Duration::from_secs(1), 2, 2),
     )
     .await;
 }
