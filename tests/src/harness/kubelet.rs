@@ -209,3 +209,57 @@ pub async fn terminate(pod: &mut Pod, plan: &TerminationPlan) -> TerminationRepo
         took: start.elapsed(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::tempdir::TestDir;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::path::Path;
+
+    fn sh(name: &str, script: &str, dir: &TestDir) -> Proc {
+        let args = vec!["-c".to_string(), script.to_string()];
+        let log = dir.path().join(format!("{name}.log"));
+        Proc::spawn(name, Path::new("/bin/sh"), &args, &[], &log).expect("sh starts")
+    }
+
+    #[tokio::test]
+    async fn sigterm_follows_each_own_hook_and_sigkill_comes_at_the_deadline() {
+        let dir = TestDir::new("kubelet-unit").expect("dir");
+        let mut pod = Pod {
+            name: "p".into(),
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            app_port: 0,
+            sse_port: None,
+            admin_port: None,
+            // Exits 0 on SIGTERM.
+            app: sh(
+                "app",
+                "trap 'exit 0' TERM; while :; do sleep 0.02; done",
+                &dir,
+            ),
+            // Ignores SIGTERM: only the deadline's SIGKILL ends it.
+            sidecar: Some(sh("sidecar", "trap '' TERM; exec sleep 30", &dir)),
+        };
+        let plan = TerminationPlan {
+            app: PreStop::Sleep(Duration::from_millis(400)),
+            sidecar: Some(PreStop::Sleep(Duration::from_millis(100))),
+            grace: Duration::from_millis(1200),
+        };
+        let r = terminate(&mut pod, &plan).await;
+        let sidecar = r.sidecar.clone().expect("sidecar report");
+        assert!(r.app.clean(), "{r}");
+        assert!(r.app.prestop_done >= Duration::from_millis(400), "{r}");
+        assert!(
+            r.app.exited < Duration::from_millis(1000),
+            "exits soon after its SIGTERM: {r}"
+        );
+        assert!(
+            sidecar.prestop_done < Duration::from_millis(400),
+            "its own hook, not the app's: {r}"
+        );
+        assert!(sidecar.killed, "{r}");
+        assert!(sidecar.exited >= Duration::from_millis(1200), "{r}");
+        assert!(!r.clean());
+    }
+}

@@ -1,5 +1,5 @@
 //! A child process with its output in a log file, signalled by pid, and never leaked: it is
-//! killed when dropped, and the kernel kills it if the test process dies first.
+//! killed and reaped when dropped, and the kernel kills it if the test process dies first.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -127,5 +127,22 @@ impl Proc {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    /// SIGKILL and reap right here (bounded), so no zombie outlives the test even when the
+    /// runtime that would have reaped it is shutting down.
+    fn drop(&mut self) {
+        if self.try_exit().is_some() {
+            return;
+        }
+        self.sigkill();
+        for _ in 0..200 {
+            if self.try_exit().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
