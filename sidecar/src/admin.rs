@@ -27,7 +27,7 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let path = req.uri().path();
     match (req.method(), path) {
-        (&Method::GET, paths::LIVE) => text(StatusCode::OK, "live\n"),
+        (&Method::GET, paths::LIVE) => live(&shared),
         (&Method::GET, paths::READY) => ready(&shared),
         (&Method::GET, paths::METRICS) => {
             let mut r = text(StatusCode::OK, shared.metrics.encode());
@@ -50,6 +50,20 @@ pub async fn handle(
             forwarded(shared, req, peer).await
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Live while the heartbeat beats (see [`crate::health::Heartbeat`]).
+fn live(shared: &Shared) -> Response<ProxyBody> {
+    if shared.heartbeat.is_fresh() {
+        text(StatusCode::OK, "live\n")
+    } else {
+        let age = shared.heartbeat.age().as_secs();
+        tracing::error!(age_secs = age, "heartbeat stale: reporting not live");
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not live: no heartbeat for {age} s\n"),
+        )
     }
 }
 

@@ -129,7 +129,7 @@ impl LeaseBook {
                 fenced: h.fenced.clone(),
             });
         }
-        self.acquire(session, 1, false).await
+        self.acquire(session, 1, false, None).await
     }
 
     /// The epoch a claim must write with now (it changes only when the store lost the session
@@ -143,12 +143,17 @@ impl LeaseBook {
 
     /// The store has no trace of a session this pod holds (Redis restarted without persistence,
     /// or flushed): take it again so recording and routing continue. Returns the new epoch.
-    pub async fn recover(&self, session: &SessionId, id: u64) -> StoreResult<Epoch> {
-        let r = timed(
-            self.timeout,
-            self.store.acquire(session, &self.owner, self.ttl),
-        )
-        .await;
+    ///
+    /// `expected` is the epoch the store reported when it refused this pod (0: the session is
+    /// gone): the session is taken again only if nobody took it meanwhile. `None` for a key
+    /// registered while the store was down (a new session: taken unconditionally).
+    pub async fn recover(
+        &self,
+        session: &SessionId,
+        id: u64,
+        expected: Option<Epoch>,
+    ) -> StoreResult<Epoch> {
+        let r = timed(self.timeout, self.acquire_call(session, expected)).await;
         self.health.observe(&r);
         let lease = r?;
         let mut held = self.lock();
@@ -169,9 +174,22 @@ impl LeaseBook {
         }
     }
 
-    /// Take the session over (epoch + 1) even if this pod believes it holds it, and pin it.
-    pub async fn take_over(&self, session: &SessionId) -> StoreResult<Claim> {
-        self.acquire(session, 1, false).await
+    /// Take the session over (epoch + 1) even if this pod believes it holds it, and pin it —
+    /// only if its epoch is still `expected`, the one seen when the takeover was decided;
+    /// `Fenced` if another pod took it first (two clients resuming the same session at once).
+    pub async fn take_over(&self, session: &SessionId, expected: Epoch) -> StoreResult<Claim> {
+        self.acquire(session, 1, false, Some(expected)).await
+    }
+
+    fn acquire_call<'a>(
+        &'a self,
+        session: &'a SessionId,
+        expected: Option<Epoch>,
+    ) -> futures::future::BoxFuture<'a, StoreResult<crate::store::Lease>> {
+        match expected {
+            Some(e) => self.store.acquire_if(session, &self.owner, self.ttl, e),
+            None => self.store.acquire(session, &self.owner, self.ttl),
+        }
     }
 
     /// Register a key learned from the app so other pods route its requests here. Reuses a
@@ -207,15 +225,17 @@ impl LeaseBook {
                 return Ok(());
             }
         }
-        self.acquire(session, 0, true).await.map(|_| ())
+        self.acquire(session, 0, true, None).await.map(|_| ())
     }
 
-    async fn acquire(&self, session: &SessionId, pins: u32, routing: bool) -> StoreResult<Claim> {
-        let r = timed(
-            self.timeout,
-            self.store.acquire(session, &self.owner, self.ttl),
-        )
-        .await;
+    async fn acquire(
+        &self,
+        session: &SessionId,
+        pins: u32,
+        routing: bool,
+        expected: Option<Epoch>,
+    ) -> StoreResult<Claim> {
+        let r = timed(self.timeout, self.acquire_call(session, expected)).await;
         self.health.observe(&r);
         let lease = r?;
         let state = self.state();
@@ -361,7 +381,7 @@ impl LeaseBook {
         let results: Vec<(SessionId, u64, Epoch, StoreResult<()>)> = futures::stream::iter(work)
             .map(|(s, id, epoch, state)| async move {
                 if epoch == UNACQUIRED {
-                    let r = self.recover(&s, id).await.map(|_| ());
+                    let r = self.recover(&s, id, None).await.map(|_| ());
                     return (s, id, epoch, r);
                 }
                 let r = timed(self.timeout, self.store.renew(&s, epoch, state, self.ttl)).await;
@@ -374,7 +394,7 @@ impl LeaseBook {
             self.health.observe(&r);
             match r {
                 Err(StoreError::Fenced { current }) if current == 0 || current == epoch => {
-                    let _ = self.recover(&s, id).await;
+                    let _ = self.recover(&s, id, Some(current)).await;
                 }
                 Err(StoreError::Fenced { current }) => {
                     tracing::info!(session = %s, epoch, current, "lease taken over by another pod");

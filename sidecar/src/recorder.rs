@@ -713,7 +713,7 @@ impl Recorder {
                     Err(StoreError::Fenced { current })
                         if *current == 0 || *current == epoch_now(&shared, &session, id, epoch) =>
                     {
-                        if let Err(e) = shared.book.recover(&session, id).await {
+                        if let Err(e) = shared.book.recover(&session, id, Some(*current)).await {
                             result = Err(e);
                             break;
                         }

@@ -30,7 +30,7 @@ use crate::health::timed;
 use crate::recorder::{self, AttachReply, StreamStart};
 use crate::replay::{Overlap, entry_bytes};
 use crate::state::Shared;
-use crate::store::{Entry, LeaseState, Recorded, Seq};
+use crate::store::{Entry, Epoch, LeaseState, Recorded, Seq, StoreError};
 use crate::upstream::RequestTemplate;
 
 /// Entries read from the store per call.
@@ -181,6 +181,7 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
         sticky: None,
         template,
         gap_seen: false,
+        handover_seen: false,
         buf: String::with_capacity(64),
     };
     tokio::spawn(follower.run(first));
@@ -221,17 +222,19 @@ async fn read_range(shared: &Shared, session: &SessionId, from: Seq, upto: Seq) 
 enum Step {
     Next,
     Stop,
-    Takeover,
+    /// Take the session over from this epoch (the one the decision was based on).
+    Takeover(Epoch),
 }
 
 /// Who holds a session now, as a tail sees it.
 enum Holder {
     /// Another pod, recording normally.
     Live,
-    /// Another pod, draining (it will hand over).
-    Draining,
-    /// Nobody: the owner died or released it.
-    Gone,
+    /// Another pod, draining (it will hand over), holding this epoch.
+    Draining(Epoch),
+    /// Nobody (the owner died or released it), or a lease of this pod without a recorder; the
+    /// session's epoch when that was seen.
+    Gone(Epoch),
     /// A recorder of this pod (another client took it over here).
     Here,
     /// The store did not answer.
@@ -251,6 +254,8 @@ struct Follower {
     sticky: Option<Option<String>>,
     template: RequestTemplate,
     gap_seen: bool,
+    /// A `Handover` marker was passed: a draining owner is leaving and may be taken over.
+    handover_seen: bool,
     buf: String,
 }
 
@@ -262,7 +267,14 @@ impl Follower {
                 match self.on_entry(r).await {
                     Step::Next => {}
                     Step::Stop => return,
-                    Step::Takeover => return self.takeover().await,
+                    Step::Takeover(epoch) => match self.takeover(epoch).await {
+                        // Another pod took the session first: follow it from the store.
+                        Some(me) => {
+                            self = me;
+                            break;
+                        }
+                        None => return,
+                    },
                 }
             }
             let s = &self.shared.settings;
@@ -280,9 +292,20 @@ impl Follower {
                     batch = entries;
                 }
                 Ok(_) => match self.holder().await {
-                    Holder::Live | Holder::Draining => errors = 0,
+                    Holder::Live => errors = 0,
+                    Holder::Draining(epoch) if self.handover_seen => {
+                        errors = 0;
+                        match self.takeover(epoch).await {
+                            Some(me) => self = me,
+                            None => return,
+                        }
+                    }
+                    Holder::Draining(_) => errors = 0,
                     Holder::Unknown => errors += 1,
-                    Holder::Gone => return self.takeover().await,
+                    Holder::Gone(epoch) => match self.takeover(epoch).await {
+                        Some(me) => self = me,
+                        None => return,
+                    },
                     Holder::Here => {
                         // Rare: a second client took the session over on this pod. End this
                         // response; the client reconnects and attaches to that recorder.
@@ -307,20 +330,44 @@ impl Follower {
         if self.shared.recorders.contains(&self.session) {
             return Holder::Here;
         }
+        let me = self.shared.book.owner();
+        match self.lease().await {
+            None => Holder::Unknown,
+            Some(Some(l)) if l.owner == me.name => Holder::Gone(l.epoch),
+            Some(Some(l)) if l.state == LeaseState::Draining => Holder::Draining(l.epoch),
+            Some(Some(_)) => Holder::Live,
+            Some(None) => {
+                // Nobody holds it: the epoch to take it from, read *before* a second look at
+                // the lease, so a pod that takes it in between is seen (and not taken from).
+                let epoch = timed(
+                    self.shared.settings.store_timeout,
+                    self.shared.store.epoch(&self.session),
+                )
+                .await;
+                self.shared.health.observe(&epoch);
+                let Ok(epoch) = epoch else {
+                    return Holder::Unknown;
+                };
+                match self.lease().await {
+                    None => Holder::Unknown,
+                    Some(None) => Holder::Gone(epoch),
+                    Some(Some(l)) if l.owner == me.name => Holder::Gone(l.epoch),
+                    Some(Some(l)) if l.state == LeaseState::Draining => Holder::Draining(l.epoch),
+                    Some(Some(_)) => Holder::Live,
+                }
+            }
+        }
+    }
+
+    /// The lease now; `None` if the store did not answer.
+    async fn lease(&self) -> Option<Option<crate::store::Lease>> {
         let r = timed(
             self.shared.settings.store_timeout,
             self.shared.store.lease(&self.session),
         )
         .await;
         self.shared.health.observe(&r);
-        let me = self.shared.book.owner();
-        match r {
-            Err(_) => Holder::Unknown,
-            Ok(None) => Holder::Gone,
-            Ok(Some(l)) if l.owner == me.name => Holder::Gone,
-            Ok(Some(l)) if l.state == LeaseState::Draining => Holder::Draining,
-            Ok(Some(_)) => Holder::Live,
-        }
+        r.ok()
     }
 
     /// Deliver one stored entry (or act on a marker).
@@ -340,10 +387,16 @@ impl Follower {
             }
             Entry::Handover => {
                 self.cursor = r.seq;
+                self.handover_seen = false;
                 match self.holder().await {
                     // A handover some earlier owner recorded; a live owner holds the session now.
                     Holder::Live | Holder::Here => Step::Next,
-                    _ => Step::Takeover,
+                    // Decided on an epoch or not at all: the tail asks again when it runs dry.
+                    Holder::Unknown => {
+                        self.handover_seen = true;
+                        Step::Next
+                    }
+                    Holder::Draining(epoch) | Holder::Gone(epoch) => Step::Takeover(epoch),
                 }
             }
             Entry::Event { app_id, .. } => {
@@ -415,8 +468,10 @@ impl Follower {
         }
     }
 
-    /// Step 5 of the handoff: open first, then take the lease, then deliver the rest.
-    async fn takeover(mut self) {
+    /// Step 5 of the handoff: open first, then take the lease (only from `expected`, the epoch
+    /// the decision saw), then deliver the rest. Returns the follower if another pod took the
+    /// session first: it goes on serving its client from the store.
+    async fn takeover(mut self, expected: Epoch) -> Option<Self> {
         let started = Instant::now();
         let shared = self.shared.clone();
         let s = &shared.settings;
@@ -424,15 +479,15 @@ impl Follower {
         shared.health.observe(&base);
         let Ok(base) = base else {
             shared.metrics.takeover("store_unavailable");
-            return;
+            return None;
         };
         let mut ignored = Vec::new();
         match self.catch_up(&mut ignored).await {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => return None,
             Err(why) => {
                 shared.metrics.takeover(why);
-                return;
+                return None;
             }
         }
         let app_last_id = self.sticky.clone().unwrap_or(base);
@@ -443,21 +498,29 @@ impl Follower {
             Ok(resp) => {
                 tracing::warn!(session = %self.session, status = %resp.status(), "takeover: the app did not answer with a stream");
                 shared.metrics.takeover("upstream_refused");
-                return;
+                return None;
             }
             Err(e) => {
                 tracing::warn!(session = %self.session, error = %e, "takeover: cannot reach the app");
                 shared.metrics.error(e.kind());
                 shared.metrics.takeover("upstream_unreachable");
-                return;
+                return None;
             }
         };
-        let claim = match shared.book.take_over(&self.session).await {
+        let claim = match shared.book.take_over(&self.session, expected).await {
             Ok(c) => c,
+            Err(StoreError::Fenced { current }) => {
+                // Another client's pod decided at the same moment and won; its upstream is the
+                // session's now. Ours is dropped unread and this client follows the store.
+                tracing::info!(session = %self.session, expected, current, "takeover lost to another pod: following it");
+                shared.metrics.takeover("lost");
+                self.handover_seen = false;
+                return Some(self);
+            }
             Err(e) => {
                 tracing::warn!(session = %self.session, error = %e, "takeover: cannot take the lease");
                 shared.metrics.takeover("store_unavailable");
-                return;
+                return None;
             }
         };
         // The old owner is fenced now: what it recorded so far is all it ever will.
@@ -468,12 +531,12 @@ impl Follower {
                 // Its stream ended before it was fenced: nothing left to capture.
                 shared.book.unpin(&self.session, claim.id);
                 shared.metrics.takeover("ended");
-                return;
+                return None;
             }
             Err(why) => {
                 shared.book.unpin(&self.session, claim.id);
                 shared.metrics.takeover(why);
-                return;
+                return None;
             }
         }
         let next_seq = self.cursor.max(self.client_after) + 1;
@@ -499,5 +562,6 @@ impl Follower {
             },
         );
         shared.metrics.takeover("ok");
+        None
     }
 }

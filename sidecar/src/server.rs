@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin;
 use crate::config::Settings;
 use crate::drain::{self, Lifecycle};
-use crate::health::{AppProbe, StoreHealth};
+use crate::health::{AppProbe, HEARTBEAT_EVERY, HEARTBEAT_STALE, Heartbeat, StoreHealth};
 use crate::leases::LeaseBook;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Origin};
@@ -95,9 +95,24 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
         health,
         book,
         app_probe,
+        heartbeat: Heartbeat::new(HEARTBEAT_STALE),
         metrics,
         settings,
     });
+    {
+        // Visit every lock the request and recording paths take; hold a weak reference only,
+        // so the heartbeat never keeps the state alive.
+        let weak = Arc::downgrade(&shared);
+        shared.heartbeat.spawn(
+            HEARTBEAT_EVERY,
+            move || {
+                if let Some(s) = weak.upgrade() {
+                    let _ = (s.book.len(), s.recorders.len(), s.streams.len());
+                }
+            },
+            background.clone(),
+        );
+    }
     tracing::info!(
         sse = %sse_addr,
         admin = %admin_addr,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::drain::Lifecycle;
-use crate::health::{AppProbe, StoreHealth};
+use crate::health::{AppProbe, Heartbeat, StoreHealth};
 use crate::leases::LeaseBook;
 use crate::metrics::Metrics;
 use crate::recorder::Recorders;
@@ -36,4 +36,6 @@ pub struct Shared {
     pub lifecycle: Lifecycle,
     /// Whether the app's port accepts connections.
     pub app_probe: Arc<AppProbe>,
+    /// Whether the runtime and the shared locks still make progress (`/live`).
+    pub heartbeat: Arc<Heartbeat>,
 }

@@ -40,6 +40,8 @@ async fn prestop_flips_readiness_then_sigterm_closes_streams_with_a_hint() {
     })
     .await;
     assert_eq!(fetch(sc.admin, "GET", "/ready", &[], None).await.0, 503);
+    // Not ready, but alive: the heartbeat still beats, so the kubelet does not restart it.
+    assert_eq!(fetch(sc.admin, "GET", "/live", &[], None).await.0, 200);
     assert_eq!(prestop.await.unwrap(), 200);
     let held = t.elapsed();
     assert!(held >= Duration::from_secs(1), "preStop held {held:?}");

@@ -275,13 +275,25 @@ impl SessionStore for RacingStore {
         o: &'a Owner,
         ttl: Duration,
     ) -> BoxFuture<'a, StoreResult<Lease>> {
+        self.inner.acquire(s, o, ttl)
+    }
+    fn acquire_if<'a>(
+        &'a self,
+        s: &'a SessionId,
+        o: &'a Owner,
+        ttl: Duration,
+        expected: Epoch,
+    ) -> BoxFuture<'a, StoreResult<Lease>> {
         Box::pin(async move {
             let late = self.late.lock().unwrap().take_if(|(id, _, _)| id == s);
             if let Some((id, epoch, entries)) = late {
                 self.inner.append(&id, epoch, &entries).await?;
             }
-            self.inner.acquire(s, o, ttl).await
+            self.inner.acquire_if(s, o, ttl, expected).await
         })
+    }
+    fn epoch<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Epoch>> {
+        self.inner.epoch(s)
     }
     fn renew<'a>(
         &'a self,
@@ -464,4 +476,159 @@ async fn an_abandoned_stream_is_handed_over_after_the_resume_window() {
         asked_a,
         "A's app is not asked again"
     );
+}
+
+/// A store whose takeovers wait for each other once armed: two pods that decided to take a
+/// session over reach the store at the same moment, deterministically.
+struct GateStore {
+    inner: Arc<dyn SessionStore>,
+    armed: std::sync::atomic::AtomicBool,
+    arrived: std::sync::atomic::AtomicUsize,
+    all_in: tokio::sync::Notify,
+}
+
+impl GateStore {
+    async fn gate(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.armed.load(SeqCst) {
+            return;
+        }
+        let all_in = self.all_in.notified();
+        if self.arrived.fetch_add(1, SeqCst) + 1 >= 2 {
+            self.armed.store(false, SeqCst);
+            self.all_in.notify_waiters();
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), all_in).await;
+    }
+}
+
+impl SessionStore for GateStore {
+    fn acquire<'a>(
+        &'a self,
+        s: &'a SessionId,
+        o: &'a Owner,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<Lease>> {
+        Box::pin(async move {
+            self.gate().await;
+            self.inner.acquire(s, o, ttl).await
+        })
+    }
+    fn acquire_if<'a>(
+        &'a self,
+        s: &'a SessionId,
+        o: &'a Owner,
+        ttl: Duration,
+        expected: Epoch,
+    ) -> BoxFuture<'a, StoreResult<Lease>> {
+        Box::pin(async move {
+            self.gate().await;
+            self.inner.acquire_if(s, o, ttl, expected).await
+        })
+    }
+    fn epoch<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Epoch>> {
+        self.inner.epoch(s)
+    }
+    fn renew<'a>(
+        &'a self,
+        s: &'a SessionId,
+        e: Epoch,
+        st: LeaseState,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        self.inner.renew(s, e, st, ttl)
+    }
+    fn release<'a>(&'a self, s: &'a SessionId, e: Epoch) -> BoxFuture<'a, StoreResult<()>> {
+        self.inner.release(s, e)
+    }
+    fn lease<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Lease>>> {
+        self.inner.lease(s)
+    }
+    fn append<'a>(
+        &'a self,
+        s: &'a SessionId,
+        e: Epoch,
+        entries: &'a [Recorded],
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        self.inner.append(s, e, entries)
+    }
+    fn read_after<'a>(
+        &'a self,
+        s: &'a SessionId,
+        after: Seq,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
+        self.inner.read_after(s, after, limit)
+    }
+    fn wait_after<'a>(
+        &'a self,
+        s: &'a SessionId,
+        after: Seq,
+        limit: usize,
+        block: Duration,
+    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
+        self.inner.wait_after(s, after, limit, block)
+    }
+    fn last<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Recorded>>> {
+        self.inner.last(s)
+    }
+    fn last_app_id<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<String>>> {
+        self.inner.last_app_id(s)
+    }
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
+        self.inner.ping()
+    }
+}
+
+#[tokio::test]
+async fn two_clients_taking_over_one_session_at_once_leave_exactly_one_owner() {
+    let feeds = Arc::new(Feeds::default());
+    let app_a = TestApp::start("app-a", feeds.clone()).await;
+    let app_b = TestApp::start("app-b", feeds.clone()).await;
+    let app_c = TestApp::start("app-c", feeds.clone()).await;
+    let store = Arc::new(GateStore {
+        inner: memory_store(),
+        armed: false.into(),
+        arrived: 0.into(),
+        all_in: tokio::sync::Notify::new(),
+    });
+    let mut args_a = args(app_a.addr, "pod-a");
+    args_a.handover_margin_seconds = 5;
+    let a = start_sidecar(args_a, store.clone()).await;
+    let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
+    let c = start_sidecar(args(app_c.addr, "pod-c"), store.clone()).await;
+
+    let path = "/events?feed=twin&interval_ms=10";
+    let mut log = Log::default();
+    let mut s = Stream::open(a.sse, path, None).await;
+    s.read_until(&mut log, 10, T).await;
+    store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    a.terminate();
+    assert!(s.read_until(&mut log, usize::MAX, T).await);
+    let base = log.data();
+    let cursor = log.last_id.clone();
+    // The same client state resumes on two pods at once (a duplicated tab, a retrying proxy).
+    let mut sb = Stream::open(b.sse, path, cursor.as_deref()).await;
+    let mut sc = Stream::open(c.sse, path, cursor.as_deref()).await;
+    let (mut lb, mut lc) = (Log::default(), Log::default());
+    let (ended_b, ended_c) = tokio::join!(
+        sb.read_until(&mut lb, 250, T),
+        sc.read_until(&mut lc, 250, T)
+    );
+    assert!(!ended_b && !ended_c, "neither client is cut");
+    for l in [&lb, &lc] {
+        let all: Vec<String> = base.iter().cloned().chain(l.data()).collect();
+        assert_contiguous(&all);
+    }
+    let ok = b.count("takeovers", "ok") + c.count("takeovers", "ok");
+    let lost = b.count("takeovers", "lost") + c.count("takeovers", "lost");
+    println!("simultaneous takeovers: {ok} won, {lost} lost (and followed the winner)");
+    assert_eq!((ok, lost), (1, 1), "exactly one pod owns the session");
+    let owner = store
+        .lease(&Cursor::parse(cursor.as_deref().unwrap()).unwrap().session)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(owner.owner == "pod-b" || owner.owner == "pod-c");
 }

@@ -161,6 +161,48 @@ async fn fencing(b: &Backend) {
     assert_eq!(st.last(&s).await.unwrap(), Some(ev(2, Some("b2"))));
 }
 
+/// A conditional takeover succeeds only from the epoch the taker saw: of two takers that saw
+/// the same epoch exactly one wins, and the loser learns the winner's epoch without writing.
+async fn conditional_takeover(b: &Backend) {
+    let st = b.store(1000, LONG).await;
+    let s = sid("sess-cas");
+    assert_eq!(st.epoch(&s).await.unwrap(), 0);
+    // A session nobody knows is taken from epoch 0 only, and a failed attempt leaves no trace.
+    assert_eq!(
+        st.acquire_if(&s, &owner("pod-x", 9), LONG, 3).await,
+        Err(StoreError::Fenced { current: 0 })
+    );
+    assert_eq!(st.lease(&s).await.unwrap(), None);
+    let a = st.acquire(&s, &owner("pod-a", 1), LONG).await.unwrap();
+    assert_eq!(st.epoch(&s).await.unwrap(), a.epoch);
+    st.renew(&s, a.epoch, LeaseState::Draining, LONG)
+        .await
+        .unwrap();
+    let seen = st.epoch(&s).await.unwrap();
+    let (ob, oc) = (owner("pod-b", 2), owner("pod-c", 3));
+    let (rb, rc) = tokio::join!(
+        st.acquire_if(&s, &ob, LONG, seen),
+        st.acquire_if(&s, &oc, LONG, seen),
+    );
+    let (winner, loser) = match (rb, rc) {
+        (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+        other => panic!("exactly one takeover must win: {other:?}"),
+    };
+    assert_eq!(winner.epoch, seen + 1);
+    assert_eq!(loser, StoreError::Fenced { current: seen + 1 });
+    assert_eq!(st.lease(&s).await.unwrap(), Some(winner.clone()));
+    assert_eq!(st.epoch(&s).await.unwrap(), winner.epoch);
+    // The expired or released lease keeps its epoch: a taker compares against it.
+    st.release(&s, winner.epoch).await.unwrap();
+    assert_eq!(st.lease(&s).await.unwrap(), None);
+    assert_eq!(st.epoch(&s).await.unwrap(), winner.epoch);
+    let next = st
+        .acquire_if(&s, &owner("pod-d", 4), LONG, winner.epoch)
+        .await
+        .unwrap();
+    assert_eq!(next.epoch, winner.epoch + 1);
+}
+
 /// An old owner appending in a tight loop while another pod takes over: every append that
 /// returned Ok is stored whole, nothing after the takeover is, and no batch is split.
 async fn fencing_is_atomic_under_concurrency(b: &Backend) {
@@ -428,6 +470,7 @@ macro_rules! contract {
 contract!(
     append_read_last,
     fencing,
+    conditional_takeover,
     fencing_is_atomic_under_concurrency,
     wait_after_wakes_and_times_out,
     history_is_trimmed,
@@ -443,6 +486,7 @@ async fn redis_cluster_core_contract() {
     let b = Backend::Redis(cluster.url());
     append_read_last(&b).await;
     fencing(&b).await;
+    conditional_takeover(&b).await;
     wait_after_wakes_and_times_out(&b).await;
     release_only_by_the_holder(&b).await;
 }

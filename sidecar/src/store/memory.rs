@@ -85,6 +85,21 @@ impl MemoryStore {
     }
 
     fn acquire_now(&self, id: &str, owner: &Owner, ttl: Duration) -> Lease {
+        match self.acquire_checked(id, owner, ttl, None) {
+            Ok(lease) => lease,
+            // Unconditional: there is no expectation to fail.
+            Err(_) => unreachable!("an unconditional acquire cannot be fenced"),
+        }
+    }
+
+    /// Acquire, only if the epoch is `expected` when one is given.
+    fn acquire_checked(
+        &self,
+        id: &str,
+        owner: &Owner,
+        ttl: Duration,
+        expected: Option<Epoch>,
+    ) -> StoreResult<Lease> {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.sweep(now);
@@ -109,6 +124,16 @@ impl MemoryStore {
                 expires_at: now,
             };
         }
+        if let Some(expected) = expected
+            && s.epoch != expected
+        {
+            let current = s.epoch;
+            if current == 0 {
+                // Created by this call only to be compared: leave no trace.
+                inner.sessions.remove(id);
+            }
+            return Err(StoreError::Fenced { current });
+        }
         s.epoch += 1;
         s.lease = Some(StoredLease {
             owner: owner.name.clone(),
@@ -118,12 +143,17 @@ impl MemoryStore {
             until: now + ttl,
         });
         s.expires_at = now + session_ttl.max(ttl);
-        Lease {
+        Ok(Lease {
             owner: owner.name.clone(),
             addr: owner.addr,
             epoch: s.epoch,
             state: LeaseState::Live,
-        }
+        })
+    }
+
+    fn epoch_now(&self, id: &str) -> Epoch {
+        let mut inner = self.lock();
+        inner.live_mut(id, Instant::now()).map_or(0, |s| s.epoch)
     }
 
     fn renew_now(
@@ -350,6 +380,20 @@ impl SessionStore for MemoryStore {
         ttl: Duration,
     ) -> BoxFuture<'a, StoreResult<Lease>> {
         Box::pin(async move { Ok(self.acquire_now(session.as_str(), owner, ttl)) })
+    }
+
+    fn acquire_if<'a>(
+        &'a self,
+        session: &'a SessionId,
+        owner: &'a Owner,
+        ttl: Duration,
+        expected: Epoch,
+    ) -> BoxFuture<'a, StoreResult<Lease>> {
+        Box::pin(async move { self.acquire_checked(session.as_str(), owner, ttl, Some(expected)) })
+    }
+
+    fn epoch<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, StoreResult<Epoch>> {
+        Box::pin(async move { Ok(self.epoch_now(session.as_str())) })
     }
 
     fn renew<'a>(

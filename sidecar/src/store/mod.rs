@@ -131,6 +131,23 @@ pub trait SessionStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, StoreResult<Lease>>;
 
+    /// Take the session over only if its epoch is still `expected` (the one the taker saw when
+    /// it decided to take over, 0 for a session the store does not know): otherwise
+    /// `Fenced { current }` and nothing changes. Two pods that decide at the same moment (two
+    /// clients resuming the same session) both saw the same epoch, so exactly one of them wins;
+    /// the loser keeps serving its client from the store. Same effects as `acquire` on success.
+    fn acquire_if<'a>(
+        &'a self,
+        session: &'a SessionId,
+        owner: &'a Owner,
+        ttl: Duration,
+        expected: Epoch,
+    ) -> BoxFuture<'a, StoreResult<Lease>>;
+
+    /// The session's ownership epoch now (0 when the store does not know the session), also
+    /// after its lease expired or was released: what a taker passes to `acquire_if`.
+    fn epoch<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, StoreResult<Epoch>>;
+
     /// Extend the lease and set its state; `Fenced` if `epoch` no longer owns the session.
     fn renew<'a>(
         &'a self,

@@ -202,6 +202,24 @@ impl SessionStore for FlakyStore {
             self.inner.acquire(s, o, ttl).await
         })
     }
+    fn acquire_if<'a>(
+        &'a self,
+        s: &'a SessionId,
+        o: &'a Owner,
+        ttl: Duration,
+        expected: Epoch,
+    ) -> BoxFuture<'a, StoreResult<Lease>> {
+        Box::pin(async move {
+            self.check().await?;
+            self.inner.acquire_if(s, o, ttl, expected).await
+        })
+    }
+    fn epoch<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Epoch>> {
+        Box::pin(async move {
+            self.check().await?;
+            self.inner.epoch(s).await
+        })
+    }
     fn renew<'a>(
         &'a self,
         s: &'a SessionId,

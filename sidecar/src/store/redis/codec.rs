@@ -196,6 +196,22 @@ pub(crate) fn parse_verdict(v: &Value) -> StoreResult<Verdict> {
     }
 }
 
+/// The `acquire_if` script's `{status, epoch}`: `Ok(new epoch)`, or `Err(current epoch)` when
+/// another pod took the session first.
+pub(crate) fn parse_conditional(v: &Value) -> StoreResult<Result<u64, u64>> {
+    let parts = items(v)?.ok_or_else(|| malformed("script: nil reply"))?;
+    let [status, detail] = parts else {
+        return Err(malformed("script: expected {status, epoch}"));
+    };
+    let status: u64 = int_text(status, "script status")?;
+    let epoch: u64 = int_text(detail, "script epoch")?;
+    match status {
+        1 => Ok(Ok(epoch)),
+        0 => Ok(Err(epoch)),
+        _ => Err(malformed("script: unknown status")),
+    }
+}
+
 /// The lease script's `{now_ms, field, value, …}`: `None` when absent or expired by time.
 pub(crate) fn parse_lease(v: &Value) -> StoreResult<Option<Lease>> {
     let parts = items(v)?.ok_or_else(|| malformed("lease: nil reply"))?;

@@ -328,6 +328,42 @@ impl RedisStore {
         })
     }
 
+    async fn do_acquire_if(
+        &self,
+        s: &SessionId,
+        owner: &Owner,
+        ttl: Duration,
+        expected: Epoch,
+    ) -> StoreResult<Lease> {
+        let k = self.keys(s);
+        let mut inv = self.script(&self.scripts.acquire_if, &k);
+        inv.arg(&owner.name)
+            .arg(owner.addr.to_string())
+            .arg(Self::ms(ttl))
+            .arg(Self::ms(ttl.max(self.session_ttl)))
+            .arg(expected);
+        match codec::parse_conditional(&self.invoke("acquire_if", &inv).await?)? {
+            Ok(epoch) => Ok(Lease {
+                owner: owner.name.clone(),
+                addr: owner.addr,
+                epoch,
+                state: LeaseState::Live,
+            }),
+            Err(current) => Err(StoreError::Fenced { current }),
+        }
+    }
+
+    async fn do_epoch(&self, s: &SessionId) -> StoreResult<Epoch> {
+        let mut c = cmd("GET");
+        c.arg(self.keys(s).epoch);
+        match parse_opt_text(&self.query("epoch", &c).await?, "epoch")? {
+            None => Ok(0),
+            Some(t) => t
+                .parse()
+                .map_err(|_| StoreError::Malformed("the epoch key holds no counter".into())),
+        }
+    }
+
     async fn do_renew(
         &self,
         s: &SessionId,
@@ -473,6 +509,20 @@ impl SessionStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, StoreResult<Lease>> {
         Box::pin(self.do_acquire(session, owner, ttl))
+    }
+
+    fn acquire_if<'a>(
+        &'a self,
+        session: &'a SessionId,
+        owner: &'a Owner,
+        ttl: Duration,
+        expected: Epoch,
+    ) -> BoxFuture<'a, StoreResult<Lease>> {
+        Box::pin(self.do_acquire_if(session, owner, ttl, expected))
+    }
+
+    fn epoch<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, StoreResult<Epoch>> {
+        Box::pin(self.do_epoch(session))
     }
 
     fn renew<'a>(

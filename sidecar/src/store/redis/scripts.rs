@@ -93,6 +93,24 @@ for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return e
 "#;
 
+/// `acquire_if(owner, addr, lease_ttl_ms, key_ttl_ms, expected)` → `{1, new epoch}`, or
+/// `{0, current}` (nothing written) unless the epoch is still `expected` (`'0'` = no session).
+///
+/// The compare and the increment are one step, so of two pods that saw the same epoch and take
+/// the session over at the same moment exactly one wins.
+const ACQUIRE_IF: &str = r#"
+local cur = epoch_of(KEYS[2])
+if type(cur) == 'table' then return cur end
+if cur ~= ARGV[5] then return {0, cur} end
+local e = redis.call('INCR', KEYS[2])
+local untl = string.format('%.0f', now_ms() + tonumber(ARGV[3]))
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], 'owner', ARGV[1], 'addr', ARGV[2], 'epoch', tostring(e),
+  'state', 'live', 'until', untl)
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+return {1, tostring(e)}
+"#;
+
 /// `renew(epoch, state, lease_ttl_ms, key_ttl_ms)`: extends (or revives) the lease while `epoch`
 /// is current and the lease was not released.
 const RENEW: &str = r#"
@@ -129,6 +147,7 @@ return out
 pub(crate) struct Scripts {
     pub append: Script,
     pub acquire: Script,
+    pub acquire_if: Script,
     pub renew: Script,
     pub release: Script,
     pub lease: Script,
@@ -140,6 +159,7 @@ impl Scripts {
         Self {
             append: s(APPEND),
             acquire: s(ACQUIRE),
+            acquire_if: s(ACQUIRE_IF),
             renew: s(RENEW),
             release: s(RELEASE),
             lease: s(LEASE),
