@@ -116,6 +116,8 @@ impl McpSession {
         while let Ok(ev) = self.replies.try_recv() {
             self.absorb(ev);
         }
+        // The session this POST goes to (a new endpoint may arrive while it waits for the reply).
+        let session = self.session_id.clone();
         let started = Instant::now();
         let reply = request(
             target,
@@ -140,7 +142,7 @@ impl McpSession {
             },
         };
         PostRecord {
-            session: self.session_id.clone(),
+            session,
             took,
             result,
         }

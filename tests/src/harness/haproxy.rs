@@ -54,7 +54,8 @@ pub fn slot_name(i: usize) -> String {
     format!("s{i}")
 }
 
-/// The HAProxy configuration: HTTP mode, timeouts long enough for idle SSE streams, no send
+/// The HAProxy configuration: HTTP mode, one log line per request (into the test's log, which
+/// names the pod that served it), timeouts long enough for idle SSE streams, no send
 /// coalescing (`http-no-delay`: without it small SSE events wait up to 200 ms in the kernel),
 /// connect failures retried on another pod, every slot disabled until a pod takes it.
 pub fn render_config(c: &HaProxyConfig) -> String {
@@ -70,8 +71,11 @@ pub fn render_config(c: &HaProxyConfig) -> String {
          \x20   maxconn 4000\n\
          \x20   stats socket {sock} mode 600 level admin\n\
          \x20   stats timeout 10s\n\
+         \x20   log stdout format raw local0 info\n\
          defaults\n\
          \x20   mode http\n\
+         \x20   log global\n\
+         \x20   option httplog\n\
          \x20   timeout connect 1s\n\
          \x20   timeout client 1h\n\
          \x20   timeout server 1h\n\
