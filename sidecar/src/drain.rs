@@ -19,6 +19,11 @@ use crate::state::Shared;
 const POLL: Duration = Duration::from_millis(50);
 /// Longest wait for stopped recorders to write what they hold.
 const STOP_BUDGET: Duration = Duration::from_secs(4);
+/// How long before the app's SIGTERM capturing stops. The app's preStop sleep ends `drain +
+/// margin` after this sidecar's SIGTERM (both follow the same preStop hold); an app that closes
+/// its streams cleanly on SIGTERM would otherwise make a still-capturing recorder record `End`, and
+/// the client's stream would end instead of being taken over from the app's last id.
+const STOP_AHEAD: Duration = Duration::from_secs(1);
 
 /// The drain phase, readiness, and the signal that stops accepting connections.
 pub struct Lifecycle {
@@ -105,7 +110,10 @@ pub async fn run(shared: Arc<Shared>) {
     for r in &open {
         r.handover();
     }
-    let margin_end = Instant::now() + s.handover_margin;
+    // Counted from SIGTERM, not from the end of the window: the app's SIGTERM is.
+    let margin_end = (started + s.drain + s.handover_margin)
+        .checked_sub(STOP_AHEAD)
+        .unwrap_or(started);
     while Instant::now() < margin_end && !shared.recorders.is_empty() {
         tokio::time::sleep(POLL).await;
     }

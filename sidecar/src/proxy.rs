@@ -23,7 +23,7 @@ use crate::headers::{
     LAST_EVENT_ID, accepts_event_stream, append_forwarded_for, is_event_stream, strip_hop_by_hop,
 };
 use crate::health::timed;
-use crate::recorder::{self, StreamStart};
+use crate::recorder::{self, Reservation, StreamStart};
 use crate::replay::Overlap;
 use crate::resume::{self, Resumed, too_many_streams};
 use crate::routing::{self, Location};
@@ -204,7 +204,7 @@ async fn respond(
         return too_many_streams(shared);
     };
     parts.headers.remove(CONTENT_LENGTH);
-    let (session, next_seq) = stream_session(shared, key).await;
+    let (session, next_seq, reservation) = stream_session(shared, key).await;
     let (tx, client_body) = client_channel(
         guard,
         shared.settings.client_buffer_bytes,
@@ -223,21 +223,34 @@ async fn respond(
             learn_endpoint: true,
         },
     );
+    if let Some(r) = reservation {
+        r.started();
+    }
     Response::from_parts(parts, boxed(client_body))
 }
 
 /// The session a new stream records under: the request's key when no other stream of this pod
-/// records it (continuing its history), otherwise a fresh random id.
-async fn stream_session(shared: &Shared, key: Option<SessionId>) -> (SessionId, u64) {
+/// records it (continuing its history), otherwise a fresh random id. A key comes with its
+/// reservation, which `recorder::spawn` takes over.
+async fn stream_session(
+    shared: &Shared,
+    key: Option<SessionId>,
+) -> (SessionId, u64, Option<Reservation<'_>>) {
     let usable = shared.health.is_up();
-    let Some(key) = key.filter(|k| usable && !shared.recorders.contains(k)) else {
-        return (SessionId::random(), 1);
+    // Reserved before the store call: a concurrent stream with the same key (MCP clients send
+    // parallel requests with one `Mcp-Session-Id`) gets its own session instead of a second
+    // recorder numbering the same history.
+    let Some((key, reservation)) = key
+        .filter(|_| usable)
+        .and_then(|k| shared.recorders.reserve(&k).map(|r| (k, r)))
+    else {
+        return (SessionId::random(), 1, None);
     };
     let r = timed(shared.settings.store_timeout, shared.store.last(&key)).await;
     shared.health.observe(&r);
     match r {
-        Ok(last) => (key, last.map_or(1, |l| l.seq + 1)),
-        Err(_) => (SessionId::random(), 1),
+        Ok(last) => (key, last.map_or(1, |l| l.seq + 1), Some(reservation)),
+        Err(_) => (SessionId::random(), 1, None),
     }
 }
 

@@ -7,7 +7,7 @@
 //! never waits on the store. When its client goes away it keeps capturing for the resume window;
 //! when another pod takes the session over (fenced) it stops at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::pending;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,12 +134,33 @@ impl RecorderHandle {
 /// The recorders running in this process, by session, for same-pod resumes and the drain.
 #[derive(Default)]
 pub struct Recorders {
-    map: Mutex<HashMap<SessionId, RecorderHandle>>,
+    map: Mutex<Running>,
     next_id: AtomicU64,
 }
 
+#[derive(Default)]
+struct Running {
+    by_session: HashMap<SessionId, RecorderHandle>,
+    /// Sessions a stream is about to record (claimed before the store call that precedes the
+    /// recorder's start), so two concurrent streams with the same key do not both take it.
+    reserved: HashSet<SessionId>,
+}
+
+impl std::ops::Deref for Running {
+    type Target = HashMap<SessionId, RecorderHandle>;
+    fn deref(&self) -> &Self::Target {
+        &self.by_session
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.by_session
+    }
+}
+
 impl Recorders {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, RecorderHandle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -148,9 +169,21 @@ impl Recorders {
         self.lock().get(session).cloned()
     }
 
-    /// Whether a recorder of the session runs here.
+    /// Whether a recorder of the session runs (or is about to start) here.
     pub fn contains(&self, session: &SessionId) -> bool {
-        self.lock().contains_key(session)
+        let map = self.lock();
+        map.contains_key(session) || map.reserved.contains(session)
+    }
+
+    /// Reserve the session for a stream about to start recording it: `None` if a recorder of
+    /// it runs or another stream reserved it first. [`spawn`] takes the reservation over;
+    /// dropping it unused (an error, or the request was cancelled at an await) gives it up.
+    pub fn reserve<'a>(&'a self, session: &SessionId) -> Option<Reservation<'a>> {
+        let mut map = self.lock();
+        (!map.contains_key(session) && map.reserved.insert(session.clone())).then(|| Reservation {
+            recorders: self,
+            session: Some(session.clone()),
+        })
     }
 
     /// Every running recorder.
@@ -176,15 +209,37 @@ impl Recorders {
     }
 }
 
+/// A session reserved for a recorder about to start (see [`Recorders::reserve`]).
+pub struct Reservation<'a> {
+    recorders: &'a Recorders,
+    session: Option<SessionId>,
+}
+
+impl Reservation<'_> {
+    /// The recorder started ([`spawn`] ended the reservation): nothing to give up.
+    pub fn started(mut self) {
+        self.session = None;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            self.recorders.lock().reserved.remove(&s);
+        }
+    }
+}
+
 /// Start a recorder and register it (replacing any older one of the same session).
 pub fn spawn(shared: &Arc<Shared>, start: StreamStart) -> RecorderHandle {
     let (tx, cmds) = mpsc::channel(COMMAND_QUEUE);
     let id = shared.recorders.next_id.fetch_add(1, Ordering::Relaxed);
     let handle = RecorderHandle { id, tx };
-    shared
-        .recorders
-        .lock()
-        .insert(start.session.clone(), handle.clone());
+    {
+        let mut running = shared.recorders.lock();
+        running.reserved.remove(&start.session);
+        running.insert(start.session.clone(), handle.clone());
+    }
     let settings = &shared.settings;
     let detached_at = start.client.is_none().then(Instant::now);
     let fenced = start

@@ -155,3 +155,35 @@ async fn the_binary_drains_and_exits_zero_before_the_deadline() {
         "json logs: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn capture_nobody_takes_over_stops_before_the_apps_sigterm() {
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    let mut a = args(app.addr, "pod-a");
+    a.drain_seconds = 1;
+    a.handover_margin_seconds = 3;
+    let sc = start_sidecar(a, memory_store()).await;
+    let mut s = Stream::open(sc.sse, "/events?feed=alone&interval_ms=20", None).await;
+    s.read_until(&mut Log::default(), 3, T).await;
+    let t = Instant::now();
+    sc.terminate();
+    // The client goes away for good: nobody takes the session over.
+    drop(s);
+    eventually("the recorder stops", T, || sc.shared.recorders.is_empty()).await;
+    let stopped = t.elapsed();
+    let took = sc.wait_finished(T).await + t.elapsed();
+    // The app gets SIGTERM `drain + margin` = 4 s after the sidecar: capturing must be over
+    // before it, or an app that closes its streams cleanly would have them recorded as ended.
+    println!(
+        "capture stopped {stopped:?} after SIGTERM (app SIGTERM at 4 s), drain done in {took:?}"
+    );
+    assert!(
+        stopped < Duration::from_millis(3600),
+        "still capturing at {stopped:?}"
+    );
+    assert!(
+        stopped >= Duration::from_millis(2500),
+        "margin kept: {stopped:?}"
+    );
+    assert_eq!(sc.count("handovers", "drain"), 1);
+}

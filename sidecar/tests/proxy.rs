@@ -207,3 +207,41 @@ async fn a_slow_consumer_is_cut_and_memory_stays_bounded() {
     assert!(b.seq > a.seq);
     assert!(sc.count("resumes", "local") >= 1);
 }
+
+#[tokio::test]
+async fn concurrent_streams_with_one_session_key_record_apart() {
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    // A store across a network: every call takes a while, so both requests are in flight at once.
+    let store = common::FlakyStore::new(memory_store());
+    store.set_delay(Duration::from_millis(100));
+    let sc = start_sidecar(args(app.addr, "pod-a"), store.clone()).await;
+    let headers = [
+        ("accept", "text/event-stream"),
+        ("mcp-session-id", "shared-key"),
+    ];
+    // MCP Streamable HTTP: parallel requests of one client carry the same session header.
+    let (mut s1, mut s2) = tokio::join!(
+        Stream::open_with(sc.sse, "/events?feed=k1&interval_ms=10", &headers),
+        Stream::open_with(sc.sse, "/events?feed=k2&interval_ms=10", &headers),
+    );
+    let (mut l1, mut l2) = (Log::default(), Log::default());
+    tokio::join!(s1.read_until(&mut l1, 5, T), s2.read_until(&mut l2, 5, T));
+    let session = |l: &Log| {
+        Cursor::parse(l.events[0].id.as_deref().unwrap())
+            .unwrap()
+            .session
+    };
+    let (a, b) = (session(&l1), session(&l2));
+    println!("two streams with one key recorded as {a} and {b}");
+    assert_ne!(a, b, "one history per stream: cursors must not collide");
+    assert!(
+        a.as_str() == "shared-key" || b.as_str() == "shared-key",
+        "one of them continues the key's session"
+    );
+    // Both histories are recorded whole (no batch refused for colliding seqs).
+    eventually("both recorded", T, || {
+        sc.shared.metrics.events_recorded.get() >= 10
+    })
+    .await;
+    assert_eq!(sc.count("errors", "malformed"), 0);
+}

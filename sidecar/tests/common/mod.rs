@@ -160,6 +160,8 @@ pub struct FlakyStore {
     pub down: AtomicBool,
     /// While down, calls hang (like a black-holed Redis) instead of failing at once.
     pub hang: AtomicBool,
+    /// Milliseconds every call takes (a store across a network), 0 = none.
+    pub delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl FlakyStore {
@@ -168,6 +170,7 @@ impl FlakyStore {
             inner,
             down: AtomicBool::new(false),
             hang: AtomicBool::new(false),
+            delay_ms: Default::default(),
         })
     }
 
@@ -179,7 +182,16 @@ impl FlakyStore {
         self.hang.store(hang, Ordering::SeqCst);
     }
 
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
     async fn check(&self) -> StoreResult<()> {
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         if !self.down.load(Ordering::SeqCst) {
             return Ok(());
         }
