@@ -79,6 +79,15 @@ fn condition(svc: &SseService, ty: &str) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
+/// Wait until the SseService's Degraded condition has `status`; returns (status, reason).
+async fn wait_degraded(client: &Client, ns: &str, name: &str, status: &str) -> (String, String) {
+    eventually(&format!("{name}: Degraded={status}"), WAIT, || async {
+        let s: SseService = get(client, ns, name).await?;
+        condition(&s, "Degraded").filter(|c| c.0 == status)
+    })
+    .await
+}
+
 fn pod_spec(d: &Deployment) -> k8s_openapi::api::core::v1::PodSpec {
     d.spec.clone().unwrap().template.spec.unwrap()
 }
@@ -394,11 +403,7 @@ async fn missing_redis_secret_degrades_then_heals_when_it_appears() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let degraded = eventually("Degraded=True", WAIT, || async {
-        let s: SseService = get(&client, &ns.name, "chat").await?;
-        condition(&s, "Degraded").filter(|c| c.0 == "True")
-    })
-    .await;
+    let degraded = wait_degraded(&client, &ns.name, "chat", "True").await;
     assert_eq!(degraded.1, "RedisSecretInvalid");
     let (ty, _, note) = wait_event(&client, &ns.name, "chat", "Degraded").await;
     assert_eq!(ty, "Warning");
@@ -447,11 +452,7 @@ async fn missing_redis_secret_degrades_then_heals_when_it_appears() {
         )
         .await
         .unwrap();
-    eventually("Degraded=False after the Secret is fixed", WAIT, || async {
-        let s: SseService = get(&client, &ns.name, "chat").await?;
-        condition(&s, "Degraded").filter(|c| c.0 == "False")
-    })
-    .await;
+    wait_degraded(&client, &ns.name, "chat", "False").await;
     let _: Deployment = eventually("Deployment created", WAIT, || {
         get(&client, &ns.name, "chat")
     })
@@ -477,11 +478,7 @@ async fn an_object_that_is_not_ours_is_never_taken_over() {
     let out = apply_text(&manifest("examples/minimal.yaml", &ns.name));
     assert!(out.status.success());
 
-    let degraded = eventually("Degraded=True NameConflict", WAIT, || async {
-        let s: SseService = get(&client, &ns.name, "ticker").await?;
-        condition(&s, "Degraded").filter(|c| c.0 == "True")
-    })
-    .await;
+    let degraded = wait_degraded(&client, &ns.name, "ticker", "True").await;
     assert_eq!(degraded.1, "NameConflict");
     let (ty, _, note) = wait_event(&client, &ns.name, "ticker", "Degraded").await;
     assert_eq!(ty, "Warning");
@@ -497,11 +494,7 @@ async fn an_object_that_is_not_ours_is_never_taken_over() {
         .delete("ticker", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("heals once the name is free", WAIT, || async {
-        let s: SseService = get(&client, &ns.name, "ticker").await?;
-        condition(&s, "Degraded").filter(|c| c.0 == "False")
-    })
-    .await;
+    wait_degraded(&client, &ns.name, "ticker", "False").await;
     let ours: Service = get(&client, &ns.name, "ticker").await.unwrap();
     assert_eq!(ours.owner_references()[0].kind, "SseService");
 
@@ -518,11 +511,7 @@ async fn an_object_that_is_not_ours_is_never_taken_over() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let invalid = eventually("Degraded=True InvalidSpec", WAIT, || async {
-        let s: SseService = get(&client, &ns.name, "clash").await?;
-        condition(&s, "Degraded").filter(|c| c.0 == "True")
-    })
-    .await;
+    let invalid = wait_degraded(&client, &ns.name, "clash", "True").await;
     assert_eq!(invalid.1, "InvalidSpec");
     assert!(
         get::<Deployment>(&client, &ns.name, "clash")
