@@ -54,16 +54,16 @@ test: deps k8s-bins lint build ## everything: unit, golden, operator against the
 	  $(MAKE) --no-print-directory test-dataplane
 
 test-unit: ## unit and golden-file tests (no cluster needed)
-	$(CARGO) test --workspace --exclude ssekeeper-tests
-	$(CARGO) test -p ssekeeper-tests --lib --bins
+	$(CARGO) test --no-fail-fast --workspace --exclude ssekeeper-tests
+	$(CARGO) test --no-fail-fast -p ssekeeper-tests --lib --bins
 
 test-operator: ## operator integration tests against the control plane (started if needed)
 	$(CARGO) build -q --workspace --bins
-	$(CARGO) test -p ssekeeper-tests --test operator -- --test-threads=3
+	$(CARGO) test --no-fail-fast -p ssekeeper-tests --test operator -- --test-threads=3
 
 test-dataplane: ## data-plane end-to-end tests: sidecars, demo app, real Redis and HAProxy
 	$(CARGO) build -q --workspace --bins
-	$(CARGO) test -p ssekeeper-tests --test 'dataplane*' -- --test-threads=1 --nocapture
+	$(CARGO) test --no-fail-fast -p ssekeeper-tests --test 'dataplane*' -- --test-threads=1 --nocapture
 
 bench: deps ## measurements in release: SSE codec, sidecar vs direct throughput, Redis appends (tables, no pass/fail on speed)
 	$(CARGO) test --release -p ssekeeper-sidecar --test sse_throughput --test throughput --test store_bench -- --ignored --nocapture --test-threads=1
