@@ -48,10 +48,11 @@ TEST_CLUSTER := SSEKEEPER_RUN_DIR=$(CURDIR)/tests/.run/test SSEKEEPER_APISERVER_
 
 test: deps k8s-bins lint build ## everything: unit, golden, operator against the real API server, data plane with real Redis + HAProxy
 	@$(TEST_CLUSTER) bash tests/cluster/up.sh >/dev/null
-	@trap '$(TEST_CLUSTER) bash tests/cluster/down.sh' EXIT; \
-	  $(MAKE) --no-print-directory test-unit && \
-	  $(TEST_CLUSTER) $(MAKE) --no-print-directory test-operator && \
-	  $(MAKE) --no-print-directory test-dataplane
+	@trap '$(TEST_CLUSTER) bash tests/cluster/down.sh' EXIT; rc=0; \
+	  $(MAKE) --no-print-directory test-unit || rc=1; \
+	  $(TEST_CLUSTER) $(MAKE) --no-print-directory test-operator || rc=1; \
+	  $(MAKE) --no-print-directory test-dataplane || rc=1; \
+	  exit $$rc
 
 test-unit: ## unit and golden-file tests (no cluster needed)
 	$(CARGO) test --no-fail-fast --workspace --exclude ssekeeper-tests
