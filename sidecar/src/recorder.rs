@@ -271,6 +271,7 @@ pub fn spawn(shared: &Arc<Shared>, start: StreamStart) -> RecorderHandle {
         backlog: VecDeque::new(),
         stalled_since: None,
         detached_at,
+        resume_window: settings.resume_window,
         claim: start.claim,
         fenced_wait: Box::pin(fenced.cancelled_owned()),
         learn_endpoint: start.learn_endpoint
@@ -322,6 +323,8 @@ struct Recorder {
     /// Since when the client's queue has been full.
     stalled_since: Option<Instant>,
     detached_at: Option<Instant>,
+    /// The resume window granted when the client left (see `window_on_detach`).
+    resume_window: Duration,
     ring: VecDeque<(Seq, Bytes)>,
     pending: Vec<Recorded>,
     pending_since: Option<Instant>,
@@ -491,7 +494,20 @@ impl Recorder {
         if self.phase != Phase::Capturing || self.shared.lifecycle.is_draining() {
             return None;
         }
-        Some(self.detached_at? + self.shared.settings.resume_window)
+        Some(self.detached_at? + self.resume_window)
+    }
+
+    /// How long a recorder whose client left keeps capturing: the resume window, or nothing
+    /// when this pod already runs more recorders than it admits streams. Clients that connect
+    /// and leave must not pile up captured upstreams (each an open connection to the app)
+    /// beyond the stream bound; a later resume takes the session over from the store instead.
+    fn window_on_detach(&self) -> Duration {
+        let running = usize::try_from(self.shared.metrics.recorders.get()).unwrap_or(0);
+        if running > self.shared.settings.max_streams {
+            Duration::ZERO
+        } else {
+            self.shared.settings.resume_window
+        }
     }
 
     fn detach(&mut self) {
@@ -499,6 +515,7 @@ impl Recorder {
         self.stalled_since = None;
         if self.client.take().is_some() {
             self.detached_at = Some(Instant::now());
+            self.resume_window = self.window_on_detach();
         }
     }
 

@@ -245,3 +245,39 @@ async fn concurrent_streams_with_one_session_key_record_apart() {
     .await;
     assert_eq!(sc.count("errors", "malformed"), 0);
 }
+
+#[tokio::test]
+async fn clients_that_leave_do_not_pile_up_captured_upstreams_beyond_the_stream_bound() {
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    let mut a = args(app.addr, "pod-a");
+    a.max_streams = 2;
+    a.resume_window_seconds = 30;
+    let sc = start_sidecar(a, memory_store()).await;
+    for i in 0..6 {
+        let mut s = Stream::open(
+            sc.sse,
+            &format!("/events?feed=leave{i}&interval_ms=10"),
+            None,
+        )
+        .await;
+        assert_eq!(s.status, 200);
+        s.read_until(&mut Log::default(), 1, T).await;
+        drop(s); // the client leaves; its recorder keeps capturing for the resume window
+        eventually("the stream slot is free", T, || {
+            sc.shared.streams.is_empty()
+        })
+        .await;
+    }
+    eventually(
+        "recorders beyond the stream bound hand over at once",
+        Duration::from_secs(5),
+        || sc.shared.recorders.len() <= 2,
+    )
+    .await;
+    println!(
+        "6 clients left: {} recorders still capturing, {} handed over early",
+        sc.shared.recorders.len(),
+        sc.count("handovers", "resume_window")
+    );
+    assert!(sc.count("handovers", "resume_window") >= 4);
+}
