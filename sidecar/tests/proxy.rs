@@ -74,7 +74,18 @@ async fn sse_ids_become_cursors_and_everything_else_is_kept() {
     assert!(cursors.iter().all(|c| &c.session == session));
     assert!(cursors.windows(2).all(|w| w[1].seq > w[0].seq));
     // The app's own ids were recorded beside the cursors (sticky, as a browser tracks them).
-    let recorded = sc.shared.store.read_after(session, 0, 100).await.unwrap();
+    // The response ends before the recorder's last batch is written: wait for the `End`.
+    let deadline = std::time::Instant::now() + T;
+    let recorded = loop {
+        let r = sc.shared.store.read_after(session, 0, 100).await.unwrap();
+        if r.last()
+            .is_some_and(|l| l.entry == ssekeeper_sidecar::store::Entry::End)
+            || std::time::Instant::now() > deadline
+        {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let app_ids: Vec<Option<String>> = recorded
         .iter()
         .filter_map(|r| match &r.entry {
