@@ -4,12 +4,13 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 CARGO ?= cargo
-RUN_DIR ?= $(CURDIR)/tests/.run
-export SSEKEEPER_RUN_DIR := $(RUN_DIR)
-CLUSTER_ENV := $(RUN_DIR)/cluster/env
+# Where clusters keep their state; the environment may override it (as `make test` does for its own).
+SSEKEEPER_RUN_DIR ?= $(CURDIR)/tests/.run
+export SSEKEEPER_RUN_DIR
+RUN_DIR := $(SSEKEEPER_RUN_DIR)
 DEMO_DIR := $(RUN_DIR)/demo
 
-.PHONY: help deps k8s-bins build crds chart lint cluster-up cluster-down test test-unit test-operator test-dataplane demo demo-down
+.PHONY: help deps k8s-bins build crds chart lint cluster-up cluster-down test test-unit test-operator test-dataplane demo demo-down bench
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -40,22 +41,32 @@ cluster-up: k8s-bins ## start the real control plane on loopback (idempotent)
 cluster-down: demo-down ## stop the control plane, leaving no process behind
 	@bash tests/cluster/down.sh
 
+# `make test` runs its own control plane (own run dir and ports) and stops it at the end, so it
+# never touches a cluster that `make demo` or `make cluster-up` started.
+TEST_CLUSTER := SSEKEEPER_RUN_DIR=$(CURDIR)/tests/.run/test SSEKEEPER_APISERVER_PORT=17443 \
+  SSEKEEPER_ETCD_CLIENT_PORT=17379 SSEKEEPER_ETCD_PEER_PORT=17380 SSEKEEPER_KCM_PORT=17257
+
 test: deps k8s-bins lint build ## everything: unit, golden, operator against the real API server, data plane with real Redis + HAProxy
-	@bash tests/cluster/up.sh >/dev/null
-	@trap 'bash tests/cluster/down.sh' EXIT; \
+	@$(TEST_CLUSTER) bash tests/cluster/up.sh >/dev/null
+	@trap '$(TEST_CLUSTER) bash tests/cluster/down.sh' EXIT; \
 	  $(MAKE) --no-print-directory test-unit && \
-	  $(MAKE) --no-print-directory test-operator && \
+	  $(TEST_CLUSTER) $(MAKE) --no-print-directory test-operator && \
 	  $(MAKE) --no-print-directory test-dataplane
 
 test-unit: ## unit and golden-file tests (no cluster needed)
 	$(CARGO) test --workspace --exclude ssekeeper-tests
 	$(CARGO) test -p ssekeeper-tests --lib --bins
 
-test-operator: ## operator integration tests against the running control plane
+test-operator: ## operator integration tests against the control plane (started if needed)
+	$(CARGO) build -q --workspace --bins
 	$(CARGO) test -p ssekeeper-tests --test operator -- --test-threads=3
 
 test-dataplane: ## data-plane end-to-end tests: sidecars, demo app, real Redis and HAProxy
+	$(CARGO) build -q --workspace --bins
 	$(CARGO) test -p ssekeeper-tests --test 'dataplane*' -- --test-threads=1 --nocapture
+
+bench: deps ## measurements in release: SSE codec, sidecar vs direct throughput, Redis appends (tables, no pass/fail on speed)
+	$(CARGO) test --release -p ssekeeper-sidecar --test sse_throughput --test throughput --test store_bench -- --ignored --nocapture --test-threads=1
 
 demo: deps k8s-bins build ## bring up the control plane, install the chart, apply examples/chat.yaml, show it
 	@bash tests/demo.sh

@@ -15,6 +15,8 @@ source "$run_dir/cluster/env"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "CRD and Helm chart"
+# Helm installs CRDs only once and never upgrades them: apply the current one first.
+kubectl apply --server-side --force-conflicts -f "$repo/crds/ssekeeper.dev_sseservices.yaml" >/dev/null
 helm upgrade --install ssekeeper "$repo/charts/ssekeeper" --namespace ssekeeper-system --create-namespace \
   --set sidecar.image.repository=ssekeeper/sidecar --set sidecar.image.tag=dev >/dev/null
 kubectl wait --for=condition=Established --timeout=60s crd/sseservices.ssekeeper.dev >/dev/null

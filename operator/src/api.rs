@@ -42,7 +42,9 @@ pub const MAX_GRACE_PERIOD_SECONDS: u32 = 1800;
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
     ),
-    doc = "An SSE service whose replicas roll without losing an event or a session"
+    doc = "An SSE service whose replicas roll without losing an event or a session",
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63")
+        .message("metadata.name must be a DNS-1035 label (lowercase letters, digits, '-', starting with a letter, at most 63 characters): it names the Service")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -64,9 +66,6 @@ pub const MAX_GRACE_PERIOD_SECONDS: u32 = 1800;
     validation = Rule::new("self.drain.preStopDelaySeconds + self.drain.drainSeconds <= 1785")
         .message("drain.preStopDelaySeconds + drain.drainSeconds must be at most 1785: the pod's grace period adds 15 s for handover and app shutdown and is capped at 1800 s")
         .field_path(".drain"),
-    validation = Rule::new("!has(self.disruptionBudget) || self.replicas == 0 || self.disruptionBudget.maxUnavailable <= self.replicas")
-        .message("disruptionBudget.maxUnavailable cannot exceed replicas")
-        .field_path(".disruptionBudget.maxUnavailable"),
 )]
 pub struct SseServiceSpec {
     /// Number of pods. `kubectl scale ssesvc/NAME --replicas=N` and HPAs set it.

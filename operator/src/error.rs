@@ -16,6 +16,12 @@ pub enum Error {
     /// The Secret named in `spec.sessions.redis.secretRef` is missing or has no usable URL.
     #[error("{0}")]
     RedisSecret(String),
+    /// The spec asks for something that cannot work (checks the CRD cannot make cheaply).
+    #[error("{0}")]
+    InvalidSpec(String),
+    /// An object with a name the SseService needs exists and belongs to someone else.
+    #[error("{0}")]
+    NameConflict(String),
     /// The finalizer could not purge the sessions from Redis (yet).
     #[error("purging sessions from Redis: {0}")]
     Purge(String),
@@ -31,6 +37,8 @@ impl Error {
             Error::Kube(_) => "KubeApi",
             Error::Render(_) => "RenderFailed",
             Error::RedisSecret(_) => "RedisSecretInvalid",
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::NameConflict(_) => "NameConflict",
             Error::Purge(_) => "PurgeFailed",
             Error::Finalizer(_) => "FinalizerFailed",
         }

@@ -4,7 +4,10 @@
 
 use std::future::Future;
 
-use kube::Client;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -38,6 +41,39 @@ pub fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send
 /// Seconds a Lease is valid without renewal; a crashed leader is replaced after about this long.
 const LEASE_SECONDS: u64 = 15;
 
+/// Resolves when this replica must stop acting as leader although the lease manager has not said
+/// so: another holder appears in the Lease, or no read has confirmed our hold for almost a Lease
+/// duration (the manager retries failed renewals forever and never reports them, so a leader cut
+/// off from the API server would otherwise keep reconciling next to its successor).
+async fn confirm_while_leading(client: Client, lease: LeaseConfig) {
+    let api: Api<Lease> = Api::namespaced(client, &lease.namespace);
+    let mut confirmed = Instant::now();
+    let limit = Duration::from_secs(LEASE_SECONDS - 3);
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match tokio::time::timeout(Duration::from_secs(2), api.get_opt(&lease.name)).await {
+            Ok(Ok(Some(l))) => {
+                let holder = l.spec.and_then(|s| s.holder_identity);
+                if holder.as_deref() == Some(lease.identity.as_str()) {
+                    confirmed = Instant::now();
+                } else {
+                    warn!(?holder, "the Lease names another holder; stepping down");
+                    return;
+                }
+            }
+            Ok(Ok(None)) => {
+                warn!("the Lease was deleted; stepping down");
+                return;
+            }
+            Ok(Err(_)) | Err(_) if confirmed.elapsed() > limit => {
+                warn!("could not confirm the Lease for {limit:?}; stepping down");
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Hold the Lease and run `controller(lost)` each time we become leader, until `stop` turns true.
 /// `lost` resolves when leadership is lost or shutdown begins; the controller must then return.
 pub async fn run_while_leader<F, Fut>(
@@ -51,12 +87,13 @@ where
     F: Fn(std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let manager = LeaseManagerBuilder::new(client, &lease.name)
+    let manager = LeaseManagerBuilder::new(client.clone(), &lease.name)
         .with_namespace(&lease.namespace)
         .with_identity(&lease.identity)
         .with_duration(LEASE_SECONDS)
         .with_grace(5)
-        .with_field_manager("ssekeeper-operator")
+        // The library's default field manager is per identity; that is what makes two replicas'
+        // acquisitions conflict. Never set a shared one.
         .build()
         .await?;
     let (mut is_leader, task) = manager.watch().await;
@@ -71,9 +108,11 @@ where
         let mut leadership = is_leader.clone();
         let mut stop_wait = stop.clone();
         let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+        let guard = confirm_while_leading(client.clone(), lease.clone());
         tokio::spawn(async move {
             tokio::select! {
                 _ = leadership.wait_for(|l| !*l) => warn!("lost the leader lease; stopping the controller"),
+                _ = guard => {}
                 _ = stop_wait.wait_for(|s| *s) => {}
             }
             let _ = lost_tx.send(());

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-/// One purge attempt may take at most this long; the finalizer retries with backoff.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// One purge attempt may take at most this long; the finalizer retries with backoff. Just above
+/// the store's own purge deadline, so a large keyspace ends with the store's clean "incomplete"
+/// answer rather than a cut-off scan.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(65);
 
 /// Delete every key of the SseService `namespace/name`; the number deleted, or why it failed.
 pub async fn purge(url: &str, namespace: &str, name: &str) -> Result<u64, String> {

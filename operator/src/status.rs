@@ -179,13 +179,9 @@ fn keep_transition_time(old: &[Condition], mut new: Condition) -> Condition {
     new
 }
 
-/// The status of condition `type_`, if present.
-pub fn condition_status<'a>(status: Option<&'a SseServiceStatus>, type_: &str) -> Option<&'a str> {
-    status?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status.as_str())
+/// Condition `type_`, if present.
+pub fn condition<'a>(status: Option<&'a SseServiceStatus>, type_: &str) -> Option<&'a Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
 }
 
 #[cfg(test)]

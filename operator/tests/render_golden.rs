@@ -32,17 +32,17 @@ fn load(case: &str) -> SseService {
 
 fn render_case(case: &str) -> (SseService, render::Rendered) {
     let svc = load(case);
-    let digest = svc
+    let url = svc
         .spec
         .sessions
         .redis
         .as_ref()
-        .map(|_| "0123456789abcdef".to_string());
+        .map(|_| "redis://redis.example:6379/0");
     let defaults = defaults();
     let rendered = render::render(&RenderInput {
         svc: &svc,
         defaults: &defaults,
-        redis_url_digest: digest,
+        secrets_fingerprint: render::secrets_fingerprint("golden-forward-key", url),
     })
     .unwrap();
     (svc, rendered)
@@ -55,6 +55,10 @@ fn to_docs(svc: &SseService, r: &render::Rendered) -> String {
         serde_yaml::to_string(&r.service).unwrap(),
         serde_yaml::to_string(&secret).unwrap(),
     ];
+    if svc.spec.sessions.redis.is_some() {
+        let copy = render::render_purge_secret(svc, "redis://redis.example:6379/0").unwrap();
+        docs.push(serde_yaml::to_string(&copy).unwrap());
+    }
     if let Some(i) = &r.ingress {
         docs.push(serde_yaml::to_string(i).unwrap());
     }
@@ -225,14 +229,14 @@ fn grace_period_and_app_prestop_follow_the_drain_settings() {
 }
 
 #[test]
-fn a_changed_redis_url_changes_the_config_hash() {
+fn a_changed_secret_changes_the_config_hash_without_revealing_it() {
     let svc = load("full");
     let defaults = defaults();
-    let hash = |digest: &str| {
+    let hash = |key: &str, url: &str| {
         let r = render::render(&RenderInput {
             svc: &svc,
             defaults: &defaults,
-            redis_url_digest: Some(digest.into()),
+            secrets_fingerprint: render::secrets_fingerprint(key, Some(url)),
         })
         .unwrap();
         r.deployment
@@ -245,6 +249,30 @@ fn a_changed_redis_url_changes_the_config_hash() {
             .unwrap()[render::CONFIG_HASH_ANNOTATION]
             .clone()
     };
-    assert_ne!(hash("a"), hash("b"));
-    assert_eq!(hash("a"), hash("a"));
+    let base = hash("key-1", "redis://:pw@r:6379");
+    assert_eq!(base, hash("key-1", "redis://:pw@r:6379"));
+    assert_ne!(
+        base,
+        hash("key-1", "redis://:other@r:6379"),
+        "new Redis URL rolls"
+    );
+    assert_ne!(
+        base,
+        hash("key-2", "redis://:pw@r:6379"),
+        "new forwarding key rolls"
+    );
+}
+
+#[test]
+fn the_service_targets_the_sidecar_port_by_number() {
+    let (_, rendered) = render_case("full");
+    let port = &rendered.service.spec.unwrap().ports.unwrap()[0];
+    assert_eq!(
+        port.target_port,
+        Some(
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i32::from(
+                contract::SSE_PORT
+            ))
+        )
+    );
 }

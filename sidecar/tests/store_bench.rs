@@ -78,6 +78,7 @@ async fn report(st: Arc<dyn SessionStore>, name: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; `make bench` runs it in release"]
 async fn append_throughput() {
     println!(
         "(profile: {}; the client side is slower in debug builds)",

@@ -30,7 +30,7 @@ pub(super) fn render(ctx: &Ctx<'_>, input: &RenderInput<'_>) -> Deployment {
         .extend(ctx.selector());
     meta.annotations.get_or_insert_with(BTreeMap::new).insert(
         CONFIG_HASH_ANNOTATION.into(),
-        config_hash(&args, input.redis_url_digest.as_deref()),
+        config_hash(&args, &input.secrets_fingerprint),
     );
 
     let pod = template.spec.get_or_insert_with(PodSpec::default);
@@ -115,13 +115,13 @@ pub fn sidecar_args(svc: &SseService, namespace: &str, name: &str) -> SidecarArg
 }
 
 /// Hash of everything that should roll the pods but is not visible in the template itself.
-fn config_hash(args: &SidecarArgs, redis_url_digest: Option<&str>) -> String {
+fn config_hash(args: &SidecarArgs, secrets_fingerprint: &str) -> String {
     let mut hasher = Sha256::new();
     for arg in args.to_args() {
         hasher.update(arg.as_bytes());
         hasher.update([0]);
     }
-    hasher.update(redis_url_digest.unwrap_or("").as_bytes());
+    hasher.update(secrets_fingerprint.as_bytes());
     hex::encode(&hasher.finalize()[..8])
 }
 

@@ -127,3 +127,16 @@ pub(super) fn forward_secret(ctx: &Ctx<'_>, key: &str) -> Secret {
         ..Secret::default()
     }
 }
+
+/// The operator-owned copy of the Redis URL, read by the finalizer.
+pub(super) fn purge_secret(ctx: &Ctx<'_>, url: &str) -> Secret {
+    Secret {
+        metadata: ctx.meta(super::purge_secret_name(&ctx.name)),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            super::PURGE_SECRET_KEY.into(),
+            ByteString(url.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}

@@ -48,9 +48,10 @@ pub struct RenderInput<'a> {
     pub svc: &'a SseService,
     /// The operator's sidecar defaults.
     pub defaults: &'a SidecarDefaults,
-    /// SHA-256 of the Redis URL in the referenced Secret (None for the memory store), so a new URL
-    /// rolls the pods.
-    pub redis_url_digest: Option<String>,
+    /// Fingerprint of the secrets the pods read through env (forwarding key, Redis URL): env
+    /// `secretKeyRef` is not refreshed in running pods, so a change must roll them. Keyed (see
+    /// [`secrets_fingerprint`]) so the pod annotation reveals nothing about a weak password.
+    pub secrets_fingerprint: String,
 }
 
 /// The objects one SseService owns. `None` means "must not exist" (deleted if it does).
@@ -139,6 +140,31 @@ impl<'a> Ctx<'a> {
             ..ObjectMeta::default()
         }
     }
+}
+
+/// HMAC-SHA256, keyed with the forwarding key, over the Redis URL: changes when either changes,
+/// and cannot be used to test guesses of the Redis password by anyone who can read pods.
+pub fn secrets_fingerprint(forward_key: &str, redis_url: Option<&str>) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(forward_key.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(redis_url.unwrap_or("").as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..16])
+}
+
+/// Name of the operator-owned Secret that keeps a copy of the Redis URL, so the finalizer can
+/// purge sessions even after the user's Secret is gone (`kubectl delete -f` of a file that lists
+/// the Secret first, or a namespace deletion).
+pub fn purge_secret_name(name: &str) -> String {
+    format!("{name}-ssekeeper-redis")
+}
+
+/// Key of the Redis URL in [`purge_secret_name`].
+pub const PURGE_SECRET_KEY: &str = "url";
+
+/// Render the operator-owned copy of the Redis URL (see [`purge_secret_name`]).
+pub fn render_purge_secret(svc: &SseService, url: &str) -> Result<Secret, RenderError> {
+    Ok(extras::purge_secret(&Ctx::new(svc)?, url))
 }
 
 /// The selector as a label-selector string, for the scale subresource and `status.selector`.

@@ -1,4 +1,4 @@
-//! The Service: targets the sidecar's `sse` port (never the app's) with ClientIP affinity.
+//! The Service: targets the sidecar's port (never the app's) with ClientIP affinity.
 
 use k8s_openapi::api::core::v1::{
     ClientIPConfig, Service, ServicePort, ServiceSpec, SessionAffinityConfig,
@@ -19,7 +19,9 @@ pub(super) fn render(ctx: &Ctx<'_>) -> Service {
             ports: Some(vec![ServicePort {
                 name: Some(contract::SSE_PORT_NAME.into()),
                 port: cfg.port,
-                target_port: Some(IntOrString::String(contract::SSE_PORT_NAME.into())),
+                // By number: a named targetPort resolves to the first container port of that name,
+                // and an app port named `sse` would silently bypass the sidecar.
+                target_port: Some(IntOrString::Int(i32::from(contract::SSE_PORT))),
                 protocol: Some("TCP".into()),
                 ..ServicePort::default()
             }]),

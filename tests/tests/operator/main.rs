@@ -79,6 +79,15 @@ fn condition(svc: &SseService, ty: &str) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
+/// Wait until the SseService's Degraded condition has `status`; returns (status, reason).
+async fn wait_degraded(client: &Client, ns: &str, name: &str, status: &str) -> (String, String) {
+    eventually(&format!("{name}: Degraded={status}"), WAIT, || async {
+        let s: SseService = get(client, ns, name).await?;
+        condition(&s, "Degraded").filter(|c| c.0 == status)
+    })
+    .await
+}
+
 fn pod_spec(d: &Deployment) -> k8s_openapi::api::core::v1::PodSpec {
     d.spec.clone().unwrap().template.spec.unwrap()
 }
@@ -217,7 +226,11 @@ async fn examples_render_children_that_follow_the_spec() {
     assert_eq!(port.port, 80);
     assert_eq!(
         port.target_port,
-        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("sse".into()))
+        Some(
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i32::from(
+                contract::SSE_PORT
+            ))
+        )
     );
 
     // Forwarding key Secret and PDB.
@@ -247,6 +260,11 @@ async fn examples_render_children_that_follow_the_spec() {
         get(&client, &ns.name, "ticker")
     })
     .await;
+    let ticker: SseService = get(&client, &ns.name, "ticker").await.unwrap();
+    assert!(
+        ticker.finalizers().is_empty(),
+        "memory store: nothing to purge, no finalizer"
+    );
     assert!(
         get::<PodDisruptionBudget>(&client, &ns.name, "ticker")
             .await
@@ -385,11 +403,7 @@ async fn missing_redis_secret_degrades_then_heals_when_it_appears() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let degraded = eventually("Degraded=True", WAIT, || async {
-        let s: SseService = get(&client, &ns.name, "chat").await?;
-        condition(&s, "Degraded").filter(|c| c.0 == "True")
-    })
-    .await;
+    let degraded = wait_degraded(&client, &ns.name, "chat", "True").await;
     assert_eq!(degraded.1, "RedisSecretInvalid");
     let (ty, _, note) = wait_event(&client, &ns.name, "chat", "Degraded").await;
     assert_eq!(ty, "Warning");
@@ -438,16 +452,72 @@ async fn missing_redis_secret_degrades_then_heals_when_it_appears() {
         )
         .await
         .unwrap();
-    eventually("Degraded=False after the Secret is fixed", WAIT, || async {
-        let s: SseService = get(&client, &ns.name, "chat").await?;
-        condition(&s, "Degraded").filter(|c| c.0 == "False")
-    })
-    .await;
+    wait_degraded(&client, &ns.name, "chat", "False").await;
     let _: Deployment = eventually("Deployment created", WAIT, || {
         get(&client, &ns.name, "chat")
     })
     .await;
     wait_event(&client, &ns.name, "chat", "Recovered").await;
+}
+
+#[tokio::test]
+async fn an_object_that_is_not_ours_is_never_taken_over() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "conflict").await;
+    let theirs: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ticker", "labels": {"owner": "someone-else"}},
+        "spec": {"ports": [{"port": 9999}], "selector": {"app": "other"}}
+    }))
+    .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    services
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let _op = Operator::start(&ns.name, "op-a", &[]);
+    let out = apply_text(&manifest("examples/minimal.yaml", &ns.name));
+    assert!(out.status.success());
+
+    let degraded = wait_degraded(&client, &ns.name, "ticker", "True").await;
+    assert_eq!(degraded.1, "NameConflict");
+    let (ty, _, note) = wait_event(&client, &ns.name, "ticker", "Degraded").await;
+    assert_eq!(ty, "Warning");
+    assert!(
+        note.contains("Service") && note.contains("not owned"),
+        "{note}"
+    );
+    let untouched: Service = get(&client, &ns.name, "ticker").await.unwrap();
+    assert_eq!(untouched.spec.unwrap().ports.unwrap()[0].port, 9999);
+    assert!(untouched.metadata.owner_references.is_none());
+
+    services
+        .delete("ticker", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_degraded(&client, &ns.name, "ticker", "False").await;
+    let ours: Service = get(&client, &ns.name, "ticker").await.unwrap();
+    assert_eq!(ours.owner_references()[0].kind, "SseService");
+
+    // What the CRD cannot check cheaply (every container's ports) is reported the same way.
+    let bad = manifest("examples/minimal.yaml", &ns.name)
+        .replace("name: ticker", "name: clash")
+        .replace(
+            "image: registry.example/ticker:1.0",
+            "image: x\n          ports: [{ name: sse, containerPort: 9000 }]",
+        );
+    let out = apply_text(&bad);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let invalid = wait_degraded(&client, &ns.name, "clash", "True").await;
+    assert_eq!(invalid.1, "InvalidSpec");
+    assert!(
+        get::<Deployment>(&client, &ns.name, "clash")
+            .await
+            .is_none()
+    );
 }
 
 fn metric_value(text: &str, name: &str) -> f64 {
@@ -472,7 +542,7 @@ async fn finalizer_purges_exactly_this_services_sessions_from_redis() {
     redis.cli(&["SET", &format!("{other}{{s1}}:events"), "keep"]);
     redis.cli(&["SET", "unrelated", "keep"]);
 
-    let _op = Operator::start(&ns.name, "op-a", &[]);
+    let op = Operator::start(&ns.name, "op-a", &[]);
     let text = manifest("examples/chat.yaml", &ns.name)
         .replace(&format!("redis://redis.{}.svc:6379/0", ns.name), &url);
     let out = apply_text(&text);
@@ -491,6 +561,19 @@ async fn finalizer_purges_exactly_this_services_sessions_from_redis() {
     })
     .await;
 
+    let _: Secret = eventually("operator's copy of the URL", WAIT, || {
+        get(&client, &ns.name, "chat-ssekeeper-redis")
+    })
+    .await;
+
+    // `kubectl delete -f examples/chat.yaml` deletes the user's Secret first; and a restarted
+    // operator has no memory of the URL: the purge must still happen, from the operator's copy.
+    drop(op);
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .delete("chat-redis", &DeleteParams::default())
+        .await
+        .unwrap();
+    let _op = Operator::start(&ns.name, "op-b", &[]);
     Api::<SseService>::namespaced(client.clone(), &ns.name)
         .delete("chat", &DeleteParams::default())
         .await
@@ -524,19 +607,25 @@ async fn operator_restart_and_standby_do_not_fight_over_objects() {
         s.status.as_ref()?.observed_generation.map(|_| s)
     })
     .await;
+    // What the operator wrote: its managedFields entries (time and fields) on each child, and the
+    // key. The controller-manager's own status updates move resourceVersions, not these.
     let versions = |client: Client, ns: String| async move {
+        fn ours<K: kube::Resource>(obj: &K) -> Vec<String> {
+            obj.meta()
+                .managed_fields
+                .iter()
+                .flatten()
+                .filter(|m| m.manager.as_deref() == Some("ssekeeper"))
+                .map(|m| format!("{:?} {:?}", m.time, m.fields_v1))
+                .collect()
+        }
         let d: Deployment = get(&client, &ns, "ticker").await.unwrap();
         let s: Service = get(&client, &ns, "ticker").await.unwrap();
         let k: Secret = get(&client, &ns, &contract::forward_secret_name("ticker"))
             .await
             .unwrap();
         let key = k.data.clone().unwrap()[contract::FORWARD_KEY_SECRET_KEY].clone();
-        (
-            d.resource_version(),
-            s.resource_version(),
-            k.resource_version(),
-            key,
-        )
+        (ours(&d), ours(&s), ours(&k), key, d.metadata.generation)
     };
     let before = versions(client.clone(), ns.name.clone()).await;
 
@@ -548,10 +637,11 @@ async fn operator_restart_and_standby_do_not_fight_over_objects() {
         first.log_text()
     );
 
-    // Two replicas at once: exactly one leads; the other stands by.
+    // Two replicas at once: exactly one leads; the other stands by. The first released the
+    // Lease, so a new leader is there well before the 15 s a crashed leader's Lease would last.
     let second = Operator::start(&ns.name, "op-b", &[]);
     let third = Operator::start(&ns.name, "op-c", &[]);
-    let leaders = eventually("one leader", WAIT, || async {
+    let leaders = eventually("one leader", Duration::from_secs(10), || async {
         let b = metric_value(&second.metrics().await?, "ssekeeper_operator_leader");
         let c = metric_value(&third.metrics().await?, "ssekeeper_operator_leader");
         (b + c == 1.0).then_some((b, c))
@@ -668,8 +758,12 @@ async fn helm_chart_lints_templates_installs_and_its_rbac_is_enough() {
     let sa = format!("{release}-ssekeeper");
     let token = kubectl_ok(&["create", "token", &sa, "-n", &ns.name, "--duration=1h"]);
     let kubeconfig = service_account_kubeconfig(token.trim(), &ns.name);
-    let _op =
-        Operator::start_with_kubeconfig(&ns.name, "chart-sa", &[], kubeconfig.to_str().unwrap());
+    let _op = Operator::start_with_kubeconfig(
+        &ns.name,
+        "chart-sa",
+        &["--purge-timeout-seconds=2"],
+        kubeconfig.to_str().unwrap(),
+    );
     let out = apply_text(&manifest("examples/minimal.yaml", &ns.name));
     assert!(out.status.success());
     let _: Deployment = eventually("Deployment made with the chart's RBAC", WAIT, || {
@@ -682,6 +776,47 @@ async fn helm_chart_lints_templates_installs_and_its_rbac_is_enough() {
     })
     .await;
     wait_event(&client, &ns.name, "ticker", "Created").await;
+    // Ingress, Redis Secret read, purge-URL copy, finalizer: all with the chart's RBAC.
+    let out = apply_text(&manifest("examples/mcp.yaml", &ns.name));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _: Ingress = eventually("Ingress made with the chart's RBAC", WAIT, || {
+        get(&client, &ns.name, "mcp")
+    })
+    .await;
+    let _: Secret = eventually("URL copy made with the chart's RBAC", WAIT, || {
+        get(&client, &ns.name, "mcp-ssekeeper-redis")
+    })
+    .await;
+    Api::<SseService>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "mcp",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"ingress": null}})),
+        )
+        .await
+        .unwrap();
+    eventually("Ingress deleted with the chart's RBAC", WAIT, || async {
+        get::<Ingress>(&client, &ns.name, "mcp")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    Api::<SseService>::namespaced(client.clone(), &ns.name)
+        .delete("mcp", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("finalizer released with the chart's RBAC", WAIT, || async {
+        get::<SseService>(&client, &ns.name, "mcp")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
     let can = |verb: &str, res: &str| {
         kubectl(&[
             "auth",

@@ -1,6 +1,9 @@
 //! The reconciler: validate -> render (pure) -> apply (server-side) -> status, plus the finalizer
 //! that purges an SseService's sessions from Redis when it is deleted.
 
+mod kubeapi;
+mod secrets;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,17 +14,14 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self as ctrl, Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use ssekeeper_sidecar::contract;
 use tracing::{info, instrument, warn};
 
@@ -30,8 +30,11 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::render::{self, MANAGER, RenderInput, SidecarDefaults};
 use crate::status::{self, Problem};
+use kubeapi::get_opt;
 
-/// Finalizer that purges the SseService's sessions from Redis before it goes away.
+/// Finalizer that purges the SseService's sessions from Redis before it goes away. Only
+/// SseServices with `store: redis` carry it: with nothing to purge, a finalizer would only make
+/// deletion hang while the operator is down.
 pub const FINALIZER: &str = "ssekeeper.dev/purge-sessions";
 
 /// Settings of the reconciler (from the operator's flags).
@@ -59,6 +62,9 @@ pub struct Context {
     pub settings: Settings,
     /// Consecutive failures per object, for exponential backoff that resets on success.
     failures: Mutex<HashMap<ObjectRef<SseService>, u32>>,
+    /// Redis URL last seen per SseService uid: the finalizer's first choice, since during a
+    /// namespace deletion every Secret may already be gone.
+    redis_urls: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -70,6 +76,7 @@ impl Context {
             metrics,
             settings,
             failures: Mutex::default(),
+            redis_urls: Mutex::default(),
         }
     }
 
@@ -86,6 +93,29 @@ impl Context {
             .lock()
             .expect("failures lock")
             .remove(&ObjectRef::from(obj));
+    }
+
+    fn remember_url(&self, svc: &SseService, url: Option<&str>) {
+        let uid = svc.uid().unwrap_or_default();
+        let mut urls = self.redis_urls.lock().expect("urls lock");
+        match url {
+            Some(u) => urls.insert(uid, u.to_string()),
+            None => urls.remove(&uid),
+        };
+    }
+
+    fn remembered_url(&self, svc: &SseService) -> Option<String> {
+        let uid = svc.uid().unwrap_or_default();
+        self.redis_urls
+            .lock()
+            .expect("urls lock")
+            .get(&uid)
+            .cloned()
+    }
+
+    fn forget(&self, svc: &SseService) {
+        self.remember_url(svc, None);
+        self.succeeded(svc);
     }
 
     async fn publish(&self, svc: &SseService, type_: EventType, reason: &str, note: String) {
@@ -128,14 +158,18 @@ pub async fn run(
     };
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    // Debounce: a rollout changes the Deployment's status many times a second; one reconcile per
+    // burst is enough.
+    let config = ctrl::Config::default().debounce(Duration::from_millis(500));
     let controller = Controller::new(svcs, watcher::Config::default().any_semantic())
+        .with_config(config)
         .owns(deployments, owned.clone())
         .owns(services, owned.clone())
         .owns(ingresses, owned.clone())
         .owns(pdbs, owned);
-    // Secrets: metadata only (a cluster's Secrets can be large), both the forwarding-key Secret we
-    // own and the Redis Secrets that SseServices reference, so a Secret that appears or changes
-    // heals a Degraded SseService at once.
+    // Secrets: metadata only (a cluster's Secrets can be large), both the Secrets we own and the
+    // Redis Secrets that SseServices reference, so a Secret that appears or changes heals a
+    // Degraded SseService at once.
     let store = controller.store();
     let secret_events = watcher(secrets, watcher::Config::default()).touched_objects();
     controller
@@ -169,6 +203,7 @@ fn services_for_secret(
         .filter(|svc| {
             let svc_name = svc.name_any();
             contract::forward_secret_name(&svc_name) == name
+                || render::purge_secret_name(&svc_name) == name
                 || svc
                     .spec
                     .sessions
@@ -180,28 +215,69 @@ fn services_for_secret(
         .collect()
 }
 
+fn has_finalizer(svc: &SseService) -> bool {
+    svc.finalizers().iter().any(|f| f == FINALIZER)
+}
+
 #[instrument(skip_all, fields(namespace = svc.namespace().unwrap_or_default(), name = svc.name_any()))]
 async fn reconcile(svc: Arc<SseService>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let ns = svc.namespace().unwrap_or_default();
     let api: Api<SseService> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, svc.clone(), |event| async {
-        match event {
-            Finalizer::Apply(svc) => apply(&svc, &ctx).await,
-            Finalizer::Cleanup(svc) => cleanup(&svc, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    });
+    let needs_finalizer = svc.spec.sessions.store == StoreType::Redis;
+    let deleting = svc.metadata.deletion_timestamp.is_some();
+
+    let result = if needs_finalizer || has_finalizer(&svc) {
+        finalizer(&api, FINALIZER, svc.clone(), |event| async {
+            match event {
+                Finalizer::Apply(svc) => apply(&svc, &ctx).await,
+                Finalizer::Cleanup(svc) => cleanup(&svc, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(other.to_string()),
+        })
+    } else if deleting {
+        Ok(Action::await_change())
+    } else {
+        apply(&svc, &ctx).await
+    };
+    // Switched from redis to memory: nothing to purge any more, so drop the finalizer.
+    if result.is_ok() && !needs_finalizer && !deleting && has_finalizer(&svc) {
+        remove_finalizer(&api, &svc).await?;
+    }
+
     ctx.metrics.observe(started.elapsed());
     if result.is_ok() {
-        ctx.succeeded(&svc);
+        if deleting {
+            ctx.forget(&svc);
+        } else {
+            ctx.succeeded(&svc);
+        }
     }
     result
+}
+
+async fn remove_finalizer(api: &Api<SseService>, svc: &SseService) -> Result<()> {
+    let kept: Vec<_> = svc
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": kept, "resourceVersion": svc.resource_version() }
+    });
+    api.patch(
+        &svc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await?;
+    Ok(())
 }
 
 fn error_policy(svc: Arc<SseService>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -211,54 +287,87 @@ fn error_policy(svc: Arc<SseService>, error: &Error, ctx: Arc<Context>) -> Actio
     Action::requeue(delay)
 }
 
-/// The phases: read what render needs, render, apply, report.
+/// The condition a failed apply deserves, if it is something a person must fix (a transient
+/// error, like a timeout or a 5xx, only backs off).
+fn problem_of(error: &Error) -> Option<Problem> {
+    let (reason, message) = match error {
+        Error::RedisSecret(m) => ("RedisSecretInvalid", m.clone()),
+        Error::NameConflict(m) => ("NameConflict", m.clone()),
+        Error::InvalidSpec(m) => ("InvalidSpec", m.clone()),
+        Error::Kube(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 409 => (
+            "ApplyFailed",
+            format!("the API server refused an owned object: {}", e.message),
+        ),
+        _ => return None,
+    };
+    Some(Problem {
+        reason: reason.into(),
+        message,
+    })
+}
+
+/// The phases, with a failure turned into the Degraded condition and a Warning.
 async fn apply(svc: &SseService, ctx: &Context) -> Result<Action> {
+    match apply_phases(svc, ctx).await {
+        Ok(deployment) => {
+            write_status(ctx, svc, Some(&deployment), None).await?;
+            Ok(Action::requeue(ctx.settings.resync))
+        }
+        Err(error) => {
+            if let Some(problem) = problem_of(&error) {
+                let ns = svc.namespace().unwrap_or_default();
+                let deployment = get_opt::<Deployment>(&ctx.client, &ns, &svc.name_any())
+                    .await
+                    .ok()
+                    .flatten();
+                write_status(ctx, svc, deployment.as_ref(), Some(&problem)).await?;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Read what render needs, render, apply. Returns the applied Deployment.
+async fn apply_phases(svc: &SseService, ctx: &Context) -> Result<Deployment> {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
+    let uid = svc
+        .uid()
+        .ok_or(Error::Render(render::RenderError::MissingMetadata("uid")))?;
+    let client = &ctx.client;
 
-    // Validate what the CRD cannot: the referenced Secret.
-    let redis_url = match redis_url(&ctx.client, svc).await {
-        Ok(url) => url,
-        Err(Error::RedisSecret(message)) => {
-            let problem = Problem {
-                reason: "RedisSecretInvalid".into(),
-                message: message.clone(),
-            };
-            let was_degraded = status::condition_status(svc.status.as_ref(), status::DEGRADED);
-            let deployment = get_opt::<Deployment>(&ctx.client, &ns, &name).await?;
-            write_status(ctx, svc, deployment.as_ref(), Some(&problem)).await?;
-            if was_degraded != Some("True") {
-                ctx.publish(svc, EventType::Warning, "Degraded", message.clone())
-                    .await;
-            }
-            return Err(Error::RedisSecret(message));
-        }
-        Err(e) => return Err(e),
-    };
-
-    let forward_key = forward_key(&ctx.client, &ns, &name).await?;
+    // Validate what the CRD cannot: ports of every container, the referenced Secret.
+    crate::validate::validate(svc).map_err(Error::InvalidSpec)?;
+    let redis_url = secrets::redis_url(client, svc).await?;
+    ctx.remember_url(svc, redis_url.as_deref());
+    let forward_key = secrets::forward_key(client, svc).await?;
     let input = RenderInput {
         svc,
         defaults: &ctx.settings.sidecar,
-        redis_url_digest: redis_url.as_deref().map(digest),
+        secrets_fingerprint: render::secrets_fingerprint(&forward_key, redis_url.as_deref()),
     };
     let rendered = render::render(&input)?;
+    let purge_copy = redis_url
+        .as_deref()
+        .map(|url| render::render_purge_secret(svc, url))
+        .transpose()?;
 
-    let before = get_opt::<Deployment>(&ctx.client, &ns, &name).await?;
-    apply_object(
-        &ctx.client,
+    let before = get_opt::<Deployment>(client, &ns, &name).await?;
+    kubeapi::apply_or_delete(
+        client,
         &ns,
-        &render::render_forward_secret(svc, &forward_key)?,
+        &render::purge_secret_name(&name),
+        purge_copy.as_ref(),
+        &uid,
     )
     .await?;
-    apply_object(&ctx.client, &ns, &rendered.service).await?;
-    let deployment = apply_object(&ctx.client, &ns, &rendered.deployment).await?;
-    apply_or_delete(&ctx.client, &ns, &name, rendered.ingress.as_ref()).await?;
-    apply_or_delete(&ctx.client, &ns, &name, rendered.pdb.as_ref()).await?;
+    kubeapi::apply(client, &ns, &rendered.service, &uid).await?;
+    let deployment = kubeapi::apply(client, &ns, &rendered.deployment, &uid).await?;
+    kubeapi::apply_or_delete(client, &ns, &name, rendered.ingress.as_ref(), &uid).await?;
+    kubeapi::apply_or_delete(client, &ns, &name, rendered.pdb.as_ref(), &uid).await?;
 
     publish_changes(ctx, svc, before.as_ref(), &deployment).await;
-    write_status(ctx, svc, Some(&deployment), None).await?;
-    Ok(Action::requeue(ctx.settings.resync))
+    Ok(deployment)
 }
 
 /// Events for what this apply changed, so `kubectl describe` tells the story.
@@ -271,49 +380,42 @@ async fn publish_changes(
     let spec = |d: &Deployment| d.spec.clone().unwrap_or_default();
     let generation = svc.metadata.generation.unwrap_or(0);
     let observed = svc.status.as_ref().and_then(|s| s.observed_generation);
-    match before {
-        None => {
-            ctx.publish(
-                svc,
-                EventType::Normal,
-                "Created",
-                "created Deployment, Service and forwarding-key Secret".into(),
-            )
-            .await;
-        }
-        Some(old) => {
-            if observed.is_some_and(|g| g < generation) {
-                ctx.publish(
-                    svc,
-                    EventType::Normal,
-                    "Updated",
-                    format!("applied generation {generation}"),
-                )
-                .await;
-            }
-            if spec(old).template != spec(after).template {
-                ctx.publish(
-                    svc,
-                    EventType::Normal,
-                    "RolloutStarted",
-                    "pod template changed; rolling the pods with drain and session handoff".into(),
-                )
-                .await;
-            }
-            if spec(old).replicas != spec(after).replicas {
-                ctx.publish(
-                    svc,
-                    EventType::Normal,
-                    "Scaled",
-                    format!(
-                        "replicas {} -> {}",
-                        spec(old).replicas.unwrap_or(1),
-                        spec(after).replicas.unwrap_or(1)
-                    ),
-                )
-                .await;
-            }
-        }
+    let Some(old) = before else {
+        ctx.publish(
+            svc,
+            EventType::Normal,
+            "Created",
+            "created Deployment, Service and forwarding-key Secret".into(),
+        )
+        .await;
+        return;
+    };
+    if observed.is_some_and(|g| g < generation) {
+        ctx.publish(
+            svc,
+            EventType::Normal,
+            "Updated",
+            format!("applied generation {generation}"),
+        )
+        .await;
+    }
+    if spec(old).template != spec(after).template {
+        ctx.publish(
+            svc,
+            EventType::Normal,
+            "RolloutStarted",
+            "pod template changed; rolling the pods with drain and session handoff".into(),
+        )
+        .await;
+    }
+    if spec(old).replicas != spec(after).replicas {
+        ctx.publish(
+            svc,
+            EventType::Normal,
+            "Scaled",
+            format!("replicas set to {}", spec(after).replicas.unwrap_or(1)),
+        )
+        .await;
     }
 }
 
@@ -325,17 +427,22 @@ async fn write_status(
     deployment: Option<&Deployment>,
     problem: Option<&Problem>,
 ) -> Result<()> {
-    let now = Time(jiff_now());
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
     let previous = svc.status.as_ref();
     let new = status::compute(svc, deployment, problem, previous, &now);
     if previous == Some(&new) {
         return Ok(());
     }
-    let was = |ty| status::condition_status(previous, ty).map(str::to_owned);
-    let is = |ty| status::condition_status(Some(&new), ty).map(str::to_owned);
-    if was(status::DEGRADED).as_deref() == Some("True")
-        && is(status::DEGRADED).as_deref() == Some("False")
-    {
+    let was = |ty| status::condition(previous, ty).map(|c| (c.status.clone(), c.reason.clone()));
+    let is = |ty| status::condition(Some(&new), ty).map(|c| (c.status.clone(), c.reason.clone()));
+    let true_ = |c: &Option<(String, String)>| c.as_ref().is_some_and(|c| c.0 == "True");
+    let (was_degraded, is_degraded) = (was(status::DEGRADED), is(status::DEGRADED));
+    if true_(&is_degraded) && was_degraded != is_degraded {
+        let message = problem.map(|p| p.message.clone()).unwrap_or_default();
+        ctx.publish(svc, EventType::Warning, "Degraded", message)
+            .await;
+    }
+    if true_(&was_degraded) && !true_(&is_degraded) {
         ctx.publish(
             svc,
             EventType::Normal,
@@ -344,9 +451,9 @@ async fn write_status(
         )
         .await;
     }
-    if was(status::PROGRESSING).as_deref() == Some("True")
-        && is(status::PROGRESSING).as_deref() == Some("False")
-        && is(status::READY).as_deref() == Some("True")
+    if true_(&was(status::PROGRESSING))
+        && !true_(&is(status::PROGRESSING))
+        && true_(&is(status::READY))
     {
         ctx.publish(
             svc,
@@ -367,154 +474,28 @@ async fn write_status(
     Ok(())
 }
 
-fn jiff_now() -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::now()
-}
-
-fn digest(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
-/// The Redis URL from the referenced Secret; `Ok(None)` for the memory store.
-async fn redis_url(client: &Client, svc: &SseService) -> Result<Option<String>> {
-    if svc.spec.sessions.store != StoreType::Redis {
-        return Ok(None);
-    }
-    let Some(redis) = &svc.spec.sessions.redis else {
-        return Err(Error::RedisSecret(
-            "sessions.store is redis but sessions.redis.secretRef is not set".into(),
-        ));
-    };
-    let ns = svc.namespace().unwrap_or_default();
-    let reference = &redis.secret_ref;
-    let secret = get_opt::<Secret>(client, &ns, &reference.name).await?.ok_or_else(|| {
-        Error::RedisSecret(format!(
-            "Secret {ns}/{} (sessions.redis.secretRef) not found; create it with the Redis URL under key {:?}",
-            reference.name, reference.key
-        ))
-    })?;
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&reference.key))
-        .ok_or_else(|| {
-            Error::RedisSecret(format!(
-                "Secret {ns}/{} has no key {:?} (sessions.redis.secretRef.key)",
-                reference.name, reference.key
-            ))
-        })?;
-    let url = String::from_utf8(value.0.clone()).map_err(|_| {
-        Error::RedisSecret(format!(
-            "Secret {ns}/{} key {:?} is not UTF-8",
-            reference.name, reference.key
-        ))
-    })?;
-    let url = url.trim().to_string();
-    let scheme_ok = [
-        "redis://",
-        "rediss://",
-        "redis+sentinel://",
-        "rediss+sentinel://",
-        "redis+cluster://",
-        "rediss+cluster://",
-    ]
-    .iter()
-    .any(|s| url.starts_with(s));
-    if !scheme_ok {
-        return Err(Error::RedisSecret(format!(
-            "Secret {ns}/{} key {:?} does not hold a Redis URL (expected redis://, rediss://, redis+sentinel:// or redis+cluster://)",
-            reference.name, reference.key
-        )));
-    }
-    Ok(Some(url))
-}
-
-/// The forwarding key: the existing one if the Secret has it, else a new random one.
-async fn forward_key(client: &Client, ns: &str, name: &str) -> Result<String> {
-    let secret_name = contract::forward_secret_name(name);
-    let existing = get_opt::<Secret>(client, ns, &secret_name)
-        .await?
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(contract::FORWARD_KEY_SECRET_KEY).cloned())
-        .and_then(|v| String::from_utf8(v.0).ok())
-        .filter(|k| k.len() >= 32);
-    Ok(existing.unwrap_or_else(|| {
-        let bytes: [u8; 32] = rand::random();
-        hex::encode(bytes)
-    }))
-}
-
-async fn get_opt<K>(client: &Client, ns: &str, name: &str) -> Result<Option<K>>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    Ok(Api::<K>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await?)
-}
-
-async fn apply_object<K>(client: &Client, ns: &str, obj: &K) -> Result<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-{
-    let api = Api::<K>::namespaced(client.clone(), ns);
-    let params = PatchParams::apply(MANAGER).force();
-    Ok(api
-        .patch(&obj.name_any(), &params, &Patch::Apply(obj))
-        .await?)
-}
-
-/// Apply an optional object, or delete it if the spec no longer asks for it.
-async fn apply_or_delete<K>(client: &Client, ns: &str, name: &str, obj: Option<&K>) -> Result<()>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-{
-    match obj {
-        Some(obj) => {
-            apply_object(client, ns, obj).await?;
-        }
-        None => {
-            let api = Api::<K>::namespaced(client.clone(), ns);
-            if let Some(existing) = api.get_opt(name).await? {
-                let ours = existing
-                    .labels()
-                    .get("app.kubernetes.io/managed-by")
-                    .map(String::as_str)
-                    == Some(MANAGER);
-                if ours {
-                    api.delete(name, &DeleteParams::background()).await?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Finalizer: purge the sessions of this SseService from Redis. Retries with backoff while Redis
 /// is unreachable, but never blocks deletion for longer than `purge_timeout` after the delete.
 async fn cleanup(svc: &SseService, ctx: &Context) -> Result<Action> {
-    if svc.spec.sessions.store != StoreType::Redis {
-        return Ok(Action::await_change());
-    }
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
-    let outcome = match redis_url(&ctx.client, svc).await {
-        Ok(Some(url)) => crate::purge::purge(&url, &ns, &name).await,
-        Ok(None) => return Ok(Action::await_change()),
-        Err(e) => Err(e.to_string()),
+    let prefix = contract::keys::service_prefix(&ns, &name);
+    let url = match ctx.remembered_url(svc) {
+        Some(url) => Some(url),
+        None => secrets::purge_url(&ctx.client, svc).await,
     };
-    match outcome {
+    let Some(url) = url else {
+        // Nothing left to connect with (every Secret already gone): waiting cannot help.
+        ctx.publish(
+            svc,
+            EventType::Warning,
+            "PurgeAbandoned",
+            format!("no Redis URL is available any more; keys under {prefix} expire by their TTL"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    };
+    match crate::purge::purge(&url, &ns, &name).await {
         Ok(deleted) => {
             info!(deleted, "purged sessions from Redis");
             ctx.publish(
@@ -531,7 +512,11 @@ async fn cleanup(svc: &SseService, ctx: &Context) -> Result<Action> {
                 .metadata
                 .deletion_timestamp
                 .as_ref()
-                .map(|t| jiff_now().duration_since(t.0).unsigned_abs())
+                .map(|t| {
+                    k8s_openapi::jiff::Timestamp::now()
+                        .duration_since(t.0)
+                        .unsigned_abs()
+                })
                 .unwrap_or_default();
             if deleting_for >= ctx.settings.purge_timeout {
                 warn!(%message, "giving up purging sessions; releasing the finalizer");
@@ -540,9 +525,8 @@ async fn cleanup(svc: &SseService, ctx: &Context) -> Result<Action> {
                     EventType::Warning,
                     "PurgeAbandoned",
                     format!(
-                        "could not purge sessions from Redis within {:?} ({message}); keys under {} expire by their TTL",
-                        ctx.settings.purge_timeout,
-                        contract::keys::service_prefix(&ns, &name)
+                        "could not purge sessions from Redis within {:?} ({message}); keys under {prefix} expire by their TTL",
+                        ctx.settings.purge_timeout
                     ),
                 )
                 .await;

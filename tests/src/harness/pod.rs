@@ -1,0 +1,211 @@
+//! A "pod": the demo app and (in sidecar mode) the sidecar, sharing one loopback address the way
+//! the containers of a pod share a network namespace. The sidecar is configured through the very
+//! `SidecarArgs::to_args` the operator renders, plus the environment the operator injects.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ssekeeper_sidecar::contract::{self, SessionKeySource, SidecarArgs, StoreKind};
+
+use super::HarnessError;
+use super::ports::free_port;
+use super::process::Proc;
+use super::wait_http_ok;
+
+/// How long a container gets to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The sidecar's settings for every pod of a cluster.
+#[derive(Debug, Clone)]
+pub struct SidecarSettings {
+    /// The binary.
+    pub binary: PathBuf,
+    /// The store (`SSEKEEPER_REDIS_URL`).
+    pub store_redis_url: String,
+    /// SseService namespace.
+    pub service_namespace: String,
+    /// SseService name.
+    pub service_name: String,
+    /// `SSEKEEPER_FORWARD_KEY`.
+    pub forward_key: String,
+    /// `--prestop-delay-seconds`.
+    pub prestop_delay_seconds: u32,
+    /// `--drain-seconds`.
+    pub drain_seconds: u32,
+    /// `--reconnect-delay-millis`.
+    pub reconnect_delay_millis: u32,
+    /// Adjusts the rendered settings (limits a test wants to provoke); runs before rendering,
+    /// so every flag still goes through `SidecarArgs::to_args` exactly once.
+    pub tweak: fn(&mut SidecarArgs),
+}
+
+impl SidecarSettings {
+    /// The sidecar's flags for a pod at `ip` whose app listens on `app_port`.
+    pub fn args(&self, ip: IpAddr, app_port: u16, sse_port: u16, admin_port: u16) -> Vec<String> {
+        let mut a = SidecarArgs::defaults(app_port, &self.service_namespace, &self.service_name);
+        a.app_host = ip;
+        a.listen_host = ip;
+        a.sse_port = sse_port;
+        a.admin_port = admin_port;
+        a.store = StoreKind::Redis;
+        a.session_keys = vec![
+            SessionKeySource::Query("sessionId".into()),
+            SessionKeySource::Header("Mcp-Session-Id".into()),
+        ];
+        a.prestop_delay_seconds = self.prestop_delay_seconds;
+        a.drain_seconds = self.drain_seconds;
+        a.reconnect_delay_millis = self.reconnect_delay_millis;
+        a.log_format = contract::LogFormat::Pretty;
+        (self.tweak)(&mut a);
+        a.to_args()
+    }
+}
+
+/// One running pod.
+#[derive(Debug)]
+pub struct Pod {
+    /// Pod name (`POD_NAME`).
+    pub name: String,
+    /// Pod address (`POD_IP`).
+    pub ip: IpAddr,
+    /// The app's port on `ip`.
+    pub app_port: u16,
+    /// The sidecar's client port, in sidecar mode.
+    pub sse_port: Option<u16>,
+    /// The sidecar's admin port, in sidecar mode.
+    pub admin_port: Option<u16>,
+    /// The app container.
+    pub app: Proc,
+    /// The sidecar container, in sidecar mode.
+    pub sidecar: Option<Proc>,
+}
+
+impl Pod {
+    /// Start the app, wait for `/healthz`, then the sidecar (if any) and wait for its `/ready`.
+    pub async fn start(
+        name: &str,
+        ip: IpAddr,
+        demo_app: &Path,
+        app_redis_url: &str,
+        sidecar: Option<&SidecarSettings>,
+        dir: &Path,
+    ) -> Result<Self, HarnessError> {
+        let app_port = free_port(ip)?;
+        let app_args = vec![
+            "serve".to_string(),
+            format!("--listen={}", SocketAddr::new(ip, app_port)),
+            format!("--redis-url={app_redis_url}"),
+            format!("--pod-name={name}"),
+        ];
+        let app = Proc::spawn(
+            &format!("{name}/app"),
+            demo_app,
+            &app_args,
+            &[],
+            &dir.join(format!("{name}.app.log")),
+        )?;
+        if !wait_http_ok(SocketAddr::new(ip, app_port), "/healthz", READY_TIMEOUT).await {
+            return Err(HarnessError::NotReady {
+                what: format!("{name}/app"),
+                timeout: READY_TIMEOUT,
+                log: app.log().display().to_string(),
+            });
+        }
+        let mut pod = Self {
+            name: name.to_string(),
+            ip,
+            app_port,
+            sse_port: None,
+            admin_port: None,
+            app,
+            sidecar: None,
+        };
+        if let Some(s) = sidecar {
+            let (sse, admin) = (free_port(ip)?, free_port(ip)?);
+            let envs = vec![
+                (
+                    contract::env::REDIS_URL.to_string(),
+                    s.store_redis_url.clone(),
+                ),
+                (
+                    contract::env::FORWARD_KEY.to_string(),
+                    s.forward_key.clone(),
+                ),
+                (contract::env::POD_NAME.to_string(), name.to_string()),
+                (contract::env::POD_IP.to_string(), ip.to_string()),
+                (
+                    contract::env::POD_NAMESPACE.to_string(),
+                    s.service_namespace.clone(),
+                ),
+                (
+                    "RUST_LOG".to_string(),
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                ),
+            ];
+            let proc = Proc::spawn(
+                &format!("{name}/sidecar"),
+                &s.binary,
+                &s.args(ip, app_port, sse, admin),
+                &envs,
+                &dir.join(format!("{name}.sidecar.log")),
+            )?;
+            pod.sse_port = Some(sse);
+            pod.admin_port = Some(admin);
+            pod.sidecar = Some(proc);
+            let ready = SocketAddr::new(ip, admin);
+            if !wait_http_ok(ready, contract::paths::READY, READY_TIMEOUT).await {
+                let log = pod
+                    .sidecar
+                    .as_ref()
+                    .map(|p| p.log_tail(30))
+                    .unwrap_or_default();
+                return Err(HarnessError::NotReady {
+                    what: format!("{name}/sidecar (last log lines:\n{log}\n)"),
+                    timeout: READY_TIMEOUT,
+                    log: dir
+                        .join(format!("{name}.sidecar.log"))
+                        .display()
+                        .to_string(),
+                });
+            }
+        }
+        Ok(pod)
+    }
+
+    /// Where client traffic for this pod goes: the sidecar, or the app itself.
+    pub fn serving_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.sse_port.unwrap_or(self.app_port))
+    }
+
+    /// The port HAProxy health-checks.
+    pub fn check_port(&self) -> u16 {
+        self.admin_port.unwrap_or(self.app_port)
+    }
+
+    /// The path HAProxy health-checks.
+    pub fn check_path(sidecar: bool) -> &'static str {
+        if sidecar {
+            contract::paths::READY
+        } else {
+            "/healthz"
+        }
+    }
+
+    /// The sidecar's admin address, in sidecar mode.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_port.map(|p| SocketAddr::new(self.ip, p))
+    }
+
+    /// SIGKILL every container at once (a node crash, an OOM of the whole pod) and reap them.
+    pub async fn kill(&mut self) {
+        if let Some(s) = self.sidecar.as_mut() {
+            s.sigkill();
+        }
+        self.app.sigkill();
+        if let Some(s) = self.sidecar.as_mut() {
+            s.kill().await;
+        }
+        self.app.kill().await;
+    }
+}

@@ -1,0 +1,283 @@
+//! Building blocks the data-plane tests share: a crowd of chat-room clients and the summary a
+//! test prints and asserts on.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::client::{EventSource, EventSourceConfig, EventSourceReport, Received};
+use crate::demo::payload::ChatEvent;
+use crate::harness::ports::client_ip;
+use crate::verify::{SeqReport, check_sequence, max_gap, percentile};
+
+/// The chat-room payload of an event, if it is one.
+pub fn chat_event(r: &Received) -> Option<ChatEvent> {
+    serde_json::from_str(&r.data).ok()
+}
+
+/// `n` `/events` clients, client `i` bound to source 127.0.1.(1+i).
+pub struct ChatCrowd {
+    clients: Vec<EventSource>,
+}
+
+impl ChatCrowd {
+    /// Start the clients, each from `configure(i, default config)`.
+    pub fn spawn(
+        frontend: SocketAddr,
+        n: usize,
+        configure: impl Fn(usize, EventSourceConfig) -> EventSourceConfig,
+    ) -> Self {
+        let clients = (0..n)
+            .map(|i| {
+                let mut cfg = EventSourceConfig::new(frontend, "/events");
+                cfg.source_ip = Some(client_ip(i));
+                cfg.idle_timeout = Some(Duration::from_secs(10));
+                EventSource::spawn(configure(i, cfg))
+            })
+            .collect();
+        Self { clients }
+    }
+
+    fn last_seqs(&self) -> Vec<Option<u64>> {
+        self.clients
+            .iter()
+            .map(|c| c.with_events(|evs| evs.iter().rev().find_map(chat_event).map(|e| e.seq)))
+            .collect()
+    }
+
+    /// Wait until every client has received at least one event, for at most `timeout`.
+    pub async fn wait_all_receiving(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, |s| s.is_some()).await
+    }
+
+    /// Wait until every client's latest event is at least `seq`, for at most `timeout`.
+    pub async fn wait_caught_up(&self, seq: u64, timeout: Duration) -> bool {
+        self.wait_until(timeout, |s| s.is_some_and(|s| s >= seq))
+            .await
+    }
+
+    async fn wait_until(&self, timeout: Duration, ok: impl Fn(Option<u64>) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.last_seqs().into_iter().all(&ok) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stop every client and judge each against `from..=to` (`from`: each client's first).
+    pub async fn finish(self, to: u64) -> ChatSummary {
+        let mut clients = Vec::new();
+        for c in self.clients {
+            let report = c.stop().await;
+            clients.push(ClientVerdict::judge(report, None, to));
+        }
+        ChatSummary { clients }
+    }
+}
+
+/// One client's verdict.
+#[derive(Debug)]
+pub struct ClientVerdict {
+    /// Its sequence verdict.
+    pub seq: SeqReport,
+    /// Everything it saw.
+    pub report: EventSourceReport,
+    /// Longest silence between two events.
+    pub max_gap: Duration,
+    /// Pods that delivered events to it.
+    pub pods: BTreeSet<String>,
+}
+
+impl ClientVerdict {
+    /// Judge `report` against `from..=to`.
+    pub fn judge(report: EventSourceReport, from: Option<u64>, to: u64) -> Self {
+        let chat: Vec<(ChatEvent, Instant)> = report
+            .events
+            .iter()
+            .filter_map(|r| chat_event(r).map(|e| (e, r.at)))
+            .collect();
+        let seqs: Vec<u64> = chat.iter().map(|(e, _)| e.seq).collect();
+        let times: Vec<Instant> = chat.iter().map(|(_, t)| *t).collect();
+        Self {
+            seq: check_sequence(&seqs, from, to),
+            max_gap: max_gap(&times),
+            pods: chat.into_iter().map(|(e, _)| e.pod).collect(),
+            report,
+        }
+    }
+}
+
+/// Every client's verdict, and the figures a test prints.
+#[derive(Debug)]
+pub struct ChatSummary {
+    /// Per client, in client order.
+    pub clients: Vec<ClientVerdict>,
+}
+
+impl ChatSummary {
+    /// Clients whose sequence is perfect and non-empty.
+    pub fn perfect(&self) -> usize {
+        self.clients
+            .iter()
+            .filter(|c| c.seq.is_perfect() && c.seq.received > 0)
+            .count()
+    }
+
+    /// Events received by all clients.
+    pub fn events(&self) -> usize {
+        self.clients.iter().map(|c| c.seq.received).sum()
+    }
+
+    /// Reconnects of all clients.
+    pub fn reconnects(&self) -> usize {
+        self.clients.iter().map(|c| c.report.reconnects()).sum()
+    }
+
+    /// Events never received, over all clients.
+    pub fn missing(&self) -> u64 {
+        self.clients.iter().map(|c| c.seq.missing_count()).sum()
+    }
+
+    /// Extra copies received, over all clients.
+    pub fn duplicates(&self) -> u64 {
+        self.clients.iter().map(|c| c.seq.duplicates).sum()
+    }
+
+    /// Non-stream answers (HTTP statuses) over all clients.
+    pub fn http_errors(&self) -> Vec<u16> {
+        self.clients
+            .iter()
+            .flat_map(|c| c.report.http_errors())
+            .collect()
+    }
+
+    /// The first few imperfect clients, for a failure message.
+    pub fn worst(&self, n: usize) -> String {
+        self.clients
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.seq.is_perfect() || c.seq.received == 0)
+            .take(n)
+            .map(|(i, c)| {
+                format!(
+                    "client {i}: {} attempts {:?}",
+                    c.seq,
+                    c.report
+                        .attempts
+                        .iter()
+                        .map(|a| (&a.last_event_id, &a.result))
+                        .collect::<Vec<_>>()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl fmt::Display for ChatSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let gaps: Vec<Duration> = self.clients.iter().map(|c| c.max_gap).collect();
+        let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis());
+        let pods: usize = self.clients.iter().map(|c| c.pods.len()).sum();
+        write!(
+            f,
+            "clients {}, perfect {}, events {}, missing {}, duplicates {}, reconnects {}, \
+             http errors {}, network errors {}, stalls {}, pods per client {:.1}, \
+             per-client max gap p50 {} ms / p99 {} ms / max {} ms",
+            self.clients.len(),
+            self.perfect(),
+            self.events(),
+            self.missing(),
+            self.duplicates(),
+            self.reconnects(),
+            self.http_errors().len(),
+            self.clients
+                .iter()
+                .map(|c| c.report.network_errors())
+                .sum::<usize>(),
+            self.clients.iter().map(|c| c.report.stalls).sum::<u32>(),
+            pods as f64 / self.clients.len().max(1) as f64,
+            ms(percentile(&gaps, 50.0)),
+            ms(percentile(&gaps, 99.0)),
+            ms(gaps.iter().max().copied()),
+        )
+    }
+}
+
+/// Heavy data-plane tests take turns within one test binary: they measure timing on a small
+/// machine, and two at once would measure each other.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
+/// The sum of every sample of metric `name` (any labels) in OpenMetrics `text`, or of those
+/// whose labels contain `label` (e.g. `outcome="accepted"`).
+pub fn metric_sum(text: &str, name: &str, label: Option<&str>) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest),
+                None => (series, ""),
+            };
+            (metric == name && label.is_none_or(|want| labels.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// A chat client's events grouped by the pod that delivered them, in delivery order, e.g.
+/// `pod-1 x120, pod-4 x80` - shows a handoff at a glance.
+pub fn pod_runs(events: &[Received]) -> String {
+    let mut runs: Vec<(String, usize)> = Vec::new();
+    for p in events.iter().filter_map(|r| {
+        serde_json::from_str::<serde_json::Value>(&r.data)
+            .ok()?
+            .get("pod")?
+            .as_str()
+            .map(str::to_string)
+    }) {
+        match runs.last_mut() {
+            Some((last, n)) if *last == p => *n += 1,
+            _ => runs.push((p, 1)),
+        }
+    }
+    runs.iter()
+        .map(|(p, n)| format!("{p} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sum_filters_by_name_and_label() {
+        let text = "# TYPE ssekeeper_forwards counter\n\
+                    ssekeeper_forwards_total{outcome=\"accepted\"} 3\n\
+                    ssekeeper_forwards_total{outcome=\"bad_signature\"} 2\n\
+                    ssekeeper_forwards_total_other 9\n\
+                    ssekeeper_store_up 1\n";
+        assert_eq!(metric_sum(text, "ssekeeper_forwards_total", None), 5.0);
+        assert_eq!(
+            metric_sum(
+                text,
+                "ssekeeper_forwards_total",
+                Some("outcome=\"accepted\"")
+            ),
+            3.0
+        );
+        assert_eq!(metric_sum(text, "ssekeeper_store_up", None), 1.0);
+        assert_eq!(metric_sum(text, "missing", None), 0.0);
+    }
+}
