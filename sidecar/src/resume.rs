@@ -568,7 +568,9 @@ impl Follower {
                 overlap: Overlap::from_delivered(&rest),
                 client: Some(self.client),
                 claim: Some(claim),
-                learn_endpoint: false,
+                // The app's fresh stream announces a new session (MCP: a new `endpoint`), which
+                // the client follows: route it here like any stream's first endpoint.
+                learn_endpoint: true,
             },
         );
         shared.metrics.takeover("ok");
