@@ -13,6 +13,7 @@ pub mod contract;
 pub mod cursor;
 pub mod drain;
 pub mod forward;
+pub mod gates;
 pub mod headers;
 pub mod health;
 pub mod leases;

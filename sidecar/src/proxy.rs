@@ -130,6 +130,21 @@ where
         }
     }
 
+    // A keyed request that is not a stream of its own is answered on its session's stream (MCP:
+    // `202`, then the reply as an event): refused once that session is being handed over here,
+    // and counted while in flight so the handover waits for its reply to be captured.
+    let opens_stream = parts.method == Method::GET && accepts_event_stream(&parts.headers);
+    let _pass = match (&key, opens_stream) {
+        (Some(k), false) => match shared.gates.enter(k) {
+            Some(pass) => Some(pass),
+            None => {
+                shared.metrics.request("not_found");
+                return status(StatusCode::NOT_FOUND, "session not found\n");
+            }
+        },
+        _ => None,
+    };
+
     // 3. Proxy to the app.
     shared.metrics.request(match origin {
         Origin::Client => "local",

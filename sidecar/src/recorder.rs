@@ -262,7 +262,7 @@ pub fn spawn(shared: &Arc<Shared>, start: StreamStart) -> RecorderHandle {
         cursor: String::with_capacity(64),
         shared: shared.clone(),
         id,
-        session: start.session,
+        session: start.session.clone(),
         upstream: Some(start.upstream),
         next_seq: start.next_seq.max(1),
         sticky: start.sticky,
@@ -271,10 +271,14 @@ pub fn spawn(shared: &Arc<Shared>, start: StreamStart) -> RecorderHandle {
         backlog: VecDeque::new(),
         stalled_since: None,
         detached_at,
+        resume_window: settings.resume_window,
         claim: start.claim,
         fenced_wait: Box::pin(fenced.cancelled_owned()),
         learn_endpoint: start.learn_endpoint
             && session_key::has_query_source(&shared.settings.session_keys),
+        keys: vec![start.session.clone()],
+        keys_closed: false,
+        handover_by: None,
         cmds,
     };
     shared.metrics.recorders.inc();
@@ -286,6 +290,9 @@ pub fn spawn(shared: &Arc<Shared>, start: StreamStart) -> RecorderHandle {
 enum Phase {
     /// Capturing and serving clients.
     Capturing,
+    /// Handing over: the session's keys refuse new requests; capturing until the ones accepted
+    /// are answered, then `Handover` is recorded.
+    HandingOver(&'static str),
     /// Handover recorded (drain): capturing until fenced or stopped; clients resume elsewhere.
     HandedOver,
 }
@@ -322,6 +329,8 @@ struct Recorder {
     /// Since when the client's queue has been full.
     stalled_since: Option<Instant>,
     detached_at: Option<Instant>,
+    /// The resume window granted when the client left (see `window_on_detach`).
+    resume_window: Duration,
     ring: VecDeque<(Seq, Bytes)>,
     pending: Vec<Recorded>,
     pending_since: Option<Instant>,
@@ -335,24 +344,34 @@ struct Recorder {
     fenced_wait: Pin<Box<WaitForCancellationFutureOwned>>,
     phase: Phase,
     learn_endpoint: bool,
+    /// The keys requests for this stream's session carry: its own id and the key learned from
+    /// the `endpoint` event. A handover closes them (see `gates`).
+    keys: Vec<SessionId>,
+    /// Whether `keys` were closed (a handover began).
+    keys_closed: bool,
+    /// Until when a pending handover waits for accepted requests (`Phase::HandingOver`).
+    handover_by: Option<Instant>,
     cursor: String,
     cmds: mpsc::Receiver<Command>,
 }
 
 /// The MCP SSE transport names its session in the first `endpoint` event: own the key before
 /// the client can use it, so a follow-up landing on another pod is routed here.
-async fn register_endpoint_key(shared: &Shared, data: &str) {
-    let Some(key) = session_key::from_endpoint_data(data, &shared.settings.session_keys) else {
-        return;
-    };
+/// Returns the key, so the recorder can close it when it hands the stream over.
+async fn register_endpoint_key(shared: &Shared, data: &str) -> Option<SessionId> {
+    let key = session_key::from_endpoint_data(data, &shared.settings.session_keys)?;
     match SessionId::from_external(&key) {
         Ok(id) => {
             if let Err(e) = shared.book.register(&id).await {
                 shared.metrics.error(e.kind());
                 tracing::warn!(error = %e, "could not register the session key from the endpoint event");
             }
+            Some(id)
         }
-        Err(_) => shared.metrics.error("invalid_session_key"),
+        Err(_) => {
+            shared.metrics.error("invalid_session_key");
+            None
+        }
     }
 }
 
@@ -396,6 +415,16 @@ async fn timer(sleep: &mut Pin<Box<Sleep>>, armed: bool) {
 /// How often a recorder checks, without events, whether its client left and whether its resume
 /// window is over.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
+/// Longest a handover waits for the session's accepted requests to be answered: a request the
+/// app answers later than this (async work) is not waited for.
+const HANDOVER_WAIT_MAX: Duration = Duration::from_secs(2);
+/// How long after the last accepted request was answered (and after the keys closed) the app's
+/// reply event is given to reach the recorder before `Handover` is recorded.
+const HANDOVER_SETTLE: Duration = Duration::from_millis(100);
+/// How often a pending handover checks whether it may be recorded.
+const HANDOVER_POLL: Duration = Duration::from_millis(10);
+/// How long a handed-over session's keys keep refusing requests after its recorder ended.
+const KEYS_CLOSED_AFTER_EXIT: Duration = Duration::from_secs(5);
 
 impl Recorder {
     async fn run(mut self) {
@@ -407,6 +436,8 @@ impl Recorder {
         let mut flush_deadline: Option<Instant> = None;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut handover_poll = tokio::time::interval(HANDOVER_POLL);
+        handover_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let flow = loop {
             let due = self.flush_at();
             if due != flush_deadline {
@@ -435,6 +466,11 @@ impl Recorder {
                     Flow::Continue
                 },
                 _ = housekeeping.tick() => self.housekeeping().await,
+                // A timer kept across iterations: one made anew each turn would never fire while
+                // events arrive faster than it.
+                _ = handover_poll.tick(), if self.handover_by.is_some() => {
+                    self.finish_handover().await
+                },
                 room = room(&self.client, self.backlog.front().map(Bytes::len)) => {
                     self.on_room(room);
                     Flow::Continue
@@ -464,8 +500,8 @@ impl Recorder {
         match self.detach_deadline() {
             Some(deadline) if Instant::now() >= deadline => {
                 tracing::debug!(session = %self.session, "resume window over: handing over");
-                self.record_handover("resume_window").await;
-                Flow::Finish
+                self.begin_handover("resume_window");
+                Flow::Continue
             }
             _ => Flow::Continue,
         }
@@ -491,7 +527,20 @@ impl Recorder {
         if self.phase != Phase::Capturing || self.shared.lifecycle.is_draining() {
             return None;
         }
-        Some(self.detached_at? + self.shared.settings.resume_window)
+        Some(self.detached_at? + self.resume_window)
+    }
+
+    /// How long a recorder whose client left keeps capturing: the resume window, or nothing
+    /// when this pod already runs more recorders than it admits streams. Clients that connect
+    /// and leave must not pile up captured upstreams (each an open connection to the app)
+    /// beyond the stream bound; a later resume takes the session over from the store instead.
+    fn window_on_detach(&self) -> Duration {
+        let running = usize::try_from(self.shared.metrics.recorders.get()).unwrap_or(0);
+        if running > self.shared.settings.max_streams {
+            Duration::ZERO
+        } else {
+            self.shared.settings.resume_window
+        }
     }
 
     fn detach(&mut self) {
@@ -499,6 +548,7 @@ impl Recorder {
         self.stalled_since = None;
         if self.client.take().is_some() {
             self.detached_at = Some(Instant::now());
+            self.resume_window = self.window_on_detach();
         }
     }
 
@@ -515,9 +565,7 @@ impl Recorder {
             }
             Command::Handover => {
                 if self.phase == Phase::Capturing {
-                    self.record_handover("drain").await;
-                    self.phase = Phase::HandedOver;
-                    self.client = None;
+                    self.begin_handover("drain");
                 }
                 Flow::Continue
             }
@@ -579,7 +627,7 @@ impl Recorder {
                 self.shared.metrics.error("upstream_body");
                 self.upstream = None;
                 self.client = None;
-                if self.phase == Phase::Capturing {
+                if matches!(self.phase, Phase::Capturing | Phase::HandingOver(_)) {
                     self.record_handover("upstream_error").await;
                 }
                 Flow::Finish
@@ -625,7 +673,9 @@ impl Recorder {
         if self.learn_endpoint && event.event.as_deref() == Some("endpoint") {
             self.learn_endpoint = false;
             let shared = self.shared.clone();
-            register_endpoint_key(&shared, &event.data).await;
+            if let Some(key) = register_endpoint_key(&shared, &event.data).await {
+                self.keys.push(key);
+            }
         }
         let seq = self.next_seq;
         write_cursor(&mut self.cursor, &self.session, seq);
@@ -846,14 +896,57 @@ impl Recorder {
     /// Mark the lease draining, then record the handover, so a reader seeing it knows the owner
     /// is leaving.
     async fn record_handover(&mut self, reason: &'static str) {
+        self.shared.gates.close(&self.keys);
+        self.keys_closed = true;
         let _ = self.shared.book.mark_draining(&self.session).await;
         self.push(Entry::Handover);
         self.urgent = true;
         self.shared.metrics.handover(reason);
     }
 
+    /// Start handing over: close the session's keys at once (new requests get `404`), keep
+    /// capturing until the requests already accepted have been answered (their replies are
+    /// events on this stream), then record `Handover` (`finish_handover`).
+    fn begin_handover(&mut self, reason: &'static str) {
+        self.shared.gates.close(&self.keys);
+        self.keys_closed = true;
+        self.phase = Phase::HandingOver(reason);
+        self.handover_by = Some(Instant::now() + HANDOVER_WAIT_MAX);
+    }
+
+    /// Record `Handover` once the session's accepted requests are answered (or the bounded
+    /// wait is over). A drain keeps capturing until fenced; a resume window ends.
+    async fn finish_handover(&mut self) -> Flow {
+        let Phase::HandingOver(reason) = self.phase else {
+            return Flow::Continue;
+        };
+        let settle = HANDOVER_SETTLE.max(self.shared.settings.batch_window * 4);
+        let over = self.handover_by.is_none_or(|t| Instant::now() >= t);
+        if !over && !self.shared.gates.quiet(&self.keys, settle) {
+            return Flow::Continue;
+        }
+        self.handover_by = None;
+        self.record_handover(reason).await;
+        self.phase = Phase::HandedOver;
+        if reason == "drain" {
+            self.client = None;
+            Flow::Continue
+        } else {
+            Flow::Finish
+        }
+    }
+
     async fn exit(mut self, flow: Flow) {
+        if let (Flow::Finish, Phase::HandingOver(reason), Some(_)) =
+            (flow, self.phase, &self.upstream)
+        {
+            // Stopped (the drain's margin is over) before the pending handover was recorded:
+            // record it now, so a resuming client takes the session over instead of waiting
+            // for the lease to expire.
+            self.record_handover(reason).await;
+        }
         self.shared.recorders.remove(&self.session, self.id);
+        self.forget_keys_later();
         self.cmds.close();
         self.upstream = None;
         self.client = None;
@@ -866,6 +959,20 @@ impl Recorder {
             self.shared.book.unpin(&self.session, c.id);
         }
         self.shared.metrics.recorders.dec();
+    }
+
+    /// Closed keys stay closed a little after the upstream is dropped (the app may take a moment
+    /// to notice its session is gone and would still accept requests for it), then are forgotten.
+    fn forget_keys_later(&self) {
+        if !self.keys_closed {
+            return;
+        }
+        let gates = self.shared.gates.clone();
+        let keys = self.keys.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(KEYS_CLOSED_AFTER_EXIT).await;
+            gates.forget(&keys);
+        });
     }
 
     /// Write everything still held, in order, within a bounded time.

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 
 use crate::cursor::SessionId;
-use crate::sse::{self, Event};
+use crate::sse;
 use crate::store::{Entry, Recorded, Seq};
 
 /// Write the cursor `<session>.<seq>` into `buf` (cleared first), reusing its allocation.
@@ -25,12 +25,9 @@ pub fn entry_bytes(session: &SessionId, recorded: &Recorded, cursor: &mut String
     match &recorded.entry {
         Entry::Event { event, data, .. } => {
             write_cursor(cursor, session, recorded.seq);
-            let ev = Event {
-                id: None,
-                event: event.clone(),
-                data: data.clone(),
-            };
-            Some(sse::event_bytes(&ev, Some(cursor)))
+            let mut out = Vec::with_capacity(data.len() + cursor.len() + 32);
+            sse::encode_event_parts(event.as_deref(), data, Some(cursor), &mut out);
+            Some(Bytes::from(out))
         }
         Entry::Retry(ms) => {
             let mut out = Vec::with_capacity(24);

@@ -205,11 +205,21 @@ async fn read_range(shared: &Shared, session: &SessionId, from: Seq, upto: Seq) 
         .await;
         shared.health.observe(&r);
         let Ok(entries) = r else { break };
-        for e in entries.iter().filter(|e| e.seq <= upto) {
+        let mut past_range = false;
+        for e in &entries {
+            if e.seq > upto {
+                // The rest of the range is not in the store (trimmed or never recorded): what
+                // follows comes from the recorder's memory. Asking again would only spin.
+                past_range = true;
+                break;
+            }
             if let Some(b) = entry_bytes(session, e, &mut buf) {
                 out.push_back(b);
             }
             cursor = e.seq;
+        }
+        if past_range {
+            break;
         }
     }
     if cursor < upto {
@@ -558,7 +568,9 @@ impl Follower {
                 overlap: Overlap::from_delivered(&rest),
                 client: Some(self.client),
                 claim: Some(claim),
-                learn_endpoint: false,
+                // The app's fresh stream announces a new session (MCP: a new `endpoint`), which
+                // the client follows: route it here like any stream's first endpoint.
+                learn_endpoint: true,
             },
         );
         shared.metrics.takeover("ok");

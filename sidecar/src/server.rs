@@ -90,6 +90,7 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
         peers: HttpClient::new(settings.forward_timeout),
         streams: Streams::new(settings.max_streams, metrics.clone()),
         recorders: Recorders::default(),
+        gates: Default::default(),
         lifecycle: Lifecycle::new(metrics.clone()),
         store,
         health,

@@ -28,6 +28,8 @@ pub struct Shared {
     pub streams: Arc<Streams>,
     /// Recorders running here.
     pub recorders: Recorders,
+    /// Keyed requests in flight, and keys refused after their session's handover.
+    pub gates: Arc<crate::gates::Gates>,
     /// Client for the app.
     pub app: HttpClient,
     /// Client for other sidecars' admin ports.

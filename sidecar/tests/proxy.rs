@@ -74,7 +74,18 @@ async fn sse_ids_become_cursors_and_everything_else_is_kept() {
     assert!(cursors.iter().all(|c| &c.session == session));
     assert!(cursors.windows(2).all(|w| w[1].seq > w[0].seq));
     // The app's own ids were recorded beside the cursors (sticky, as a browser tracks them).
-    let recorded = sc.shared.store.read_after(session, 0, 100).await.unwrap();
+    // The response ends before the recorder's last batch is written: wait for the `End`.
+    let deadline = std::time::Instant::now() + T;
+    let recorded = loop {
+        let r = sc.shared.store.read_after(session, 0, 100).await.unwrap();
+        if r.last()
+            .is_some_and(|l| l.entry == ssekeeper_sidecar::store::Entry::End)
+            || std::time::Instant::now() > deadline
+        {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let app_ids: Vec<Option<String>> = recorded
         .iter()
         .filter_map(|r| match &r.entry {
@@ -244,4 +255,40 @@ async fn concurrent_streams_with_one_session_key_record_apart() {
     })
     .await;
     assert_eq!(sc.count("errors", "malformed"), 0);
+}
+
+#[tokio::test]
+async fn clients_that_leave_do_not_pile_up_captured_upstreams_beyond_the_stream_bound() {
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    let mut a = args(app.addr, "pod-a");
+    a.max_streams = 2;
+    a.resume_window_seconds = 30;
+    let sc = start_sidecar(a, memory_store()).await;
+    for i in 0..6 {
+        let mut s = Stream::open(
+            sc.sse,
+            &format!("/events?feed=leave{i}&interval_ms=10"),
+            None,
+        )
+        .await;
+        assert_eq!(s.status, 200);
+        s.read_until(&mut Log::default(), 1, T).await;
+        drop(s); // the client leaves; its recorder keeps capturing for the resume window
+        eventually("the stream slot is free", T, || {
+            sc.shared.streams.is_empty()
+        })
+        .await;
+    }
+    eventually(
+        "recorders beyond the stream bound hand over at once",
+        Duration::from_secs(5),
+        || sc.shared.recorders.len() <= 2,
+    )
+    .await;
+    println!(
+        "6 clients left: {} recorders still capturing, {} handed over early",
+        sc.shared.recorders.len(),
+        sc.count("handovers", "resume_window")
+    );
+    assert!(sc.count("handovers", "resume_window") >= 4);
 }

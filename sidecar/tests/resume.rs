@@ -51,6 +51,41 @@ async fn reconnect_to_the_same_pod_misses_nothing() {
 }
 
 #[tokio::test]
+async fn a_same_pod_resume_past_the_stored_history_does_not_spin_on_the_store() {
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    // The store keeps one entry per session; the recorder remembers the last 5 events.
+    let store = common::FlakyStore::new(Arc::new(ssekeeper_sidecar::store::MemoryStore::new(
+        1,
+        Duration::from_secs(300),
+    )));
+    let mut a = args(app.addr, "pod-a");
+    a.resume_buffer_events = 5;
+    let sc = start_sidecar(a, store.clone()).await;
+    let mut log = Log::default();
+    let mut s = Stream::open(sc.sse, "/events?feed=trim&interval_ms=10", None).await;
+    s.read_until(&mut log, 5, T).await;
+    let cursor = log.events[0].id.clone().unwrap();
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(300)).await; // ~30 more events, trimmed away
+    let before = store.calls.load(std::sync::atomic::Ordering::SeqCst);
+    let t = Instant::now();
+    let mut s = Stream::open(sc.sse, "/events?feed=trim&interval_ms=10", Some(&cursor)).await;
+    let answered = t.elapsed();
+    let calls = store.calls.load(std::sync::atomic::Ordering::SeqCst) - before;
+    let mut resumed = Log::default();
+    s.read_until(&mut resumed, 10, T).await;
+    println!("resume past the stored history: answered in {answered:?} with {calls} store calls");
+    assert_eq!(sc.count("resumes", "local"), 1);
+    assert!(
+        sc.shared.metrics.replay_gaps.get() >= 1,
+        "the trimmed part is a gap"
+    );
+    assert!(calls < 30, "{calls} store calls for one resume");
+    // What the recorder remembers still follows, in order.
+    assert_contiguous(&resumed.data());
+}
+
+#[tokio::test]
 async fn resume_on_another_pod_tails_the_live_owner() {
     let feeds = Arc::new(Feeds::default());
     let app_a = TestApp::start("app-a", feeds.clone()).await;

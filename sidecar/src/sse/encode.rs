@@ -17,13 +17,24 @@ use super::{Event, Frame};
 /// which is what a browser would have read; CR/LF (and NUL for ids, which would void them) are
 /// dropped from the type and the id, which cannot hold them.
 pub fn encode_event(event: &Event, wire_id: Option<&str>, out: &mut Vec<u8>) {
+    encode_event_parts(event.event.as_deref(), &event.data, wire_id, out);
+}
+
+/// [`encode_event`] from borrowed parts, for callers holding an event in another shape (a
+/// stored entry being replayed): no [`Event`] has to be built, so nothing is copied.
+pub fn encode_event_parts(
+    kind: Option<&str>,
+    data: &str,
+    wire_id: Option<&str>,
+    out: &mut Vec<u8>,
+) {
     if let Some(id) = wire_id {
         write_field(out, b"id", id, &['\r', '\n', '\0']);
     }
-    if let Some(kind) = &event.event {
+    if let Some(kind) = kind {
         write_field(out, b"event", kind, &['\r', '\n']);
     }
-    for line in Lines::new(&event.data) {
+    for line in Lines::new(data) {
         write_field(out, b"data", line, &[]);
     }
     out.push(b'\n');

@@ -64,6 +64,8 @@ struct AppState {
     name: String,
     feeds: Arc<Feeds>,
     mcp_sessions: Arc<Mutex<HashSet<String>>>,
+    /// MCP sessions that answer on their stream (`/mcp-sse` + `/rpc`): the stream's sender.
+    rpc_streams: Arc<Mutex<HashMap<String, mpsc::Sender<Bytes>>>>,
     seen: Arc<Mutex<Vec<String>>>,
 }
 
@@ -78,6 +80,7 @@ impl TestApp {
             name: name.to_string(),
             feeds,
             mcp_sessions: Arc::default(),
+            rpc_streams: Arc::default(),
             seen: seen.clone(),
         };
         let s = stop.clone();
@@ -213,6 +216,43 @@ async fn route(state: AppState, req: Request<Incoming>) -> Response<AppBody> {
                 }
             });
             sse(body)
+        }
+        // The MCP SSE transport as the SDKs run it: `POST /rpc` is answered `202` (after
+        // `delay` ms of work), and its reply `reply <n>` follows as an event on the session's
+        // stream a moment later. The session lives only in this instance and its stream.
+        ("GET", "/mcp-sse") => {
+            let id = format!("{:032x}", rand::random::<u128>());
+            let (tx, body) = channel_body();
+            let ev = format!("event: endpoint\ndata: /rpc?sessionId={id}\n\n");
+            let _ = tx.try_send(Bytes::from(ev));
+            state.rpc_streams.lock().unwrap().insert(id, tx);
+            sse(body)
+        }
+        ("POST", "/rpc") => {
+            let tx = query(&req, "sessionId")
+                .and_then(|s| state.rpc_streams.lock().unwrap().get(&s).cloned())
+                .filter(|tx| !tx.is_closed());
+            let Some(tx) = tx else {
+                return Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .body(full("unknown session\n"))
+                    .unwrap();
+            };
+            let n = query(&req, "n").unwrap_or_default();
+            let delay = query(&req, "delay")
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let ev = format!("event: message\ndata: reply {n}\n\n");
+                let _ = tx.send(Bytes::from(ev)).await;
+            });
+            Response::builder()
+                .status(StatusCode::ACCEPTED)
+                .header("x-app-name", state.name.as_str())
+                .body(full("accepted\n"))
+                .unwrap()
         }
         ("POST", "/messages") => {
             let known = query(&req, "sessionId")

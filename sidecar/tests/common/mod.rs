@@ -162,6 +162,8 @@ pub struct FlakyStore {
     pub hang: AtomicBool,
     /// Milliseconds every call takes (a store across a network), 0 = none.
     pub delay_ms: std::sync::atomic::AtomicU64,
+    /// Calls made so far.
+    pub calls: std::sync::atomic::AtomicU64,
 }
 
 impl FlakyStore {
@@ -171,6 +173,7 @@ impl FlakyStore {
             down: AtomicBool::new(false),
             hang: AtomicBool::new(false),
             delay_ms: Default::default(),
+            calls: Default::default(),
         })
     }
 
@@ -188,6 +191,7 @@ impl FlakyStore {
     }
 
     async fn check(&self) -> StoreResult<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let delay = self.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
