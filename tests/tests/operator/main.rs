@@ -79,6 +79,29 @@ fn condition(svc: &SseService, ty: &str) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
+/// Wait until the object `name` of kind `K` no longer exists.
+async fn wait_gone<K>(client: &Client, ns: &str, name: &str, what: &str)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    eventually(what, WAIT, || async {
+        get::<K>(client, ns, name).await.is_none().then_some(())
+    })
+    .await
+}
+
+/// Delete an SseService and wait until it is gone (its finalizer, if any, has run).
+async fn delete_and_wait_gone(client: &Client, ns: &str, name: &str, what: &str) {
+    Api::<SseService>::namespaced(client.clone(), ns)
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone::<SseService>(client, ns, name, what).await;
+}
+
 /// Wait until the SseService's Degraded condition has `status`; returns (status, reason).
 async fn wait_degraded(client: &Client, ns: &str, name: &str, status: &str) -> (String, String) {
     eventually(&format!("{name}: Degraded={status}"), WAIT, || async {
@@ -343,13 +366,7 @@ async fn examples_render_children_that_follow_the_spec() {
             .then_some(())
     })
     .await;
-    eventually("PDB removed", WAIT, || async {
-        get::<PodDisruptionBudget>(&client, &ns.name, "chat")
-            .await
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone::<PodDisruptionBudget>(&client, &ns.name, "chat", "PDB removed").await;
     wait_event(&client, &ns.name, "chat", "RolloutStarted").await;
     wait_event(&client, &ns.name, "chat", "Updated").await;
 
@@ -365,13 +382,7 @@ async fn examples_render_children_that_follow_the_spec() {
     // Deletion: the finalizer gives up on the unreachable Redis after the purge timeout, then
     // the controller-manager's garbage collector removes every child.
     api.delete("chat", &DeleteParams::default()).await.unwrap();
-    eventually("chat deleted", WAIT, || async {
-        get::<SseService>(&client, &ns.name, "chat")
-            .await
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait_gone::<SseService>(&client, &ns.name, "chat", "chat deleted").await;
     eventually(
         "children garbage-collected",
         Duration::from_secs(90),
@@ -574,17 +585,7 @@ async fn finalizer_purges_exactly_this_services_sessions_from_redis() {
         .await
         .unwrap();
     let _op = Operator::start(&ns.name, "op-b", &[]);
-    Api::<SseService>::namespaced(client.clone(), &ns.name)
-        .delete("chat", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("chat deleted", WAIT, || async {
-        get::<SseService>(&client, &ns.name, "chat")
-            .await
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_and_wait_gone(&client, &ns.name, "chat", "chat deleted").await;
     assert_eq!(
         redis.cli(&["DBSIZE"]).trim(),
         "2",
@@ -799,23 +800,19 @@ async fn helm_chart_lints_templates_installs_and_its_rbac_is_enough() {
         )
         .await
         .unwrap();
-    eventually("Ingress deleted with the chart's RBAC", WAIT, || async {
-        get::<Ingress>(&client, &ns.name, "mcp")
-            .await
-            .is_none()
-            .then_some(())
-    })
+    wait_gone::<Ingress>(
+        &client,
+        &ns.name,
+        "mcp",
+        "Ingress deleted with the chart's RBAC",
+    )
     .await;
-    Api::<SseService>::namespaced(client.clone(), &ns.name)
-        .delete("mcp", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("finalizer released with the chart's RBAC", WAIT, || async {
-        get::<SseService>(&client, &ns.name, "mcp")
-            .await
-            .is_none()
-            .then_some(())
-    })
+    delete_and_wait_gone(
+        &client,
+        &ns.name,
+        "mcp",
+        "finalizer released with the chart's RBAC",
+    )
     .await;
     let can = |verb: &str, res: &str| {
         kubectl(&[
