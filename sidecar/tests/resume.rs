@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use ssekeeper_sidecar::cursor::SessionId;
 use ssekeeper_sidecar::store::{
-    Entry, Epoch, Lease, LeaseState, Owner, Recorded, Seq, SessionStore, StoreResult,
+    Entry, Epoch, LeaseState, Owner, Recorded, Seq, SessionStore, StoreResult,
 };
 
 use common::app::{Feeds, TestApp};
 use common::client::{Log, Stream, assert_contiguous};
-use common::{args, eventually, memory_store, start_sidecar};
+use common::{Hooked, Op, StoreHook, args, eventually, memory_store, start_sidecar};
 use ssekeeper_sidecar::cursor::Cursor;
 
 const T: Duration = Duration::from_secs(15);
@@ -298,86 +298,31 @@ async fn forged_foreign_and_unknown_cursors_get_defined_answers() {
 
 /// A store that, when a session is taken over, first lets the old owner write a few more
 /// entries: the race step 5 of the handoff must absorb (the old owner records until fenced).
-struct RacingStore {
-    inner: Arc<dyn SessionStore>,
+struct Racing {
     late: Mutex<Option<(SessionId, Epoch, Vec<Recorded>)>>,
 }
 
-impl SessionStore for RacingStore {
-    fn acquire<'a>(
+impl StoreHook for Racing {
+    fn before<'a>(
         &'a self,
-        s: &'a SessionId,
-        o: &'a Owner,
-        ttl: Duration,
-    ) -> BoxFuture<'a, StoreResult<Lease>> {
-        self.inner.acquire(s, o, ttl)
-    }
-    fn acquire_if<'a>(
-        &'a self,
-        s: &'a SessionId,
-        o: &'a Owner,
-        ttl: Duration,
-        expected: Epoch,
-    ) -> BoxFuture<'a, StoreResult<Lease>> {
+        inner: &'a dyn SessionStore,
+        op: Op,
+        s: Option<&'a SessionId>,
+    ) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
-            let late = self.late.lock().unwrap().take_if(|(id, _, _)| id == s);
-            if let Some((id, epoch, entries)) = late {
-                self.inner.append(&id, epoch, &entries).await?;
+            if op != Op::AcquireIf {
+                return Ok(());
             }
-            self.inner.acquire_if(s, o, ttl, expected).await
+            let late = self
+                .late
+                .lock()
+                .unwrap()
+                .take_if(|(id, _, _)| Some(&*id) == s);
+            if let Some((id, epoch, entries)) = late {
+                inner.append(&id, epoch, &entries).await?;
+            }
+            Ok(())
         })
-    }
-    fn epoch<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Epoch>> {
-        self.inner.epoch(s)
-    }
-    fn renew<'a>(
-        &'a self,
-        s: &'a SessionId,
-        e: Epoch,
-        st: LeaseState,
-        ttl: Duration,
-    ) -> BoxFuture<'a, StoreResult<()>> {
-        self.inner.renew(s, e, st, ttl)
-    }
-    fn release<'a>(&'a self, s: &'a SessionId, e: Epoch) -> BoxFuture<'a, StoreResult<()>> {
-        self.inner.release(s, e)
-    }
-    fn lease<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Lease>>> {
-        self.inner.lease(s)
-    }
-    fn append<'a>(
-        &'a self,
-        s: &'a SessionId,
-        e: Epoch,
-        entries: &'a [Recorded],
-    ) -> BoxFuture<'a, StoreResult<()>> {
-        self.inner.append(s, e, entries)
-    }
-    fn read_after<'a>(
-        &'a self,
-        s: &'a SessionId,
-        after: Seq,
-        limit: usize,
-    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
-        self.inner.read_after(s, after, limit)
-    }
-    fn wait_after<'a>(
-        &'a self,
-        s: &'a SessionId,
-        after: Seq,
-        limit: usize,
-        block: Duration,
-    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
-        self.inner.wait_after(s, after, limit, block)
-    }
-    fn last<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Recorded>>> {
-        self.inner.last(s)
-    }
-    fn last_app_id<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<String>>> {
-        self.inner.last_app_id(s)
-    }
-    fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
-        self.inner.ping()
     }
 }
 
@@ -428,13 +373,15 @@ async fn takeover_delivers_the_old_owners_late_writes_once_and_drops_the_overlap
         .await
         .unwrap();
     // ...and will still record events 11 and 12 right before it is fenced.
-    let store = Arc::new(RacingStore {
+    let store = Arc::new(Hooked {
         inner,
-        late: Mutex::new(Some((
-            session.clone(),
-            lease.epoch,
-            vec![app_event(12, 11), app_event(13, 12)],
-        ))),
+        hook: Racing {
+            late: Mutex::new(Some((
+                session.clone(),
+                lease.epoch,
+                vec![app_event(12, 11), app_event(13, 12)],
+            ))),
+        },
     });
 
     let app = TestApp::start("app-b", Arc::new(Feeds::default())).await;
@@ -515,14 +462,13 @@ async fn an_abandoned_stream_is_handed_over_after_the_resume_window() {
 
 /// A store whose takeovers wait for each other once armed: two pods that decided to take a
 /// session over reach the store at the same moment, deterministically.
-struct GateStore {
-    inner: Arc<dyn SessionStore>,
+struct Gate {
     armed: std::sync::atomic::AtomicBool,
     arrived: std::sync::atomic::AtomicUsize,
     all_in: tokio::sync::Notify,
 }
 
-impl GateStore {
+impl Gate {
     async fn gate(&self) {
         use std::sync::atomic::Ordering::SeqCst;
         if !self.armed.load(SeqCst) {
@@ -538,81 +484,19 @@ impl GateStore {
     }
 }
 
-impl SessionStore for GateStore {
-    fn acquire<'a>(
+impl StoreHook for Gate {
+    fn before<'a>(
         &'a self,
-        s: &'a SessionId,
-        o: &'a Owner,
-        ttl: Duration,
-    ) -> BoxFuture<'a, StoreResult<Lease>> {
-        Box::pin(async move {
-            self.gate().await;
-            self.inner.acquire(s, o, ttl).await
-        })
-    }
-    fn acquire_if<'a>(
-        &'a self,
-        s: &'a SessionId,
-        o: &'a Owner,
-        ttl: Duration,
-        expected: Epoch,
-    ) -> BoxFuture<'a, StoreResult<Lease>> {
-        Box::pin(async move {
-            self.gate().await;
-            self.inner.acquire_if(s, o, ttl, expected).await
-        })
-    }
-    fn epoch<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Epoch>> {
-        self.inner.epoch(s)
-    }
-    fn renew<'a>(
-        &'a self,
-        s: &'a SessionId,
-        e: Epoch,
-        st: LeaseState,
-        ttl: Duration,
+        _: &'a dyn SessionStore,
+        op: Op,
+        _: Option<&'a SessionId>,
     ) -> BoxFuture<'a, StoreResult<()>> {
-        self.inner.renew(s, e, st, ttl)
-    }
-    fn release<'a>(&'a self, s: &'a SessionId, e: Epoch) -> BoxFuture<'a, StoreResult<()>> {
-        self.inner.release(s, e)
-    }
-    fn lease<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Lease>>> {
-        self.inner.lease(s)
-    }
-    fn append<'a>(
-        &'a self,
-        s: &'a SessionId,
-        e: Epoch,
-        entries: &'a [Recorded],
-    ) -> BoxFuture<'a, StoreResult<()>> {
-        self.inner.append(s, e, entries)
-    }
-    fn read_after<'a>(
-        &'a self,
-        s: &'a SessionId,
-        after: Seq,
-        limit: usize,
-    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
-        self.inner.read_after(s, after, limit)
-    }
-    fn wait_after<'a>(
-        &'a self,
-        s: &'a SessionId,
-        after: Seq,
-        limit: usize,
-        block: Duration,
-    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
-        self.inner.wait_after(s, after, limit, block)
-    }
-    fn last<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Recorded>>> {
-        self.inner.last(s)
-    }
-    fn last_app_id<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<String>>> {
-        self.inner.last_app_id(s)
-    }
-    fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
-        self.inner.ping()
+        Box::pin(async move {
+            if op == Op::AcquireIf {
+                self.gate().await;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -622,11 +506,13 @@ async fn two_clients_taking_over_one_session_at_once_leave_exactly_one_owner() {
     let app_a = TestApp::start("app-a", feeds.clone()).await;
     let app_b = TestApp::start("app-b", feeds.clone()).await;
     let app_c = TestApp::start("app-c", feeds.clone()).await;
-    let store = Arc::new(GateStore {
+    let store = Arc::new(Hooked {
         inner: memory_store(),
-        armed: false.into(),
-        arrived: 0.into(),
-        all_in: tokio::sync::Notify::new(),
+        hook: Gate {
+            armed: false.into(),
+            arrived: 0.into(),
+            all_in: tokio::sync::Notify::new(),
+        },
     });
     let mut args_a = args(app_a.addr, "pod-a");
     args_a.handover_margin_seconds = 5;

@@ -5,6 +5,9 @@
 
 pub mod app;
 pub mod client;
+pub mod hooked;
+
+pub use hooked::{Hooked, Op, StoreHook};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,10 +20,7 @@ use ssekeeper_sidecar::contract::{SidecarArgs, StoreKind};
 use ssekeeper_sidecar::cursor::SessionId;
 use ssekeeper_sidecar::server;
 use ssekeeper_sidecar::state::Shared;
-use ssekeeper_sidecar::store::{
-    Epoch, Lease, LeaseState, MemoryStore, Owner, Recorded, Seq, SessionStore, StoreError,
-    StoreResult,
-};
+use ssekeeper_sidecar::store::{MemoryStore, SessionStore, StoreError, StoreResult};
 use tokio_util::sync::CancellationToken;
 
 /// The forwarding key every test sidecar shares.
@@ -155,8 +155,10 @@ pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() ->
 }
 
 /// A store that can be switched off: every call then fails with `Unavailable`.
-pub struct FlakyStore {
-    pub inner: Arc<dyn SessionStore>,
+pub type FlakyStore = Hooked<Flaky>;
+
+/// The switches and counters of a [`FlakyStore`].
+pub struct Flaky {
     pub down: AtomicBool,
     /// While down, calls hang (like a black-holed Redis) instead of failing at once.
     pub hang: AtomicBool,
@@ -168,15 +170,19 @@ pub struct FlakyStore {
 
 impl FlakyStore {
     pub fn new(inner: Arc<dyn SessionStore>) -> Arc<Self> {
-        Arc::new(FlakyStore {
+        Arc::new(Hooked {
             inner,
-            down: AtomicBool::new(false),
-            hang: AtomicBool::new(false),
-            delay_ms: Default::default(),
-            calls: Default::default(),
+            hook: Flaky {
+                down: AtomicBool::new(false),
+                hang: AtomicBool::new(false),
+                delay_ms: Default::default(),
+                calls: Default::default(),
+            },
         })
     }
+}
 
+impl Flaky {
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
     }
@@ -206,110 +212,13 @@ impl FlakyStore {
     }
 }
 
-impl SessionStore for FlakyStore {
-    fn acquire<'a>(
+impl StoreHook for Flaky {
+    fn before<'a>(
         &'a self,
-        s: &'a SessionId,
-        o: &'a Owner,
-        ttl: Duration,
-    ) -> BoxFuture<'a, StoreResult<Lease>> {
-        Box::pin(async move {
-            self.check().await?;
-            self.inner.acquire(s, o, ttl).await
-        })
-    }
-    fn acquire_if<'a>(
-        &'a self,
-        s: &'a SessionId,
-        o: &'a Owner,
-        ttl: Duration,
-        expected: Epoch,
-    ) -> BoxFuture<'a, StoreResult<Lease>> {
-        Box::pin(async move {
-            self.check().await?;
-            self.inner.acquire_if(s, o, ttl, expected).await
-        })
-    }
-    fn epoch<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Epoch>> {
-        Box::pin(async move {
-            self.check().await?;
-            self.inner.epoch(s).await
-        })
-    }
-    fn renew<'a>(
-        &'a self,
-        s: &'a SessionId,
-        e: Epoch,
-        st: LeaseState,
-        ttl: Duration,
+        _: &'a dyn SessionStore,
+        _: Op,
+        _: Option<&'a SessionId>,
     ) -> BoxFuture<'a, StoreResult<()>> {
-        Box::pin(async move {
-            self.check().await?;
-            self.inner.renew(s, e, st, ttl).await
-        })
-    }
-    fn release<'a>(&'a self, s: &'a SessionId, e: Epoch) -> BoxFuture<'a, StoreResult<()>> {
-        Box::pin(async move {
-            self.check().await?;
-            self.inner.release(s, e).await
-        })
-    }
-    fn lease<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Lease>>> {
-        Box::pin(async move {
-            self.check().await?;
-            self.inner.lease(s).await
-        })
-    }
-    fn append<'a>(
-        &'a self,
-        s: &'a SessionId,
-        e: Epoch,
-        entries: &'a [Recorded],
-    ) -> BoxFuture<'a, StoreResult<()>> {
-        Box::pin(async move {
-            self.check().await?;
-            self.inner.append(s, e, entries).await
-        })
-    }
-    fn read_after<'a>(
-        &'a self,
-        s: &'a SessionId,
-        after: Seq,
-        limit: usize,
-    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
-        Box::pin(async move {
-            self.check().await?;
-            self.inner.read_after(s, after, limit).await
-        })
-    }
-    fn wait_after<'a>(
-        &'a self,
-        s: &'a SessionId,
-        after: Seq,
-        limit: usize,
-        block: Duration,
-    ) -> BoxFuture<'a, StoreResult<Vec<Recorded>>> {
-        Box::pin(async move {
-            self.check().await?;
-            self.inner.wait_after(s, after, limit, block).await
-        })
-    }
-    fn last<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Recorded>>> {
-        Box::pin(async move {
-            self.check().await?;
-            self.inner.last(s).await
-        })
-    }
-    fn last_app_id<'a>(&'a self, s: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<String>>> {
-        Box::pin(async move {
-            self.check().await?;
-            self.inner.last_app_id(s).await
-        })
-    }
-    fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
-        Box::pin(async move {
-            self.check().await?;
-            self.inner.ping().await
-        })
+        Box::pin(self.check())
     }
 }
