@@ -18,12 +18,7 @@ pub fn from_request(
 ) -> Option<String> {
     sources.iter().find_map(|source| match source {
         SessionKeySource::Query(name) => query.and_then(|q| query_param(q, name)),
-        SessionKeySource::Header(name) => headers
-            .get(name.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string),
+        SessionKeySource::Header(name) => header_value(headers, name),
         SessionKeySource::Cookie(name) => headers
             .get_all(header::COOKIE)
             .iter()
@@ -32,15 +27,20 @@ pub fn from_request(
     })
 }
 
+/// A non-empty, trimmed header value (request or response side alike).
+fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+}
+
 /// A key the app handed out in a response head: a configured header, or a configured cookie set.
 pub fn from_response(headers: &HeaderMap, sources: &[SessionKeySource]) -> Option<String> {
     sources.iter().find_map(|source| match source {
-        SessionKeySource::Header(name) => headers
-            .get(name.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string),
+        SessionKeySource::Header(name) => header_value(headers, name),
         SessionKeySource::Cookie(name) => headers
             .get_all(header::SET_COOKIE)
             .iter()
