@@ -19,7 +19,11 @@ step "CRD and Helm chart"
 kubectl apply --server-side --force-conflicts -f "$repo/crds/ssekeeper.dev_sseservices.yaml" >/dev/null
 helm upgrade --install ssekeeper "$repo/charts/ssekeeper" --namespace ssekeeper-system --create-namespace \
   --set sidecar.image.repository=ssekeeper/sidecar --set sidecar.image.tag=dev >/dev/null
-kubectl wait --for=condition=Established --timeout=60s crd/sseservices.ssekeeper.dev >/dev/null
+# Poll: `kubectl wait` errors out while a fresh CRD has no status.conditions yet.
+for _ in $(seq 1 300); do
+  [ "$(kubectl get crd/sseservices.ssekeeper.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" = True ] && break
+  sleep 0.2
+done
 helm list -n ssekeeper-system
 
 step "Operator (out of cluster, as the chart's service account, leader election on)"

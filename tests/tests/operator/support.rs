@@ -54,20 +54,29 @@ pub fn cluster_env() -> &'static HashMap<String, String> {
             "apply CRD: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let out = kubectl_with(
-            &env,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/sseservices.ssekeeper.dev",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "CRD not established: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // Poll rather than `kubectl wait`: on a fresh API server the CRD can briefly have no
+        // `status.conditions`, which `kubectl wait` reports as an error instead of waiting.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = kubectl_with(
+                &env,
+                &[
+                    "get",
+                    "crd/sseservices.ssekeeper.dev",
+                    "-o",
+                    r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#,
+                ],
+            );
+            if String::from_utf8_lossy(&out.stdout).trim() == "True" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "CRD not established within 60 s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         env
     })
 }
