@@ -8,9 +8,8 @@ CARGO ?= cargo
 SSEKEEPER_RUN_DIR ?= $(CURDIR)/tests/.run
 export SSEKEEPER_RUN_DIR
 RUN_DIR := $(SSEKEEPER_RUN_DIR)
-DEMO_DIR := $(RUN_DIR)/demo
 
-.PHONY: help deps k8s-bins build crds chart lint cluster-up cluster-down test test-unit test-operator test-dataplane demo demo-down bench
+.PHONY: help deps k8s-bins build images crds chart lint cluster-up cluster-down test test-unit test-operator test-dataplane test-node demo bench
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -18,8 +17,11 @@ help: ## list targets
 deps: ## install the Debian packages the tests need (redis-server, haproxy, openssl ...)
 	@bash tests/scripts/install-deps.sh
 
-k8s-bins: ## build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached outside the repo)
+k8s-bins: deps ## build etcd, kube-apiserver, -controller-manager, -scheduler, kubelet, kube-proxy, kubectl, helm, CoreDNS, crictl (cached outside the repo)
 	@bash tests/cluster/build.sh >/dev/null
+
+images: deps k8s-bins ## build the OCI images (sidecar, operator, demo app, pause, redis, coredns) with buildah into target/images; prints their sizes
+	@bash Containerfiles/build.sh
 
 build: ## build every binary of the workspace
 	$(CARGO) build --workspace --bins
@@ -35,23 +37,30 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-cluster-up: k8s-bins ## start the real control plane on loopback (idempotent)
+cluster-up: k8s-bins images ## start the control plane and the node (kubelet, containerd, kube-proxy, CoreDNS) on this machine (idempotent)
 	@bash tests/cluster/up.sh
 
-cluster-down: demo-down ## stop the control plane, leaving no process behind
+cluster-down: ## stop the cluster and its node, leaving nothing behind (processes, mounts, network, iptables, sysctls)
 	@bash tests/cluster/down.sh
 
 # `make test` runs its own control plane (own run dir and ports) and stops it at the end, so it
 # never touches a cluster that `make demo` or `make cluster-up` started.
+# The node is machine-wide, so a cluster of `make demo` must be down first (up.sh says so).
 TEST_CLUSTER := SSEKEEPER_RUN_DIR=$(CURDIR)/tests/.run/test SSEKEEPER_APISERVER_PORT=17443 \
-  SSEKEEPER_ETCD_CLIENT_PORT=17379 SSEKEEPER_ETCD_PEER_PORT=17380 SSEKEEPER_KCM_PORT=17257
+  SSEKEEPER_ETCD_CLIENT_PORT=17379 SSEKEEPER_ETCD_PEER_PORT=17380 SSEKEEPER_KCM_PORT=17257 \
+  SSEKEEPER_SCHEDULER_PORT=17259
+HOST_SNAPSHOT := $(CURDIR)/tests/.run/host-before-test.txt
 
-test: deps k8s-bins lint build ## everything: unit, golden, operator against the real API server, data plane with real Redis + HAProxy
+test: deps k8s-bins lint build images ## everything: unit, golden, operator against the real API server, data plane with real Redis + HAProxy, e2e on the real node
+	@mkdir -p tests/.run && $(TEST_CLUSTER) bash tests/cluster/leftovers.sh snapshot $(HOST_SNAPSHOT)
 	@$(TEST_CLUSTER) bash tests/cluster/up.sh >/dev/null
-	@trap '$(TEST_CLUSTER) bash tests/cluster/down.sh' EXIT; rc=0; \
+	@rc=0; \
 	  $(MAKE) --no-print-directory test-unit || rc=1; \
 	  $(TEST_CLUSTER) $(MAKE) --no-print-directory test-operator || rc=1; \
 	  $(MAKE) --no-print-directory test-dataplane || rc=1; \
+	  $(TEST_CLUSTER) $(MAKE) --no-print-directory test-node || rc=1; \
+	  $(TEST_CLUSTER) bash tests/cluster/down.sh --purge || rc=1; \
+	  $(TEST_CLUSTER) bash tests/cluster/leftovers.sh check $(HOST_SNAPSHOT) || rc=1; \
 	  exit $$rc
 
 test-unit: ## unit and golden-file tests (no cluster needed)
@@ -66,11 +75,12 @@ test-dataplane: ## data-plane end-to-end tests: sidecars, demo app, real Redis a
 	$(CARGO) build -q --workspace --bins
 	$(CARGO) test --no-fail-fast -p ssekeeper-tests --test 'dataplane*' -- --test-threads=1 --nocapture
 
+test-node: ## end-to-end tests on the real node: pods, kube-proxy, CoreDNS, the chart's in-cluster operator (cluster started if needed)
+	@bash tests/cluster/up.sh >/dev/null
+	$(CARGO) test --no-fail-fast -p ssekeeper-tests --test 'node*' -- --test-threads=1 --nocapture
+
 bench: deps ## measurements in release: SSE codec, sidecar vs direct throughput, Redis appends (tables, no pass/fail on speed)
 	$(CARGO) test --release -p ssekeeper-sidecar --test sse_throughput --test throughput --test store_bench -- --ignored --nocapture --test-threads=1
 
-demo: deps k8s-bins build ## bring up the control plane, install the chart, apply examples/chat.yaml, show it
+demo: deps k8s-bins images ## the product live: cluster + node, chart, examples/chat.yaml, 60 streaming clients through a rolling update
 	@bash tests/demo.sh
-
-demo-down: ## stop the demo's out-of-cluster operator
-	@if [ -f $(DEMO_DIR)/operator.pid ]; then kill $$(cat $(DEMO_DIR)/operator.pid) 2>/dev/null || true; rm -f $(DEMO_DIR)/operator.pid; fi

@@ -9,6 +9,8 @@
 set -euo pipefail
 # shellcheck source=tests/cluster/lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=tests/cluster/node-down.sh source-path=SCRIPTDIR
+source "$CLUSTER_DIR/node-down.sh"
 
 purge=false
 for a in "$@"; do
@@ -22,6 +24,8 @@ DOWN_TIMEOUT="${SSEKEEPER_DOWN_TIMEOUT:-15}"
 PIDS="$STATE_DIR/pids"
 
 if [[ ! -d "$STATE_DIR" ]]; then
+  # A node whose run dir is gone (purged by hand) is still ours to clean if it names this dir.
+  if [[ -s "$NODE_OWNER" && "$(<"$NODE_OWNER")" == "$STATE_DIR" ]]; then PIDS=/nonexistent; node_down; fi
   exit 0
 fi
 exec 9>"$STATE_DIR/.updown.lock"
@@ -29,13 +33,16 @@ flock -w 300 9 || die "another up.sh/down.sh holds $STATE_DIR/.updown.lock"
 
 # stop PID NAME: TERM, wait up to DOWN_TIMEOUT, then KILL and wait for it to be gone.
 stop() {
-  local pid="$1" name="$2" i
+  local pid="$1" name="$2" i limit="$DOWN_TIMEOUT"
+  # kube-apiserver's graceful shutdown waits out open watches and its endpoint lease (> 20 s even
+  # with every client gone); its data is test data, so it gets a short grace before KILL.
+  [[ "$name" == kube-apiserver ]] && ((limit > 5)) && limit=5
   kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < DOWN_TIMEOUT * 10; i++)); do
+  for ((i = 0; i < limit * 10; i++)); do
     kill -0 "$pid" 2>/dev/null || return 0
     sleep 0.1
   done
-  log "$name (pid $pid) ignored TERM for ${DOWN_TIMEOUT}s; killing it"
+  [[ "$name" == kube-apiserver ]] || log "$name (pid $pid) ignored TERM for ${limit}s; killing it"
   kill -KILL "$pid" 2>/dev/null || true
   for ((i = 0; i < 50; i++)); do
     kill -0 "$pid" 2>/dev/null || return 0
@@ -46,6 +53,8 @@ stop() {
 
 for ((n = ${#COMPONENTS[@]} - 1; n >= 0; n--)); do
   c="${COMPONENTS[$n]}"
+  # containerd goes with the node, after its pods (the kubelet is stopped by now).
+  if [[ "$c" == containerd ]]; then node_down; continue; fi
   f="$PIDS/$c.pid"
   if [[ -s "$f" ]]; then
     pid="$(<"$f")"
@@ -55,7 +64,7 @@ for ((n = ${#COMPONENTS[@]} - 1; n >= 0; n--)); do
 done
 
 # Anything of ours that no pidfile names (controller-manager first, etcd last).
-for pass in kube-controller-manager kube-apiserver etcd ""; do
+for pass in kube-proxy kubelet containerd kube-scheduler kube-controller-manager kube-apiserver etcd ""; do
   for d in /proc/[0-9]*; do
     pid="${d#/proc/}"
     is_ours "$pid" || continue
@@ -66,6 +75,8 @@ for pass in kube-controller-manager kube-apiserver etcd ""; do
   done
 done
 
+# Strays stopped: the node's host state may only be cleaned now (a stray containerd held it).
+node_down
 rm -f "$STATE_DIR/env"
 if $purge; then
   exec 9>&-

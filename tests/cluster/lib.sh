@@ -9,6 +9,9 @@ source "$CLUSTER_DIR/versions.env"
 
 SSEKEEPER_CACHE="${SSEKEEPER_CACHE:-$HOME/.cache/ssekeeper}"
 BUILD_KEY="k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-helm-${HELM_VERSION}"
+# CoreDNS is its own cache entry, so bumping it never rebuilds Kubernetes.
+COREDNS_BUILD_DIR="$SSEKEEPER_CACHE/coredns-${COREDNS_VERSION}"
+CRICTL_BUILD_DIR="$SSEKEEPER_CACHE/crictl-${CRICTL_VERSION}"
 BUILD_DIR="$SSEKEEPER_CACHE/$BUILD_KEY"
 BIN_DIR="$BUILD_DIR/bin"
 
@@ -23,8 +26,33 @@ KCM_PORT="${SSEKEEPER_KCM_PORT:-10257}"
 SERVICE_CIDR="${SSEKEEPER_SERVICE_CIDR:-198.19.0.0/16}"
 FIRST_SERVICE_IP="${SSEKEEPER_FIRST_SERVICE_IP:-198.19.0.1}"
 
+SCHEDULER_PORT="${SSEKEEPER_SCHEDULER_PORT:-10259}"
+
+# The node: one per machine (iptables chains, the bridge and containerd are machine-wide), named
+# by its IP on a bridge of our own. Pods on POD_CIDR, Services on SERVICE_CIDR (both inside
+# 198.18.0.0/15, the benchmarking range), cluster DNS on CLUSTER_DNS_IP.
+NODE_IP="${SSEKEEPER_NODE_IP:-198.18.0.1}"
+NODE_NAME="$NODE_IP"
+POD_CIDR="${SSEKEEPER_POD_CIDR:-198.18.0.0/24}"
+POD_RANGE_START="${SSEKEEPER_POD_RANGE_START:-198.18.0.16}"
+BRIDGE="${SSEKEEPER_BRIDGE:-ssek0}"
+CLUSTER_DNS_IP="${SSEKEEPER_CLUSTER_DNS_IP:-198.19.0.10}"
+KUBELET_PORT="${SSEKEEPER_KUBELET_PORT:-10250}"
+KUBELET_HEALTHZ_PORT="${SSEKEEPER_KUBELET_HEALTHZ_PORT:-10248}"
+PROXY_HEALTHZ_PORT="${SSEKEEPER_PROXY_HEALTHZ_PORT:-10256}"
+PROXY_METRICS_PORT="${SSEKEEPER_PROXY_METRICS_PORT:-10249}"
+# Sockets live on a short path (a unix socket path is limited to 108 bytes; a CI clone may sit
+# deep), machine-wide like the node itself. NODE_OWNER names the run dir whose node this is.
+NODE_RUN="${SSEKEEPER_NODE_RUN:-/run/ssekeeper-node}"
+NODE_OWNER="$NODE_RUN/owner"
+CONTAINERD_SOCK="$NODE_RUN/containerd.sock"
+# The images the node runs are imported from here (`make images` writes them).
+IMAGES_DIR="${SSEKEEPER_IMAGES_DIR:-$REPO_ROOT/target/images}"
+IMAGE_VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml" | head -n1)"
+PAUSE_IMAGE="localhost/ssekeeper/pause:${IMAGE_VERSION}"
+
 # The components up.sh starts, in start order (down.sh stops them in reverse).
-COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
 
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
@@ -35,7 +63,7 @@ is_ours() {
   local exe cmd
   exe="$(readlink "/proc/$1/exe" 2>/dev/null)" || return 1
   exe="${exe% (deleted)}"
-  [[ "$exe" == "$SSEKEEPER_CACHE"/*/bin/* ]] || return 1
+  [[ "$exe" == "$SSEKEEPER_CACHE"/*/bin/* || "$exe" == /usr/bin/containerd ]] || return 1
   cmd="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 1
   [[ "$cmd" == *"$STATE_DIR/"* ]]
 }

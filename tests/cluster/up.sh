@@ -14,6 +14,8 @@
 set -euo pipefail
 # shellcheck source=tests/cluster/lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=tests/cluster/node.sh source-path=SCRIPTDIR
+source "$CLUSTER_DIR/node.sh"
 
 UP_TIMEOUT="${SSEKEEPER_UP_TIMEOUT:-180}"
 started_at=$(date +%s)
@@ -28,7 +30,7 @@ PIDS="$STATE_DIR/pids"
 KUBECONFIG_FILE="$STATE_DIR/admin.kubeconfig"
 KCM_KUBECONFIG="$STATE_DIR/controller-manager.kubeconfig"
 ENV_FILE="$STATE_DIR/env"
-SERVER="https://127.0.0.1:${APISERVER_PORT}"
+SERVER="https://${NODE_IP}:${APISERVER_PORT}"
 mkdir -p "$PKI" "$LOGS" "$PIDS"
 mkdir -p "$STATE_DIR/etcd" && chmod 700 "$STATE_DIR/etcd"
 chmod 700 "$STATE_DIR"
@@ -48,6 +50,13 @@ on_exit() {
   exit "$rc"
 }
 trap on_exit EXIT
+
+# The node is machine-wide: claim it, record the host as it is, give the node its network
+# (the apiserver listens on the bridge address, so pods reach it through the kubernetes Service).
+((EUID == 0)) || die "the node (bridge, iptables, containerd, kubelet) needs root"
+claim_node
+record_host_state
+node_network_up
 
 # Forget pidfiles of processes that are gone (killed, crashed, machine restarted).
 for c in "${COMPONENTS[@]}"; do
@@ -72,12 +81,18 @@ export KUBECONFIG='$KUBECONFIG_FILE'
 export SSEKEEPER_CLUSTER_BIN='$BIN_DIR'
 export SSEKEEPER_APISERVER_URL='$SERVER'
 export SSEKEEPER_SERVICE_CIDR='$SERVICE_CIDR'
+export SSEKEEPER_NODE_IP='$NODE_IP'
+export SSEKEEPER_CONTAINERD_SOCK='$CONTAINERD_SOCK'
+export CONTAINER_RUNTIME_ENDPOINT='unix://$CONTAINERD_SOCK'
+export SSEKEEPER_CLIENT_IPS='$(IFS=,; echo "${CLIENT_IPS[*]}")'
+export SSEKEEPER_IMAGE_TAG='$IMAGE_VERSION'
 case ":\$PATH:" in *":$BIN_DIR:"*) ;; *) export PATH='$BIN_DIR':"\$PATH" ;; esac
 EOF
   mv -f "$ENV_FILE.tmp" "$ENV_FILE"
 }
 
 if all_running && api_ready; then
+  import_images  # `make images` may have built new ones since
   write_env
   log "already up ($SERVER)"
   echo "export KUBECONFIG=$KUBECONFIG_FILE"
@@ -108,6 +123,10 @@ gen_cert() {
   rm -f "$PKI/$name.csr" "$PKI/$name.ext"
 }
 
+# A serving certificate from before the node stage lacks the node's address: make a new one.
+if [[ -s "$PKI/apiserver.crt" ]] && ! openssl x509 -in "$PKI/apiserver.crt" -noout -text 2>/dev/null | grep -q "IP Address:${NODE_IP}"; then
+  rm -f "$PKI/apiserver.crt" "$PKI/apiserver.key"
+fi
 if [[ ! -s "$PKI/ca.crt" || ! -s "$PKI/ca.key" ]]; then
   rm -f "$PKI"/*.crt "$PKI"/*.key  # a new CA invalidates every certificate it signed
 fi
@@ -120,7 +139,7 @@ extendedKeyUsage=clientAuth"
 gen_cert apiserver kube-apiserver "" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost,IP:${FIRST_SERVICE_IP},DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=IP:127.0.0.1,DNS:localhost,IP:${NODE_IP},IP:${FIRST_SERVICE_IP},DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 gen_cert admin admin system:masters "$client_ext"
 gen_cert controller-manager system:kube-controller-manager "" "$client_ext"
 gen_cert front-proxy-client front-proxy-client "" "$client_ext" front-proxy-ca
@@ -158,6 +177,8 @@ EOF
 }
 write_kubeconfig "$KUBECONFIG_FILE" admin "$PKI/admin.crt" "$PKI/admin.key"
 write_kubeconfig "$KCM_KUBECONFIG" system:kube-controller-manager "$PKI/controller-manager.crt" "$PKI/controller-manager.key"
+node_certs
+write_node_configs
 
 # ---- processes ------------------------------------------------------------------------------
 port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
@@ -224,14 +245,15 @@ wait_for "etcd" "$(remaining)" etcd_ready
 
 start kube-apiserver "$APISERVER_PORT" -- "$BIN_DIR/kube-apiserver" \
   --etcd-servers="http://127.0.0.1:${ETCD_CLIENT_PORT}" \
-  --bind-address=127.0.0.1 \
-  --advertise-address=127.0.0.1 \
-  --endpoint-reconciler-type=none \
+  --bind-address="$NODE_IP" \
+  --advertise-address="$NODE_IP" \
   --secure-port="$APISERVER_PORT" \
   --tls-cert-file="$PKI/apiserver.crt" \
   --tls-private-key-file="$PKI/apiserver.key" \
   --client-ca-file="$PKI/ca.crt" \
   --authorization-mode=Node,RBAC \
+  --enable-admission-plugins=NodeRestriction \
+  --kubelet-preferred-address-types=InternalIP \
   --service-cluster-ip-range="$SERVICE_CIDR" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$PKI/sa.pub" \
@@ -274,6 +296,8 @@ kcm_healthy() { curl -fsSk --max-time 3 "https://127.0.0.1:${KCM_PORT}/healthz" 
 wait_for "kube-controller-manager /healthz" "$(remaining)" kcm_healthy
 wait_for "namespace default" "$(remaining)" kctl get namespace default
 wait_for "serviceaccount default/default" "$(remaining)" kctl -n default get serviceaccount default
+
+start_node
 
 write_env
 log "up in $(($(date +%s) - started_at))s: $SERVER (logs: $LOGS)"

@@ -4,6 +4,9 @@
 # is present, so `make test` and CI can call it every time. Starts no service: the tests start
 # their own Redis, so a packaged redis-server left running on 6379 is stopped and disabled.
 #
+# The packaged containerd may start a daemon of its own (where init systems allow it); the node
+# runs its own with its own config and socket, so the packaged one is stopped like Redis below.
+#
 # Go is not installed here: Debian's is too old for Kubernetes 1.34 (needs >= 1.24); the
 # machine's toolchain is used by tests/cluster/build.sh and is checked there.
 set -euo pipefail
@@ -22,6 +25,19 @@ declare -A PKGS=(
   [coreutils]=timeout
   [sed]=sed
   [grep]=grep
+  # The node: container runtime, CNI plugins, kube-proxy's and the kubelet's tools.
+  [containerd]=containerd
+  [runc]=runc
+  [containernetworking-plugins]=/usr/lib/cni/bridge
+  [iptables]=iptables
+  [conntrack]=conntrack
+  [ethtool]=ethtool
+  [kmod]=modprobe
+  # Images: buildah writes them (no daemon); gcc + libc6-dev build the static pause; objcopy strips.
+  [buildah]=buildah
+  [gcc]=gcc
+  [libc6-dev]=/usr/lib/x86_64-linux-gnu/libc.a
+  [binutils]=objcopy
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
@@ -29,7 +45,7 @@ die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }
 
 installed() {
   [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]] &&
-    PATH="$PATH:/usr/sbin:/sbin" command -v "${PKGS[$1]}" >/dev/null
+    { [[ "${PKGS[$1]}" == /* ]] && [[ -e "${PKGS[$1]}" ]] || PATH="$PATH:/usr/sbin:/sbin" command -v "${PKGS[$1]}" >/dev/null; }
 }
 
 SUDO=""
@@ -77,3 +93,6 @@ stop_system_redis() {
   fi
 }
 stop_system_redis
+if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+  $SUDO systemctl disable --now containerd.service >/dev/null 2>&1 || true
+fi

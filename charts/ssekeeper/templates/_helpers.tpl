@@ -22,3 +22,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "ssekeeper.serviceAccountName" -}}
 {{- default (include "ssekeeper.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
+
+{{/* An image reference: <imageRegistry>/<repository>:<tag or appVersion>; a repository with a "/"
+is a full name of its own. Call with (dict "root" . "image" .Values.image). */}}
+{{- define "ssekeeper.image" -}}
+{{- $repo := .image.repository -}}
+{{- if not (contains "/" $repo) -}}{{- $repo = printf "%s/%s" (trimSuffix "/" .root.Values.imageRegistry) $repo -}}{{- end -}}
+{{- printf "%s:%s" $repo (.image.tag | default .root.Chart.AppVersion) -}}
+{{- end -}}
