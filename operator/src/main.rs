@@ -12,12 +12,21 @@ use prometheus_client::registry::Registry;
 use ssekeeper_operator::config::OperatorArgs;
 use ssekeeper_operator::controller::{self, Context};
 use ssekeeper_operator::metrics::Metrics;
-use ssekeeper_operator::{leader, server, telemetry};
+use ssekeeper_operator::{leader, selftest, server, telemetry};
 use tokio::sync::watch;
 use tracing::info;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // `ssekeeper-operator selftest --url ...`: what `helm test` runs (see the selftest module).
+    if std::env::args().nth(1).as_deref() == Some("selftest") {
+        let args = selftest::SelftestArgs::parse_from(std::env::args().skip(1));
+        if let Err(e) = selftest::run(args).await {
+            eprintln!("selftest failed: {e}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let args = OperatorArgs::parse();
     telemetry::init(args.log_format);
 

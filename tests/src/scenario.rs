@@ -46,6 +46,20 @@ impl ChatCrowd {
             .collect()
     }
 
+    /// A one-line progress report: clients receiving, events received so far.
+    pub fn progress(&self) -> String {
+        let (mut receiving, mut events) = (0usize, 0usize);
+        for c in &self.clients {
+            let n = c.with_events(|evs| evs.iter().filter(|r| chat_event(r).is_some()).count());
+            receiving += usize::from(n > 0);
+            events += n;
+        }
+        format!(
+            "{receiving}/{} clients receiving, {events} events received",
+            self.clients.len()
+        )
+    }
+
     /// Wait until every client has received at least one event, for at most `timeout`.
     pub async fn wait_all_receiving(&self, timeout: Duration) -> bool {
         self.wait_until(timeout, |s| s.is_some()).await
