@@ -8,7 +8,7 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Container;
 use ssekeeper_operator::api::SseService;
 use ssekeeper_operator::render::{self, RenderInput, SidecarDefaults};
-use ssekeeper_sidecar::contract::{self, SidecarArgs};
+use ssekeeper_sidecar::contract::{self, PrestopArgs, SidecarArgs};
 
 fn defaults() -> SidecarDefaults {
     SidecarDefaults {
@@ -185,6 +185,62 @@ fn rendered_sidecar_args_parse_as_the_sidecar_parses_them() {
                 i32::from(contract::ADMIN_PORT)
             ]
         );
+
+        // The preStop hook is an exec of the binary's own subcommand on the socket the sidecar
+        // was told to serve, never an httpGet.
+        let pre_stop = sidecar.lifecycle.unwrap().pre_stop.unwrap();
+        assert!(pre_stop.http_get.is_none(), "{case}");
+        let command = pre_stop.exec.unwrap().command.unwrap();
+        assert_eq!(command[0], contract::SIDECAR_BINARY_PATH, "{case}");
+        let hook = PrestopArgs::try_parse_from(&command[1..])
+            .unwrap_or_else(|e| panic!("{case}: the subcommand refuses the rendered hook: {e}"));
+        assert_eq!(hook.lifecycle_socket, parsed.lifecycle_socket, "{case}");
+        assert!(
+            hook.timeout_seconds > svc.spec.drain.pre_stop_delay_seconds,
+            "{case}: the hook outlasts the hold"
+        );
+        let mounts = sidecar.volume_mounts.unwrap();
+        assert_eq!(mounts.len(), 1, "{case}");
+        assert_eq!(mounts[0].name, contract::LIFECYCLE_VOLUME_NAME, "{case}");
+        assert_eq!(
+            Some(std::path::Path::new(&mounts[0].mount_path)),
+            parsed.lifecycle_socket.parent(),
+            "{case}: the socket is in the mounted directory"
+        );
+    }
+}
+
+/// The socket's volume is memory-backed, small, and mounted in the sidecar container only.
+#[test]
+fn the_lifecycle_volume_is_the_sidecars_alone() {
+    for case in ["minimal", "full", "affinity-off"] {
+        let (_, rendered) = render_case(case);
+        let pod = rendered.deployment.spec.unwrap().template.spec.unwrap();
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == contract::LIFECYCLE_VOLUME_NAME)
+            .unwrap_or_else(|| panic!("{case}: no lifecycle volume"));
+        let dir = volume.empty_dir.as_ref().expect("an emptyDir");
+        assert_eq!(dir.medium.as_deref(), Some("Memory"));
+        assert_eq!(
+            dir.size_limit.as_ref().map(|q| q.0.as_str()),
+            Some(contract::LIFECYCLE_VOLUME_SIZE_LIMIT)
+        );
+        for c in &pod.containers {
+            let mounts_it = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == contract::LIFECYCLE_VOLUME_NAME);
+            assert_eq!(
+                mounts_it,
+                c.name == contract::SIDECAR_CONTAINER_NAME,
+                "{case}: {}",
+                c.name
+            );
+        }
     }
 }
 

@@ -1,4 +1,7 @@
-//! The admin port: probes, metrics, the preStop hook, and forwarded requests from other sidecars.
+//! The admin port: probes, metrics, and forwarded requests from other sidecars.
+//!
+//! Not the preStop hook: anything that reaches this port could then drain the pod, so `/prestop`
+//! is refused here (counted) and served on the lifecycle socket only (see [`crate::lifecycle`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +11,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
 use crate::body::{ProxyBody, full};
-use crate::contract::paths;
+use crate::contract::{PRESTOP_REFUSED_BODY, paths};
 use crate::forward;
 use crate::proxy::{self, Origin};
 use crate::state::Shared;
@@ -39,12 +42,10 @@ pub async fn handle(
             );
             r
         }
-        (&Method::GET | &Method::POST, paths::PRESTOP) => {
-            shared
-                .lifecycle
-                .prestop(shared.settings.prestop_delay)
-                .await;
-            text(StatusCode::OK, "draining\n")
+        (_, paths::PRESTOP) => {
+            tracing::debug!(%peer, "refused /prestop on the admin port");
+            shared.metrics.admin_refused("prestop");
+            text(StatusCode::NOT_FOUND, PRESTOP_REFUSED_BODY)
         }
         _ if path == paths::FORWARD || path.starts_with(&format!("{}/", paths::FORWARD)) => {
             forwarded(shared, req, peer).await

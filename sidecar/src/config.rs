@@ -5,6 +5,7 @@
 //! arithmetic out of the request path and lets tests build settings without a command line.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::contract::{SessionKeySource, SidecarArgs, StoreKind};
@@ -19,6 +20,8 @@ pub struct Settings {
     pub sse_listen: SocketAddr,
     /// Where the admin endpoints are served.
     pub admin_listen: SocketAddr,
+    /// The unix socket the preStop hook is served on (never a network port).
+    pub lifecycle_socket: PathBuf,
     /// This pod as a session owner: its name and the admin address other sidecars forward to.
     pub owner: Owner,
     /// `namespace/name` of the SseService, for logs.
@@ -99,6 +102,7 @@ impl Settings {
             app_addr: SocketAddr::new(args.app_host, args.app_port),
             sse_listen: SocketAddr::new(args.listen_host, args.sse_port),
             admin_listen: SocketAddr::new(args.listen_host, args.admin_port),
+            lifecycle_socket: args.lifecycle_socket.clone(),
             owner: Owner {
                 name,
                 addr: SocketAddr::new(advertised_ip, args.admin_port),

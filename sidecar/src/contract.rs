@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 /// Name of the injected container; the operator refuses a template that already uses it.
@@ -16,10 +17,47 @@ pub const SIDECAR_CONTAINER_NAME: &str = "ssekeeper";
 pub const SSE_PORT: u16 = 8800;
 /// Port name for [`SSE_PORT`]; the Service targets it by name so a port change needs no Service edit.
 pub const SSE_PORT_NAME: &str = "sse";
-/// Port for probes, metrics, the preStop hook and sidecar-to-sidecar forwarding.
+/// Port for probes, metrics and sidecar-to-sidecar forwarding (never the preStop hook: see
+/// [`LIFECYCLE_SOCKET_PATH`]).
 pub const ADMIN_PORT: u16 = 8801;
 /// Port name for [`ADMIN_PORT`].
 pub const ADMIN_PORT_NAME: &str = "admin";
+
+/// Where the sidecar's binary is installed in its image. The kubelet's `exec` preStop hook runs it
+/// ([`prestop_command`]), so the image needs no shell and the path must not move.
+pub const SIDECAR_BINARY_PATH: &str = "/usr/local/bin/ssekeeper-sidecar";
+/// The binary's subcommand the preStop hook runs: it asks the running sidecar, over
+/// [`LIFECYCLE_SOCKET_PATH`], to flip readiness and hold, and exits when the hold is over.
+pub const PRESTOP_SUBCOMMAND: &str = "prestop";
+
+/// Directory of the lifecycle socket. The operator mounts a small memory-backed `emptyDir`
+/// ([`LIFECYCLE_VOLUME_NAME`]) here in the sidecar container only, so nothing outside that
+/// container (not the app, not another pod) can reach the socket.
+pub const LIFECYCLE_SOCKET_DIR: &str = "/run/ssekeeper";
+/// The unix socket the sidecar serves its preStop hook on (`POST /prestop`). The drain is
+/// triggered only through it: a network endpoint would let any pod that reaches the admin port
+/// take a replica out of service.
+pub const LIFECYCLE_SOCKET_PATH: &str = "/run/ssekeeper/lifecycle.sock";
+/// Environment variable naming the lifecycle socket, read by the sidecar and by its
+/// [`PRESTOP_SUBCOMMAND`] alike (the flag is `--lifecycle-socket`).
+pub const LIFECYCLE_SOCKET_ENV: &str = "SSEKEEPER_LIFECYCLE_SOCKET";
+/// Name of the `emptyDir` volume holding the lifecycle socket; the operator refuses a template
+/// that already uses it (as a volume or a mount), so no other container can be given the socket.
+pub const LIFECYCLE_VOLUME_NAME: &str = "ssekeeper-run";
+/// `sizeLimit` of [`LIFECYCLE_VOLUME_NAME`] (memory-backed: it holds one socket, nothing else).
+pub const LIFECYCLE_VOLUME_SIZE_LIMIT: &str = "1Mi";
+/// How long the preStop subcommand waits for the sidecar's answer when not told otherwise: longer
+/// than the largest `preStopDelaySeconds` (300), so only a wedged sidecar makes it give up.
+pub const PRESTOP_DEFAULT_TIMEOUT_SECONDS: u32 = 600;
+/// Seconds the rendered preStop subcommand waits beyond the preStop hold before it gives up, so
+/// a wedged sidecar still gets its SIGTERM (and drains) well within the grace period.
+pub const PRESTOP_ANSWER_MARGIN_SECONDS: u32 = 10;
+/// The body the admin port answers `/prestop` with (status 404): the drain cannot be triggered
+/// over the network, and whoever tries learns where the hook lives.
+pub const PRESTOP_REFUSED_BODY: &str = concat!(
+    "not found: /prestop is not served on the network; ",
+    "the preStop hook runs `ssekeeper-sidecar prestop` on the sidecar's lifecycle socket\n"
+);
 
 /// Seconds after the drain window during which a draining pod keeps capturing upstreams until
 /// every new owner has taken its sessions over. Part of the grace period the operator renders.
@@ -39,7 +77,7 @@ pub fn app_prestop_sleep_seconds(prestop_delay_seconds: u32, drain_seconds: u32)
     prestop_delay_seconds + drain_seconds + HANDOVER_MARGIN_SECONDS
 }
 
-/// HTTP paths served on the admin port.
+/// HTTP paths served on the admin port (and, for [`paths::PRESTOP`], on the lifecycle socket only).
 pub mod paths {
     /// Readiness: false while draining or while the app is not ready.
     pub const READY: &str = "/ready";
@@ -47,7 +85,8 @@ pub mod paths {
     pub const LIVE: &str = "/live";
     /// Prometheus metrics (OpenMetrics text).
     pub const METRICS: &str = "/metrics";
-    /// The kubelet's preStop httpGet: flips readiness and holds `preStopDelaySeconds`.
+    /// The preStop hook (`POST`, on the lifecycle socket only; the admin port refuses it): flips
+    /// readiness and holds `preStopDelaySeconds`.
     pub const PRESTOP: &str = "/prestop";
     /// Sidecar-to-sidecar forwarding of a request to the pod that owns its session.
     pub const FORWARD: &str = "/internal/forward";
@@ -176,7 +215,12 @@ pub enum LogFormat {
 /// Every setting of the sidecar. Flags for what the operator renders into `args`, environment
 /// variables for secrets and pod identity; every flag also reads an `SSEKEEPER_*` variable.
 #[derive(Debug, Clone, PartialEq, clap::Parser)]
-#[command(name = "ssekeeper-sidecar", version, about = "SSE-aware sidecar proxy")]
+#[command(
+    name = "ssekeeper-sidecar",
+    version,
+    about = "SSE-aware sidecar proxy",
+    after_help = "The preStop hook: `ssekeeper-sidecar prestop [--lifecycle-socket PATH]` (see `ssekeeper-sidecar prestop --help`)."
+)]
 pub struct SidecarArgs {
     /// Port of the app on 127.0.0.1.
     #[arg(long, env = "SSEKEEPER_APP_PORT")]
@@ -218,7 +262,11 @@ pub struct SidecarArgs {
         value_delimiter = ','
     )]
     pub session_keys: Vec<SessionKeySource>,
-    /// Seconds `/prestop` holds after flipping readiness, so load balancers forget the pod.
+    /// Unix socket the preStop hook (`ssekeeper-sidecar prestop`) reaches this sidecar on; a stale
+    /// socket file is replaced at start-up, the new one is made `0600`.
+    #[arg(long, env = LIFECYCLE_SOCKET_ENV, default_value = LIFECYCLE_SOCKET_PATH)]
+    pub lifecycle_socket: PathBuf,
+    /// Seconds the preStop hook holds after flipping readiness, so load balancers forget the pod.
     #[arg(long, env = "SSEKEEPER_PRESTOP_DELAY_SECONDS", default_value_t = 5)]
     pub prestop_delay_seconds: u32,
     /// Seconds over which stream closes are spread after SIGTERM.
@@ -315,6 +363,7 @@ impl SidecarArgs {
             format!("--store={}", self.store.as_str()),
             format!("--session-ttl-seconds={}", self.session_ttl_seconds),
             format!("--history-limit={}", self.history_limit),
+            format!("--lifecycle-socket={}", self.lifecycle_socket.display()),
         ];
         args.extend(
             self.session_keys
@@ -367,6 +416,53 @@ impl SidecarArgs {
     }
 }
 
+/// `ssekeeper-sidecar prestop`: what the kubelet's `exec` preStop hook runs. It asks the sidecar
+/// of its own container, over the lifecycle socket, to flip readiness and hold, and exits 0 once
+/// the hold is over (non-zero, with the reason, if the sidecar cannot be reached or refuses).
+#[derive(Debug, Clone, PartialEq, clap::Parser)]
+#[command(
+    name = "prestop",
+    bin_name = "ssekeeper-sidecar prestop",
+    version,
+    about = "Run the sidecar's preStop hook: readiness off, then hold (the kubelet's exec preStop)"
+)]
+pub struct PrestopArgs {
+    /// The running sidecar's lifecycle socket (its `--lifecycle-socket`).
+    #[arg(long, env = LIFECYCLE_SOCKET_ENV, default_value = LIFECYCLE_SOCKET_PATH)]
+    pub lifecycle_socket: PathBuf,
+    /// Seconds to wait for the sidecar's answer (the preStop hold) before giving up.
+    #[arg(long, env = "SSEKEEPER_PRESTOP_TIMEOUT_SECONDS", default_value_t = PRESTOP_DEFAULT_TIMEOUT_SECONDS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub timeout_seconds: u32,
+}
+
+impl PrestopArgs {
+    /// The hook's settings for a sidecar configured by `sidecar`: its socket, and an answer
+    /// expected within the preStop hold plus [`PRESTOP_ANSWER_MARGIN_SECONDS`].
+    pub fn for_sidecar(sidecar: &SidecarArgs) -> Self {
+        Self {
+            lifecycle_socket: sidecar.lifecycle_socket.clone(),
+            timeout_seconds: sidecar.prestop_delay_seconds + PRESTOP_ANSWER_MARGIN_SECONDS,
+        }
+    }
+
+    /// The subcommand and its flags, as they follow the binary on the command line.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            PRESTOP_SUBCOMMAND.to_string(),
+            format!("--lifecycle-socket={}", self.lifecycle_socket.display()),
+            format!("--timeout-seconds={}", self.timeout_seconds),
+        ]
+    }
+}
+
+/// The preStop `exec` command the operator renders for a sidecar configured by `sidecar`: the
+/// binary at [`SIDECAR_BINARY_PATH`] running [`PRESTOP_SUBCOMMAND`] on that sidecar's socket.
+pub fn prestop_command(sidecar: &SidecarArgs) -> Vec<String> {
+    std::iter::once(SIDECAR_BINARY_PATH.to_string())
+        .chain(PrestopArgs::for_sidecar(sidecar).to_args())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,8 +493,31 @@ mod tests {
         cfg.store_timeout_millis = 345;
         cfg.forward_max_skew_seconds = 9;
         cfg.log_format = LogFormat::Pretty;
+        cfg.lifecycle_socket = "/tmp/x/life.sock".into();
         let argv = std::iter::once("ssekeeper-sidecar".to_string()).chain(cfg.to_args());
         assert_eq!(SidecarArgs::try_parse_from(argv).unwrap(), cfg);
+    }
+
+    #[test]
+    fn the_prestop_command_parses_back_and_names_the_sidecars_socket() {
+        let mut cfg = SidecarArgs::defaults(8080, "prod", "chat");
+        assert_eq!(cfg.lifecycle_socket, PathBuf::from(LIFECYCLE_SOCKET_PATH));
+        assert_eq!(
+            std::path::Path::new(LIFECYCLE_SOCKET_PATH).parent(),
+            Some(std::path::Path::new(LIFECYCLE_SOCKET_DIR))
+        );
+        cfg.lifecycle_socket = "/elsewhere/l.sock".into();
+        cfg.prestop_delay_seconds = 7;
+        let command = prestop_command(&cfg);
+        assert_eq!(command[0], SIDECAR_BINARY_PATH);
+        assert_eq!(command[1], PRESTOP_SUBCOMMAND);
+        let parsed = PrestopArgs::try_parse_from(&command[1..]).unwrap();
+        assert_eq!(parsed, PrestopArgs::for_sidecar(&cfg));
+        assert_eq!(parsed.lifecycle_socket, cfg.lifecycle_socket);
+        assert_eq!(parsed.timeout_seconds, 7 + PRESTOP_ANSWER_MARGIN_SECONDS);
+        let bare = PrestopArgs::try_parse_from([PRESTOP_SUBCOMMAND]).unwrap();
+        assert_eq!(bare.lifecycle_socket, PathBuf::from(LIFECYCLE_SOCKET_PATH));
+        assert_eq!(bare.timeout_seconds, PRESTOP_DEFAULT_TIMEOUT_SECONDS);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! into the pod is exactly what this crate parses. The rest is small layers with one job each:
 //! `proxy` decides what a request is (resume, forward, proxy), `recorder` owns a session's
 //! upstream, `resume` replays and takes over, `leases` holds ownership, `drain` follows the
-//! kubelet's termination order, `admin` serves probes, metrics and forwarded requests.
+//! kubelet's termination order, `lifecycle` serves the preStop hook on a unix socket (never the
+//! network), `admin` serves probes, metrics and forwarded requests.
 
 pub mod admin;
 pub mod body;
@@ -17,6 +18,7 @@ pub mod gates;
 pub mod headers;
 pub mod health;
 pub mod leases;
+pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
 pub mod recorder;

@@ -1,16 +1,26 @@
 //! `ssekeeper-sidecar`: parse the contract's flags, open the store, serve, and follow the
 //! kubelet's termination order on SIGTERM; exit 0 once every session is handed over.
+//!
+//! `ssekeeper-sidecar prestop` is the kubelet's `exec` preStop hook: the same binary (the image
+//! has no shell), asking the running sidecar over its lifecycle socket to flip readiness and hold.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser as _;
 use ssekeeper_sidecar::config::Settings;
-use ssekeeper_sidecar::contract::SidecarArgs;
-use ssekeeper_sidecar::{server, store, telemetry};
+use ssekeeper_sidecar::contract::{PRESTOP_SUBCOMMAND, PrestopArgs, SidecarArgs};
+use ssekeeper_sidecar::{lifecycle, server, store, telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
+    // The sidecar's own flags all start with `--`, so a first argument `prestop` is unambiguous.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == PRESTOP_SUBCOMMAND)
+    {
+        return prestop(PrestopArgs::parse_from(std::env::args_os().skip(1)));
+    }
     let args = SidecarArgs::parse();
     telemetry::init(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -26,6 +36,31 @@ fn main() -> ExitCode {
     let code = runtime.block_on(run(args));
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// The preStop hook: one line on stdout when the hold is over (exit 0), or the reason on stderr
+/// (exit 1), which the kubelet records in the pod's events.
+fn prestop(args: PrestopArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ssekeeper-sidecar prestop: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(lifecycle::run_prestop(&args)) {
+        Ok(answer) => {
+            println!("ssekeeper-sidecar prestop: {answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ssekeeper-sidecar prestop: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 async fn run(args: SidecarArgs) -> ExitCode {

@@ -84,6 +84,7 @@ pub struct Metrics {
     /// Clients cut because they did not read fast enough.
     pub slow_consumers: Counter,
     errors: Family<KindLabel, Counter>,
+    admin_refused: Family<ReasonLabel, Counter>,
     /// 1 while the store answers, 0 while it does not.
     pub store_up: Gauge,
     /// 1 while the app's port accepts connections.
@@ -119,6 +120,7 @@ impl Metrics {
             resumes: Family::default(),
             slow_consumers: Counter::default(),
             errors: Family::default(),
+            admin_refused: Family::default(),
             store_up: Gauge::default(),
             app_up: Gauge::default(),
             drain_phase: Gauge::default(),
@@ -203,6 +205,11 @@ impl Metrics {
         );
         registry.register("errors", "Errors, by kind", m.errors.clone());
         registry.register(
+            "admin_refused",
+            "Admin-port requests refused, by reason (prestop: the preStop hook is not served on the network)",
+            m.admin_refused.clone(),
+        );
+        registry.register(
             "store_up",
             "Whether the session store answers",
             m.store_up.clone(),
@@ -234,6 +241,14 @@ impl Metrics {
     /// Count an error by kind.
     pub fn error(&self, kind: &'static str) {
         self.errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// Count an admin-port request refused on purpose (e.g. `/prestop` from the network), so an
+    /// attempt to drain a pod from outside shows up.
+    pub fn admin_refused(&self, reason: &'static str) {
+        self.admin_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Count a takeover attempt by outcome.
@@ -288,6 +303,11 @@ impl Metrics {
         match family {
             "handovers" => self
                 .handovers
+                .get(&ReasonLabel { reason: label })
+                .map(|c| c.get())
+                .unwrap_or(0),
+            "admin_refused" => self
+                .admin_refused
                 .get(&ReasonLabel { reason: label })
                 .map(|c| c.get())
                 .unwrap_or(0),

@@ -1,11 +1,12 @@
 //! Listeners, connections and the process lifecycle.
 //!
-//! [`start`] binds both ports and starts every background task, and returns a [`Running`]
-//! handle; [`Running::terminate`] is what SIGTERM does (the binary wires the signal to it, tests
-//! call it directly, so several sidecars can run in one test process).
+//! [`start`] binds both ports and the lifecycle socket, starts every background task, and returns
+//! a [`Running`] handle; [`Running::terminate`] is what SIGTERM does (the binary wires the signal
+//! to it, tests call it directly, so several sidecars can run in one test process).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use crate::config::Settings;
 use crate::drain::{self, Lifecycle};
 use crate::health::{AppProbe, HEARTBEAT_EVERY, HEARTBEAT_STALE, Heartbeat, StoreHealth};
 use crate::leases::LeaseBook;
+use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Origin};
 use crate::recorder::Recorders;
@@ -36,6 +38,8 @@ pub struct Running {
     pub sse_addr: SocketAddr,
     /// Where the admin listener is bound.
     pub admin_addr: SocketAddr,
+    /// Where the lifecycle socket (the preStop hook) is bound.
+    pub lifecycle_socket: PathBuf,
     /// The shared state (tests read metrics and counts from it).
     pub shared: Arc<Shared>,
     terminate: CancellationToken,
@@ -54,10 +58,12 @@ impl Running {
     }
 }
 
-/// Bind the ports and start serving.
+/// Bind the ports and the lifecycle socket, and start serving.
 pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io::Result<Running> {
     let sse = TcpListener::bind(settings.sse_listen).await?;
     let admin_listener = TcpListener::bind(settings.admin_listen).await?;
+    let lifecycle_socket = settings.lifecycle_socket.clone();
+    let lifecycle_listener = lifecycle::bind(&lifecycle_socket)?;
     let sse_addr = sse.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let mut settings = settings;
@@ -117,6 +123,7 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
     tracing::info!(
         sse = %sse_addr,
         admin = %admin_addr,
+        lifecycle = %lifecycle_socket.display(),
         app = %shared.settings.app_addr,
         owner = %shared.settings.owner.name,
         advertised = %shared.settings.owner.addr,
@@ -131,6 +138,12 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
         admin_listener,
         admin_stop.clone(),
     ));
+    let lifecycle_task = tokio::spawn(lifecycle::serve(
+        shared.clone(),
+        lifecycle_listener,
+        lifecycle_socket.clone(),
+        admin_stop.clone(),
+    ));
     let terminate = CancellationToken::new();
     let done = {
         let shared = shared.clone();
@@ -142,11 +155,13 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
             background.cancel();
             admin_stop.cancel();
             let _ = admin_task.await;
+            let _ = lifecycle_task.await;
         })
     };
     Ok(Running {
         sse_addr,
         admin_addr,
+        lifecycle_socket,
         shared,
         terminate,
         done,

@@ -1,5 +1,6 @@
-//! The kubelet's termination order: preStop flips readiness and holds, SIGTERM closes streams
-//! with a retry hint, the process exits 0 before the grace deadline.
+//! The kubelet's termination order: preStop (the binary's `prestop` subcommand over the
+//! lifecycle socket) flips readiness and holds, SIGTERM closes streams with a retry hint, the
+//! process exits 0 before the grace deadline.
 
 mod common;
 
@@ -9,7 +10,19 @@ use std::time::{Duration, Instant};
 
 use common::app::{Feeds, TestApp};
 use common::client::{Log, Stream, fetch};
-use common::{args, eventually, memory_store, start_sidecar};
+use common::{args, eventually, memory_store, socket_path, start_sidecar};
+use ssekeeper_sidecar::contract::{PrestopArgs, SidecarArgs};
+
+/// The kubelet's `exec` preStop hook, as the operator renders it, run against `sidecar`'s socket:
+/// the built binary's `prestop` subcommand. Returns its exit status and stdout.
+async fn exec_prestop(sidecar: &SidecarArgs) -> (std::process::ExitStatus, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ssekeeper-sidecar"))
+        .args(PrestopArgs::for_sidecar(sidecar).to_args())
+        .output()
+        .await
+        .expect("the prestop subcommand runs");
+    (out.status, String::from_utf8_lossy(&out.stdout).to_string())
+}
 
 const T: Duration = Duration::from_secs(15);
 
@@ -21,7 +34,7 @@ async fn prestop_flips_readiness_then_sigterm_closes_streams_with_a_hint() {
     a.drain_seconds = 2;
     a.handover_margin_seconds = 1;
     a.reconnect_delay_millis = 750;
-    let sc = start_sidecar(a, memory_store()).await;
+    let sc = start_sidecar(a.clone(), memory_store()).await;
     eventually("ready", T, || sc.shared.app_probe.is_up()).await;
     assert_eq!(fetch(sc.admin, "GET", "/ready", &[], None).await.0, 200);
 
@@ -32,9 +45,9 @@ async fn prestop_flips_readiness_then_sigterm_closes_streams_with_a_hint() {
         streams.push(s);
     }
 
-    let admin = sc.admin;
     let t = Instant::now();
-    let prestop = tokio::spawn(async move { fetch(admin, "GET", "/prestop", &[], None).await.0 });
+    let hook = a.clone();
+    let prestop = tokio::spawn(async move { exec_prestop(&hook).await });
     eventually("readiness off at once", Duration::from_millis(500), || {
         !sc.shared.lifecycle.ready()
     })
@@ -42,7 +55,9 @@ async fn prestop_flips_readiness_then_sigterm_closes_streams_with_a_hint() {
     assert_eq!(fetch(sc.admin, "GET", "/ready", &[], None).await.0, 503);
     // Not ready, but alive: the heartbeat still beats, so the kubelet does not restart it.
     assert_eq!(fetch(sc.admin, "GET", "/live", &[], None).await.0, 200);
-    assert_eq!(prestop.await.unwrap(), 200);
+    let (status, stdout) = prestop.await.unwrap();
+    assert!(status.success(), "prestop exited {status:?}: {stdout}");
+    assert_eq!(stdout.lines().count(), 1, "one line: {stdout:?}");
     let held = t.elapsed();
     assert!(held >= Duration::from_secs(1), "preStop held {held:?}");
     // Still serving while the load balancers catch up.
@@ -80,6 +95,7 @@ async fn the_binary_drains_and_exits_zero_before_the_deadline() {
     let probe2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let admin_port = probe2.local_addr().unwrap().port();
     drop((probe, probe2));
+    let socket = socket_path("bin");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ssekeeper-sidecar"))
         .args([
             format!("--app-port={}", app.addr.port()),
@@ -91,6 +107,7 @@ async fn the_binary_drains_and_exits_zero_before_the_deadline() {
             "--drain-seconds=1".to_string(),
             "--handover-margin-seconds=1".to_string(),
             "--prestop-delay-seconds=0".to_string(),
+            format!("--lifecycle-socket={}", socket.display()),
             "--reconnect-delay-millis=300".to_string(),
             "--log-format=json".to_string(),
         ])
@@ -117,6 +134,14 @@ async fn the_binary_drains_and_exits_zero_before_the_deadline() {
     s.read_until(&mut log, 3, T).await;
     let (_, _, metrics) = fetch(admin, "GET", "/metrics", &[], None).await;
     assert!(metrics.contains("ssekeeper_active_streams 1"), "{metrics}");
+
+    // The kubelet's order: the exec preStop hook (readiness off), then SIGTERM.
+    let mut hook = SidecarArgs::defaults(app.addr.port(), "test", "bin");
+    hook.lifecycle_socket = socket.clone();
+    hook.prestop_delay_seconds = 0;
+    let (status, stdout) = exec_prestop(&hook).await;
+    assert!(status.success(), "prestop exited {status:?}: {stdout}");
+    assert_eq!(fetch(admin, "GET", "/ready", &[], None).await.0, 503);
 
     let t = Instant::now();
     let status = Command::new("kill")
@@ -154,6 +179,7 @@ async fn the_binary_drains_and_exits_zero_before_the_deadline() {
             .any(|l| l.contains("drain complete") && l.starts_with('{')),
         "json logs: {stderr}"
     );
+    assert!(!socket.exists(), "the socket is removed on exit");
 }
 
 #[tokio::test]

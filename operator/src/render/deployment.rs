@@ -7,10 +7,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
-    LifecycleHandler, ObjectFieldSelector, PodSpec, Probe, SeccompProfile, SecretKeySelector,
-    SecurityContext, SleepAction,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, Probe,
+    SeccompProfile, SecretKeySelector, SecurityContext, SleepAction, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
@@ -56,6 +57,15 @@ pub(super) fn render(ctx: &Ctx<'_>, input: &RenderInput<'_>) -> Deployment {
         });
     }
     pod.containers.push(sidecar_container(ctx, input, &args));
+    // The lifecycle socket's directory: memory-backed, mounted in the sidecar container only.
+    pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: contract::LIFECYCLE_VOLUME_NAME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            size_limit: Some(Quantity(contract::LIFECYCLE_VOLUME_SIZE_LIMIT.into())),
+        }),
+        ..Volume::default()
+    });
 
     Deployment {
         metadata: ctx.meta(ctx.name.clone()),
@@ -182,13 +192,22 @@ fn sidecar_container(ctx: &Ctx<'_>, input: &RenderInput<'_>, args: &SidecarArgs)
             timeout_seconds: Some(2),
             ..Probe::default()
         }),
+        // An exec of the sidecar's own `prestop` subcommand over the lifecycle socket: only the
+        // kubelet can run it, where an httpGet would be open to anything that reaches the port.
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
-                http_get: Some(http_get(paths::PRESTOP)),
+                exec: Some(ExecAction {
+                    command: Some(contract::prestop_command(args)),
+                }),
                 ..LifecycleHandler::default()
             }),
             ..Lifecycle::default()
         }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: contract::LIFECYCLE_VOLUME_NAME.into(),
+            mount_path: lifecycle_socket_dir(args),
+            ..VolumeMount::default()
+        }]),
         resources: Some(
             overrides
                 .resources
@@ -212,6 +231,15 @@ fn sidecar_container(ctx: &Ctx<'_>, input: &RenderInput<'_>, args: &SidecarArgs)
         }),
         ..Container::default()
     }
+}
+
+/// Where the lifecycle volume is mounted: the directory of the socket the sidecar is told to use.
+fn lifecycle_socket_dir(args: &SidecarArgs) -> String {
+    args.lifecycle_socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| contract::LIFECYCLE_SOCKET_DIR.into())
 }
 
 fn container_port(name: &str, port: u16) -> ContainerPort {

@@ -10,8 +10,9 @@ pub mod hooked;
 pub use hooked::{Hooked, Op, StoreHook};
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -26,6 +27,16 @@ use tokio_util::sync::CancellationToken;
 /// The forwarding key every test sidecar shares.
 pub const FORWARD_KEY: &str = "test-forward-key";
 
+/// A lifecycle socket of its own for each test sidecar (many share one process).
+pub fn socket_path(name: &str) -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!(
+        "ssekeeper-test-{}-{name}-{n}.sock",
+        std::process::id()
+    ))
+}
+
 /// Test defaults: loopback, ephemeral ports, short timings, MCP-style session keys.
 pub fn args(app: SocketAddr, name: &str) -> SidecarArgs {
     let mut a = SidecarArgs::defaults(app.port(), "test", "svc");
@@ -34,6 +45,7 @@ pub fn args(app: SocketAddr, name: &str) -> SidecarArgs {
     a.sse_port = 0;
     a.admin_port = 0;
     a.pod_name = name.to_string();
+    a.lifecycle_socket = socket_path(name);
     a.store = StoreKind::Memory;
     a.session_keys = vec![
         "query:sessionId".parse().unwrap(),
@@ -58,6 +70,8 @@ pub fn memory_store() -> Arc<dyn SessionStore> {
 pub struct TestSidecar {
     pub sse: SocketAddr,
     pub admin: SocketAddr,
+    /// The lifecycle socket (the preStop hook).
+    pub lifecycle: PathBuf,
     pub shared: Arc<Shared>,
     term: CancellationToken,
     kill: CancellationToken,
@@ -82,7 +96,12 @@ pub async fn start_sidecar(args: SidecarArgs, store: Arc<dyn SessionStore>) -> T
         let running = rt
             .block_on(server::start(settings, store))
             .expect("sidecar starts");
-        let _ = info_tx.send((running.sse_addr, running.admin_addr, running.shared.clone()));
+        let _ = info_tx.send((
+            running.sse_addr,
+            running.admin_addr,
+            running.lifecycle_socket.clone(),
+            running.shared.clone(),
+        ));
         let f2 = f.clone();
         rt.spawn(async move {
             t.cancelled().await;
@@ -98,10 +117,11 @@ pub async fn start_sidecar(args: SidecarArgs, store: Arc<dyn SessionStore>) -> T
         });
         rt.shutdown_background();
     });
-    let (sse, admin, shared) = info_rx.await.expect("sidecar started");
+    let (sse, admin, lifecycle, shared) = info_rx.await.expect("sidecar started");
     TestSidecar {
         sse,
         admin,
+        lifecycle,
         shared,
         term,
         kill,
@@ -142,6 +162,8 @@ impl TestSidecar {
 impl Drop for TestSidecar {
     fn drop(&mut self) {
         self.kill.cancel();
+        // A killed sidecar leaves its socket behind (the next start would replace it).
+        let _ = std::fs::remove_file(&self.lifecycle);
     }
 }
 

@@ -251,10 +251,7 @@ impl Cluster {
 
     fn plan(&self, pod: &Pod) -> TerminationPlan {
         let (p, d) = (self.cfg.prestop_delay_seconds, self.cfg.drain_seconds);
-        match pod.admin_addr() {
-            Some(admin) => TerminationPlan::sidecar_pod(admin, p, d),
-            None => TerminationPlan::plain_pod(p, d),
-        }
+        TerminationPlan::for_pod(pod, p, d)
     }
 
     fn take(&mut self, name: &str) -> Option<Member> {

@@ -3,13 +3,11 @@
 //! deadline (counted from the start of termination) gets SIGKILL. The report says when each step
 //! happened, so a test can assert that nothing needed the SIGKILL.
 
-use std::net::SocketAddr;
-use std::process::ExitStatus;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Method;
-use ssekeeper_sidecar::contract;
+use ssekeeper_sidecar::contract::{self, SidecarArgs};
 
 use super::pod::Pod;
 use super::process::Proc;
@@ -19,8 +17,28 @@ use super::process::Proc;
 pub enum PreStop {
     /// The native `sleep` action.
     Sleep(Duration),
-    /// `httpGet` on the container's port.
-    HttpGet(SocketAddr, &'static str),
+    /// The `exec` action: a program run to completion in the container; a non-zero exit is the
+    /// hook failing (the kubelet records it and carries on with SIGTERM).
+    Exec {
+        /// The program.
+        program: PathBuf,
+        /// Its arguments.
+        args: Vec<String>,
+    },
+}
+
+impl PreStop {
+    /// The sidecar's hook exactly as the operator renders it (`contract::prestop_command`: the
+    /// binary's `prestop` subcommand on that sidecar's lifecycle socket), with the binary under
+    /// test in place of the image's path.
+    pub fn sidecar(binary: &Path, sidecar: &SidecarArgs) -> Self {
+        let mut command = contract::prestop_command(sidecar);
+        command.remove(0);
+        Self::Exec {
+            program: binary.to_path_buf(),
+            args: command,
+        }
+    }
 }
 
 /// What the operator renders for one pod's termination.
@@ -35,16 +53,29 @@ pub struct TerminationPlan {
 }
 
 impl TerminationPlan {
+    /// The plan the operator renders for `pod`: [`TerminationPlan::sidecar_pod`] with the pod's
+    /// own sidecar hook, or [`TerminationPlan::plain_pod`] without a sidecar.
+    pub fn for_pod(pod: &Pod, prestop_delay_seconds: u32, drain_seconds: u32) -> Self {
+        match &pod.sidecar_prestop {
+            Some(hook) => Self::sidecar_pod(hook.clone(), prestop_delay_seconds, drain_seconds),
+            None => Self::plain_pod(prestop_delay_seconds, drain_seconds),
+        }
+    }
+
     /// The plan the operator renders for a sidecar pod: the app sleeps
-    /// `contract::app_prestop_sleep_seconds`, the sidecar's hook is `GET /prestop`, and the grace
-    /// period is `contract::termination_grace_period_seconds`.
-    pub fn sidecar_pod(admin: SocketAddr, prestop_delay_seconds: u32, drain_seconds: u32) -> Self {
+    /// `contract::app_prestop_sleep_seconds`, the sidecar's hook is `sidecar_hook` (see
+    /// [`PreStop::sidecar`]), and the grace period is `contract::termination_grace_period_seconds`.
+    pub fn sidecar_pod(
+        sidecar_hook: PreStop,
+        prestop_delay_seconds: u32,
+        drain_seconds: u32,
+    ) -> Self {
         let sleep = contract::app_prestop_sleep_seconds(prestop_delay_seconds, drain_seconds);
         let grace =
             contract::termination_grace_period_seconds(prestop_delay_seconds, drain_seconds);
         Self {
             app: PreStop::Sleep(Duration::from_secs(sleep.into())),
-            sidecar: Some(PreStop::HttpGet(admin, contract::paths::PRESTOP)),
+            sidecar: Some(sidecar_hook),
             grace: Duration::from_secs(grace.into()),
         }
     }
@@ -143,22 +174,22 @@ async fn run_hook(hook: &PreStop, deadline: tokio::time::Instant) -> Option<Stri
             tokio::time::sleep((*d).min(left)).await;
             None
         }
-        PreStop::HttpGet(addr, path) => {
-            let r = crate::client::request(
-                *addr,
-                None,
-                Method::GET,
-                path,
-                &[],
-                Bytes::new(),
-                left,
-                64 * 1024,
-            )
-            .await;
-            match r {
-                Ok(r) if r.status.is_success() => None,
-                Ok(r) => Some(format!("HTTP {}", r.status)),
-                Err(e) => Some(e.to_string()),
+        PreStop::Exec { program, args } => {
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            match tokio::time::timeout(left, cmd.output()).await {
+                Err(_) => Some("cut at the grace deadline".into()),
+                Ok(Err(e)) => Some(format!("cannot run {}: {e}", program.display())),
+                Ok(Ok(out)) if out.status.success() => None,
+                Ok(Ok(out)) => Some(format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
             }
         }
     }
@@ -240,6 +271,7 @@ mod tests {
             ),
             // Ignores SIGTERM: only the deadline's SIGKILL ends it.
             sidecar: Some(sh("sidecar", "trap '' TERM; exec sleep 30", &dir)),
+            sidecar_prestop: None,
         };
         let plan = TerminationPlan {
             app: PreStop::Sleep(Duration::from_millis(400)),
@@ -261,5 +293,43 @@ mod tests {
         assert!(sidecar.killed, "{r}");
         assert!(sidecar.exited >= Duration::from_millis(1200), "{r}");
         assert!(!r.clean());
+    }
+
+    #[tokio::test]
+    async fn a_failing_exec_hook_is_reported_and_sigterm_still_comes() {
+        let dir = TestDir::new("kubelet-exec").expect("dir");
+        let mut pod = Pod {
+            name: "p".into(),
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            app_port: 0,
+            sse_port: None,
+            admin_port: None,
+            app: sh(
+                "app",
+                "trap 'exit 0' TERM; while :; do sleep 0.02; done",
+                &dir,
+            ),
+            sidecar: Some(sh(
+                "sidecar",
+                "trap 'exit 0' TERM; while :; do sleep 0.02; done",
+                &dir,
+            )),
+            sidecar_prestop: None,
+        };
+        let exec = |script: &str| PreStop::Exec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+        };
+        let plan = TerminationPlan {
+            app: exec("exit 0"),
+            sidecar: Some(exec("echo no socket >&2; exit 3")),
+            grace: Duration::from_secs(5),
+        };
+        let r = terminate(&mut pod, &plan).await;
+        let sidecar = r.sidecar.clone().expect("sidecar report");
+        assert!(r.app.prestop_error.is_none(), "{r}");
+        let error = sidecar.prestop_error.clone().unwrap_or_default();
+        assert!(error.contains('3') && error.contains("no socket"), "{r}");
+        assert!(r.clean(), "SIGTERM followed the failed hook: {r}");
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ssekeeper_sidecar::contract::{self, SessionKeySource, SidecarArgs, StoreKind};
 
 use super::HarnessError;
+use super::kubelet::PreStop;
 use super::ports::free_port;
 use super::process::Proc;
 use super::wait_http_ok;
@@ -41,8 +42,17 @@ pub struct SidecarSettings {
 }
 
 impl SidecarSettings {
-    /// The sidecar's flags for a pod at `ip` whose app listens on `app_port`.
-    pub fn args(&self, ip: IpAddr, app_port: u16, sse_port: u16, admin_port: u16) -> Vec<String> {
+    /// The sidecar's configuration for a pod at `ip` whose app listens on `app_port`, with its
+    /// lifecycle socket at `lifecycle_socket` (the pod's own "emptyDir"). The process gets
+    /// `to_args()` of it; the preStop hook is derived from it as the operator derives it.
+    pub fn config(
+        &self,
+        ip: IpAddr,
+        app_port: u16,
+        sse_port: u16,
+        admin_port: u16,
+        lifecycle_socket: &Path,
+    ) -> SidecarArgs {
         let mut a = SidecarArgs::defaults(app_port, &self.service_namespace, &self.service_name);
         a.app_host = ip;
         a.listen_host = ip;
@@ -57,8 +67,9 @@ impl SidecarSettings {
         a.drain_seconds = self.drain_seconds;
         a.reconnect_delay_millis = self.reconnect_delay_millis;
         a.log_format = contract::LogFormat::Pretty;
+        a.lifecycle_socket = lifecycle_socket.to_path_buf();
         (self.tweak)(&mut a);
-        a.to_args()
+        a
     }
 }
 
@@ -79,6 +90,9 @@ pub struct Pod {
     pub app: Proc,
     /// The sidecar container, in sidecar mode.
     pub sidecar: Option<Proc>,
+    /// The sidecar's preStop hook as the operator renders it (the built binary's `prestop`
+    /// subcommand on this pod's lifecycle socket), in sidecar mode.
+    pub sidecar_prestop: Option<PreStop>,
 }
 
 impl Pod {
@@ -120,9 +134,13 @@ impl Pod {
             admin_port: None,
             app,
             sidecar: None,
+            sidecar_prestop: None,
         };
         if let Some(s) = sidecar {
             let (sse, admin) = (free_port(ip)?, free_port(ip)?);
+            // The pod's own directory for the socket, as the emptyDir is in a real pod.
+            let socket = dir.join(format!("{name}.run")).join("lifecycle.sock");
+            let config = s.config(ip, app_port, sse, admin, &socket);
             let envs = vec![
                 (
                     contract::env::REDIS_URL.to_string(),
@@ -146,13 +164,14 @@ impl Pod {
             let proc = Proc::spawn(
                 &format!("{name}/sidecar"),
                 &s.binary,
-                &s.args(ip, app_port, sse, admin),
+                &config.to_args(),
                 &envs,
                 &dir.join(format!("{name}.sidecar.log")),
             )?;
             pod.sse_port = Some(sse);
             pod.admin_port = Some(admin);
             pod.sidecar = Some(proc);
+            pod.sidecar_prestop = Some(PreStop::sidecar(&s.binary, &config));
             let ready = SocketAddr::new(ip, admin);
             if !wait_http_ok(ready, contract::paths::READY, READY_TIMEOUT).await {
                 let log = pod
