@@ -1,6 +1,8 @@
 //! Checks the CRD cannot make cheaply. A CEL rule over every port of every container exceeds the
 //! API server's cost budget for an embedded PodTemplateSpec, so these run in the operator and are
-//! reported as `Degraded=True, reason InvalidSpec` with the same kind of message.
+//! reported as `Degraded=True, reason InvalidSpec` with the same kind of message. The reserved
+//! lifecycle volume name (as a volume, or as a mount of any container) is the same kind of walk
+//! over every container, so it is checked here too.
 
 use ssekeeper_sidecar::contract;
 
@@ -8,6 +10,7 @@ use crate::api::SseService;
 
 /// Why the spec cannot be rendered into a valid pod.
 pub fn validate(svc: &SseService) -> Result<(), String> {
+    lifecycle_volume_is_free(svc)?;
     let containers = svc
         .spec
         .template
@@ -39,6 +42,34 @@ pub fn validate(svc: &SseService) -> Result<(), String> {
     Ok(())
 }
 
+/// The lifecycle socket's volume is the sidecar's alone: a template volume of that name would
+/// clash, and a template mount of that name would hand the app (or any other container) the
+/// socket that drains the pod.
+fn lifecycle_volume_is_free(svc: &SseService) -> Result<(), String> {
+    let reserved = contract::LIFECYCLE_VOLUME_NAME;
+    let Some(pod) = svc.spec.template.spec.as_ref() else {
+        return Ok(());
+    };
+    if pod.volumes.iter().flatten().any(|v| v.name == reserved) {
+        return Err(format!(
+            "the pod template has a volume named {reserved:?}, which is reserved for the injected sidecar's lifecycle socket; rename it"
+        ));
+    }
+    let all = pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten());
+    for c in all {
+        if c.volume_mounts.iter().flatten().any(|m| m.name == reserved) {
+            return Err(format!(
+                "container {:?} mounts a volume named {reserved:?}, which is reserved for the injected sidecar's lifecycle socket (only the sidecar may reach it); rename the mount",
+                c.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::validate;
@@ -58,5 +89,36 @@ mod tests {
         assert!(e.contains("\"app\"") && e.contains("8801"), "{e}");
         let e = validate(&svc("[{containerPort: 8080, name: sse}]")).unwrap_err();
         assert!(e.contains("\"sse\"") && e.contains("rename"), "{e}");
+    }
+
+    fn pod(spec: &str) -> SseService {
+        serde_yaml::from_str(&format!(
+            "apiVersion: ssekeeper.dev/v1alpha1\nkind: SseService\nmetadata: {{name: a, namespace: b}}\nspec: {{appPort: 8080, template: {{spec: {spec}}}}}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_lifecycle_volume_name_is_reserved_as_a_volume_and_as_a_mount() {
+        let ok = "{containers: [{name: app, volumeMounts: [{name: data, mountPath: /d}]}], volumes: [{name: data, emptyDir: {}}]}";
+        assert!(validate(&pod(ok)).is_ok());
+        let e = validate(&pod(
+            "{containers: [{name: app}], volumes: [{name: ssekeeper-run, emptyDir: {}}]}",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("\"ssekeeper-run\"") && e.contains("rename"),
+            "{e}"
+        );
+        let e = validate(&pod(
+            "{containers: [{name: app, volumeMounts: [{name: ssekeeper-run, mountPath: /run/ssekeeper}]}]}",
+        ))
+        .unwrap_err();
+        assert!(e.contains("\"app\"") && e.contains("ssekeeper-run"), "{e}");
+        let e = validate(&pod(
+            "{containers: [{name: app}], initContainers: [{name: helper, restartPolicy: Always, volumeMounts: [{name: ssekeeper-run, mountPath: /x}]}]}",
+        ))
+        .unwrap_err();
+        assert!(e.contains("\"helper\""), "{e}");
     }
 }
