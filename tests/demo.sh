@@ -75,6 +75,7 @@ cat "$demo/crowd.log"
 sleep 5
 
 step "Rolling update of the SseService mid-stream (a template change): pods being replaced"
+gen_before=$(kubectl get deploy chat -o jsonpath='{.metadata.generation}')
 kubectl patch ssesvc chat --type merge \
   -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"demo.ssekeeper.dev/rolled-at\":\"$(date -Is)\"}}}}}"
 roll_start=$(date +%s)
@@ -87,10 +88,10 @@ while :; do
     printf '%4ss\n%s\n' "$(($(date +%s) - roll_start))" "$now"
     last="$now"
   fi
-  gen=$(kubectl get deploy chat -o jsonpath='{.metadata.generation}')
-  read -r obs upd ready total < <(kubectl get deploy chat -o jsonpath='{.status.observedGeneration} {.status.updatedReplicas} {.status.readyReplicas} {.status.replicas}')
+  generation=$(kubectl get deploy chat -o jsonpath='{.metadata.generation}')
+  read -r obs upd ready total < <(kubectl get deploy chat -o jsonpath='{.status.observedGeneration} {.status.updatedReplicas} {.status.readyReplicas} {.status.replicas}{"\n"}') || true
   pods=$(kubectl get pods -l ssekeeper.dev/service=chat --no-headers 2>/dev/null | wc -l)
-  if [[ "$obs" == "$gen" && "$upd" == 3 && "$ready" == 3 && "$total" == 3 && "$pods" == 3 ]]; then break; fi
+  if ((generation > gen_before)) && [[ "$obs" == "$generation" && "$upd" == 3 && "$ready" == 3 && "$total" == 3 && "$pods" == 3 ]]; then break; fi
   (($(date +%s) - roll_start < 300)) || fail "the rollout did not finish in 300 s"
   sleep 1
 done

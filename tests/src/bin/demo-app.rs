@@ -45,6 +45,17 @@ enum Cmd {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// One HTTP request (as a hostile neighbour pod would send): prints `status <code>` and the
+    /// body's first line. The images have no shell or curl; the node tests use this.
+    Fetch {
+        /// `IP:port` to connect to.
+        target: SocketAddr,
+        /// Path (and query).
+        path: String,
+        /// Method.
+        #[arg(long, default_value = "GET")]
+        method: http::Method,
+    },
 }
 
 /// Cancelled on the first SIGTERM or SIGINT.
@@ -105,6 +116,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         } => {
             let last = publisher::run(&redis_url, rate, count, shutdown).await?;
             tracing::info!(last, "publisher stopped");
+        }
+        Cmd::Fetch {
+            target,
+            path,
+            method,
+        } => {
+            let reply = ssekeeper_tests::client::http::request(
+                target,
+                None,
+                method,
+                &path,
+                &[],
+                bytes::Bytes::new(),
+                std::time::Duration::from_secs(10),
+                64 * 1024,
+            )
+            .await?;
+            let body = String::from_utf8_lossy(&reply.body);
+            println!("status {}", reply.status.as_u16());
+            println!("{}", body.lines().next().unwrap_or(""));
         }
     }
     Ok(())

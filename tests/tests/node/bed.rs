@@ -1,0 +1,439 @@
+//! The test bed on the real node: the chart installed once per test binary (the operator runs in
+//! the cluster), and per test a namespace of its own under PodSecurity `restricted` with Redis and
+//! the chat example (3 pods of the demo app with the injected sidecar, and the publisher). Clients
+//! run on the host and reach the Service through its ClusterIP (kube-proxy), bound to the bridge's
+//! client addresses so ClientIP affinity spreads them over the pods.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::watcher;
+use redis::AsyncCommands;
+use ssekeeper_tests::demo::events::{STREAM_KEY, parse_entry_id};
+use ssekeeper_tests::scenario::{ChatCrowd, ChatSummary};
+
+use crate::support::*;
+
+/// The operator's namespace and release.
+pub const OPERATOR_NS: &str = "ssekeeper-system";
+/// Bound on one rollout of the chat example (3 pods × preStop + drain + handover, plus starts).
+pub const ROLLOUT: Duration = Duration::from_secs(240);
+
+/// The images on the node: the examples name the public registry, the node has ours.
+pub fn local_images(text: &str) -> String {
+    text.replace("ghcr.io/ssekeeper/", "localhost/ssekeeper/")
+}
+
+/// kubectl, failing the test with its stderr when it fails.
+pub fn k(args: &[&str]) -> String {
+    kubectl_ok(args)
+}
+
+/// A jsonpath of an object, trimmed ("" when absent).
+pub fn jsonpath(ns: &str, object: &str, path: &str) -> String {
+    let out = kubectl(&["-n", ns, "get", object, "-o", &format!("jsonpath={path}")]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn helm(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(cluster_bin("helm"))
+        .args(args)
+        .envs(cluster_env())
+        .output()
+        .expect("run helm")
+}
+
+/// Label a namespace so that PodSecurity `restricted` is enforced in it.
+pub fn restrict(ns: &str) {
+    k(&[
+        "label",
+        "namespace",
+        ns,
+        "--overwrite",
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    ]);
+}
+
+/// Install the chart once per test binary: the operator (2 replicas, leader election) in its
+/// own restricted namespace, as a user would with `helm install`.
+pub fn operator_installed() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let _ = kubectl(&["create", "namespace", OPERATOR_NS]);
+        restrict(OPERATOR_NS);
+        let chart = repo().join("charts/ssekeeper");
+        let out = helm(&[
+            "upgrade",
+            "--install",
+            "ssekeeper",
+            chart.to_str().unwrap(),
+            "--namespace",
+            OPERATOR_NS,
+            "--set",
+            "imageRegistry=localhost/ssekeeper",
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            "sidecar.image.pullPolicy=Never",
+            "--wait",
+            "--timeout",
+            "180s",
+        ]);
+        assert!(
+            out.status.success(),
+            "helm install: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            kubectl(&["-n", OPERATOR_NS, "get", "pods,events"])
+                .stdout
+                .iter()
+                .map(|b| *b as char)
+                .collect::<String>()
+        );
+    });
+}
+
+/// `helm test` of the installed release: its output.
+pub fn helm_test() -> (bool, String) {
+    let out = helm(&["test", "ssekeeper", "-n", OPERATOR_NS, "--logs"]);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The bridge addresses clients bind to (from the cluster's env file).
+pub fn client_ips() -> Vec<IpAddr> {
+    cluster_env()["SSEKEEPER_CLIENT_IPS"]
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// A namespace with Redis and the chat example running, deleted when dropped.
+pub struct Chat {
+    /// The namespace (deleted on drop).
+    pub ns: TestNamespace,
+    /// The chat Service's ClusterIP and port.
+    pub service: SocketAddr,
+    /// The Redis Service, for reading the room's tail and for the app's own stream.
+    pub redis_url: String,
+}
+
+impl Chat {
+    /// Create the namespace and apply examples/redis.yaml and examples/chat.yaml, with `edit`
+    /// applied to the chat manifest's text; wait until the SseService is Ready.
+    pub async fn start(prefix: &str, edit: impl Fn(String) -> String) -> Self {
+        operator_installed();
+        let client = client().await;
+        let ns = TestNamespace::create(&client, prefix).await;
+        restrict(&ns.name);
+        let redis = local_images(&manifest("examples/redis.yaml", &ns.name));
+        let out = apply_text(&redis);
+        assert!(
+            out.status.success(),
+            "redis: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        k(&[
+            "-n",
+            &ns.name,
+            "rollout",
+            "status",
+            "deploy/redis",
+            "--timeout=120s",
+        ]);
+        let chat = edit(local_images(&manifest("examples/chat.yaml", &ns.name)));
+        let out = apply_text(&chat);
+        assert!(
+            out.status.success(),
+            "chat: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_ready(&ns.name, "chat", Duration::from_secs(180)).await;
+        k(&[
+            "-n",
+            &ns.name,
+            "rollout",
+            "status",
+            "deploy/chat-publisher",
+            "--timeout=60s",
+        ]);
+        let ip = jsonpath(&ns.name, "svc/chat", "{.spec.clusterIP}");
+        let port = jsonpath(&ns.name, "svc/chat", "{.spec.ports[0].port}");
+        let redis_ip = jsonpath(&ns.name, "svc/redis", "{.spec.clusterIP}");
+        Self {
+            service: format!("{ip}:{port}").parse().expect("service address"),
+            redis_url: format!("redis://{redis_ip}:6379/1"),
+            ns,
+        }
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.ns.name
+    }
+
+    /// `n` chat clients through the ClusterIP, spread over the client addresses.
+    pub fn crowd(&self, n: usize) -> ChatCrowd {
+        let ips = client_ips();
+        ChatCrowd::spawn(self.service, n, |i, mut c| {
+            c.source_ip = (!ips.is_empty()).then(|| ips[i % ips.len()]);
+            c.time_limit = Duration::from_secs(600);
+            c.max_connects = 1_000;
+            c
+        })
+    }
+
+    /// Stop the publisher, read the room's last number and judge every client against it.
+    pub async fn finish(&self, crowd: ChatCrowd) -> (u64, bool, ChatSummary) {
+        k(&[
+            "-n",
+            self.name(),
+            "scale",
+            "deploy/chat-publisher",
+            "--replicas=0",
+        ]);
+        eventually(
+            "the publisher's pod is gone",
+            Duration::from_secs(60),
+            || async {
+                let n = pods(self.name(), "app.kubernetes.io/name=chat-publisher").len();
+                (n == 0).then_some(())
+            },
+        )
+        .await;
+        let last = room_tail(&self.redis_url)
+            .await
+            .expect("read the room's tail");
+        let caught_up = crowd.wait_caught_up(last, Duration::from_secs(30)).await;
+        (last, caught_up, crowd.finish(last).await)
+    }
+}
+
+/// The room's last sequence number.
+pub async fn room_tail(url: &str) -> redis::RedisResult<u64> {
+    let client = redis::Client::open(url)?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let reply: redis::streams::StreamRangeReply =
+        con.xrevrange_count(STREAM_KEY, "+", "-", 1).await?;
+    Ok(reply
+        .ids
+        .first()
+        .and_then(|e| parse_entry_id(&e.id))
+        .unwrap_or(0))
+}
+
+/// Names of the pods matching `selector` that are not being deleted.
+pub fn pods(ns: &str, selector: &str) -> Vec<String> {
+    let out = kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-l",
+        selector,
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let name = parts.next()?;
+            parts.next().is_none().then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// Wait for the SseService's Ready condition.
+pub async fn wait_ready(ns: &str, name: &str, timeout: Duration) {
+    let what = format!("SseService {ns}/{name} Ready");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ready = jsonpath(
+            ns,
+            &format!("ssesvc/{name}"),
+            r#"{.status.conditions[?(@.type=="Ready")].status}"#,
+        );
+        if ready == "True" {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let d = kubectl(&["-n", ns, "describe", &format!("ssesvc/{name}")]);
+            let p = kubectl(&["-n", ns, "get", "pods", "-o", "wide"]);
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}\n{}",
+                String::from_utf8_lossy(&d.stdout),
+                String::from_utf8_lossy(&p.stdout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The Deployment's `metadata.generation` (0 when absent).
+pub fn deployment_generation(ns: &str, name: &str) -> u64 {
+    jsonpath(ns, &format!("deploy/{name}"), "{.metadata.generation}")
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Wait until the Deployment `name` is past generation `after` (the operator applied the change)
+/// and has rolled out completely: every replica updated and ready, no old pod left (terminating
+/// ones included).
+pub async fn wait_rolled_out(ns: &str, name: &str, replicas: usize, after: u64, timeout: Duration) {
+    let what = format!("Deployment {ns}/{name} rolled out to {replicas} (past generation {after})");
+    eventually(&what, timeout, || async {
+        let generation = deployment_generation(ns, name);
+        if generation <= after {
+            return None;
+        }
+        let status = jsonpath(
+            ns,
+            &format!("deploy/{name}"),
+            "{.status.observedGeneration} {.status.updatedReplicas} {.status.readyReplicas} {.status.replicas}",
+        );
+        let want = format!("{generation} {replicas} {replicas} {replicas}");
+        let all = kubectl(&["-n", ns, "get", "pods", "-l", &format!("ssekeeper.dev/service={name}"), "--no-headers"]);
+        let count = String::from_utf8_lossy(&all.stdout).lines().count();
+        (status == want && count == replicas).then_some(())
+    })
+    .await;
+}
+
+/// Change the SseService's pod template (an annotation), which rolls every pod. Returns the
+/// Deployment's generation before the change (for [`wait_rolled_out`]).
+pub fn roll(ns: &str, name: &str) -> u64 {
+    let before = deployment_generation(ns, name);
+    let patch = format!(
+        r#"{{"spec":{{"template":{{"metadata":{{"annotations":{{"test.ssekeeper.dev/rolled":"{}"}}}}}}}}}}"#,
+        rand::random::<u32>()
+    );
+    k(&[
+        "-n",
+        ns,
+        "patch",
+        &format!("ssesvc/{name}"),
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    before
+}
+
+/// How a container ended, as the kubelet reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// `<pod>/<container>`.
+    pub container: String,
+    /// Its exit code.
+    pub exit_code: i32,
+    /// The kubelet's reason (Completed, Error, OOMKilled ...).
+    pub reason: String,
+}
+
+/// Every container termination the kubelet reports in a namespace, recorded from a watch on
+/// its pods (a pod's last status, with each container's exit code, precedes its deletion).
+pub struct Terminations {
+    seen: Arc<Mutex<BTreeMap<String, Ended>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Terminations {
+    /// Start watching the pods of `ns`.
+    pub async fn watch(ns: &str) -> Self {
+        let api: Api<Pod> = Api::namespaced(client().await, ns);
+        let seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut events = watcher(api, watcher::Config::default()).boxed();
+            while let Some(ev) = events.next().await {
+                let pods = match ev {
+                    Ok(
+                        watcher::Event::Apply(p)
+                        | watcher::Event::InitApply(p)
+                        | watcher::Event::Delete(p),
+                    ) => vec![p],
+                    _ => continue,
+                };
+                for pod in pods {
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    let statuses = pod
+                        .status
+                        .and_then(|s| s.container_statuses)
+                        .unwrap_or_default();
+                    for cs in statuses {
+                        let term = cs
+                            .state
+                            .and_then(|s| s.terminated)
+                            .or_else(|| cs.last_state.and_then(|s| s.terminated));
+                        if let Some(t) = term {
+                            let key = format!("{name}/{}", cs.name);
+                            record.lock().unwrap().insert(
+                                key.clone(),
+                                Ended {
+                                    container: key,
+                                    exit_code: t.exit_code,
+                                    reason: t.reason.unwrap_or_default(),
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        });
+        Self { seen, task }
+    }
+
+    /// What was recorded so far.
+    pub fn ended(&self) -> Vec<Ended> {
+        self.seen.lock().unwrap().values().cloned().collect()
+    }
+}
+
+impl Drop for Terminations {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Warning Events in `ns` whose reason is one of `reasons`, as "reason: message" lines.
+pub fn warnings(ns: &str, reasons: &[&str]) -> Vec<String> {
+    let out = kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "events",
+        "--field-selector=type=Warning",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{\"\\t\"}{.message}{\"\\n\"}{end}",
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| reasons.iter().any(|r| l.starts_with(&format!("{r}\t"))))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Assert the promise over a crowd's verdict and print it.
+pub fn assert_whole(what: &str, last: u64, caught_up: bool, summary: &ChatSummary) {
+    println!("{what}: last seq {last}, caught up {caught_up}; {summary}");
+    assert!(
+        caught_up
+            && summary.missing() == 0
+            && summary.duplicates() == 0
+            && summary.perfect() == summary.clients.len(),
+        "{what}: not every client got the whole sequence exactly once, in order:\n{}",
+        summary.worst(5)
+    );
+}

@@ -1,0 +1,615 @@
+//! End to end on the real node: pods run by the kubelet in containerd, the Service balanced by
+//! kube-proxy, names from CoreDNS, the operator installed by the Helm chart and running in the
+//! cluster, PodSecurity `restricted` enforced. Clients on the host stream through the Service's
+//! ClusterIP and reconnect with `Last-Event-ID`, as browsers do. One cluster for every test
+//! (`make test` brings it up with the node); the tests run one at a time.
+
+#[path = "../operator/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+mod bed;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bed::*;
+use ssekeeper_tests::client::mcp::{McpSession, PostResult};
+use ssekeeper_tests::scenario::metric_sum;
+use support::*;
+
+const CLIENTS: usize = 100;
+
+/// The chart's operator runs in the cluster: two replicas under `restricted`, one Lease holder,
+/// and `helm test` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_runs_the_operator_in_the_cluster() {
+    operator_installed();
+    let ready = jsonpath(OPERATOR_NS, "deploy/ssekeeper", "{.status.readyReplicas}");
+    assert_eq!(ready, "2", "two operator replicas ready");
+    let holder = eventually(
+        "a leader holds the Lease",
+        Duration::from_secs(60),
+        || async {
+            let h = jsonpath(OPERATOR_NS, "lease/ssekeeper", "{.spec.holderIdentity}");
+            (!h.is_empty()).then_some(h)
+        },
+    )
+    .await;
+    let operator_pods = pods(OPERATOR_NS, "app.kubernetes.io/name=ssekeeper");
+    assert!(
+        operator_pods.contains(&holder),
+        "the holder {holder} is one of {operator_pods:?}"
+    );
+    let (ok, out) = helm_test();
+    println!("{out}");
+    assert!(ok, "helm test failed:\n{out}");
+    assert!(out.contains("the SseService API is served"), "{out}");
+}
+
+/// ≥ 100 clients through a rolling update of the SseService (a template change): every client
+/// gets the whole sequence once, in order; every container that stopped exited 0 by itself (none
+/// killed at the grace deadline); no preStop hook failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_loses_nothing_and_every_container_exits_cleanly() {
+    let chat = Chat::start("roll", |t| t).await;
+    let ended = Terminations::watch(chat.name()).await;
+    let crowd = chat.crowd(CLIENTS);
+    assert!(
+        crowd.wait_all_receiving(Duration::from_secs(60)).await,
+        "every client receives"
+    );
+    let before = pods(chat.name(), "ssekeeper.dev/service=chat");
+    let t = Instant::now();
+    let before_gen = roll(chat.name(), "chat");
+    wait_rolled_out(chat.name(), "chat", 3, before_gen, ROLLOUT).await;
+    println!("rolled 3 pods in {:.1} s", t.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (last, caught_up, summary) = chat.finish(crowd).await;
+    assert_whole("rolling update", last, caught_up, &summary);
+
+    let ended = ended.ended();
+    let old: Vec<_> = ended
+        .iter()
+        .filter(|e| {
+            before
+                .iter()
+                .any(|p| e.container.starts_with(&format!("{p}/")))
+        })
+        .collect();
+    println!("terminated containers: {old:?}");
+    assert_eq!(
+        old.len(),
+        6,
+        "both containers of the 3 old pods reported: {ended:?}"
+    );
+    assert!(
+        old.iter().all(|e| e.exit_code == 0),
+        "every container exits 0 (137 would be the grace deadline's SIGKILL): {old:?}"
+    );
+    let bad = warnings(
+        chat.name(),
+        &["FailedPreStopHook", "FailedKillPod", "ExceededGracePeriod"],
+    );
+    assert!(bad.is_empty(), "{bad:?}");
+}
+
+/// Session routing with affinity off: MCP-style sessions (GET /sse, then POSTs naming the session)
+/// through kube-proxy's random balancing over 3 pods; every POST is answered on its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_routed_with_affinity_disabled() {
+    let chat = Chat::start("mcp", |t| {
+        t.replace(
+            "sessionAffinity: { enabled: true, timeoutSeconds: 10800 }",
+            "sessionAffinity: { enabled: false }",
+        )
+    })
+    .await;
+    assert_eq!(
+        jsonpath(chat.name(), "svc/chat", "{.spec.sessionAffinity}"),
+        "None"
+    );
+    let ips = client_ips();
+    let mut sessions = Vec::new();
+    for i in 0..6 {
+        let ip = ips.get(i % ips.len().max(1)).copied();
+        sessions.push((
+            ip,
+            McpSession::open(chat.service, ip, Duration::from_secs(10))
+                .await
+                .expect("MCP session opens"),
+        ));
+    }
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut reply_ms = Vec::new();
+    let posts = 50;
+    for n in 0..posts {
+        for (ip, s) in &mut sessions {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{n},"method":"ping"}}"#);
+            let r = s
+                .post(chat.service, *ip, &body, Duration::from_secs(5))
+                .await;
+            let key = match &r.result {
+                PostResult::Answered { reply_after } => {
+                    reply_ms.push(reply_after.as_millis());
+                    "answered".to_string()
+                }
+                other => format!("{other:?}"),
+            };
+            *outcomes.entry(key).or_default() += 1;
+        }
+    }
+    for (_, s) in sessions {
+        s.close().await;
+    }
+    reply_ms.sort_unstable();
+    let p99 = reply_ms
+        .get(reply_ms.len() * 99 / 100)
+        .copied()
+        .unwrap_or(0);
+    println!("MCP through kube-proxy, affinity off, 3 pods: {outcomes:?}, reply p99 {p99} ms");
+    let forwarded: f64 = chat_pod_metrics(chat.name())
+        .iter()
+        .map(|m| metric_sum(m, "ssekeeper_forwards_total", Some("outcome=\"accepted\"")))
+        .sum();
+    println!("requests forwarded to their session's owner: {forwarded}");
+    assert_eq!(outcomes.get("answered"), Some(&(posts * 6)), "{outcomes:?}");
+    assert!(
+        forwarded > 0.0,
+        "random balancing over 3 pods must have needed forwarding"
+    );
+}
+
+/// `kubectl scale ssesvc --replicas=1` under load: nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_down_loses_nothing() {
+    let chat = Chat::start("scale", |t| t).await;
+    let crowd = chat.crowd(CLIENTS);
+    assert!(crowd.wait_all_receiving(Duration::from_secs(60)).await);
+    let before_gen = deployment_generation(chat.name(), "chat");
+    k(&["-n", chat.name(), "scale", "ssesvc/chat", "--replicas=1"]);
+    wait_rolled_out(chat.name(), "chat", 1, before_gen, ROLLOUT).await;
+    assert_eq!(
+        jsonpath(chat.name(), "ssesvc/chat", "{.status.replicas}"),
+        "1"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (last, caught_up, summary) = chat.finish(crowd).await;
+    assert_whole("scale 3 -> 1", last, caught_up, &summary);
+}
+
+/// Eviction through the Eviction API with the operator's PodDisruptionBudget: an eviction beyond
+/// the budget is refused (429), the evicted pods' clients lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_honours_the_budget_and_loses_nothing() {
+    let chat = Chat::start("evict", |t| t).await;
+    eventually(
+        "the PDB allows one disruption",
+        Duration::from_secs(60),
+        || async {
+            (jsonpath(chat.name(), "pdb/chat", "{.status.disruptionsAllowed}") == "1").then_some(())
+        },
+    )
+    .await;
+    let crowd = chat.crowd(CLIENTS);
+    assert!(crowd.wait_all_receiving(Duration::from_secs(60)).await);
+    let victims = pods(chat.name(), "ssekeeper.dev/service=chat");
+    assert_eq!(victims.len(), 3);
+    let first = evict(chat.name(), &victims[0]);
+    assert_eq!(first, 201, "the first eviction is allowed");
+    let second = evict(chat.name(), &victims[1]);
+    assert_eq!(
+        second, 429,
+        "a second eviction while one pod is away exceeds maxUnavailable 1"
+    );
+    k(&[
+        "-n",
+        chat.name(),
+        "wait",
+        "--for=delete",
+        &format!("pod/{}", victims[0]),
+        "--timeout=120s",
+    ]);
+    wait_rolled_out(chat.name(), "chat", 3, 0, ROLLOUT).await;
+    eventually("the budget recovers", Duration::from_secs(60), || async {
+        (jsonpath(chat.name(), "pdb/chat", "{.status.disruptionsAllowed}") == "1").then_some(())
+    })
+    .await;
+    assert_eq!(
+        evict(chat.name(), &victims[1]),
+        201,
+        "allowed again once the pod is replaced"
+    );
+    k(&[
+        "-n",
+        chat.name(),
+        "wait",
+        "--for=delete",
+        &format!("pod/{}", victims[1]),
+        "--timeout=120s",
+    ]);
+    wait_rolled_out(chat.name(), "chat", 3, 0, ROLLOUT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (last, caught_up, summary) = chat.finish(crowd).await;
+    assert_whole("two evictions", last, caught_up, &summary);
+}
+
+/// `kubectl delete pod` of a serving pod: nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_serving_pod_loses_nothing() {
+    let chat = Chat::start("delete", |t| t).await;
+    let crowd = chat.crowd(CLIENTS);
+    assert!(crowd.wait_all_receiving(Duration::from_secs(60)).await);
+    let victim = pods(chat.name(), "ssekeeper.dev/service=chat").remove(0);
+    k(&[
+        "-n",
+        chat.name(),
+        "delete",
+        "pod",
+        &victim,
+        "--wait=true",
+        "--timeout=120s",
+    ]);
+    wait_rolled_out(chat.name(), "chat", 3, 0, ROLLOUT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (last, caught_up, summary) = chat.finish(crowd).await;
+    assert_whole(
+        &format!("kubectl delete pod {victim}"),
+        last,
+        caught_up,
+        &summary,
+    );
+}
+
+/// The operator's leader pod deleted mid-rollout: the other replica takes the Lease, the rollout
+/// completes and the SseService's status and conditions converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_leader_loss_mid_rollout_converges() {
+    let chat = Chat::start("leader", |t| t).await;
+    let leader = jsonpath(OPERATOR_NS, "lease/ssekeeper", "{.spec.holderIdentity}");
+    assert!(!leader.is_empty());
+    // A change only the operator can carry out: more replicas and a new template.
+    let before_gen = deployment_generation(chat.name(), "chat");
+    k(&["-n", OPERATOR_NS, "delete", "pod", &leader, "--wait=false"]);
+    k(&[
+        "-n",
+        chat.name(),
+        "patch",
+        "ssesvc/chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":4}}"#,
+    ]);
+    roll(chat.name(), "chat");
+    let new_leader = eventually(
+        "another replica takes the Lease",
+        Duration::from_secs(90),
+        || async {
+            let h = jsonpath(OPERATOR_NS, "lease/ssekeeper", "{.spec.holderIdentity}");
+            (!h.is_empty() && h != leader).then_some(h)
+        },
+    )
+    .await;
+    println!("leader {leader} deleted; {new_leader} took the Lease");
+    wait_rolled_out(chat.name(), "chat", 4, before_gen, ROLLOUT).await;
+    let generation = jsonpath(chat.name(), "ssesvc/chat", "{.metadata.generation}");
+    eventually("status converges", Duration::from_secs(60), || async {
+        let s = jsonpath(
+            chat.name(),
+            "ssesvc/chat",
+            r#"{.status.observedGeneration} {.status.readyReplicas} {.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Progressing")].status} {.status.conditions[?(@.type=="Degraded")].status}"#,
+        );
+        (s == format!("{generation} 4 True False False")).then_some(())
+    })
+    .await;
+    eventually(
+        "the operator is back to 2 ready replicas",
+        Duration::from_secs(120),
+        || async {
+            (jsonpath(OPERATOR_NS, "deploy/ssekeeper", "{.status.readyReplicas}") == "2")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// The Redis pod deleted mid-stream (and recreated empty by its Deployment): streams keep
+/// flowing, every sidecar reports the outage (readiness text, `ssekeeper_store_up 0`), recording
+/// resumes afterwards, and a rolling update after the outage again loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_is_reported_and_streams_keep_flowing() {
+    let chat = Chat::start("redis", |t| t).await;
+    let crowd = chat.crowd(30);
+    assert!(crowd.wait_all_receiving(Duration::from_secs(60)).await);
+    let redis = pods(chat.name(), "app.kubernetes.io/name=redis").remove(0);
+    // Scale to 0 first so the outage lasts long enough to be seen, then back to 1.
+    k(&["-n", chat.name(), "scale", "deploy/redis", "--replicas=0"]);
+    k(&[
+        "-n",
+        chat.name(),
+        "wait",
+        "--for=delete",
+        &format!("pod/{redis}"),
+        "--timeout=60s",
+    ]);
+    let reported = eventually(
+        "every sidecar reports the store down",
+        Duration::from_secs(30),
+        || async {
+            let ready = chat_pod_admin(chat.name(), "/ready");
+            let metrics = chat_pod_metrics(chat.name());
+            let down = ready
+                .iter()
+                .all(|r| r.contains("session store unavailable"))
+                && metrics
+                    .iter()
+                    .all(|m| metric_sum(m, "ssekeeper_store_up", None) == 0.0);
+            (down && ready.len() == 3).then_some(ready)
+        },
+    )
+    .await;
+    println!("during the outage /ready says: {:?}", reported.first());
+    k(&["-n", chat.name(), "scale", "deploy/redis", "--replicas=1"]);
+    k(&[
+        "-n",
+        chat.name(),
+        "rollout",
+        "status",
+        "deploy/redis",
+        "--timeout=120s",
+    ]);
+    // The publisher reconnects and goes on from the (new, empty) stream; the app streams follow.
+    eventually(
+        "every sidecar reports the store up again",
+        Duration::from_secs(60),
+        || async {
+            let metrics = chat_pod_metrics(chat.name());
+            (metrics.len() == 3
+                && metrics
+                    .iter()
+                    .all(|m| metric_sum(m, "ssekeeper_store_up", None) == 1.0))
+            .then_some(())
+        },
+    )
+    .await;
+    let progress_before = crowd.progress();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!(
+        "after the outage: {progress_before} -> {}",
+        crowd.progress()
+    );
+    // Clients opened after the outage, through a rolling update: recorded and handed over again.
+    drop(crowd);
+    let after = chat.crowd(30);
+    assert!(
+        after.wait_all_receiving(Duration::from_secs(60)).await,
+        "streams flow after the outage"
+    );
+    let before_gen = roll(chat.name(), "chat");
+    wait_rolled_out(chat.name(), "chat", 3, before_gen, ROLLOUT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (last, caught_up, summary) = chat.finish(after).await;
+    assert_whole(
+        "rolling update after a Redis outage",
+        last,
+        caught_up,
+        &summary,
+    );
+}
+
+/// The app's process killed inside its container: the kubelet restarts the container, and the
+/// clients lose at most what the README documents for a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_crash_is_restarted_by_the_kubelet() {
+    let chat = Chat::start("crash", |t| t).await;
+    let crowd = chat.crowd(30);
+    assert!(crowd.wait_all_receiving(Duration::from_secs(60)).await);
+    let victim = pods(chat.name(), "ssekeeper.dev/service=chat").remove(0);
+    let pid = app_pid(chat.name(), &victim);
+    nix_kill(pid);
+    eventually(
+        "the kubelet restarts the app container",
+        Duration::from_secs(60),
+        || async {
+            let n = jsonpath(
+                chat.name(),
+                &format!("pod/{victim}"),
+                r#"{.status.containerStatuses[?(@.name=="app")].restartCount}"#,
+            );
+            (n.parse::<u32>().unwrap_or(0) >= 1).then_some(())
+        },
+    )
+    .await;
+    k(&[
+        "-n",
+        chat.name(),
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{victim}"),
+        "--timeout=90s",
+    ]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (last, caught_up, summary) = chat.finish(crowd).await;
+    println!("app killed in {victim}: last {last}, caught up {caught_up}; {summary}");
+    assert!(
+        caught_up,
+        "every client goes on after the crash:\n{}",
+        summary.worst(5)
+    );
+    assert_eq!(summary.duplicates(), 0, "{}", summary.worst(5));
+    // The app's stream restarts from Redis with Last-Event-ID, so the shared sequence is whole.
+    assert_eq!(summary.missing(), 0, "{}", summary.worst(5));
+}
+
+/// A neighbour pod cannot drain a sidecar: `/prestop` on the admin port is refused, and the
+/// target stays Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prestop_is_not_a_network_endpoint() {
+    let chat = Chat::start("prestop", |t| t).await;
+    let target = pods(chat.name(), "ssekeeper.dev/service=chat").remove(0);
+    let ip = jsonpath(chat.name(), &format!("pod/{target}"), "{.status.podIP}");
+    for method in ["GET", "POST"] {
+        let out = neighbour_fetch(
+            chat.name(),
+            &format!("{ip}:{}", ssekeeper_sidecar::contract::ADMIN_PORT),
+            "/prestop",
+            method,
+        )
+        .await;
+        println!("{method} /prestop from another pod: {out:?}");
+        assert!(
+            out.starts_with("status 404") || out.starts_with("status 405"),
+            "{out}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ready = jsonpath(
+        chat.name(),
+        &format!("pod/{target}"),
+        r#"{.status.conditions[?(@.type=="Ready")].status}"#,
+    );
+    assert_eq!(ready, "True", "the target stays Ready");
+    let body = chat_pod_admin(chat.name(), "/ready");
+    assert!(body.iter().all(|b| b.starts_with("ready")), "{body:?}");
+}
+
+fn evict(ns: &str, pod: &str) -> u16 {
+    let body = format!(
+        r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"{ns}"}}}}"#
+    );
+    let out = kubectl_stdin(
+        &[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction"),
+            "-f",
+            "-",
+        ],
+        &body,
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        201
+    } else if text.contains("429")
+        || text.contains("disruption budget")
+        || text.contains("TooManyRequests")
+    {
+        429
+    } else {
+        panic!("eviction of {pod}: {text}")
+    }
+}
+
+/// The admin endpoint `path` of every chat pod (the host reaches pod IPs on the bridge).
+fn chat_pod_admin(ns: &str, path: &str) -> Vec<String> {
+    let ips = kubectl_ok(&[
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-l",
+        "ssekeeper.dev/service=chat",
+        "--field-selector=status.phase=Running",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ]);
+    ips.split_whitespace()
+        .filter_map(|ip| {
+            http_get_blocking(
+                &format!("{ip}:{}", ssekeeper_sidecar::contract::ADMIN_PORT),
+                path,
+            )
+        })
+        .collect()
+}
+
+fn chat_pod_metrics(ns: &str) -> Vec<String> {
+    chat_pod_admin(ns, "/metrics")
+}
+
+fn http_get_blocking(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(3)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// Run `demo-app fetch` in a pod of its own (a neighbour in the same namespace) and return what
+/// it printed.
+async fn neighbour_fetch(ns: &str, target: &str, path: &str, method: &str) -> String {
+    let name = format!("neighbour-{}", method.to_lowercase());
+    let image = format!(
+        "localhost/ssekeeper/demo-app:{}",
+        cluster_env()["SSEKEEPER_IMAGE_TAG"]
+    );
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "fetch", "image": image, "imagePullPolicy": "Never",
+                "args": ["fetch", target, path, "--method", method],
+                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}
+            }]
+        }
+    });
+    let out = kubectl_stdin(&["apply", "-f", "-"], &pod.to_string());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        &format!("pod {name} completes"),
+        Duration::from_secs(60),
+        || async {
+            let phase = jsonpath(ns, &format!("pod/{name}"), "{.status.phase}");
+            (phase == "Succeeded" || phase == "Failed").then_some(())
+        },
+    )
+    .await;
+    kubectl_ok(&["-n", ns, "logs", &name]).trim().to_string()
+}
+
+/// The host PID of the app container's process (through the CRI).
+fn app_pid(ns: &str, pod: &str) -> i32 {
+    let id = jsonpath(
+        ns,
+        &format!("pod/{pod}"),
+        r#"{.status.containerStatuses[?(@.name=="app")].containerID}"#,
+    );
+    let id = id.trim_start_matches("containerd://");
+    let out = std::process::Command::new(cluster_bin("crictl"))
+        .args([
+            "inspect",
+            "-o",
+            "go-template",
+            "--template",
+            "{{.info.pid}}",
+            id,
+        ])
+        .envs(cluster_env())
+        .output()
+        .expect("crictl inspect");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no pid for {id}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn nix_kill(pid: i32) {
+    // SAFETY: kill(2) with a pid read from the runtime; no memory is involved.
+    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill {pid}: {}", std::io::Error::last_os_error());
+}
