@@ -9,7 +9,7 @@ SSEKEEPER_RUN_DIR ?= $(CURDIR)/tests/.run
 export SSEKEEPER_RUN_DIR
 RUN_DIR := $(SSEKEEPER_RUN_DIR)
 
-.PHONY: help deps k8s-bins build images crds chart lint cluster-up cluster-down test test-unit test-operator test-dataplane test-node demo bench
+.PHONY: help deps k8s-bins build images crds chart lint cluster-up cluster-down test test-unit test-operator test-dataplane test-node demo bench bench-short
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -79,8 +79,12 @@ test-node: ## end-to-end tests on the real node: pods, kube-proxy, CoreDNS, the 
 	@bash tests/cluster/up.sh >/dev/null
 	$(CARGO) test --no-fail-fast -p ssekeeper-tests --test 'node*' -- --test-threads=1 --nocapture
 
-bench: deps ## measurements in release: SSE codec, sidecar vs direct throughput, Redis appends (tables, no pass/fail on speed)
-	$(CARGO) test --release -p ssekeeper-sidecar --test sse_throughput --test throughput --test store_bench -- --ignored --nocapture --test-threads=1
+# Both run as root (a network namespace of their own); both fail only when a peer cannot run at all.
+bench: deps ## direct, HAProxy, nginx, the sidecar (memory, Redis) side by side in release: target/bench/results.md + bench.png (~8 min)
+	@bash tests/bench/bench.sh full
+
+bench-short: deps ## the same bench in seconds, small counts (for make test: the bench never rots)
+	@bash tests/bench/bench.sh short
 
 demo: deps k8s-bins images ## the product live: cluster + node, chart, examples/chat.yaml, 60 streaming clients through a rolling update
 	@bash tests/demo.sh
