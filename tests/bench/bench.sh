@@ -15,6 +15,7 @@ case "$MODE" in full | short) ;; *) echo "usage: $0 full|short" >&2; exit 2 ;; e
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="$ROOT/target/bench"
 CARGO="${CARGO:-cargo}"
+SIDECAR="${CARGO_TARGET_DIR:-$ROOT/target}/release/ssekeeper-sidecar"
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 2; }
 
@@ -43,7 +44,7 @@ trap 'exit 130' INT TERM
 ip netns add "$NS"
 ip netns exec "$NS" ip link set lo up
 # Per-namespace knobs: 10k streams through a proxy need ports and backlog; none leaks outside.
-for s in "net.ipv4.ip_local_port_range=1024 65000" net.ipv4.tcp_tw_reuse=1 net.core.somaxconn=65535 \
+for s in "net.ipv4.ip_local_port_range=30000 65000" net.ipv4.tcp_tw_reuse=1 net.core.somaxconn=65535 \
   net.ipv4.tcp_max_syn_backlog=65535; do
   ip netns exec "$NS" sysctl -qw "$s" >/dev/null 2>&1 || log "could not set $s in the namespace"
 done
@@ -55,7 +56,7 @@ cmd="make bench"; [[ "$MODE" == short ]] && cmd="make bench-short"
 log "running ($MODE) in network namespace $NS"
 rc=0
 ip netns exec "$NS" env BENCH_SIDECAR_REV="$rev" "$OUT/run" -mode "$MODE" -out "$OUT" -bin "$OUT" \
-  -sidecar "$ROOT/target/release/ssekeeper-sidecar" -command "$cmd" ${BENCH_ARGS:-} || rc=$?
+  -sidecar "$SIDECAR" -command "$cmd" ${BENCH_ARGS:-} || rc=$?
 
 if [[ -s "$OUT/results.json" ]]; then
   rm -f "$OUT/bench.png"

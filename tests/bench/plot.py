@@ -51,7 +51,13 @@ def main(src, dst):
     a.set_xlabel("events/s per stream")
     a.set_ylabel("latency app -> client, ms (log); dotted: p50")
     a.set_title(f"fan-out latency, {streams} streams")
-    a.legend(fontsize=8)
+    a.legend(fontsize=8, loc="upper left")
+    if fans:
+        top = fans[-1]
+        a.text(0.98, 0.02, f"delivered at {top[4:]} ev/s:\n" + "\n".join(
+            f"{LABEL[p]} {s[top][p]['delivered'] * 100:.1f}%" for p in PEERS if p in s[top]),
+            transform=a.transAxes, ha="right", va="bottom", fontsize=8,
+            bbox=dict(facecolor="white", alpha=0.8, edgecolor="#cccccc"))
 
     # 3. RSS vs idle streams
     a = ax[1][0]
@@ -76,13 +82,9 @@ def main(src, dst):
     a.set_xticks(range(len(ps)))
     a.set_xticklabels([LABEL[p] for p in ps], fontsize=8)
     a.set_ylabel("new streams/s (16 workers)")
-    title = "new streams per second"
-    if fans:
-        top = fans[-1]
-        title += f"; delivered at {top[4:]} ev/s: " + ", ".join(
-            f"{LABEL[p].split(' ')[0][:4]}{'-' + p[8:11] if p.startswith('sidecar') else ''} "
-            f"{s[top][p]['delivered'] * 100:.0f}%" for p in PEERS if p in s[top])
-    a.set_title(title, fontsize=9)
+    for x, p in enumerate(ps):
+        a.text(x, cr[p]["per_s"], f"{cr[p]['per_s']:,.0f}", ha="center", va="bottom", fontsize=8)
+    a.set_title("new streams per second (connect, first event, close)")
 
     m = meta["machine"]
     fig.suptitle(f"ssekeeper bench {meta['date']} — `{meta['command']}` ({meta['mode']}, {meta['reps']} rep.) — "

@@ -33,10 +33,23 @@ import (
 
 const (
 	appAddr   = "127.0.0.1:18080"
-	peerAddr  = "127.0.0.1:18081"
-	adminAddr = "127.0.0.1:18082"
 	redisPort = 16379
 )
+
+// Each measurement's peer listens on ports of its own, so no socket of the previous one
+// (TIME_WAIT, a worker still exiting) is in the way; they stay below the ephemeral range
+// (30000-65000, bench.sh sets it in the namespace).
+var (
+	peerAddr  string
+	adminAddr string
+	portSeq   = 20000
+)
+
+func nextPorts() {
+	portSeq += 2
+	peerAddr = fmt.Sprintf("127.0.0.1:%d", portSeq)
+	adminAddr = fmt.Sprintf("127.0.0.1:%d", portSeq+1)
+}
 
 var (
 	mode     = flag.String("mode", "short", "short | full")
@@ -162,7 +175,7 @@ func stop(cmd *exec.Cmd, grace time.Duration) {
 	}
 	syscall.Kill(-pid, syscall.SIGKILL)
 	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-		if cmd.ProcessState != nil || syscall.Kill(-pid, 0) != nil {
+		if syscall.Kill(-pid, 0) != nil { // the whole group is gone (nginx's workers too)
 			break
 		}
 	}
@@ -214,6 +227,7 @@ type bench struct {
 }
 
 func (b *bench) start(peer string) (*running, error) {
+	nextPorts()
 	r := &running{name: peer, addr: peerAddr}
 	log := filepath.Join(b.logs, peer+".log")
 	var err error
