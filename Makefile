@@ -51,7 +51,7 @@ TEST_CLUSTER := SSEKEEPER_RUN_DIR=$(CURDIR)/tests/.run/test SSEKEEPER_APISERVER_
   SSEKEEPER_SCHEDULER_PORT=17259
 HOST_SNAPSHOT := $(CURDIR)/tests/.run/host-before-test.txt
 
-test: deps k8s-bins lint build images ## everything: unit, golden, operator against the real API server, data plane with real Redis + HAProxy, e2e on the real node
+test: deps k8s-bins lint build images ## everything: unit, golden, operator against the real API server, data plane with real Redis + HAProxy, e2e on the real node, the short bench
 	@mkdir -p tests/.run && $(TEST_CLUSTER) bash tests/cluster/leftovers.sh snapshot $(HOST_SNAPSHOT)
 	@$(TEST_CLUSTER) bash tests/cluster/up.sh >/dev/null
 	@rc=0; \
@@ -59,6 +59,7 @@ test: deps k8s-bins lint build images ## everything: unit, golden, operator agai
 	  $(TEST_CLUSTER) $(MAKE) --no-print-directory test-operator || rc=1; \
 	  $(MAKE) --no-print-directory test-dataplane || rc=1; \
 	  $(TEST_CLUSTER) $(MAKE) --no-print-directory test-node || rc=1; \
+	  $(MAKE) --no-print-directory bench-short || rc=1; \
 	  $(TEST_CLUSTER) bash tests/cluster/down.sh --purge || rc=1; \
 	  $(TEST_CLUSTER) bash tests/cluster/leftovers.sh check $(HOST_SNAPSHOT) || rc=1; \
 	  exit $$rc
