@@ -13,8 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::watcher;
-use redis::AsyncCommands;
-use ssekeeper_tests::demo::events::{STREAM_KEY, parse_entry_id};
+use ssekeeper_tests::demo::events::room_tail;
 use ssekeeper_tests::scenario::{ChatCrowd, ChatSummary};
 
 use crate::support::*;
@@ -238,6 +237,14 @@ impl Chat {
         dir
     }
 
+    /// Let the last handover settle, then [`Chat::finish`] and assert the promise: every client
+    /// got the whole sequence once, in order.
+    pub async fn judge_whole(&self, crowd: ChatCrowd, what: &str) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (last, caught_up, summary) = self.finish(crowd).await;
+        assert_whole(what, last, caught_up, &summary);
+    }
+
     /// Stop the publisher, read the room's last number and judge every client against it.
     pub async fn finish(&self, crowd: ChatCrowd) -> (u64, bool, ChatSummary) {
         k(&[
@@ -331,19 +338,6 @@ impl Drop for PodLogs {
         // Aborting the task drops its children, which kill_on_drop stops.
         self.task.abort();
     }
-}
-
-/// The room's last sequence number.
-pub async fn room_tail(url: &str) -> redis::RedisResult<u64> {
-    let client = redis::Client::open(url)?;
-    let mut con = client.get_multiplexed_async_connection().await?;
-    let reply: redis::streams::StreamRangeReply =
-        con.xrevrange_count(STREAM_KEY, "+", "-", 1).await?;
-    Ok(reply
-        .ids
-        .first()
-        .and_then(|e| parse_entry_id(&e.id))
-        .unwrap_or(0))
 }
 
 /// Names of the pods matching `selector` that are not being deleted.
