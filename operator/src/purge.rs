@@ -1,5 +1,5 @@
-//! The finalizer's Redis purge: one bounded attempt, using the store code the sidecar writes with,
-//! so the key layout is defined once (`contract::keys`).
+//! The finalizer's Redis purge: one bounded attempt, using the contract's purge (the same key
+//! layout and connections the sidecar writes with, `contract::keys`).
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(65);
 /// Delete every key of the SseService `namespace/name`; the number deleted, or why it failed.
 pub async fn purge(url: &str, namespace: &str, name: &str) -> Result<u64, String> {
     // Boxed: the store's connect future is deep, and the reconcile future embeds this one.
-    let attempt = Box::pin(ssekeeper_sidecar::store::redis::purge_service(
+    let attempt = Box::pin(ssekeeper_contract::redis::purge_service(
         url, namespace, name,
     ));
     match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {

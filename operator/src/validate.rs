@@ -4,7 +4,7 @@
 //! lifecycle volume name (as a volume, or as a mount of any container) is the same kind of walk
 //! over every container, so it is checked here too.
 
-use ssekeeper_sidecar::contract;
+use ssekeeper_contract as contract;
 
 use crate::api::SseService;
 

@@ -8,9 +8,10 @@
 //! network), `admin` serves probes, metrics and forwarded requests.
 
 pub mod admin;
+pub use ssekeeper_contract as contract;
+
 pub mod body;
 pub mod config;
-pub mod contract;
 pub mod cursor;
 pub mod drain;
 pub mod forward;

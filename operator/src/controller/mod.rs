@@ -22,7 +22,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
-use ssekeeper_sidecar::contract;
+use ssekeeper_contract as contract;
 use tracing::{info, instrument, warn};
 
 use crate::api::{SseService, StoreType};

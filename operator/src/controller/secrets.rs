@@ -4,25 +4,16 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
-use ssekeeper_sidecar::contract;
+use ssekeeper_contract as contract;
 
 use super::kubeapi::{self, get_opt};
 use crate::api::{SseService, StoreType};
 use crate::error::{Error, Result};
 use crate::render;
 
-const URL_SCHEMES: [&str; 6] = [
-    "redis://",
-    "rediss://",
-    "redis+sentinel://",
-    "rediss+sentinel://",
-    "redis+cluster://",
-    "rediss+cluster://",
-];
-
 /// The Redis URL from the Secret `spec.sessions.redis.secretRef` names; `Ok(None)` for the memory
-/// store. A missing Secret, key or a value that is not a Redis URL is `Error::RedisSecret` with a
-/// message a person can act on.
+/// store. A missing Secret, key or a value that is not a Redis URL (by the sidecar's own parser,
+/// [`contract::redis::parse_url`]) is `Error::RedisSecret` with a message a person can act on.
 pub async fn redis_url(client: &Client, svc: &SseService) -> Result<Option<String>> {
     if svc.spec.sessions.store != StoreType::Redis {
         return Ok(None);
@@ -46,9 +37,9 @@ pub async fn redis_url(client: &Client, svc: &SseService) -> Result<Option<Strin
             r.name, r.key
         ))
     })?;
-    if !URL_SCHEMES.iter().any(|s| value.starts_with(s)) {
+    if let Err(e) = contract::redis::parse_url(&value) {
         return Err(Error::RedisSecret(format!(
-            "Secret {ns}/{} key {:?} does not hold a Redis URL (expected redis://, rediss://, redis+sentinel:// or redis+cluster://)",
+            "Secret {ns}/{} key {:?} does not hold a Redis URL ({e})",
             r.name, r.key
         )));
     }
