@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use crate::body::{ProxyBody, full};
 use crate::contract::{PRESTOP_REFUSED_BODY, paths};
 use crate::forward;
+use crate::metrics::{AdminRefusal, ForwardOutcome};
 use crate::proxy::{self, Origin};
 use crate::state::Shared;
 
@@ -44,7 +45,7 @@ pub async fn handle(
         }
         (_, paths::PRESTOP) => {
             tracing::debug!(%peer, "refused /prestop on the admin port");
-            shared.metrics.admin_refused("prestop");
+            shared.metrics.admin_refused(AdminRefusal::Prestop);
             text(StatusCode::NOT_FOUND, PRESTOP_REFUSED_BODY)
         }
         _ if path == paths::FORWARD || path.starts_with(&format!("{}/", paths::FORWARD)) => {
@@ -78,7 +79,7 @@ fn ready(shared: &Shared) -> Response<ProxyBody> {
             "not ready: app not accepting connections\n",
         );
     }
-    if shared.health.is_up() {
+    if shared.store.is_up() {
         text(StatusCode::OK, "ready\n")
     } else {
         // Still ready: the pod serves without replay; the store outage is reported, not hidden.
@@ -112,11 +113,11 @@ async fn forwarded(
         shared.settings.forward_max_skew.as_secs(),
     );
     if let Err(rejection) = verdict {
-        tracing::warn!(%peer, reason = rejection.kind(), "forwarded request refused");
+        tracing::warn!(%peer, reason = rejection.kind().label(), "forwarded request refused");
         shared.metrics.forward(rejection.kind());
         return text(StatusCode::FORBIDDEN, format!("forbidden: {rejection}\n"));
     }
-    shared.metrics.forward("accepted");
+    shared.metrics.forward(ForwardOutcome::Accepted);
     let (mut parts, body) = req.into_parts();
     forward::strip(&mut parts.headers);
     parts.uri = match Uri::try_from(original) {

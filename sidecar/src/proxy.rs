@@ -22,13 +22,14 @@ use crate::forward;
 use crate::headers::{
     LAST_EVENT_ID, accepts_event_stream, append_forwarded_for, is_event_stream, strip_hop_by_hop,
 };
-use crate::health::timed;
+use crate::metrics::{ErrorKind, ForwardOutcome, ResumeOutcome, Route};
 use crate::recorder::{self, Reservation, StreamStart};
 use crate::replay::Overlap;
 use crate::resume::{self, Resumed, too_many_streams};
 use crate::routing::{self, Location};
 use crate::session_key;
 use crate::state::Shared;
+use crate::store::SessionStore as _;
 use crate::upstream::{RequestTemplate, UpstreamError, outbound};
 
 /// Where a request came from.
@@ -75,7 +76,7 @@ where
     if let Some(value) = parts.headers.get(LAST_EVENT_ID) {
         match value.to_str().ok().map(Cursor::parse) {
             Some(Ok(cursor)) => {
-                shared.metrics.request("resume");
+                shared.metrics.request(Route::Resume);
                 parts.headers.remove(LAST_EVENT_ID);
                 let template = RequestTemplate {
                     method: parts.method.clone(),
@@ -91,7 +92,7 @@ where
                     }
                 }
             }
-            _ => shared.metrics.resume("foreign"),
+            _ => shared.metrics.resume(ResumeOutcome::Foreign),
         }
     }
 
@@ -104,26 +105,26 @@ where
     .and_then(|k| match SessionId::from_external(&k) {
         Ok(id) => Some(id),
         Err(_) => {
-            shared.metrics.error("invalid_session_key");
+            shared.metrics.error(ErrorKind::InvalidSessionKey);
             None
         }
     });
     if let (Some(k), Origin::Client) = (&key, origin) {
         match routing::locate(&shared, k).await {
             Location::Local => {}
-            Location::Unknown => shared.metrics.request("unrouted"),
+            Location::Unknown => shared.metrics.request(Route::Unrouted),
             Location::Remote { addr, owner } => {
                 if shared.settings.forward_key.is_some() {
                     return to_owner(&shared, parts, &path, boxed(body), addr, &owner).await;
                 }
-                shared.metrics.forward("disabled");
+                shared.metrics.forward(ForwardOutcome::Disabled);
             }
             Location::Gone => {
                 let opens_stream =
                     parts.method == Method::GET && accepts_event_stream(&parts.headers);
                 if !opens_stream {
-                    shared.metrics.request("not_found");
-                    shared.metrics.forward("owner_gone");
+                    shared.metrics.request(Route::NotFound);
+                    shared.metrics.forward(ForwardOutcome::OwnerGone);
                     return status(StatusCode::NOT_FOUND, "session not found\n");
                 }
             }
@@ -138,7 +139,7 @@ where
         (Some(k), false) => match shared.gates.enter(k) {
             Some(pass) => Some(pass),
             None => {
-                shared.metrics.request("not_found");
+                shared.metrics.request(Route::NotFound);
                 return status(StatusCode::NOT_FOUND, "session not found\n");
             }
         },
@@ -147,8 +148,8 @@ where
 
     // 3. Proxy to the app.
     shared.metrics.request(match origin {
-        Origin::Client => "local",
-        Origin::Forwarded => "forwarded_in",
+        Origin::Client => Route::Local,
+        Origin::Forwarded => Route::ForwardedIn,
     });
     let sticky = parts
         .headers
@@ -211,7 +212,7 @@ async fn respond(
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
     {
         // Encoded although it was asked plain: pass it on untouched, unrecorded.
-        shared.metrics.error("sse_encoded");
+        shared.metrics.error(ErrorKind::SseEncoded);
         return Response::from_parts(parts, boxed(body));
     }
 
@@ -251,7 +252,7 @@ async fn stream_session(
     shared: &Shared,
     key: Option<SessionId>,
 ) -> (SessionId, u64, Option<Reservation<'_>>) {
-    let usable = shared.health.is_up();
+    let usable = shared.store.is_up();
     // Reserved before the store call: a concurrent stream with the same key (MCP clients send
     // parallel requests with one `Mcp-Session-Id`) gets its own session instead of a second
     // recorder numbering the same history.
@@ -261,8 +262,7 @@ async fn stream_session(
     else {
         return (SessionId::random(), 1, None);
     };
-    let r = timed(shared.settings.store_timeout, shared.store.last(&key)).await;
-    shared.health.observe(&r);
+    let r = shared.store.last(&key).await;
     match r {
         Ok(last) => (key, last.map_or(1, |l| l.seq + 1), Some(reservation)),
         Err(_) => (SessionId::random(), 1, None),
@@ -306,7 +306,7 @@ async fn to_owner(
     let Some(key) = shared.settings.forward_key.as_deref() else {
         return status(StatusCode::BAD_GATEWAY, "forwarding disabled\n");
     };
-    shared.metrics.request("forwarded_out");
+    shared.metrics.request(Route::ForwardedOut);
     forward::strip(&mut parts.headers);
     forward::add_signature(
         &mut parts.headers,
@@ -325,7 +325,7 @@ async fn to_owner(
     );
     match shared.peers.send(req).await {
         Ok(resp) => {
-            shared.metrics.forward("ok");
+            shared.metrics.forward(ForwardOutcome::Ok);
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             if !is_event_stream(&parts.headers) {
@@ -345,16 +345,16 @@ async fn to_owner(
         }
         Err(UpstreamError::Connect(e)) => {
             tracing::info!(owner, %addr, error = %e, "session owner unreachable: 404");
-            shared.metrics.forward("owner_gone");
+            shared.metrics.forward(ForwardOutcome::OwnerGone);
             status(StatusCode::NOT_FOUND, "session not found\n")
         }
         Err(UpstreamError::Timeout(_)) => {
-            shared.metrics.forward("timeout");
+            shared.metrics.forward(ForwardOutcome::Timeout);
             status(StatusCode::GATEWAY_TIMEOUT, "session owner timed out\n")
         }
         Err(e) => {
             tracing::warn!(owner, %addr, error = %e, "forward failed");
-            shared.metrics.forward("error");
+            shared.metrics.forward(ForwardOutcome::Error);
             status(StatusCode::BAD_GATEWAY, "session owner failed\n")
         }
     }

@@ -24,13 +24,13 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::body::{BoxError, ClientTx, Cut, ProxyBody, Room};
 use crate::cursor::SessionId;
-use crate::health::timed;
 use crate::leases::Claim;
+use crate::metrics::{ErrorKind, HandoverReason};
 use crate::replay::{Overlap, apply_id, write_cursor};
 use crate::session_key;
 use crate::sse::{self, Frame, SseParser};
 use crate::state::Shared;
-use crate::store::{Entry, Epoch, Recorded, Seq, StoreError, StoreResult};
+use crate::store::{Entry, Epoch, Recorded, Seq, SessionStore as _, StoreError, StoreResult};
 
 /// Pause after a failed batch before the next attempt (the store is down or slow).
 const FLUSH_BACKOFF: Duration = Duration::from_millis(250);
@@ -292,7 +292,7 @@ enum Phase {
     Capturing,
     /// Handing over: the session's keys refuse new requests; capturing until the ones accepted
     /// are answered, then `Handover` is recorded.
-    HandingOver(&'static str),
+    HandingOver(HandoverReason),
     /// Handover recorded (drain): capturing until fenced or stopped; clients resume elsewhere.
     HandedOver,
 }
@@ -369,7 +369,7 @@ async fn register_endpoint_key(shared: &Shared, data: &str) -> Option<SessionId>
             Some(id)
         }
         Err(_) => {
-            shared.metrics.error("invalid_session_key");
+            shared.metrics.error(ErrorKind::InvalidSessionKey);
             None
         }
     }
@@ -500,7 +500,7 @@ impl Recorder {
         match self.detach_deadline() {
             Some(deadline) if Instant::now() >= deadline => {
                 tracing::debug!(session = %self.session, "resume window over: handing over");
-                self.begin_handover("resume_window");
+                self.begin_handover(HandoverReason::ResumeWindow);
                 Flow::Continue
             }
             _ => Flow::Continue,
@@ -565,7 +565,7 @@ impl Recorder {
             }
             Command::Handover => {
                 if self.phase == Phase::Capturing {
-                    self.begin_handover("drain");
+                    self.begin_handover(HandoverReason::Drain);
                 }
                 Flow::Continue
             }
@@ -624,11 +624,11 @@ impl Recorder {
             }
             Some(Err(e)) => {
                 tracing::warn!(session = %self.session, error = %e, "app stream failed: handing the session over");
-                self.shared.metrics.error("upstream_body");
+                self.shared.metrics.error(ErrorKind::UpstreamBody);
                 self.upstream = None;
                 self.client = None;
                 if matches!(self.phase, Phase::Capturing | Phase::HandingOver(_)) {
-                    self.record_handover("upstream_error").await;
+                    self.record_handover(HandoverReason::UpstreamError).await;
                 }
                 Flow::Finish
             }
@@ -805,14 +805,10 @@ impl Recorder {
                 if batch.is_empty() {
                     break;
                 }
-                let r = timed(
-                    shared.settings.store_timeout,
-                    shared
-                        .store
-                        .append(&session, epoch_now(&shared, &session, id, epoch), &batch),
-                )
-                .await;
-                shared.health.observe(&r);
+                let r = shared
+                    .store
+                    .append(&session, epoch_now(&shared, &session, id, epoch), &batch)
+                    .await;
                 result = r;
                 match &result {
                     Err(StoreError::Fenced { current })
@@ -864,7 +860,7 @@ impl Recorder {
             }
             Err(StoreError::Malformed(e)) => {
                 tracing::warn!(session = %self.session, error = %e, "store refused a batch: dropped");
-                self.shared.metrics.error("malformed");
+                self.shared.metrics.error(ErrorKind::Malformed);
                 self.shared
                     .metrics
                     .events_unrecorded
@@ -895,7 +891,7 @@ impl Recorder {
 
     /// Mark the lease draining, then record the handover, so a reader seeing it knows the owner
     /// is leaving.
-    async fn record_handover(&mut self, reason: &'static str) {
+    async fn record_handover(&mut self, reason: HandoverReason) {
         self.shared.gates.close(&self.keys);
         self.keys_closed = true;
         let _ = self.shared.book.mark_draining(&self.session).await;
@@ -907,7 +903,7 @@ impl Recorder {
     /// Start handing over: close the session's keys at once (new requests get `404`), keep
     /// capturing until the requests already accepted have been answered (their replies are
     /// events on this stream), then record `Handover` (`finish_handover`).
-    fn begin_handover(&mut self, reason: &'static str) {
+    fn begin_handover(&mut self, reason: HandoverReason) {
         self.shared.gates.close(&self.keys);
         self.keys_closed = true;
         self.phase = Phase::HandingOver(reason);
@@ -928,7 +924,7 @@ impl Recorder {
         self.handover_by = None;
         self.record_handover(reason).await;
         self.phase = Phase::HandedOver;
-        if reason == "drain" {
+        if reason == HandoverReason::Drain {
             self.client = None;
             Flow::Continue
         } else {

@@ -21,14 +21,14 @@ use tokio_util::sync::CancellationToken;
 use crate::admin;
 use crate::config::Settings;
 use crate::drain::{self, Lifecycle};
-use crate::health::{AppProbe, HEARTBEAT_EVERY, HEARTBEAT_STALE, Heartbeat, StoreHealth};
+use crate::health::{AppProbe, HEARTBEAT_EVERY, HEARTBEAT_STALE, Heartbeat};
 use crate::leases::LeaseBook;
 use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Origin};
 use crate::recorder::Recorders;
 use crate::state::Shared;
-use crate::store::SessionStore;
+use crate::store::{GuardedStore, SessionStore};
 use crate::streams::Streams;
 use crate::upstream::HttpClient;
 
@@ -73,20 +73,17 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
 
     let metrics = Arc::new(Metrics::new());
     let background = CancellationToken::new();
-    let health = StoreHealth::new(metrics.clone());
-    health.spawn_pinger(
-        store.clone(),
-        Duration::from_secs(1),
+    let store = Arc::new(GuardedStore::new(
+        store,
         settings.store_timeout,
-        background.clone(),
-    );
+        metrics.clone(),
+    ));
+    store.spawn_pinger(Duration::from_secs(1), background.clone());
     let book = LeaseBook::new(
         store.clone(),
         settings.owner.clone(),
         settings.lease_ttl,
         settings.session_ttl,
-        settings.store_timeout,
-        health.clone(),
         metrics.clone(),
     );
     book.spawn_renewer(settings.renew_every, background.clone());
@@ -99,7 +96,6 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
         gates: Default::default(),
         lifecycle: Lifecycle::new(metrics.clone()),
         store,
-        health,
         book,
         app_probe,
         heartbeat: Heartbeat::new(HEARTBEAT_STALE),

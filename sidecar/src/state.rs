@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::drain::Lifecycle;
-use crate::health::{AppProbe, Heartbeat, StoreHealth};
+use crate::health::{AppProbe, Heartbeat};
 use crate::leases::LeaseBook;
 use crate::metrics::Metrics;
 use crate::recorder::Recorders;
-use crate::store::SessionStore;
+use crate::store::GuardedStore;
 use crate::streams::Streams;
 use crate::upstream::HttpClient;
 
@@ -18,10 +18,8 @@ pub struct Shared {
     pub settings: Settings,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// The session store.
-    pub store: Arc<dyn SessionStore>,
-    /// Whether the store answers.
-    pub health: Arc<StoreHealth>,
+    /// The session store, every call bounded, observed for health and counted.
+    pub store: Arc<GuardedStore>,
     /// Leases this pod holds.
     pub book: Arc<LeaseBook>,
     /// Open client streams.

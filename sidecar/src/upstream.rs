@@ -15,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::body::{ProxyBody, empty};
 use crate::headers::LAST_EVENT_ID;
+use crate::metrics::ErrorKind;
 
 /// Why an outbound request got no response head.
 #[derive(Debug, thiserror::Error)]
@@ -32,11 +33,11 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Label for the `errors_total{kind}` metric.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            UpstreamError::Timeout(_) => "upstream_timeout",
-            UpstreamError::Connect(_) => "upstream_connect",
-            UpstreamError::Failed(_) => "upstream_failed",
+            UpstreamError::Timeout(_) => ErrorKind::UpstreamTimeout,
+            UpstreamError::Connect(_) => ErrorKind::UpstreamConnect,
+            UpstreamError::Failed(_) => ErrorKind::UpstreamFailed,
         }
     }
 }
