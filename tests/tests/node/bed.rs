@@ -190,8 +190,47 @@ impl Chat {
             c.source_ip = (!ips.is_empty()).then(|| ips[i % ips.len()]);
             c.time_limit = Duration::from_secs(600);
             c.max_connects = 1_000;
+            // A loaded 2-core node can hold a response's headers for seconds; a browser waits.
+            c.connect_timeout = Duration::from_secs(15);
+            c.idle_timeout = Some(Duration::from_secs(20));
             c
         })
+    }
+
+    /// Save every container's log of the namespace under `tests/.run/node-logs/<ns>/` (for a
+    /// failing test) and return the directory.
+    pub fn save_logs(&self) -> std::path::PathBuf {
+        let dir = repo().join("tests/.run/node-logs").join(self.name());
+        let _ = std::fs::create_dir_all(&dir);
+        let names = kubectl(&[
+            "-n",
+            self.name(),
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        for pod in String::from_utf8_lossy(&names.stdout).split_whitespace() {
+            let out = kubectl(&[
+                "-n",
+                self.name(),
+                "logs",
+                pod,
+                "--all-containers",
+                "--prefix",
+                "--timestamps",
+            ]);
+            let _ = std::fs::write(dir.join(format!("{pod}.log")), &out.stdout);
+        }
+        let ev = kubectl(&[
+            "-n",
+            self.name(),
+            "get",
+            "events",
+            "--sort-by=.lastTimestamp",
+        ]);
+        let _ = std::fs::write(dir.join("events.txt"), &ev.stdout);
+        dir
     }
 
     /// Stop the publisher, read the room's last number and judge every client against it.
@@ -216,7 +255,11 @@ impl Chat {
             .await
             .expect("read the room's tail");
         let caught_up = crowd.wait_caught_up(last, Duration::from_secs(30)).await;
-        (last, caught_up, crowd.finish(last).await)
+        let summary = crowd.finish(last).await;
+        if !caught_up || summary.missing() > 0 || summary.duplicates() > 0 {
+            println!("container logs saved in {}", self.save_logs().display());
+        }
+        (last, caught_up, summary)
     }
 }
 
