@@ -109,7 +109,7 @@ fn default_replicas() -> i32 {
 /// the 256 KiB annotation that client-side `kubectl apply` stores. Structure and types stay, so the
 /// API server still validates and prunes the template.
 fn pod_template_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    crate::crd::schema_without_descriptions::<PodTemplateSpec>(generator)
+    crate::schema::schema_without_descriptions::<PodTemplateSpec>(generator)
 }
 
 /// Service type, as in core/v1 Service.
@@ -464,7 +464,7 @@ pub struct SidecarConfig {
 }
 
 fn resources_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    crate::crd::schema_without_descriptions::<ResourceRequirements>(generator)
+    crate::schema::schema_without_descriptions::<ResourceRequirements>(generator)
 }
 
 /// Observed state, written only by the operator.
@@ -502,7 +502,7 @@ pub struct SseServiceStatus {
 }
 
 fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let mut schema = crate::crd::schema_without_descriptions::<Vec<Condition>>(generator);
+    let mut schema = crate::schema::schema_without_descriptions::<Vec<Condition>>(generator);
     let map = schema.ensure_object();
     map.insert("x-kubernetes-list-type".into(), "map".into());
     map.insert(

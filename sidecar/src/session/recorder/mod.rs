@@ -7,37 +7,39 @@
 //! never waits on the store. When its client goes away it keeps capturing for the resume window;
 //! when another pod takes the session over (fenced) it stops at once.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+mod registry;
+
+use std::collections::VecDeque;
 use std::future::pending;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::Frame as BodyFrame;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::body::{BoxError, ClientTx, Cut, ProxyBody, Room};
 use crate::cursor::SessionId;
-use crate::leases::Claim;
+use crate::http::body::{BoxError, ClientTx, Cut, ProxyBody, Room};
+use crate::http::session_key;
 use crate::metrics::{ErrorKind, HandoverReason};
-use crate::replay::{Overlap, apply_id, write_cursor};
-use crate::session_key;
+use crate::session::Sessions;
+use crate::session::leases::Claim;
+use crate::session::replay::{Overlap, apply_id, write_cursor};
 use crate::sse::{self, Frame, SseParser};
-use crate::state::Shared;
 use crate::store::{Entry, Epoch, Recorded, Seq, SessionStore as _, StoreError, StoreResult};
 
 /// Pause after a failed batch before the next attempt (the store is down or slow).
 const FLUSH_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest a stopping recorder tries to write what it still holds.
 const FINAL_FLUSH_BUDGET: Duration = Duration::from_secs(3);
-/// Commands queued per recorder.
-const COMMAND_QUEUE: usize = 16;
+
+use self::registry::Command;
+pub use self::registry::{AttachReply, Attached, RecorderHandle, Recorders, Reservation};
 
 /// What a recorder starts from.
 pub struct StreamStart {
@@ -59,187 +61,10 @@ pub struct StreamStart {
     pub learn_endpoint: bool,
 }
 
-/// What a client attaching to a live recorder receives.
-#[derive(Debug)]
-pub struct Attached {
-    /// Recent events it missed, from the recorder's memory, to send first.
-    pub prefix: VecDeque<Bytes>,
-    /// Older entries `(after, upto]` it missed, to read from the store before the prefix.
-    pub from_store: Option<(Seq, Seq)>,
-}
-
-/// How a recorder answered an attach.
-pub enum AttachReply {
-    /// Attached: send the missed entries, then the live ones follow.
-    Attached(Attached),
-    /// The recorder no longer serves clients (stopping, or handed over): resume from the store.
-    Refused(ClientTx),
-    /// The cursor is beyond anything this recorder numbered: forged.
-    Forged(ClientTx),
-    /// The recorder exited while answering; the client's stream is closed (it reconnects).
-    Lost,
-}
-
-enum Command {
-    Attach {
-        after: Seq,
-        client: ClientTx,
-        reply: oneshot::Sender<AttachReply>,
-    },
-    Handover,
-    Stop,
-}
-
-/// A handle on a running recorder.
-#[derive(Clone)]
-pub struct RecorderHandle {
-    id: u64,
-    tx: mpsc::Sender<Command>,
-}
-
-impl RecorderHandle {
-    /// Attach a client resuming after `after`.
-    pub async fn attach(&self, after: Seq, client: ClientTx) -> AttachReply {
-        let (reply, answer) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Command::Attach { client, .. })) = self
-            .tx
-            .send(Command::Attach {
-                after,
-                client,
-                reply,
-            })
-            .await
-        {
-            return AttachReply::Refused(client);
-        }
-        answer.await.unwrap_or(AttachReply::Lost)
-    }
-
-    /// Record a handover now (end of the drain window) and keep capturing until fenced.
-    pub fn handover(&self) {
-        let _ = self.tx.try_send(Command::Handover);
-    }
-
-    /// Write what is held, release the session and stop.
-    pub fn stop(&self) {
-        let _ = self.tx.try_send(Command::Stop);
-    }
-
-    /// Resolves once the recorder has exited.
-    pub async fn stopped(&self) {
-        self.tx.closed().await
-    }
-}
-
-/// The recorders running in this process, by session, for same-pod resumes and the drain.
-#[derive(Default)]
-pub struct Recorders {
-    map: Mutex<Running>,
-    next_id: AtomicU64,
-}
-
-#[derive(Default)]
-struct Running {
-    by_session: HashMap<SessionId, RecorderHandle>,
-    /// Sessions a stream is about to record (claimed before the store call that precedes the
-    /// recorder's start), so two concurrent streams with the same key do not both take it.
-    reserved: HashSet<SessionId>,
-}
-
-impl std::ops::Deref for Running {
-    type Target = HashMap<SessionId, RecorderHandle>;
-    fn deref(&self) -> &Self::Target {
-        &self.by_session
-    }
-}
-
-impl std::ops::DerefMut for Running {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.by_session
-    }
-}
-
-impl Recorders {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The recorder of a session, if it runs here.
-    pub fn get(&self, session: &SessionId) -> Option<RecorderHandle> {
-        self.lock().get(session).cloned()
-    }
-
-    /// Whether a recorder of the session runs (or is about to start) here.
-    pub fn contains(&self, session: &SessionId) -> bool {
-        let map = self.lock();
-        map.contains_key(session) || map.reserved.contains(session)
-    }
-
-    /// Reserve the session for a stream about to start recording it: `None` if a recorder of
-    /// it runs or another stream reserved it first. [`spawn`] takes the reservation over;
-    /// dropping it unused (an error, or the request was cancelled at an await) gives it up.
-    pub fn reserve<'a>(&'a self, session: &SessionId) -> Option<Reservation<'a>> {
-        let mut map = self.lock();
-        (!map.contains_key(session) && map.reserved.insert(session.clone())).then(|| Reservation {
-            recorders: self,
-            session: Some(session.clone()),
-        })
-    }
-
-    /// Every running recorder.
-    pub fn all(&self) -> Vec<RecorderHandle> {
-        self.lock().values().cloned().collect()
-    }
-
-    /// How many recorders run.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether none runs.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn remove(&self, session: &SessionId, id: u64) {
-        let mut map = self.lock();
-        if map.get(session).is_some_and(|h| h.id == id) {
-            map.remove(session);
-        }
-    }
-}
-
-/// A session reserved for a recorder about to start (see [`Recorders::reserve`]).
-pub struct Reservation<'a> {
-    recorders: &'a Recorders,
-    session: Option<SessionId>,
-}
-
-impl Reservation<'_> {
-    /// The recorder started ([`spawn`] ended the reservation): nothing to give up.
-    pub fn started(mut self) {
-        self.session = None;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if let Some(s) = self.session.take() {
-            self.recorders.lock().reserved.remove(&s);
-        }
-    }
-}
-
 /// Start a recorder and register it (replacing any older one of the same session).
-pub fn spawn(shared: &Arc<Shared>, start: StreamStart) -> RecorderHandle {
-    let (tx, cmds) = mpsc::channel(COMMAND_QUEUE);
-    let id = shared.recorders.next_id.fetch_add(1, Ordering::Relaxed);
-    let handle = RecorderHandle { id, tx };
-    {
-        let mut running = shared.recorders.lock();
-        running.reserved.remove(&start.session);
-        running.insert(start.session.clone(), handle.clone());
-    }
+pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
+    let (handle, cmds) = shared.recorders.register(&start.session);
+    let id = handle.id;
     let settings = &shared.settings;
     let detached_at = start.client.is_none().then(Instant::now);
     let fenced = start
@@ -314,7 +139,7 @@ struct FlushDone {
 }
 
 struct Recorder {
-    shared: Arc<Shared>,
+    shared: Arc<Sessions>,
     id: u64,
     session: SessionId,
     upstream: Option<ProxyBody>,
@@ -358,7 +183,7 @@ struct Recorder {
 /// The MCP SSE transport names its session in the first `endpoint` event: own the key before
 /// the client can use it, so a follow-up landing on another pod is routed here.
 /// Returns the key, so the recorder can close it when it hands the stream over.
-async fn register_endpoint_key(shared: &Shared, data: &str) -> Option<SessionId> {
+async fn register_endpoint_key(shared: &Sessions, data: &str) -> Option<SessionId> {
     let key = session_key::from_endpoint_data(data, &shared.settings.session_keys)?;
     match SessionId::from_external(&key) {
         Ok(id) => {
@@ -376,7 +201,7 @@ async fn register_endpoint_key(shared: &Shared, data: &str) -> Option<SessionId>
 }
 
 /// The epoch of a holding now (it changes after a recovery), or the one it started with.
-fn epoch_now(shared: &Shared, session: &SessionId, id: u64, fallback: Epoch) -> Epoch {
+fn epoch_now(shared: &Sessions, session: &SessionId, id: u64, fallback: Epoch) -> Epoch {
     shared.book.epoch(session, id).unwrap_or(fallback)
 }
 
@@ -524,7 +349,7 @@ impl Recorder {
     }
 
     fn detach_deadline(&self) -> Option<Instant> {
-        if self.phase != Phase::Capturing || self.shared.lifecycle.is_draining() {
+        if self.phase != Phase::Capturing || self.shared.book.is_draining() {
             return None;
         }
         Some(self.detached_at? + self.resume_window)
@@ -579,7 +404,7 @@ impl Recorder {
             return AttachReply::Refused(client);
         }
         if after > last {
-            return AttachReply::Forged(client);
+            return AttachReply::Forged;
         }
         self.client = Some(client);
         self.detached_at = None;

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::cursor::SessionId;
-use crate::state::Shared;
+use crate::session::Sessions;
 use crate::store::SessionStore as _;
 
 /// Where a session lives.
@@ -25,7 +25,7 @@ pub enum Location {
 }
 
 /// Find the session's owner: this pod's own leases first (no store call), then the store.
-pub async fn locate(shared: &Shared, session: &SessionId) -> Location {
+pub async fn locate(shared: &Sessions, session: &SessionId) -> Location {
     if shared.book.touch(session) {
         return Location::Local;
     }

@@ -23,15 +23,15 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::body::{ClientBody, ClientTx, ProxyBody, client_channel, full};
 use crate::cursor::{Cursor, SessionId};
-use crate::headers::is_event_stream;
-use crate::metrics::{ErrorKind, ResumeOutcome, TakeoverOutcome};
-use crate::recorder::{self, AttachReply, StreamStart};
-use crate::replay::{Overlap, entry_bytes};
-use crate::state::Shared;
+use crate::http::body::{ClientBody, ClientTx, ProxyBody, full};
+use crate::http::client::RequestTemplate;
+use crate::http::headers::is_event_stream;
+use crate::metrics::{ErrorKind, Metrics, ResumeOutcome, TakeoverOutcome};
+use crate::session::Sessions;
+use crate::session::recorder::{self, AttachReply, StreamStart};
+use crate::session::replay::{Overlap, entry_bytes};
 use crate::store::{Entry, Epoch, LeaseState, Recorded, Seq, SessionStore as _, StoreError};
-use crate::upstream::RequestTemplate;
 
 /// Entries read from the store per call.
 const READ_BATCH: usize = 256;
@@ -54,7 +54,7 @@ pub enum Resumed {
 
 /// The head of an SSE response the sidecar produces itself (replay and tail).
 pub fn sse_response(body: ClientBody) -> Response<ProxyBody> {
-    let mut resp = Response::new(crate::body::boxed(body));
+    let mut resp = Response::new(crate::http::body::boxed(body));
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -63,8 +63,8 @@ pub fn sse_response(body: ClientBody) -> Response<ProxyBody> {
 }
 
 /// 503 for a request beyond the stream bound.
-pub fn too_many_streams(shared: &Shared) -> Response<ProxyBody> {
-    shared.metrics.error(ErrorKind::TooManyStreams);
+pub fn too_many_streams(metrics: &Metrics) -> Response<ProxyBody> {
+    metrics.error(ErrorKind::TooManyStreams);
     let mut r = Response::new(full("too many streams\n"));
     *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     r.headers_mut()
@@ -72,17 +72,12 @@ pub fn too_many_streams(shared: &Shared) -> Response<ProxyBody> {
     r
 }
 
-fn channel(shared: &Shared) -> Option<(ClientTx, ClientBody)> {
-    let guard = shared.streams.open()?;
-    Some(client_channel(
-        guard,
-        shared.settings.client_buffer_bytes,
-        shared.settings.reconnect_delay_millis,
-    ))
+fn channel(shared: &Sessions) -> Option<(ClientTx, ClientBody)> {
+    shared.clients.open()
 }
 
 /// Answer a request carrying a valid cursor.
-pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cursor) -> Resumed {
+pub async fn resume(shared: &Arc<Sessions>, template: RequestTemplate, cursor: Cursor) -> Resumed {
     let Cursor {
         session,
         seq: after,
@@ -90,7 +85,7 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
     let mut carried = None;
     if let Some(handle) = shared.recorders.get(&session) {
         let Some((tx, mut body)) = channel(shared) else {
-            return Resumed::Respond(too_many_streams(shared));
+            return Resumed::Respond(too_many_streams(&shared.metrics));
         };
         match handle.attach(after, tx).await {
             AttachReply::Attached(attached) => {
@@ -108,7 +103,7 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
                 return Resumed::Respond(sse_response(body));
             }
             AttachReply::Lost => return Resumed::Respond(sse_response(body)),
-            AttachReply::Forged(_) => {
+            AttachReply::Forged => {
                 tracing::info!(session = %session, after, "cursor beyond the live session: fresh stream");
                 shared.metrics.resume(ResumeOutcome::Forged);
                 return Resumed::Fresh(None);
@@ -162,7 +157,7 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
         Some(pair) => pair,
         None => match channel(shared) {
             Some(pair) => pair,
-            None => return Resumed::Respond(too_many_streams(shared)),
+            None => return Resumed::Respond(too_many_streams(&shared.metrics)),
         },
     };
     shared.metrics.resume(ResumeOutcome::Store);
@@ -183,7 +178,12 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
 }
 
 /// Entries `(from, upto]` as wire bytes, waiting briefly for those still on their way.
-async fn read_range(shared: &Shared, session: &SessionId, from: Seq, upto: Seq) -> VecDeque<Bytes> {
+async fn read_range(
+    shared: &Sessions,
+    session: &SessionId,
+    from: Seq,
+    upto: Seq,
+) -> VecDeque<Bytes> {
     let mut out = VecDeque::new();
     let mut cursor = from;
     let mut buf = String::new();
@@ -249,7 +249,7 @@ enum Holder {
 
 /// Feeds one resumed client from the store, and takes the session over when the owner leaves.
 struct Follower {
-    shared: Arc<Shared>,
+    shared: Arc<Sessions>,
     session: SessionId,
     /// The client's own cursor (a crash may have shown it entries the store never got).
     client_after: Seq,
@@ -409,11 +409,11 @@ impl Follower {
                 self.shared.metrics.events_forwarded.inc();
                 Step::Next
             }
-            Err(crate::body::Cut::Full) => {
+            Err(crate::http::body::Cut::Full) => {
                 self.shared.metrics.slow_consumers.inc();
                 Step::Stop
             }
-            Err(crate::body::Cut::Closed) => Step::Stop,
+            Err(crate::http::body::Cut::Closed) => Step::Stop,
         }
     }
 
@@ -462,7 +462,6 @@ impl Follower {
     async fn takeover(mut self, expected: Epoch) -> Option<Self> {
         let started = Instant::now();
         let shared = self.shared.clone();
-        let s = &shared.settings;
         let base = shared.store.last_app_id(&self.session).await;
         let Ok(base) = base else {
             shared.metrics.takeover(TakeoverOutcome::StoreUnavailable);
@@ -479,7 +478,9 @@ impl Follower {
         }
         let app_last_id = self.sticky.clone().unwrap_or(base);
 
-        let req = self.template.build(app_last_id.as_deref(), s.app_addr);
+        let req = self
+            .template
+            .build(app_last_id.as_deref(), shared.app.addr());
         let upstream = match shared.app.send(req).await {
             Ok(resp) if resp.status() == StatusCode::OK && is_event_stream(resp.headers()) => resp,
             Ok(resp) => {
@@ -541,7 +542,7 @@ impl Follower {
             &shared,
             StreamStart {
                 session: self.session,
-                upstream: crate::body::boxed(upstream.into_body()),
+                upstream: crate::http::body::boxed(upstream.into_body()),
                 next_seq,
                 sticky: app_last_id,
                 overlap: Overlap::from_delivered(&rest),

@@ -336,6 +336,11 @@ impl LeaseBook {
         r
     }
 
+    /// Whether this pod drains (SIGTERM arrived): its leases are renewed as draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// From now on every lease is renewed as draining (and the next round marks them all).
     pub fn set_draining(&self) {
         self.draining
