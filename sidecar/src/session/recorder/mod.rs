@@ -7,9 +7,11 @@
 //! never waits on the store. When its client goes away it keeps capturing for the resume window;
 //! when another pod takes the session over (fenced) it stops at once.
 
+mod batcher;
+mod fanout;
+mod reader;
 mod registry;
 
-use std::collections::VecDeque;
 use std::future::pending;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,27 +21,28 @@ use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::Frame as BodyFrame;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::cursor::SessionId;
-use crate::http::body::{BoxError, ClientTx, Cut, ProxyBody, Room};
+use crate::http::body::{BoxError, ClientTx, ProxyBody};
 use crate::http::session_key;
 use crate::metrics::{ErrorKind, HandoverReason};
 use crate::session::Sessions;
 use crate::session::leases::Claim;
-use crate::session::replay::{Overlap, apply_id, write_cursor};
-use crate::sse::{self, Frame, SseParser};
-use crate::store::{Entry, Epoch, Recorded, Seq, SessionStore as _, StoreError, StoreResult};
+use crate::session::replay::Overlap;
+use crate::store::{Entry, Seq, StoreError};
 
 /// Pause after a failed batch before the next attempt (the store is down or slow).
 const FLUSH_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest a stopping recorder tries to write what it still holds.
 const FINAL_FLUSH_BUDGET: Duration = Duration::from_secs(3);
 
+use self::batcher::{Batcher, FlushDone, write_batch};
+use self::fanout::Fanout;
+use self::reader::{Item, Reader};
 use self::registry::Command;
-pub use self::registry::{AttachReply, Attached, RecorderHandle, Recorders, Reservation};
+pub use self::registry::{AttachReply, RecorderHandle, Recorders, Reservation};
 
 /// What a recorder starts from.
 pub struct StreamStart {
@@ -64,43 +67,44 @@ pub struct StreamStart {
 /// Start a recorder and register it (replacing any older one of the same session).
 pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
     let (handle, cmds) = shared.recorders.register(&start.session);
-    let id = handle.id;
     let settings = &shared.settings;
-    let detached_at = start.client.is_none().then(Instant::now);
     let fenced = start
         .claim
         .as_ref()
         .map(|c| c.fenced.clone())
         .unwrap_or_default();
     let recorder = Recorder {
-        parser: SseParser::new(settings.max_event_bytes),
-        frames: Vec::with_capacity(8),
-        // Grown on demand: thousands of mostly idle sessions must not each preallocate.
-        ring: VecDeque::new(),
-        pending: Vec::new(),
-        pending_since: None,
-        urgent: false,
-        inflight: None,
-        retry_at: None,
+        reader: Reader::new(
+            start.session.clone(),
+            settings.max_event_bytes,
+            start.next_seq,
+            start.sticky,
+            start.overlap,
+            start.learn_endpoint && session_key::has_query_source(&settings.session_keys),
+        ),
+        batcher: Batcher::new(batcher::Limits {
+            window: settings.batch_window,
+            max_entries: settings.batch_max_entries,
+            max_unrecorded: settings.max_unrecorded,
+        }),
+        fanout: Fanout::new(
+            fanout::Settings {
+                ring: settings.resume_buffer_events,
+                resume_window: settings.resume_window,
+                max_streams: settings.max_streams,
+            },
+            shared.metrics.clone(),
+            start.client,
+        ),
+        items: Vec::with_capacity(8),
         unrecorded_warned: false,
         phase: Phase::Capturing,
-        cursor: String::with_capacity(64),
         shared: shared.clone(),
-        id,
+        id: handle.id,
         session: start.session.clone(),
         upstream: Some(start.upstream),
-        next_seq: start.next_seq.max(1),
-        sticky: start.sticky,
-        overlap: start.overlap,
-        client: start.client,
-        backlog: VecDeque::new(),
-        stalled_since: None,
-        detached_at,
-        resume_window: settings.resume_window,
         claim: start.claim,
         fenced_wait: Box::pin(fenced.cancelled_owned()),
-        learn_endpoint: start.learn_endpoint
-            && session_key::has_query_source(&shared.settings.session_keys),
         keys: vec![start.session.clone()],
         keys_closed: false,
         handover_by: None,
@@ -131,44 +135,23 @@ enum Flow {
     Fenced,
 }
 
-struct FlushDone {
-    batch: Vec<Recorded>,
-    result: StoreResult<()>,
-    claim: Option<StoreResult<Claim>>,
-    elapsed: Duration,
-}
-
+/// The task: it reads the upstream ([`Reader`]), fans out to the client ([`Fanout`]), batches to
+/// the store ([`Batcher`]), keeps the lease (the claim and the fencing signal) and ends or hands
+/// the session over (the phase, the session's keys).
 struct Recorder {
     shared: Arc<Sessions>,
     id: u64,
     session: SessionId,
     upstream: Option<ProxyBody>,
-    parser: SseParser,
-    frames: Vec<Frame>,
-    next_seq: Seq,
-    sticky: Option<String>,
-    overlap: Overlap,
-    client: Option<ClientTx>,
-    /// Chunks waiting for room in the client's queue (the app's stream is paused meanwhile).
-    backlog: VecDeque<Bytes>,
-    /// Since when the client's queue has been full.
-    stalled_since: Option<Instant>,
-    detached_at: Option<Instant>,
-    /// The resume window granted when the client left (see `window_on_detach`).
-    resume_window: Duration,
-    ring: VecDeque<(Seq, Bytes)>,
-    pending: Vec<Recorded>,
-    pending_since: Option<Instant>,
-    /// Write the pending entries as soon as possible (a resume or a handover waits for them).
-    urgent: bool,
-    inflight: Option<JoinHandle<FlushDone>>,
-    retry_at: Option<Instant>,
+    reader: Reader,
+    items: Vec<Item>,
+    fanout: Fanout,
+    batcher: Batcher,
     unrecorded_warned: bool,
     claim: Option<Claim>,
     /// Resolves when another pod takes the session over (cancelled by the lease book).
     fenced_wait: Pin<Box<WaitForCancellationFutureOwned>>,
     phase: Phase,
-    learn_endpoint: bool,
     /// The keys requests for this stream's session carry: its own id and the key learned from
     /// the `endpoint` event. A handover closes them (see `gates`).
     keys: Vec<SessionId>,
@@ -176,7 +159,6 @@ struct Recorder {
     keys_closed: bool,
     /// Until when a pending handover waits for accepted requests (`Phase::HandingOver`).
     handover_by: Option<Instant>,
-    cursor: String,
     cmds: mpsc::Receiver<Command>,
 }
 
@@ -200,30 +182,10 @@ async fn register_endpoint_key(shared: &Sessions, data: &str) -> Option<SessionI
     }
 }
 
-/// The epoch of a holding now (it changes after a recovery), or the one it started with.
-fn epoch_now(shared: &Sessions, session: &SessionId, id: u64, fallback: Epoch) -> Epoch {
-    shared.book.epoch(session, id).unwrap_or(fallback)
-}
-
 async fn next_frame(body: &mut Option<ProxyBody>) -> Option<Result<BodyFrame<Bytes>, BoxError>> {
     match body {
         Some(b) => b.frame().await,
         None => pending().await,
-    }
-}
-
-async fn join(inflight: &mut Option<JoinHandle<FlushDone>>) -> Option<FlushDone> {
-    match inflight {
-        Some(h) => h.await.ok(),
-        None => pending().await,
-    }
-}
-
-/// Room in the client's queue for the first chunk that waits; pending when nothing waits.
-async fn room(client: &Option<ClientTx>, waiting: Option<usize>) -> Result<Room, Cut> {
-    match (client, waiting) {
-        (Some(c), Some(len)) => c.room(len).await,
-        _ => pending().await,
     }
 }
 
@@ -264,13 +226,14 @@ impl Recorder {
         let mut handover_poll = tokio::time::interval(HANDOVER_POLL);
         handover_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let flow = loop {
-            let due = self.flush_at();
+            let due = self.batcher.flush_at();
             if due != flush_deadline {
                 if let Some(d) = due {
                     flush_timer.as_mut().reset(d.into());
                 }
                 flush_deadline = due;
             }
+            let backlogged = self.fanout.is_backlogged();
             let flow = tokio::select! {
                 biased;
                 _ = self.fenced_wait.as_mut() => Flow::Fenced,
@@ -278,12 +241,9 @@ impl Recorder {
                     Some(cmd) => self.on_command(cmd).await,
                     None => Flow::Finish,
                 },
-                done = join(&mut self.inflight) => {
-                    self.inflight = None;
-                    match done {
-                        Some(done) => self.on_flushed(done),
-                        None => Flow::Continue,
-                    }
+                done = self.batcher.done() => match done {
+                    Some(done) => self.on_flushed(done),
+                    None => Flow::Continue,
                 },
                 _ = timer(&mut flush_timer, flush_deadline.is_some()) => {
                     flush_deadline = None;
@@ -296,11 +256,11 @@ impl Recorder {
                 _ = handover_poll.tick(), if self.handover_by.is_some() => {
                     self.finish_handover().await
                 },
-                room = room(&self.client, self.backlog.front().map(Bytes::len)) => {
-                    self.on_room(room);
+                room = self.fanout.room() => {
+                    self.fanout.on_room(room);
                     Flow::Continue
                 },
-                frame = next_frame(&mut self.upstream), if self.backlog.is_empty() => {
+                frame = next_frame(&mut self.upstream), if !backlogged => {
                     self.on_upstream(frame).await
                 },
             };
@@ -313,15 +273,8 @@ impl Recorder {
 
     /// Notice a client that left while the app was quiet, and end the resume window.
     async fn housekeeping(&mut self) -> Flow {
-        if self.client.as_ref().is_some_and(ClientTx::is_closed) {
-            self.detach();
-        }
-        if self
-            .stalled_since
-            .is_some_and(|t| t.elapsed() >= self.shared.settings.client_stall)
-        {
-            self.cut_slow();
-        }
+        self.fanout
+            .check(self.shared.settings.client_stall, &self.session);
         match self.detach_deadline() {
             Some(deadline) if Instant::now() >= deadline => {
                 tracing::debug!(session = %self.session, "resume window over: handing over");
@@ -332,49 +285,11 @@ impl Recorder {
         }
     }
 
-    /// When the next batch should start, if one is due and none is in flight.
-    fn flush_at(&self) -> Option<Instant> {
-        if self.inflight.is_some() || self.pending.is_empty() {
-            return None;
-        }
-        let due = if self.urgent || self.pending.len() >= self.shared.settings.batch_max_entries {
-            Instant::now()
-        } else {
-            self.pending_since? + self.shared.settings.batch_window
-        };
-        Some(match self.retry_at {
-            Some(r) if r > due => r,
-            _ => due,
-        })
-    }
-
     fn detach_deadline(&self) -> Option<Instant> {
         if self.phase != Phase::Capturing || self.shared.book.is_draining() {
             return None;
         }
-        Some(self.detached_at? + self.resume_window)
-    }
-
-    /// How long a recorder whose client left keeps capturing: the resume window, or nothing
-    /// when this pod already runs more recorders than it admits streams. Clients that connect
-    /// and leave must not pile up captured upstreams (each an open connection to the app)
-    /// beyond the stream bound; a later resume takes the session over from the store instead.
-    fn window_on_detach(&self) -> Duration {
-        let running = usize::try_from(self.shared.metrics.recorders.get()).unwrap_or(0);
-        if running > self.shared.settings.max_streams {
-            Duration::ZERO
-        } else {
-            self.shared.settings.resume_window
-        }
-    }
-
-    fn detach(&mut self) {
-        self.backlog.clear();
-        self.stalled_since = None;
-        if self.client.take().is_some() {
-            self.detached_at = Some(Instant::now());
-            self.resume_window = self.window_on_detach();
-        }
+        self.fanout.detached_until()
     }
 
     async fn on_command(&mut self, cmd: Command) -> Flow {
@@ -399,59 +314,41 @@ impl Recorder {
     }
 
     fn on_attach(&mut self, after: Seq, client: ClientTx) -> AttachReply {
-        let last = self.next_seq - 1;
+        let last = self.reader.last_seq();
         if self.phase != Phase::Capturing {
             return AttachReply::Refused(client);
         }
         if after > last {
             return AttachReply::Forged;
         }
-        self.client = Some(client);
-        self.detached_at = None;
         // Older entries come from the store: make sure they are on their way there.
-        self.urgent = true;
-        let first_in_ring = self.ring.front().map(|(s, _)| *s);
-        let (from_store, ring_from) = if after == last {
-            (None, Seq::MAX)
-        } else {
-            match first_in_ring {
-                Some(first) if after + 1 >= first => (None, after + 1),
-                Some(first) => (Some((after, first - 1)), first),
-                None => (Some((after, last)), Seq::MAX),
-            }
-        };
-        let prefix = self
-            .ring
-            .iter()
-            .filter(|(s, _)| *s >= ring_from)
-            .map(|(_, b)| b.clone())
-            .collect();
-        AttachReply::Attached(Attached { prefix, from_store })
+        self.batcher.hurry();
+        AttachReply::Attached(self.fanout.attach(after, last, client))
     }
 
     async fn on_upstream(&mut self, frame: Option<Result<BodyFrame<Bytes>, BoxError>>) -> Flow {
         match frame {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    self.parser.push(&data, &mut self.frames);
-                    self.process_frames().await;
+                    self.reader.feed(&data, &mut self.items);
+                    self.take_items().await;
                 }
                 Flow::Continue
             }
             None => {
-                self.parser.finish(&mut self.frames);
-                self.process_frames().await;
+                self.reader.finish(&mut self.items);
+                self.take_items().await;
                 self.upstream = None;
                 self.push(Entry::End);
                 // The client reads everything queued, then the end of the response.
-                self.client = None;
+                self.fanout.release();
                 Flow::Finish
             }
             Some(Err(e)) => {
                 tracing::warn!(session = %self.session, error = %e, "app stream failed: handing the session over");
                 self.shared.metrics.error(ErrorKind::UpstreamBody);
                 self.upstream = None;
-                self.client = None;
+                self.fanout.release();
                 if matches!(self.phase, Phase::Capturing | Phase::HandingOver(_)) {
                     self.record_handover(HandoverReason::UpstreamError).await;
                 }
@@ -460,199 +357,47 @@ impl Recorder {
         }
     }
 
-    async fn process_frames(&mut self) {
-        let mut frames = std::mem::take(&mut self.frames);
-        for frame in frames.drain(..) {
-            match frame {
-                Frame::Event(event) => self.on_event(event).await,
-                Frame::Retry(ms) => {
-                    let mut out = Vec::with_capacity(24);
-                    sse::encode_retry(ms, &mut out);
-                    let seq = self.push(Entry::Retry(ms));
-                    self.deliver(seq, Bytes::from(out));
+    /// What the reader produced: entries to the store and the client, in order.
+    async fn take_items(&mut self) {
+        let mut items = std::mem::take(&mut self.items);
+        for item in items.drain(..) {
+            match item {
+                Item::Entry(recorded, wire) => {
+                    let seq = recorded.seq;
+                    self.batcher.push(recorded);
+                    self.fanout.deliver(seq, wire);
                 }
-                Frame::Comment(text) => {
-                    if self.client.is_some() {
-                        let mut out = Vec::with_capacity(text.len() + 2);
-                        sse::encode_comment(&text, &mut out);
-                        self.send_to_client(Bytes::from(out));
+                Item::Comment(wire) => self.fanout.send(wire),
+                Item::Endpoint(data) => {
+                    let shared = self.shared.clone();
+                    if let Some(key) = register_endpoint_key(&shared, &data).await {
+                        self.keys.push(key);
                     }
                 }
-                Frame::SetId(id) => apply_id(&mut self.sticky, &id),
-                Frame::Oversized => {
+                Item::OverlapDropped => {
+                    self.shared.metrics.overlap_dropped.inc();
+                }
+                Item::Oversized => {
                     self.shared.metrics.oversized_events.inc();
                 }
             }
         }
-        self.frames = frames;
+        self.items = items;
     }
 
-    async fn on_event(&mut self, event: sse::Event) {
-        if let Some(id) = &event.id {
-            apply_id(&mut self.sticky, id);
-        }
-        if !self.overlap.is_done() && self.overlap.take(self.sticky.as_deref()) {
-            self.shared.metrics.overlap_dropped.inc();
-            return;
-        }
-        if self.learn_endpoint && event.event.as_deref() == Some("endpoint") {
-            self.learn_endpoint = false;
-            let shared = self.shared.clone();
-            if let Some(key) = register_endpoint_key(&shared, &event.data).await {
-                self.keys.push(key);
-            }
-        }
-        let seq = self.next_seq;
-        write_cursor(&mut self.cursor, &self.session, seq);
-        let mut out = Vec::with_capacity(event.data.len() + self.cursor.len() + 32);
-        sse::encode_event(&event, Some(&self.cursor), &mut out);
-        let sse::Event { event, data, .. } = event;
-        self.push(Entry::Event {
-            app_id: self.sticky.clone(),
-            event,
-            data,
-        });
-        self.deliver(seq, Bytes::from(out));
-    }
-
-    /// Queue an entry for the store; returns its seq.
-    fn push(&mut self, entry: Entry) -> Seq {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        if self.pending.is_empty() {
-            self.pending_since = Some(Instant::now());
-        }
-        self.pending.push(Recorded { seq, entry });
-        seq
-    }
-
-    /// Send an entry's bytes to the client and keep them for a same-pod resume.
-    fn deliver(&mut self, seq: Seq, bytes: Bytes) {
-        let cap = self.shared.settings.resume_buffer_events;
-        if cap > 0 {
-            if self.ring.len() >= cap {
-                self.ring.pop_front();
-            }
-            self.ring.push_back((seq, bytes.clone()));
-        }
-        self.send_to_client(bytes);
-    }
-
-    /// Queue bytes for the client without waiting. A full queue pauses the app's stream (as a
-    /// plain proxy would, by TCP backpressure) until the client catches up; see `housekeeping`.
-    fn send_to_client(&mut self, bytes: Bytes) {
-        let Some(c) = &self.client else { return };
-        if !self.backlog.is_empty() {
-            self.backlog.push_back(bytes);
-            return;
-        }
-        match c.try_send(bytes.clone()) {
-            Ok(()) => {
-                self.shared.metrics.events_forwarded.inc();
-            }
-            Err(Cut::Full) => {
-                self.backlog.push_back(bytes);
-                self.stalled_since = Some(Instant::now());
-            }
-            Err(Cut::Closed) => self.detach(),
-        }
-    }
-
-    /// The client has room again: hand it what waited.
-    fn on_room(&mut self, room: Result<Room, Cut>) {
-        match room {
-            Ok(room) => {
-                if let Some(bytes) = self.backlog.pop_front() {
-                    room.send(bytes);
-                    self.shared.metrics.events_forwarded.inc();
-                }
-                if self.backlog.is_empty() {
-                    self.stalled_since = None;
-                }
-            }
-            Err(_) => self.detach(),
-        }
-    }
-
-    fn cut_slow(&mut self) {
-        tracing::info!(session = %self.session, "client too slow: cut (it resumes from its cursor)");
-        self.shared.metrics.slow_consumers.inc();
-        self.detach();
+    /// Number a marker and queue it for the store.
+    fn push(&mut self, entry: Entry) {
+        let recorded = self.reader.number(entry);
+        self.batcher.push(recorded);
     }
 
     fn start_flush(&mut self) {
-        let n = self
-            .pending
-            .len()
-            .min(self.shared.settings.batch_max_entries);
-        let batch: Vec<Recorded> = self.pending.drain(..n).collect();
-        // What is left was waiting already: it goes as soon as this batch is written.
-        self.urgent = !self.pending.is_empty();
-        if self.pending.is_empty() {
-            self.pending_since = None;
-        }
+        let batch = self.batcher.take_batch();
         let shared = self.shared.clone();
         let session = self.session.clone();
         let claim = self.claim.as_ref().map(|c| c.id);
-        self.inflight = Some(tokio::spawn(async move {
-            let started = Instant::now();
-            let (id, epoch, claimed) = match claim {
-                Some(id) => match shared.book.epoch(&session, id) {
-                    Some(epoch) => (id, epoch, None),
-                    // The holding is gone: another pod took the session over.
-                    None => {
-                        return FlushDone {
-                            batch,
-                            result: Err(StoreError::Fenced {
-                                current: Epoch::MAX,
-                            }),
-                            claim: None,
-                            elapsed: started.elapsed(),
-                        };
-                    }
-                },
-                None => match shared.book.claim(&session).await {
-                    Ok(c) => (c.id, c.epoch, Some(Ok(c))),
-                    Err(e) => {
-                        return FlushDone {
-                            batch,
-                            result: Err(e.clone()),
-                            claim: Some(Err(e)),
-                            elapsed: started.elapsed(),
-                        };
-                    }
-                },
-            };
-            let mut result = Ok(());
-            // At most one recovery: the store lost the session (restart, flush) and it is taken
-            // again, then the batch is written with the new epoch.
-            for _ in 0..2 {
-                if batch.is_empty() {
-                    break;
-                }
-                let r = shared
-                    .store
-                    .append(&session, epoch_now(&shared, &session, id, epoch), &batch)
-                    .await;
-                result = r;
-                match &result {
-                    Err(StoreError::Fenced { current })
-                        if *current == 0 || *current == epoch_now(&shared, &session, id, epoch) =>
-                    {
-                        if let Err(e) = shared.book.recover(&session, id, Some(*current)).await {
-                            result = Err(e);
-                            break;
-                        }
-                    }
-                    _ => break,
-                }
-            }
-            FlushDone {
-                batch,
-                result,
-                claim: claimed,
-                elapsed: started.elapsed(),
-            }
+        self.batcher.started(tokio::spawn(async move {
+            write_batch(&shared.book, &shared.store, &session, claim, batch).await
         }));
     }
 
@@ -663,7 +408,7 @@ impl Recorder {
         }
         match done.result {
             Ok(()) => {
-                self.retry_at = None;
+                self.batcher.written();
                 if !done.batch.is_empty() {
                     let m = &self.shared.metrics;
                     m.events_recorded.inc_by(done.batch.len() as u64);
@@ -679,8 +424,14 @@ impl Recorder {
                 Flow::Fenced
             }
             Err(StoreError::Unavailable(_)) => {
-                self.requeue(done.batch);
-                self.retry_at = Some(Instant::now() + FLUSH_BACKOFF);
+                let dropped = self.batcher.retry(done.batch, FLUSH_BACKOFF);
+                if dropped > 0 {
+                    self.shared.metrics.events_unrecorded.inc_by(dropped as u64);
+                    if !self.unrecorded_warned {
+                        self.unrecorded_warned = true;
+                        tracing::warn!(session = %self.session, "store unavailable too long: oldest entries dropped from the record");
+                    }
+                }
                 Flow::Continue
             }
             Err(StoreError::Malformed(e)) => {
@@ -695,25 +446,6 @@ impl Recorder {
         }
     }
 
-    /// Put a failed batch back in front, dropping the oldest beyond the bound (memory never grows).
-    fn requeue(&mut self, mut batch: Vec<Recorded>) {
-        batch.append(&mut self.pending);
-        let max = self.shared.settings.max_unrecorded;
-        if batch.len() > max {
-            let dropped = batch.len() - max;
-            batch.drain(..dropped);
-            self.shared.metrics.events_unrecorded.inc_by(dropped as u64);
-            if !self.unrecorded_warned {
-                self.unrecorded_warned = true;
-                tracing::warn!(session = %self.session, "store unavailable too long: oldest entries dropped from the record");
-            }
-        }
-        self.pending = batch;
-        if !self.pending.is_empty() && self.pending_since.is_none() {
-            self.pending_since = Some(Instant::now());
-        }
-    }
-
     /// Mark the lease draining, then record the handover, so a reader seeing it knows the owner
     /// is leaving.
     async fn record_handover(&mut self, reason: HandoverReason) {
@@ -721,7 +453,7 @@ impl Recorder {
         self.keys_closed = true;
         let _ = self.shared.book.mark_draining(&self.session).await;
         self.push(Entry::Handover);
-        self.urgent = true;
+        self.batcher.hurry();
         self.shared.metrics.handover(reason);
     }
 
@@ -750,7 +482,7 @@ impl Recorder {
         self.record_handover(reason).await;
         self.phase = Phase::HandedOver;
         if reason == HandoverReason::Drain {
-            self.client = None;
+            self.fanout.release();
             Flow::Continue
         } else {
             Flow::Finish
@@ -770,10 +502,10 @@ impl Recorder {
         self.forget_keys_later();
         self.cmds.close();
         self.upstream = None;
-        self.client = None;
+        self.fanout.release();
         if flow == Flow::Finish {
             self.final_flush().await;
-        } else if let Some(h) = self.inflight.take() {
+        } else if let Some(h) = self.batcher.take_inflight() {
             h.abort();
         }
         if let Some(c) = &self.claim {
@@ -800,7 +532,7 @@ impl Recorder {
     async fn final_flush(&mut self) {
         let deadline = Instant::now() + FINAL_FLUSH_BUDGET;
         loop {
-            if let Some(h) = self.inflight.take() {
+            if let Some(h) = self.batcher.take_inflight() {
                 let done = tokio::time::timeout_at(deadline.into(), h).await;
                 match done {
                     Ok(Ok(done)) => {
@@ -811,19 +543,17 @@ impl Recorder {
                     _ => break,
                 }
             }
-            if self.pending.is_empty() || Instant::now() >= deadline {
+            if self.batcher.pending() == 0 || Instant::now() >= deadline {
                 break;
             }
-            if let Some(r) = self.retry_at {
+            if let Some(r) = self.batcher.retry_at() {
                 tokio::time::sleep_until(r.min(deadline).into()).await;
             }
             self.start_flush();
         }
-        if !self.pending.is_empty() {
-            self.shared
-                .metrics
-                .events_unrecorded
-                .inc_by(self.pending.len() as u64);
+        let left = self.batcher.pending();
+        if left > 0 {
+            self.shared.metrics.events_unrecorded.inc_by(left as u64);
         }
     }
 }
