@@ -9,7 +9,7 @@ SSEKEEPER_RUN_DIR ?= $(CURDIR)/tests/.run
 export SSEKEEPER_RUN_DIR
 RUN_DIR := $(SSEKEEPER_RUN_DIR)
 
-.PHONY: help deps k8s-bins build images crds chart lint cluster-up cluster-down test test-unit test-operator test-dataplane test-node demo bench
+.PHONY: help deps k8s-bins build images crds chart lint cluster-up cluster-down test test-unit test-operator test-dataplane test-node demo bench bench-short
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -51,7 +51,7 @@ TEST_CLUSTER := SSEKEEPER_RUN_DIR=$(CURDIR)/tests/.run/test SSEKEEPER_APISERVER_
   SSEKEEPER_SCHEDULER_PORT=17259
 HOST_SNAPSHOT := $(CURDIR)/tests/.run/host-before-test.txt
 
-test: deps k8s-bins lint build images ## everything: unit, golden, operator against the real API server, data plane with real Redis + HAProxy, e2e on the real node
+test: deps k8s-bins lint build images ## everything: unit, golden, operator against the real API server, data plane with real Redis + HAProxy, e2e on the real node, the short bench
 	@mkdir -p tests/.run && $(TEST_CLUSTER) bash tests/cluster/leftovers.sh snapshot $(HOST_SNAPSHOT)
 	@$(TEST_CLUSTER) bash tests/cluster/up.sh >/dev/null
 	@rc=0; \
@@ -59,6 +59,7 @@ test: deps k8s-bins lint build images ## everything: unit, golden, operator agai
 	  $(TEST_CLUSTER) $(MAKE) --no-print-directory test-operator || rc=1; \
 	  $(MAKE) --no-print-directory test-dataplane || rc=1; \
 	  $(TEST_CLUSTER) $(MAKE) --no-print-directory test-node || rc=1; \
+	  $(MAKE) --no-print-directory bench-short || rc=1; \
 	  $(TEST_CLUSTER) bash tests/cluster/down.sh --purge || rc=1; \
 	  $(TEST_CLUSTER) bash tests/cluster/leftovers.sh check $(HOST_SNAPSHOT) || rc=1; \
 	  exit $$rc
@@ -79,8 +80,12 @@ test-node: ## end-to-end tests on the real node: pods, kube-proxy, CoreDNS, the 
 	@bash tests/cluster/up.sh >/dev/null
 	$(CARGO) test --no-fail-fast -p ssekeeper-tests --test 'node*' -- --test-threads=1 --nocapture
 
-bench: deps ## measurements in release: SSE codec, sidecar vs direct throughput, Redis appends (tables, no pass/fail on speed)
-	$(CARGO) test --release -p ssekeeper-sidecar --test sse_throughput --test throughput --test store_bench -- --ignored --nocapture --test-threads=1
+# Both run as root (a network namespace of their own); both fail only when a peer cannot run at all.
+bench: deps ## direct, HAProxy, nginx, the sidecar (memory, Redis) side by side in release: target/bench/results.md + bench.png (~8 min)
+	@bash tests/bench/bench.sh full
+
+bench-short: deps ## the same bench in seconds, small counts (for make test: the bench never rots)
+	@bash tests/bench/bench.sh short
 
 demo: deps k8s-bins images ## the product live: cluster + node, chart, examples/chat.yaml, 60 streaming clients through a rolling update
 	@bash tests/demo.sh

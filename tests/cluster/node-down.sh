@@ -15,9 +15,10 @@ remove_pods() {
   ids="$("${crictl[@]}" pods -q 2>/dev/null)" || return 0
   [[ -n "$ids" ]] || return 0
   # shellcheck disable=SC2086 # one id per word
-  "${crictl[@]}" stopp $ids >/dev/null 2>&1 || true
+  local out
+  out="$("${crictl[@]}" stopp $ids 2>&1)" || log "crictl stopp failed: $(head -n 3 <<<"$out")"
   # shellcheck disable=SC2086
-  "${crictl[@]}" rmp -f $ids >/dev/null 2>&1 || true
+  out="$("${crictl[@]}" rmp -f $ids 2>&1)" || log "crictl rmp failed: $(head -n 3 <<<"$out")"
 }
 
 # kill_shims: containerd's shims outlive it by design; ours name our socket in their arguments.
@@ -72,6 +73,40 @@ clean_iptables() {
   done
 }
 
+# kill_pod_processes: anything still in a pod's cgroup (a sandbox the CRI could not stop, or whose
+# shim was killed) gets SIGKILL; bounded wait until the cgroups are empty.
+kill_pod_processes() {
+  local f pid i left
+  for ((i = 0; i < 50; i++)); do
+    left=0
+    for f in /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
+      /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs; do
+      [[ -f "$f" ]] || continue
+      while read -r pid; do
+        [[ -n "$pid" ]] || continue
+        left=1
+        kill -KILL "$pid" 2>/dev/null || true
+      done <"$f"
+    done
+    ((left)) || return 0
+    sleep 0.1
+  done
+  log "processes left in pod cgroups after SIGKILL"
+}
+
+# remove_veths: the host ends of the pods' veth pairs (normally gone with their network
+# namespaces): those on the bridge, and any veth that did not exist before the first up.
+remove_veths() {
+  local v
+  for v in $(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//'); do
+    ip link del "$v" 2>/dev/null || true
+  done
+  [[ -f "$NODE_RUN/links.before" ]] || return 0
+  for v in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//'); do
+    grep -qx "$v" "$NODE_RUN/links.before" || ip link del "$v" 2>/dev/null || true
+  done
+}
+
 remove_cgroups() {
   local d
   for d in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
@@ -109,10 +144,11 @@ node_down() {
     rm -f "$f"
   fi
   kill_shims
-  sleep 0.2
+  kill_pod_processes
   remove_cgroups
   unmount_under "$NODE_DIR" "$NODE_RUN" /run/containerd
   remove_netns
+  remove_veths
   ip link del "$BRIDGE" 2>/dev/null || true
   ip route del "$SERVICE_CIDR" 2>/dev/null || true
   clean_iptables

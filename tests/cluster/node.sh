@@ -58,6 +58,9 @@ record_host_state() {
     for p in "${NODE_HOST_PATHS[@]}"; do [[ -e "$p" ]] || echo "$p" >>"$NODE_RUN/paths.absent.tmp"; done
     mv -f "$NODE_RUN/paths.absent.tmp" "$NODE_RUN/paths.absent"
   fi
+  if [[ ! -f "$NODE_RUN/links.before" ]]; then
+    ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' >"$NODE_RUN/links.before"
+  fi
   if [[ ! -f "$NODE_RUN/netns.before" ]]; then
     ls -1 /var/run/netns 2>/dev/null >"$NODE_RUN/netns.before" || : >"$NODE_RUN/netns.before"
   fi

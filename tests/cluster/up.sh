@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Starts a real Kubernetes control plane on loopback for the tests: upstream etcd,
-# kube-apiserver (Node,RBAC authorization, service-account tokens) and kube-controller-manager
-# (GC, deployment, replicaset, namespace, serviceaccount(-token) ... controllers), with
+# Starts a real Kubernetes cluster on this machine for the tests and the demo: upstream etcd,
+# kube-apiserver (Node,RBAC authorization, service-account tokens), kube-controller-manager,
+# kube-scheduler and one node (containerd, kubelet, kube-proxy, CoreDNS: node.sh), with
 # certificates generated here. Waits until the API is ready and the default namespace and
 # service account exist, then writes <run dir>/cluster/env (KUBECONFIG, PATH) for other scripts
 # and tests to source, and prints the KUBECONFIG export. Idempotent: says so if already up.

@@ -16,6 +16,7 @@ declare -A PKGS=(
   [redis-server]=redis-server
   [redis-tools]=redis-cli
   [haproxy]=haproxy
+  [nginx]=nginx
   [openssl]=openssl
   [curl]=curl
   [ca-certificates]=update-ca-certificates
@@ -93,6 +94,24 @@ stop_system_redis() {
   fi
 }
 stop_system_redis
+# nginx (a peer in `make bench`, started there with its own config) must not keep a packaged
+# server on port 80.
+stop_system_nginx() {
+  local pidfile=/run/nginx.pid pid
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+    $SUDO systemctl disable --now nginx.service >/dev/null 2>&1 || true
+  elif [[ -x /etc/init.d/nginx ]]; then
+    $SUDO update-rc.d nginx disable >/dev/null 2>&1 || true
+  fi
+  if [[ -s "$pidfile" ]]; then
+    pid="$(<"$pidfile")"
+    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+      log "stopping the system nginx (pid $pid)"
+      if [[ -x /etc/init.d/nginx ]]; then $SUDO /etc/init.d/nginx stop >/dev/null 2>&1 || true; fi
+    fi
+  fi
+}
+stop_system_nginx
 if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
   $SUDO systemctl disable --now containerd.service >/dev/null 2>&1 || true
 fi

@@ -201,7 +201,7 @@ async fn examples_render_children_that_follow_the_spec() {
     assert_eq!(dep.spec.as_ref().unwrap().replicas, Some(3));
     assert_eq!(
         pod.termination_grace_period_seconds,
-        Some(i64::from(contract::termination_grace_period_seconds(5, 20)))
+        Some(i64::from(contract::termination_grace_period_seconds(3, 6)))
     );
     let sidecar = pod
         .containers
@@ -229,7 +229,7 @@ async fn examples_render_children_that_follow_the_spec() {
         .unwrap();
     assert_eq!(
         sleep.seconds,
-        i64::from(contract::app_prestop_sleep_seconds(5, 20))
+        i64::from(contract::app_prestop_sleep_seconds(3, 6))
     );
     assert_eq!(dep.owner_references()[0].kind, "SseService");
 

@@ -1,0 +1,3 @@
+module ssekeeper.dev/bench
+
+go 1.24
