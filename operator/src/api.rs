@@ -11,11 +11,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use ssekeeper_sidecar::contract;
-
-/// Upper bound on the grace period a spec may imply (seconds). Longer would hold node drains and
-/// cluster upgrades hostage to one service.
-pub const MAX_GRACE_PERIOD_SECONDS: u32 = 1800;
+use ssekeeper_contract::{
+    self as contract, ADMIN_PORT, APP_SHUTDOWN_MARGIN_SECONDS, HANDOVER_MARGIN_SECONDS,
+    MAX_GRACE_PERIOD_SECONDS, MAX_PRESTOP_AND_DRAIN_SECONDS, MAX_PRESTOP_DELAY_SECONDS,
+    SIDECAR_CONTAINER_NAME, SSE_PORT, defaults,
+};
 
 /// Desired state of an SSE service: the app's pod template plus how to serve, drain and resume it.
 // The printcolumn(...) entries repeat `type_ = "string"`, which clippy mistakes for duplicate attributes.
@@ -57,14 +57,14 @@ pub const MAX_GRACE_PERIOD_SECONDS: u32 = 1800;
     validation = Rule::new("has(self.template.spec) && size(self.template.spec.containers) > 0")
         .message("template.spec.containers must name at least one container (the app)")
         .field_path(".template"),
-    validation = Rule::new("!has(self.template.spec) || self.template.spec.containers.all(c, c.name != 'ssekeeper')")
-        .message("the container name 'ssekeeper' is reserved for the injected sidecar; rename the app container")
+    validation = Rule::new(format!("!has(self.template.spec) || self.template.spec.containers.all(c, c.name != '{SIDECAR_CONTAINER_NAME}')"))
+        .message(Message::Message(format!("the container name '{SIDECAR_CONTAINER_NAME}' is reserved for the injected sidecar; rename the app container")))
         .field_path(".template.spec.containers"),
-    validation = Rule::new("self.appPort != 8800 && self.appPort != 8801")
-        .message("appPort 8800 and 8801 are the sidecar's sse and admin ports inside the pod; move the app to another port")
+    validation = Rule::new(format!("self.appPort != {SSE_PORT} && self.appPort != {ADMIN_PORT}"))
+        .message(Message::Message(format!("appPort {SSE_PORT} and {ADMIN_PORT} are the sidecar's sse and admin ports inside the pod; move the app to another port")))
         .field_path(".appPort"),
-    validation = Rule::new("self.drain.preStopDelaySeconds + self.drain.drainSeconds <= 1785")
-        .message("drain.preStopDelaySeconds + drain.drainSeconds must be at most 1785: the pod's grace period adds 15 s for handover and app shutdown and is capped at 1800 s")
+    validation = Rule::new(format!("self.drain.preStopDelaySeconds + self.drain.drainSeconds <= {MAX_PRESTOP_AND_DRAIN_SECONDS}"))
+        .message(Message::Message(format!("drain.preStopDelaySeconds + drain.drainSeconds must be at most {MAX_PRESTOP_AND_DRAIN_SECONDS}: the pod's grace period adds {} s for handover and app shutdown and is capped at {MAX_GRACE_PERIOD_SECONDS} s", HANDOVER_MARGIN_SECONDS + APP_SHUTDOWN_MARGIN_SECONDS)))
         .field_path(".drain"),
 )]
 pub struct SseServiceSpec {
@@ -109,7 +109,7 @@ fn default_replicas() -> i32 {
 /// the 256 KiB annotation that client-side `kubectl apply` stores. Structure and types stay, so the
 /// API server still validates and prunes the template.
 fn pod_template_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    crate::crd::schema_without_descriptions::<PodTemplateSpec>(generator)
+    crate::schema::schema_without_descriptions::<PodTemplateSpec>(generator)
 }
 
 /// Service type, as in core/v1 Service.
@@ -265,11 +265,11 @@ fn default_min_ready() -> i32 {
 pub struct DrainConfig {
     /// Seconds the pod keeps serving after turning unready, so every load balancer forgets it.
     #[serde(default = "default_prestop_delay")]
-    #[schemars(range(min = 0, max = 300))]
+    #[schemars(range(min = 0, max = MAX_PRESTOP_DELAY_SECONDS))]
     pub pre_stop_delay_seconds: u32,
     /// Seconds over which stream closes are spread (jittered), before sessions are handed over.
     #[serde(default = "default_drain")]
-    #[schemars(range(min = 0, max = 1785))]
+    #[schemars(range(min = 0, max = MAX_PRESTOP_AND_DRAIN_SECONDS))]
     pub drain_seconds: u32,
     /// The `retry:` hint (milliseconds) sent to clients before their stream is closed.
     #[serde(default = "default_reconnect_delay")]
@@ -288,15 +288,15 @@ impl Default for DrainConfig {
 }
 
 fn default_prestop_delay() -> u32 {
-    5
+    defaults::PRESTOP_DELAY_SECONDS
 }
 
 fn default_drain() -> u32 {
-    20
+    defaults::DRAIN_SECONDS
 }
 
 fn default_reconnect_delay() -> u32 {
-    1000
+    defaults::RECONNECT_DELAY_MILLIS
 }
 
 /// Which store records sessions.
@@ -356,11 +356,11 @@ impl Default for SessionsConfig {
 }
 
 fn default_ttl() -> u32 {
-    300
+    defaults::SESSION_TTL_SECONDS
 }
 
 fn default_history() -> u32 {
-    1000
+    defaults::HISTORY_LIMIT
 }
 
 fn default_session_keys() -> Vec<SessionKey> {
@@ -464,7 +464,7 @@ pub struct SidecarConfig {
 }
 
 fn resources_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    crate::crd::schema_without_descriptions::<ResourceRequirements>(generator)
+    crate::schema::schema_without_descriptions::<ResourceRequirements>(generator)
 }
 
 /// Observed state, written only by the operator.
@@ -502,7 +502,7 @@ pub struct SseServiceStatus {
 }
 
 fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let mut schema = crate::crd::schema_without_descriptions::<Vec<Condition>>(generator);
+    let mut schema = crate::schema::schema_without_descriptions::<Vec<Condition>>(generator);
     let map = schema.ensure_object();
     map.insert("x-kubernetes-list-type".into(), "map".into());
     map.insert(

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use ssekeeper_sidecar::contract::LogFormat;
+use ssekeeper_contract::LogFormat;
 
 use crate::controller::Settings;
 use crate::render::SidecarDefaults;

@@ -2,7 +2,10 @@
 //! the reason of the Degraded condition, so a person reading `kubectl describe` and a dashboard
 //! see the same word.
 
+use crate::controller::SecretError;
+use crate::purge::PurgeFailure;
 use crate::render::RenderError;
+use crate::validate::SpecError;
 
 /// Why a reconcile did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -14,20 +17,20 @@ pub enum Error {
     #[error("render: {0}")]
     Render(#[from] RenderError),
     /// The Secret named in `spec.sessions.redis.secretRef` is missing or has no usable URL.
-    #[error("{0}")]
-    RedisSecret(String),
+    #[error(transparent)]
+    RedisSecret(#[from] SecretError),
     /// The spec asks for something that cannot work (checks the CRD cannot make cheaply).
-    #[error("{0}")]
-    InvalidSpec(String),
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
     /// An object with a name the SseService needs exists and belongs to someone else.
     #[error("{0}")]
     NameConflict(String),
     /// The finalizer could not purge the sessions from Redis (yet).
     #[error("purging sessions from Redis: {0}")]
-    Purge(String),
+    Purge(#[from] PurgeFailure),
     /// Adding or removing the finalizer failed.
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {

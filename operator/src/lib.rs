@@ -13,6 +13,7 @@ pub mod leader;
 pub mod metrics;
 pub mod purge;
 pub mod render;
+pub mod schema;
 pub mod selftest;
 pub mod server;
 pub mod status;

@@ -58,6 +58,15 @@ impl Metrics {
         metrics
     }
 
+    /// Start timing one reconcile: counted when the guard drops, however the reconcile ends
+    /// (an early `?` included).
+    pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
+        ReconcileTimer {
+            metrics: self,
+            started: std::time::Instant::now(),
+        }
+    }
+
     /// Count one reconcile that took `took`.
     pub fn observe(&self, took: Duration) {
         self.reconciles.inc();
@@ -69,5 +78,37 @@ impl Metrics {
         self.errors
             .get_or_create(&ErrorLabels { kind: kind.into() })
             .inc();
+    }
+}
+
+/// Times one reconcile; see [`Metrics::reconcile_timer`].
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    started: std::time::Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics.observe(self.started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timer_counts_a_reconcile_however_it_ends() {
+        let metrics = Metrics::register(&mut Registry::default());
+        let early = |fail: bool| -> Result<(), ()> {
+            let _timer = metrics.reconcile_timer();
+            if fail {
+                return Err(());
+            }
+            Ok(())
+        };
+        assert!(early(true).is_err());
+        assert!(early(false).is_ok());
+        assert_eq!(metrics.reconciles.get(), 2);
     }
 }

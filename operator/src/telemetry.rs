@@ -1,6 +1,6 @@
 //! Logging setup and process signals.
 
-use ssekeeper_sidecar::contract::LogFormat;
+use ssekeeper_contract::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber: JSON for clusters, pretty for terminals; `RUST_LOG` filters.

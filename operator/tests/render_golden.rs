@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use k8s_openapi::api::core::v1::Container;
+use ssekeeper_contract::{self as contract, PrestopArgs, SidecarArgs};
 use ssekeeper_operator::api::SseService;
 use ssekeeper_operator::render::{self, RenderInput, SidecarDefaults};
-use ssekeeper_sidecar::contract::{self, PrestopArgs, SidecarArgs};
 
 fn defaults() -> SidecarDefaults {
     SidecarDefaults {

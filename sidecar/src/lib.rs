@@ -1,35 +1,30 @@
 //! The ssekeeper sidecar: an SSE-aware reverse proxy that sits in front of an unchanged app.
 //!
-//! `contract` is the single source of truth shared with the operator: what the operator renders
-//! into the pod is exactly what this crate parses. The rest is small layers with one job each:
-//! `proxy` decides what a request is (resume, forward, proxy), `recorder` owns a session's
-//! upstream, `resume` replays and takes over, `leases` holds ownership, `drain` follows the
-//! kubelet's termination order, `lifecycle` serves the preStop hook on a unix socket (never the
-//! network), `admin` serves probes, metrics and forwarded requests.
+//! Layers by concern, imports running one way (DESIGN.md "Layout"):
+//!
+//! - [`runtime`]: start-up, the kubelet's termination order (drain), the preStop socket, the
+//!   admin port, probes and logs. It builds every part and hands each the small context it needs.
+//! - `routing`: what a request is (resume, forward to the session's owner, proxy to the app),
+//!   where its session lives, and the signatures between sidecars.
+//! - `session`: a session's recorder (the one task owning its upstream), resume and takeover,
+//!   replay, the leases this pod holds and the gates of keyed requests.
+//! - `http`: the pieces on the wire: bodies, headers, the client to the app and to peers, session
+//!   keys in requests and responses, the bound on open client streams.
+//! - [`store`] (sessions in Redis or memory, behind one guard), [`sse`] (the codec), [`cursor`],
+//!   [`metrics`], [`config`], [`phase`], and [`contract`], shared with the operator.
 
-pub mod admin;
-pub mod body;
+pub use ssekeeper_contract as contract;
+
 pub mod config;
-pub mod contract;
 pub mod cursor;
-pub mod drain;
-pub mod forward;
-pub mod gates;
-pub mod headers;
-pub mod health;
-pub mod leases;
-pub mod lifecycle;
+mod http;
 pub mod metrics;
-pub mod proxy;
-pub mod recorder;
-pub mod replay;
-pub mod resume;
-pub mod routing;
-pub mod server;
-pub mod session_key;
+pub mod phase;
+mod routing;
+mod runtime;
+mod session;
 pub mod sse;
-pub mod state;
 pub mod store;
-pub mod streams;
-pub mod telemetry;
-pub mod upstream;
+
+pub use routing::forward;
+pub use runtime::{lifecycle, server, telemetry};

@@ -82,6 +82,7 @@ async fn run(args: SidecarArgs) -> ExitCode {
         }
     };
     let settings = Settings::from_args(&args);
+    let deadline = settings.exit_deadline();
     let running = match server::start(settings, store).await {
         Ok(running) => running,
         Err(e) => {
@@ -93,7 +94,6 @@ async fn run(args: SidecarArgs) -> ExitCode {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
-    let deadline = running.shared.settings.exit_deadline();
     running.terminate();
     tokio::select! {
         r = tokio::time::timeout(deadline, running.wait()) => {

@@ -40,6 +40,166 @@ pub struct RouteLabel {
     pub route: &'static str,
 }
 
+/// A closed set of label values: one enum per labelled family, so every value a metric can carry
+/// is written once, here, and a caller cannot misspell one.
+macro_rules! labels {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $l:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $v),+ }
+
+        impl $name {
+            /// The label value.
+            pub fn label(self) -> &'static str {
+                match self { $(Self::$v => $l),+ }
+            }
+        }
+    };
+}
+
+labels! {
+    /// `requests{route}`: what the sse port did with a request.
+    Route {
+        /// A `Last-Event-ID` resume.
+        Resume => "resume",
+        /// Keyed, but no pod owns the key.
+        Unrouted => "unrouted",
+        /// Keyed to a session that is gone: `404`.
+        NotFound => "not_found",
+        /// Proxied to the app, from a client.
+        Local => "local",
+        /// Proxied to the app, forwarded by another sidecar.
+        ForwardedIn => "forwarded_in",
+        /// Forwarded to the session's owner.
+        ForwardedOut => "forwarded_out",
+    }
+}
+
+labels! {
+    /// `errors{kind}`.
+    ErrorKind {
+        /// A session key the app or a client sent is not usable.
+        InvalidSessionKey => "invalid_session_key",
+        /// The store holds data this version does not write.
+        Malformed => "malformed",
+        /// A newer epoch owns the session.
+        Fenced => "fenced",
+        /// The store did not answer (one call).
+        Unavailable => "unavailable",
+        /// The app's response is an event stream with a content encoding (passed through).
+        SseEncoded => "sse_encoded",
+        /// The store lost a session this pod holds (restart, flush).
+        StoreStateLost => "store_state_lost",
+        /// The store went down (counted once per outage).
+        StoreUnavailable => "store_unavailable",
+        /// A tail lost the store.
+        TailStoreUnavailable => "tail_store_unavailable",
+        /// Refused: `--max-streams` reached.
+        TooManyStreams => "too_many_streams",
+        /// The app's body failed mid-stream.
+        UpstreamBody => "upstream_body",
+        /// The app did not answer in time.
+        UpstreamTimeout => "upstream_timeout",
+        /// The app's port refused the connection.
+        UpstreamConnect => "upstream_connect",
+        /// The request to the app failed otherwise.
+        UpstreamFailed => "upstream_failed",
+    }
+}
+
+labels! {
+    /// `takeovers{outcome}`.
+    TakeoverOutcome {
+        /// Taken over.
+        Ok => "ok",
+        /// Another pod won the race.
+        Lost => "lost",
+        /// The session ended meanwhile.
+        Ended => "ended",
+        /// The store did not answer.
+        StoreUnavailable => "store_unavailable",
+        /// The app refused the fresh upstream.
+        UpstreamRefused => "upstream_refused",
+        /// The app could not be reached.
+        UpstreamUnreachable => "upstream_unreachable",
+        /// The client went away during the takeover.
+        Client => "client",
+    }
+}
+
+labels! {
+    /// `handovers{reason}`.
+    HandoverReason {
+        /// The pod drains.
+        Drain => "drain",
+        /// The client stayed away past the resume window.
+        ResumeWindow => "resume_window",
+        /// The app's stream failed.
+        UpstreamError => "upstream_error",
+    }
+}
+
+labels! {
+    /// `forwards{outcome}`.
+    ForwardOutcome {
+        /// Forwarded and answered.
+        Ok => "ok",
+        /// Accepted from another sidecar.
+        Accepted => "accepted",
+        /// The owner is gone: `404`.
+        OwnerGone => "owner_gone",
+        /// The owner did not answer in time.
+        Timeout => "timeout",
+        /// Forwarding failed otherwise.
+        Error => "error",
+        /// No forwarding key configured.
+        Disabled => "disabled",
+        /// A forwarded request without a signature.
+        Missing => "missing",
+        /// A forwarded request whose signature is too old or too new.
+        Expired => "expired",
+        /// A forwarded request with a bad signature.
+        Forged => "forged",
+    }
+}
+
+labels! {
+    /// `resumes{outcome}`.
+    ResumeOutcome {
+        /// Served from this pod's recorder.
+        Local => "local",
+        /// Served from the store.
+        Store => "store",
+        /// The session ended.
+        Ended => "ended",
+        /// The store is down: a fresh stream.
+        StoreDown => "store_down",
+        /// The store does not know the session.
+        Unknown => "unknown",
+        /// The cursor is not one of ours.
+        Forged => "forged",
+        /// A `Last-Event-ID` that is not a cursor (the app's own id).
+        Foreign => "foreign",
+    }
+}
+
+labels! {
+    /// `admin_refused{reason}`.
+    AdminRefusal {
+        /// `/prestop` on the network.
+        Prestop => "prestop",
+    }
+}
+
+/// Labels `op` and `outcome` of `store_calls`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreCallLabel {
+    /// The store operation.
+    pub op: &'static str,
+    /// How it ended.
+    pub outcome: &'static str,
+}
+
 /// The drain phases, as the `drain_phase` gauge reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainPhase {
@@ -84,6 +244,7 @@ pub struct Metrics {
     /// Clients cut because they did not read fast enough.
     pub slow_consumers: Counter,
     errors: Family<KindLabel, Counter>,
+    store_calls: Family<StoreCallLabel, Counter>,
     admin_refused: Family<ReasonLabel, Counter>,
     /// 1 while the store answers, 0 while it does not.
     pub store_up: Gauge,
@@ -120,6 +281,7 @@ impl Metrics {
             resumes: Family::default(),
             slow_consumers: Counter::default(),
             errors: Family::default(),
+            store_calls: Family::default(),
             admin_refused: Family::default(),
             store_up: Gauge::default(),
             app_up: Gauge::default(),
@@ -205,6 +367,11 @@ impl Metrics {
         );
         registry.register("errors", "Errors, by kind", m.errors.clone());
         registry.register(
+            "store_calls",
+            "Session store calls, by operation and outcome",
+            m.store_calls.clone(),
+        );
+        registry.register(
             "admin_refused",
             "Admin-port requests refused, by reason (prestop: the preStop hook is not served on the network)",
             m.admin_refused.clone(),
@@ -234,43 +401,80 @@ impl Metrics {
     }
 
     /// Count a request on the sse port by the route it took.
-    pub fn request(&self, route: &'static str) {
-        self.requests.get_or_create(&RouteLabel { route }).inc();
+    pub fn request(&self, route: Route) {
+        self.requests
+            .get_or_create(&RouteLabel {
+                route: route.label(),
+            })
+            .inc();
     }
 
     /// Count an error by kind.
-    pub fn error(&self, kind: &'static str) {
-        self.errors.get_or_create(&KindLabel { kind }).inc();
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors
+            .get_or_create(&KindLabel { kind: kind.label() })
+            .inc();
     }
 
     /// Count an admin-port request refused on purpose (e.g. `/prestop` from the network), so an
     /// attempt to drain a pod from outside shows up.
-    pub fn admin_refused(&self, reason: &'static str) {
+    pub fn admin_refused(&self, reason: AdminRefusal) {
         self.admin_refused
-            .get_or_create(&ReasonLabel { reason })
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
             .inc();
     }
 
     /// Count a takeover attempt by outcome.
-    pub fn takeover(&self, outcome: &'static str) {
+    pub fn takeover(&self, outcome: TakeoverOutcome) {
         self.takeovers
-            .get_or_create(&OutcomeLabel { outcome })
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            })
             .inc();
     }
 
     /// Count a recorded handover by reason.
-    pub fn handover(&self, reason: &'static str) {
-        self.handovers.get_or_create(&ReasonLabel { reason }).inc();
+    pub fn handover(&self, reason: HandoverReason) {
+        self.handovers
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
     }
 
     /// Count a forward (either side) by outcome.
-    pub fn forward(&self, outcome: &'static str) {
-        self.forwards.get_or_create(&OutcomeLabel { outcome }).inc();
+    pub fn forward(&self, outcome: ForwardOutcome) {
+        self.forwards
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            })
+            .inc();
     }
 
     /// Count a resume request by outcome.
-    pub fn resume(&self, outcome: &'static str) {
-        self.resumes.get_or_create(&OutcomeLabel { outcome }).inc();
+    pub fn resume(&self, outcome: ResumeOutcome) {
+        self.resumes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
+    /// The counter of one store operation and outcome (resolved once by the store's guard).
+    pub fn store_call(&self, op: &'static str, outcome: &'static str) -> Counter {
+        self.store_calls
+            .get_or_create(&StoreCallLabel { op, outcome })
+            .clone()
+    }
+
+    /// How many store calls of `op` ended with `outcome`.
+    pub fn store_calls(&self, op: &'static str, outcome: &'static str) -> u64 {
+        self.store_calls
+            .get(&StoreCallLabel { op, outcome })
+            .map(|c| c.get())
+            .unwrap_or(0)
     }
 
     /// Set the drain phase gauge.

@@ -10,6 +10,7 @@ use common::client::{Log, Stream, fetch};
 use common::{args, eventually, memory_store, start_sidecar};
 use ssekeeper_sidecar::cursor::Cursor;
 use ssekeeper_sidecar::sse::Frame;
+use ssekeeper_sidecar::store::SessionStore as _;
 
 const T: Duration = Duration::from_secs(10);
 

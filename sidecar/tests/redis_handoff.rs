@@ -14,6 +14,7 @@ use common::{TestSidecar, args, eventually, start_sidecar};
 use ssekeeper_sidecar::contract::StoreKind;
 use ssekeeper_sidecar::sse::Frame;
 use ssekeeper_sidecar::store;
+use ssekeeper_sidecar::store::SessionStore as _;
 use store_common::RedisServer;
 
 const T: Duration = Duration::from_secs(20);

@@ -1,12 +1,16 @@
-//! The reconciler: validate -> render (pure) -> apply (server-side) -> status, plus the finalizer
-//! that purges an SseService's sessions from Redis when it is deleted.
+//! The reconciler, as explicit phases: validate -> dereference (the Secrets) -> render (pure) ->
+//! apply (server-side) -> events -> status, inside the finalizer that purges an SseService's
+//! sessions from Redis when it is deleted. Errors are typed ([`Error`]), each with a metric label
+//! and a backoff in `error_policy`; every reconcile is timed by a drop guard.
 
 mod kubeapi;
 mod secrets;
 
+pub use self::secrets::SecretError;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -22,7 +26,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
-use ssekeeper_sidecar::contract;
+use ssekeeper_contract as contract;
 use tracing::{info, instrument, warn};
 
 use crate::api::{SseService, StoreType};
@@ -221,7 +225,7 @@ fn has_finalizer(svc: &SseService) -> bool {
 
 #[instrument(skip_all, fields(namespace = svc.namespace().unwrap_or_default(), name = svc.name_any()))]
 async fn reconcile(svc: Arc<SseService>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
+    let _timer = ctx.metrics.reconcile_timer();
     let ns = svc.namespace().unwrap_or_default();
     let api: Api<SseService> = Api::namespaced(ctx.client.clone(), &ns);
     let needs_finalizer = svc.spec.sessions.store == StoreType::Redis;
@@ -238,7 +242,7 @@ async fn reconcile(svc: Arc<SseService>, ctx: Arc<Context>) -> Result<Action> {
         .map_err(|e| match e {
             kube::runtime::finalizer::Error::ApplyFailed(e)
             | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-            other => Error::Finalizer(other.to_string()),
+            other => Error::Finalizer(Box::new(other)),
         })
     } else if deleting {
         Ok(Action::await_change())
@@ -250,7 +254,6 @@ async fn reconcile(svc: Arc<SseService>, ctx: Arc<Context>) -> Result<Action> {
         remove_finalizer(&api, &svc).await?;
     }
 
-    ctx.metrics.observe(started.elapsed());
     if result.is_ok() {
         if deleting {
             ctx.forget(&svc);
@@ -291,9 +294,9 @@ fn error_policy(svc: Arc<SseService>, error: &Error, ctx: Arc<Context>) -> Actio
 /// error, like a timeout or a 5xx, only backs off).
 fn problem_of(error: &Error) -> Option<Problem> {
     let (reason, message) = match error {
-        Error::RedisSecret(m) => ("RedisSecretInvalid", m.clone()),
+        Error::RedisSecret(e) => ("RedisSecretInvalid", e.to_string()),
         Error::NameConflict(m) => ("NameConflict", m.clone()),
-        Error::InvalidSpec(m) => ("InvalidSpec", m.clone()),
+        Error::InvalidSpec(e) => ("InvalidSpec", e.to_string()),
         Error::Kube(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 409 => (
             "ApplyFailed",
             format!("the API server refused an owned object: {}", e.message),
@@ -327,46 +330,88 @@ async fn apply(svc: &SseService, ctx: &Context) -> Result<Action> {
     }
 }
 
-/// Read what render needs, render, apply. Returns the applied Deployment.
+/// What the Secrets an SseService refers to hold.
+struct Dereferenced {
+    /// The Redis URL (`None` for the memory store).
+    redis_url: Option<String>,
+    /// The forwarding key.
+    forward_key: String,
+}
+
+/// The phases of one apply. Returns the applied Deployment.
 async fn apply_phases(svc: &SseService, ctx: &Context) -> Result<Deployment> {
-    let ns = svc.namespace().unwrap_or_default();
-    let name = svc.name_any();
     let uid = svc
         .uid()
         .ok_or(Error::Render(render::RenderError::MissingMetadata("uid")))?;
-    let client = &ctx.client;
+    // Validate what the CRD cannot: ports and volumes of every container.
+    crate::validate::validate(svc)?;
+    let refs = dereference(svc, ctx).await?;
+    let (rendered, purge_copy) = render_all(svc, ctx, &refs)?;
+    let ns = svc.namespace().unwrap_or_default();
+    let before = get_opt::<Deployment>(&ctx.client, &ns, &svc.name_any()).await?;
+    let deployment = apply_all(ctx, svc, &uid, &rendered, purge_copy.as_ref()).await?;
+    publish_changes(ctx, svc, before.as_ref(), &deployment).await;
+    Ok(deployment)
+}
 
-    // Validate what the CRD cannot: ports of every container, the referenced Secret.
-    crate::validate::validate(svc).map_err(Error::InvalidSpec)?;
-    let redis_url = secrets::redis_url(client, svc).await?;
+/// Read the Secrets the spec refers to (and make the forwarding key on first use).
+async fn dereference(svc: &SseService, ctx: &Context) -> Result<Dereferenced> {
+    let redis_url = secrets::redis_url(&ctx.client, svc).await?;
     ctx.remember_url(svc, redis_url.as_deref());
-    let forward_key = secrets::forward_key(client, svc).await?;
+    let forward_key = secrets::forward_key(&ctx.client, svc).await?;
+    Ok(Dereferenced {
+        redis_url,
+        forward_key,
+    })
+}
+
+/// Render every owned object (pure): the Deployment and friends, and the purge URL's copy.
+fn render_all(
+    svc: &SseService,
+    ctx: &Context,
+    refs: &Dereferenced,
+) -> Result<(render::Rendered, Option<Secret>)> {
     let input = RenderInput {
         svc,
         defaults: &ctx.settings.sidecar,
-        secrets_fingerprint: render::secrets_fingerprint(&forward_key, redis_url.as_deref()),
+        secrets_fingerprint: render::secrets_fingerprint(
+            &refs.forward_key,
+            refs.redis_url.as_deref(),
+        ),
     };
     let rendered = render::render(&input)?;
-    let purge_copy = redis_url
+    let purge_copy = refs
+        .redis_url
         .as_deref()
         .map(|url| render::render_purge_secret(svc, url))
         .transpose()?;
+    Ok((rendered, purge_copy))
+}
 
-    let before = get_opt::<Deployment>(client, &ns, &name).await?;
+/// Apply what was rendered (server-side), deleting the optional objects the spec no longer asks
+/// for. Returns the Deployment as applied.
+async fn apply_all(
+    ctx: &Context,
+    svc: &SseService,
+    uid: &str,
+    rendered: &render::Rendered,
+    purge_copy: Option<&Secret>,
+) -> Result<Deployment> {
+    let client = &ctx.client;
+    let ns = svc.namespace().unwrap_or_default();
+    let name = svc.name_any();
     kubeapi::apply_or_delete(
         client,
         &ns,
         &render::purge_secret_name(&name),
-        purge_copy.as_ref(),
-        &uid,
+        purge_copy,
+        uid,
     )
     .await?;
-    kubeapi::apply(client, &ns, &rendered.service, &uid).await?;
-    let deployment = kubeapi::apply(client, &ns, &rendered.deployment, &uid).await?;
-    kubeapi::apply_or_delete(client, &ns, &name, rendered.ingress.as_ref(), &uid).await?;
-    kubeapi::apply_or_delete(client, &ns, &name, rendered.pdb.as_ref(), &uid).await?;
-
-    publish_changes(ctx, svc, before.as_ref(), &deployment).await;
+    kubeapi::apply(client, &ns, &rendered.service, uid).await?;
+    let deployment = kubeapi::apply(client, &ns, &rendered.deployment, uid).await?;
+    kubeapi::apply_or_delete(client, &ns, &name, rendered.ingress.as_ref(), uid).await?;
+    kubeapi::apply_or_delete(client, &ns, &name, rendered.pdb.as_ref(), uid).await?;
     Ok(deployment)
 }
 

@@ -4,53 +4,92 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
-use ssekeeper_sidecar::contract;
+use ssekeeper_contract as contract;
 
 use super::kubeapi::{self, get_opt};
 use crate::api::{SseService, StoreType};
 use crate::error::{Error, Result};
 use crate::render;
 
-const URL_SCHEMES: [&str; 6] = [
-    "redis://",
-    "rediss://",
-    "redis+sentinel://",
-    "rediss+sentinel://",
-    "redis+cluster://",
-    "rediss+cluster://",
-];
+/// Why the Redis URL could not be read from the user's Secret (the message says what to do).
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// `store: redis` without a `secretRef`.
+    #[error("sessions.store is redis but sessions.redis.secretRef is not set")]
+    NotReferenced,
+    /// The Secret does not exist.
+    #[error(
+        "Secret {namespace}/{name} (sessions.redis.secretRef) not found; create it with the Redis URL under key {key:?}"
+    )]
+    Missing {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The key that should hold the URL.
+        key: String,
+    },
+    /// The Secret has no such key.
+    #[error("Secret {namespace}/{name} has no key {key:?} (sessions.redis.secretRef.key)")]
+    MissingKey {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// The value is not a Redis URL the sidecar accepts.
+    #[error("Secret {namespace}/{name} key {key:?} does not hold a Redis URL ({source})")]
+    NotAUrl {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The key.
+        key: String,
+        /// What the sidecar's parser says.
+        source: contract::redis::UrlError,
+    },
+}
 
 /// The Redis URL from the Secret `spec.sessions.redis.secretRef` names; `Ok(None)` for the memory
-/// store. A missing Secret, key or a value that is not a Redis URL is `Error::RedisSecret` with a
-/// message a person can act on.
+/// store. A missing Secret, key or a value that is not a Redis URL (by the sidecar's own parser,
+/// [`contract::redis::parse_url`]) is `Error::RedisSecret` with a message a person can act on.
 pub async fn redis_url(client: &Client, svc: &SseService) -> Result<Option<String>> {
     if svc.spec.sessions.store != StoreType::Redis {
         return Ok(None);
     }
     let Some(redis) = &svc.spec.sessions.redis else {
-        return Err(Error::RedisSecret(
-            "sessions.store is redis but sessions.redis.secretRef is not set".into(),
-        ));
+        return Err(SecretError::NotReferenced.into());
     };
     let ns = svc.namespace().unwrap_or_default();
     let r = &redis.secret_ref;
-    let secret = get_opt::<Secret>(client, &ns, &r.name).await?.ok_or_else(|| {
-        Error::RedisSecret(format!(
-            "Secret {ns}/{} (sessions.redis.secretRef) not found; create it with the Redis URL under key {:?}",
-            r.name, r.key
-        ))
-    })?;
-    let value = secret_value(&secret, &r.key).ok_or_else(|| {
-        Error::RedisSecret(format!(
-            "Secret {ns}/{} has no key {:?} (sessions.redis.secretRef.key)",
-            r.name, r.key
-        ))
-    })?;
-    if !URL_SCHEMES.iter().any(|s| value.starts_with(s)) {
-        return Err(Error::RedisSecret(format!(
-            "Secret {ns}/{} key {:?} does not hold a Redis URL (expected redis://, rediss://, redis+sentinel:// or redis+cluster://)",
-            r.name, r.key
-        )));
+    let (namespace, name, key) = (ns.clone(), r.name.clone(), r.key.clone());
+    let Some(secret) = get_opt::<Secret>(client, &ns, &r.name).await? else {
+        return Err(SecretError::Missing {
+            namespace,
+            name,
+            key,
+        }
+        .into());
+    };
+    let Some(value) = secret_value(&secret, &r.key) else {
+        return Err(SecretError::MissingKey {
+            namespace,
+            name,
+            key,
+        }
+        .into());
+    };
+    if let Err(source) = contract::redis::parse_url(&value) {
+        return Err(SecretError::NotAUrl {
+            namespace,
+            name,
+            key,
+            source,
+        }
+        .into());
     }
     Ok(Some(value))
 }

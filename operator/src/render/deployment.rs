@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
-use ssekeeper_sidecar::contract::{self, SidecarArgs, env, paths};
+use ssekeeper_contract::{self as contract, SidecarArgs, env, paths};
 
 use super::{CONFIG_HASH_ANNOTATION, Ctx, RenderInput};
 use crate::api::SseService;

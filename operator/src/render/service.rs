@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::{
     ClientIPConfig, Service, ServicePort, ServiceSpec, SessionAffinityConfig,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use ssekeeper_sidecar::contract;
+use ssekeeper_contract as contract;
 
 use super::Ctx;
 

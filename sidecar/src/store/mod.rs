@@ -8,6 +8,7 @@
 //! The trait is object-safe (`Arc<dyn SessionStore>`) so the proxy does not care which store runs.
 
 mod batch;
+pub mod guard;
 pub mod memory;
 pub mod redis;
 
@@ -19,7 +20,9 @@ use futures::future::BoxFuture;
 
 use crate::contract::{SidecarArgs, StoreKind, env};
 use crate::cursor::SessionId;
+use crate::metrics::ErrorKind;
 
+pub use self::guard::{GuardedStore, StoreHealth, StoreOp, StoreOutcome};
 pub use self::memory::MemoryStore;
 pub use self::redis::{ConnectError, RedisConfig, RedisStore, purge_service};
 
@@ -107,11 +110,11 @@ pub enum StoreError {
 
 impl StoreError {
     /// Label for the `errors_total{kind}` metric.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::Fenced { .. } => "fenced",
-            StoreError::Unavailable(_) => "unavailable",
-            StoreError::Malformed(_) => "malformed",
+            StoreError::Fenced { .. } => ErrorKind::Fenced,
+            StoreError::Unavailable(_) => ErrorKind::Unavailable,
+            StoreError::Malformed(_) => ErrorKind::Malformed,
         }
     }
 }

@@ -20,7 +20,7 @@ use ssekeeper_sidecar::config::Settings;
 use ssekeeper_sidecar::contract::{SidecarArgs, StoreKind};
 use ssekeeper_sidecar::cursor::SessionId;
 use ssekeeper_sidecar::server;
-use ssekeeper_sidecar::state::Shared;
+use ssekeeper_sidecar::server::Inspect;
 use ssekeeper_sidecar::store::{MemoryStore, SessionStore, StoreError, StoreResult};
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +72,7 @@ pub struct TestSidecar {
     pub admin: SocketAddr,
     /// The lifecycle socket (the preStop hook).
     pub lifecycle: PathBuf,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Inspect>,
     term: CancellationToken,
     kill: CancellationToken,
     finished: CancellationToken,

@@ -12,7 +12,7 @@ use std::sync::{Mutex, PoisonError};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
-use super::conn::AnyConn;
+use crate::contract::redis::conn::AnyConn;
 
 /// Slots for blocking reads plus the idle connections kept for them.
 pub(crate) struct BlockingPool {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use ::redis::{ErrorKind, RedisError};
 
-use crate::store::StoreError;
+use crate::contract::redis::PurgeError;
+use crate::store::{StoreError, StoreResult};
 
 /// Error code our Lua scripts raise when a key holds something this version never writes.
 pub(crate) const MALFORMED_CODE: &str = "MALFORMED";
@@ -28,12 +29,19 @@ pub(crate) fn timed_out(what: &str, after: Duration) -> StoreError {
     StoreError::Unavailable(format!("{what} timed out after {} ms", after.as_millis()))
 }
 
-/// Whether the connection that produced `e` should be thrown away rather than reused (the server
-/// went away, or a failover demoted it).
-pub(crate) fn is_connection_fault(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_unrecoverable_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+impl From<PurgeError> for StoreError {
+    fn from(e: PurgeError) -> Self {
+        match e {
+            PurgeError::Redis(e) => from_redis(e),
+            PurgeError::Malformed(_) => StoreError::Malformed(e.to_string()),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Deletes every key of the SseService `namespace/name` (the contract's purge, in the store's
+/// error terms): `Unavailable` when Redis cannot be reached, the deadline passed first (call
+/// again) or the URL is invalid (the message says which).
+pub async fn purge_service(url: &str, namespace: &str, name: &str) -> StoreResult<u64> {
+    Ok(crate::contract::redis::purge_service(url, namespace, name).await?)
 }

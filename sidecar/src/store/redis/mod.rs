@@ -17,11 +17,8 @@
 
 mod blocking;
 mod codec;
-mod conn;
 mod errors;
-mod purge;
 mod scripts;
-pub mod url;
 
 use std::time::Duration;
 
@@ -29,22 +26,23 @@ use ::redis::{Cmd, RedisError, ScriptInvocation, Value, cmd};
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-pub use self::purge::purge_service;
-pub use self::url::{RedisTarget, UrlError};
+pub use crate::contract::redis::url;
+pub use crate::contract::redis::{RedisTarget, UrlError};
 
 use self::blocking::BlockingPool;
 use self::codec::{
     Verdict, encode, parse_lease, parse_opt_text, parse_range, parse_verdict, parse_xread,
     stream_id,
 };
-use self::conn::{AnyConn, Connector, Timeouts};
-use self::errors::{from_redis, is_connection_fault, timed_out};
+pub use self::errors::purge_service;
+use self::errors::{from_redis, timed_out};
 use self::scripts::Scripts;
 use super::batch::check_order;
 use super::{
     Entry, Epoch, Lease, LeaseState, Owner, Recorded, Seq, SessionStore, StoreError, StoreResult,
 };
 use crate::contract::keys;
+use crate::contract::redis::conn::{AnyConn, Connector, Timeouts, is_connection_fault};
 use crate::cursor::SessionId;
 
 /// Everything a [`RedisStore`] needs; [`RedisConfig::new`] fills the tuning knobs with defaults.

@@ -13,8 +13,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::{ProxyBody, empty};
-use crate::headers::LAST_EVENT_ID;
+use crate::http::body::{ProxyBody, empty};
+use crate::http::headers::LAST_EVENT_ID;
+use crate::metrics::ErrorKind;
 
 /// Why an outbound request got no response head.
 #[derive(Debug, thiserror::Error)]
@@ -32,11 +33,11 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Label for the `errors_total{kind}` metric.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            UpstreamError::Timeout(_) => "upstream_timeout",
-            UpstreamError::Connect(_) => "upstream_connect",
-            UpstreamError::Failed(_) => "upstream_failed",
+            UpstreamError::Timeout(_) => ErrorKind::UpstreamTimeout,
+            UpstreamError::Connect(_) => ErrorKind::UpstreamConnect,
+            UpstreamError::Failed(_) => ErrorKind::UpstreamFailed,
         }
     }
 }
@@ -67,6 +68,32 @@ impl HttpClient {
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(e.to_string())),
             Ok(Err(e)) => Err(UpstreamError::Failed(e.to_string())),
         }
+    }
+}
+
+/// The app: a client with the upstream budget and the address it listens on.
+pub struct App {
+    client: HttpClient,
+    addr: SocketAddr,
+}
+
+impl App {
+    /// The app at `addr`, with requests failing after `timeout` without a response head.
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+        App {
+            client: HttpClient::new(timeout),
+            addr,
+        }
+    }
+
+    /// Where the app listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Send a request to the app and wait for the response head.
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
+        self.client.send(req).await
     }
 }
 

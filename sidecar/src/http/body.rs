@@ -20,7 +20,7 @@ use hyper::body::{Body, Frame};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::streams::StreamGuard;
+use crate::http::streams::{StreamGuard, Streams};
 
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -172,6 +172,37 @@ pub struct ClientBody {
     _guard: StreamGuard,
 }
 
+/// Where client streams are opened: a slot under the stream bound, a queue of a byte budget, and
+/// the `retry:` hint the stream ends with when the drain closes it.
+#[derive(Clone)]
+pub struct ClientQueues {
+    streams: Arc<Streams>,
+    budget_bytes: usize,
+    retry_millis: u64,
+}
+
+impl ClientQueues {
+    /// Queues of `budget_bytes` each, ending with a `retry: retry_millis` hint, under `streams`.
+    pub fn new(streams: Arc<Streams>, budget_bytes: usize, retry_millis: u64) -> Self {
+        ClientQueues {
+            streams,
+            budget_bytes,
+            retry_millis,
+        }
+    }
+
+    /// A new client stream, or `None` when the stream bound is reached.
+    pub fn open(&self) -> Option<(ClientTx, ClientBody)> {
+        let guard = self.streams.open()?;
+        Some(client_channel(guard, self.budget_bytes, self.retry_millis))
+    }
+
+    /// The open client streams (for the drain).
+    pub fn streams(&self) -> &Arc<Streams> {
+        &self.streams
+    }
+}
+
 /// A new client stream: the producer side, and the body to answer the client with.
 pub fn client_channel(
     guard: StreamGuard,
@@ -270,8 +301,8 @@ impl Body for ClientBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::streams::Streams;
     use crate::metrics::Metrics;
-    use crate::streams::Streams;
 
     async fn next(body: &mut ClientBody) -> Option<Bytes> {
         body.frame().await.map(|f| f.unwrap().into_data().unwrap())

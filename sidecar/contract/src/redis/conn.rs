@@ -27,12 +27,11 @@ use ::redis::{
     RedisResult, TlsMode, Value,
 };
 
-use super::errors::is_connection_fault;
 use super::url::RedisTarget;
 
 /// Any connection a command can run on.
 #[derive(Clone)]
-pub(crate) enum AnyConn {
+pub enum AnyConn {
     /// Single node, reconnecting.
     Manager(ConnectionManager),
     /// One multiplexed connection (a sentinel-resolved master, or a dedicated blocking one).
@@ -74,7 +73,7 @@ impl ConnectionLike for AnyConn {
 
 /// Timeouts for connecting and for one reply; the store's own per-call deadline sits above them.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Timeouts {
+pub struct Timeouts {
     /// Deadline for ordinary calls (and for establishing any connection).
     pub op: Duration,
     /// The longest `XREAD BLOCK` a dedicated connection will be asked to wait.
@@ -82,7 +81,7 @@ pub(crate) struct Timeouts {
 }
 
 /// Opens connections to one target.
-pub(crate) struct Connector {
+pub struct Connector {
     shared: Shared,
     dedicated: Dedicated,
     timeouts: Timeouts,
@@ -124,7 +123,7 @@ struct Current {
 impl Connector {
     /// Builds clients for `target` without connecting: the store must come up (and report
     /// itself unavailable) even while Redis is down.
-    pub(crate) fn new(target: &RedisTarget, timeouts: Timeouts) -> RedisResult<Self> {
+    pub fn new(target: &RedisTarget, timeouts: Timeouts) -> RedisResult<Self> {
         install_crypto_provider();
         let op = timeouts.op;
         match target {
@@ -191,7 +190,7 @@ impl Connector {
     }
 
     /// The shared connection for ordinary calls.
-    pub(crate) async fn shared(&self) -> RedisResult<AnyConn> {
+    pub async fn shared(&self) -> RedisResult<AnyConn> {
         match &self.shared {
             Shared::Direct(c) => Ok(c.clone()),
             Shared::Sentinel(s) => s.master().await.map(AnyConn::Plain),
@@ -200,7 +199,7 @@ impl Connector {
 
     /// Tells the connector a call on the shared connection failed, so a sentinel master that
     /// went away or was demoted is looked up again.
-    pub(crate) fn report(&self, e: &RedisError) {
+    pub fn report(&self, e: &RedisError) {
         if let Shared::Sentinel(s) = &self.shared
             && is_connection_fault(e)
         {
@@ -210,7 +209,7 @@ impl Connector {
 
     /// Tells the connector a call on the shared connection timed out: a sentinel master behind a
     /// black-holed network only ever shows up this way, so it is looked up again.
-    pub(crate) fn report_timeout(&self) {
+    pub fn report_timeout(&self) {
         if let Shared::Sentinel(s) = &self.shared {
             s.forget();
         }
@@ -218,7 +217,7 @@ impl Connector {
 
     /// A new connection of its own, for one blocking read at a time. Its reply timeout covers
     /// the longest block plus the ordinary deadline.
-    pub(crate) async fn dedicated(&self) -> RedisResult<AnyConn> {
+    pub async fn dedicated(&self) -> RedisResult<AnyConn> {
         let reply = self.timeouts.max_block + self.timeouts.op;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeouts.op))
@@ -326,4 +325,14 @@ fn cluster_client(nodes: &[String], op: Duration) -> RedisResult<ClusterClient> 
 /// picked one; without this a `rediss://` connect would fail at run time. Idempotent.
 fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Whether the connection that produced `e` should be thrown away rather than reused (the server
+/// went away, or a failover demoted it).
+pub fn is_connection_fault(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_unrecoverable_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
 }

@@ -22,9 +22,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{ProxyBody, full};
 use crate::contract::{PrestopArgs, paths};
-use crate::state::Shared;
+use crate::http::body::{ProxyBody, full};
+use crate::phase::Lifecycle;
 
 /// Permissions of the socket file: only the sidecar's own user may connect.
 pub const SOCKET_MODE: u32 = 0o600;
@@ -71,9 +71,11 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serve the preStop hook on `listener` until `stop`, then remove the socket file at `path`.
+/// Serve the preStop hook on `listener` until `stop`, then remove the socket file at `path`:
+/// readiness off, then hold `hold` before answering.
 pub async fn serve(
-    shared: Arc<Shared>,
+    lifecycle: Arc<Lifecycle>,
+    hold: Duration,
     listener: UnixListener,
     path: PathBuf,
     stop: CancellationToken,
@@ -90,10 +92,10 @@ pub async fn serve(
                 }
             },
         };
-        let shared = shared.clone();
+        let lifecycle = lifecycle.clone();
         let service = service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+            let lifecycle = lifecycle.clone();
+            async move { Ok::<_, Infallible>(handle(&lifecycle, hold, req).await) }
         });
         let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
@@ -110,11 +112,14 @@ fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
     r
 }
 
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(
+    lifecycle: &Lifecycle,
+    hold: Duration,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     match (req.method(), req.uri().path()) {
         (&Method::POST, paths::PRESTOP) => {
-            let hold = shared.settings.prestop_delay;
-            shared.lifecycle.prestop(hold).await;
+            lifecycle.prestop(hold).await;
             text(
                 StatusCode::OK,
                 format!("readiness off, held {} s\n", hold.as_secs()),

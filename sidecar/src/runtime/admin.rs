@@ -1,7 +1,7 @@
 //! The admin port: probes, metrics, and forwarded requests from other sidecars.
 //!
 //! Not the preStop hook: anything that reaches this port could then drain the pod, so `/prestop`
-//! is refused here (counted) and served on the lifecycle socket only (see [`crate::lifecycle`]).
+//! is refused here (counted) and served on the lifecycle socket only (see [`crate::runtime::lifecycle`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,11 +10,12 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
-use crate::body::{ProxyBody, full};
 use crate::contract::{PRESTOP_REFUSED_BODY, paths};
-use crate::forward;
-use crate::proxy::{self, Origin};
-use crate::state::Shared;
+use crate::http::body::{ProxyBody, full};
+use crate::metrics::{AdminRefusal, ForwardOutcome};
+use crate::routing::forward;
+use crate::routing::handler::{self as proxy, Origin};
+use crate::runtime::state::Sidecar;
 
 fn text(code: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
     let mut r = Response::new(full(body));
@@ -24,7 +25,7 @@ fn text(code: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> 
 
 /// Handle one admin request.
 pub async fn handle(
-    shared: Arc<Shared>,
+    shared: Arc<Sidecar>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
@@ -33,7 +34,7 @@ pub async fn handle(
         (&Method::GET, paths::LIVE) => live(&shared),
         (&Method::GET, paths::READY) => ready(&shared),
         (&Method::GET, paths::METRICS) => {
-            let mut r = text(StatusCode::OK, shared.metrics.encode());
+            let mut r = text(StatusCode::OK, shared.router.sessions.metrics.encode());
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static(
@@ -44,7 +45,11 @@ pub async fn handle(
         }
         (_, paths::PRESTOP) => {
             tracing::debug!(%peer, "refused /prestop on the admin port");
-            shared.metrics.admin_refused("prestop");
+            shared
+                .router
+                .sessions
+                .metrics
+                .admin_refused(AdminRefusal::Prestop);
             text(StatusCode::NOT_FOUND, PRESTOP_REFUSED_BODY)
         }
         _ if path == paths::FORWARD || path.starts_with(&format!("{}/", paths::FORWARD)) => {
@@ -54,8 +59,8 @@ pub async fn handle(
     }
 }
 
-/// Live while the heartbeat beats (see [`crate::health::Heartbeat`]).
-fn live(shared: &Shared) -> Response<ProxyBody> {
+/// Live while the heartbeat beats (see [`crate::runtime::health::Heartbeat`]).
+fn live(shared: &Sidecar) -> Response<ProxyBody> {
     if shared.heartbeat.is_fresh() {
         text(StatusCode::OK, "live\n")
     } else {
@@ -68,7 +73,7 @@ fn live(shared: &Shared) -> Response<ProxyBody> {
     }
 }
 
-fn ready(shared: &Shared) -> Response<ProxyBody> {
+fn ready(shared: &Sidecar) -> Response<ProxyBody> {
     if !shared.lifecycle.ready() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n");
     }
@@ -78,7 +83,7 @@ fn ready(shared: &Shared) -> Response<ProxyBody> {
             "not ready: app not accepting connections\n",
         );
     }
-    if shared.health.is_up() {
+    if shared.router.sessions.store.is_up() {
         text(StatusCode::OK, "ready\n")
     } else {
         // Still ready: the pod serves without replay; the store outage is reported, not hidden.
@@ -91,7 +96,7 @@ fn ready(shared: &Shared) -> Response<ProxyBody> {
 
 /// A request another sidecar forwarded because this pod owns its session.
 async fn forwarded(
-    shared: Arc<Shared>,
+    shared: Arc<Sidecar>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
@@ -112,11 +117,15 @@ async fn forwarded(
         shared.settings.forward_max_skew.as_secs(),
     );
     if let Err(rejection) = verdict {
-        tracing::warn!(%peer, reason = rejection.kind(), "forwarded request refused");
-        shared.metrics.forward(rejection.kind());
+        tracing::warn!(%peer, reason = rejection.kind().label(), "forwarded request refused");
+        shared.router.sessions.metrics.forward(rejection.kind());
         return text(StatusCode::FORBIDDEN, format!("forbidden: {rejection}\n"));
     }
-    shared.metrics.forward("accepted");
+    shared
+        .router
+        .sessions
+        .metrics
+        .forward(ForwardOutcome::Accepted);
     let (mut parts, body) = req.into_parts();
     forward::strip(&mut parts.headers);
     parts.uri = match Uri::try_from(original) {
@@ -124,7 +133,7 @@ async fn forwarded(
         Err(_) => return text(StatusCode::BAD_REQUEST, "bad path\n"),
     };
     proxy::handle(
-        shared,
+        shared.router.clone(),
         Request::from_parts(parts, body),
         peer,
         Origin::Forwarded,

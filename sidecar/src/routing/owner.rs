@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 
 use crate::cursor::SessionId;
-use crate::health::timed;
-use crate::state::Shared;
+use crate::session::Sessions;
+use crate::store::SessionStore as _;
 
 /// Where a session lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,16 +25,15 @@ pub enum Location {
 }
 
 /// Find the session's owner: this pod's own leases first (no store call), then the store.
-pub async fn locate(shared: &Shared, session: &SessionId) -> Location {
+pub async fn locate(shared: &Sessions, session: &SessionId) -> Location {
     if shared.book.touch(session) {
         return Location::Local;
     }
-    if !shared.health.is_up() {
+    if !shared.store.is_up() {
         // Known down: do not make every request wait for a timeout.
         return Location::Unknown;
     }
-    let r = timed(shared.settings.store_timeout, shared.store.lease(session)).await;
-    shared.health.observe(&r);
+    let r = shared.store.lease(session).await;
     let me = shared.book.owner();
     match r {
         Ok(None) => Location::Gone,

@@ -23,15 +23,15 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::body::{ClientBody, ClientTx, ProxyBody, client_channel, full};
 use crate::cursor::{Cursor, SessionId};
-use crate::headers::is_event_stream;
-use crate::health::timed;
-use crate::recorder::{self, AttachReply, StreamStart};
-use crate::replay::{Overlap, entry_bytes};
-use crate::state::Shared;
-use crate::store::{Entry, Epoch, LeaseState, Recorded, Seq, StoreError};
-use crate::upstream::RequestTemplate;
+use crate::http::body::{ClientBody, ClientTx, ProxyBody, full};
+use crate::http::client::RequestTemplate;
+use crate::http::headers::is_event_stream;
+use crate::metrics::{ErrorKind, Metrics, ResumeOutcome, TakeoverOutcome};
+use crate::session::Sessions;
+use crate::session::recorder::{self, AttachReply, StreamStart};
+use crate::session::replay::{Overlap, entry_bytes};
+use crate::store::{Entry, Epoch, LeaseState, Recorded, Seq, SessionStore as _, StoreError};
 
 /// Entries read from the store per call.
 const READ_BATCH: usize = 256;
@@ -54,7 +54,7 @@ pub enum Resumed {
 
 /// The head of an SSE response the sidecar produces itself (replay and tail).
 pub fn sse_response(body: ClientBody) -> Response<ProxyBody> {
-    let mut resp = Response::new(crate::body::boxed(body));
+    let mut resp = Response::new(crate::http::body::boxed(body));
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -63,8 +63,8 @@ pub fn sse_response(body: ClientBody) -> Response<ProxyBody> {
 }
 
 /// 503 for a request beyond the stream bound.
-pub fn too_many_streams(shared: &Shared) -> Response<ProxyBody> {
-    shared.metrics.error("too_many_streams");
+pub fn too_many_streams(metrics: &Metrics) -> Response<ProxyBody> {
+    metrics.error(ErrorKind::TooManyStreams);
     let mut r = Response::new(full("too many streams\n"));
     *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     r.headers_mut()
@@ -72,17 +72,12 @@ pub fn too_many_streams(shared: &Shared) -> Response<ProxyBody> {
     r
 }
 
-fn channel(shared: &Shared) -> Option<(ClientTx, ClientBody)> {
-    let guard = shared.streams.open()?;
-    Some(client_channel(
-        guard,
-        shared.settings.client_buffer_bytes,
-        shared.settings.reconnect_delay_millis,
-    ))
+fn channel(shared: &Sessions) -> Option<(ClientTx, ClientBody)> {
+    shared.clients.open()
 }
 
 /// Answer a request carrying a valid cursor.
-pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cursor) -> Resumed {
+pub async fn resume(shared: &Arc<Sessions>, template: RequestTemplate, cursor: Cursor) -> Resumed {
     let Cursor {
         session,
         seq: after,
@@ -90,11 +85,11 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
     let mut carried = None;
     if let Some(handle) = shared.recorders.get(&session) {
         let Some((tx, mut body)) = channel(shared) else {
-            return Resumed::Respond(too_many_streams(shared));
+            return Resumed::Respond(too_many_streams(&shared.metrics));
         };
         match handle.attach(after, tx).await {
             AttachReply::Attached(attached) => {
-                shared.metrics.resume("local");
+                shared.metrics.resume(ResumeOutcome::Local);
                 let mut prefix = match attached.from_store {
                     Some((from, upto)) => read_range(shared, &session, from, upto).await,
                     None => VecDeque::new(),
@@ -108,9 +103,9 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
                 return Resumed::Respond(sse_response(body));
             }
             AttachReply::Lost => return Resumed::Respond(sse_response(body)),
-            AttachReply::Forged(_) => {
+            AttachReply::Forged => {
                 tracing::info!(session = %session, after, "cursor beyond the live session: fresh stream");
-                shared.metrics.resume("forged");
+                shared.metrics.resume(ResumeOutcome::Forged);
                 return Resumed::Fresh(None);
             }
             AttachReply::Refused(tx) => carried = Some((tx, body)),
@@ -118,49 +113,43 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
     }
 
     let s = &shared.settings;
-    if !shared.health.is_up() {
-        shared.metrics.resume("store_down");
+    if !shared.store.is_up() {
+        shared.metrics.resume(ResumeOutcome::StoreDown);
         return Resumed::Fresh(None);
     }
-    let first = timed(
-        s.store_timeout,
-        shared.store.read_after(&session, after, READ_BATCH),
-    )
-    .await;
-    shared.health.observe(&first);
+    let first = shared.store.read_after(&session, after, READ_BATCH).await;
     let first = match first {
         Ok(entries) => entries,
         Err(e) => {
             tracing::warn!(session = %session, error = %e, "resume without the store: fresh stream");
-            shared.metrics.resume("store_down");
+            shared.metrics.resume(ResumeOutcome::StoreDown);
             return Resumed::Fresh(None);
         }
     };
     if first.is_empty() {
-        let lease = timed(s.store_timeout, shared.store.lease(&session)).await;
-        let last = timed(s.store_timeout, shared.store.last(&session)).await;
-        shared.health.observe(&last);
+        let lease = shared.store.lease(&session).await;
+        let last = shared.store.last(&session).await;
         let (Ok(lease), Ok(last)) = (lease, last) else {
-            shared.metrics.resume("store_down");
+            shared.metrics.resume(ResumeOutcome::StoreDown);
             return Resumed::Fresh(None);
         };
         match &last {
             None if lease.is_none() => {
                 tracing::info!(session = %session, "resume of an unknown session: fresh stream");
-                shared.metrics.resume("unknown");
+                shared.metrics.resume(ResumeOutcome::Unknown);
                 return Resumed::Fresh(None);
             }
             Some(last) if after > last.seq.saturating_add(s.max_unrecorded as u64) => {
                 tracing::info!(session = %session, after, last = last.seq, "cursor beyond the session's history: fresh stream");
-                shared.metrics.resume("forged");
+                shared.metrics.resume(ResumeOutcome::Forged);
                 return Resumed::Fresh(None);
             }
             _ => {}
         }
     } else if first[0].entry == Entry::End {
         // The client has the whole finished stream: it reconnects as it would to the app.
-        let app_id = timed(s.store_timeout, shared.store.last_app_id(&session)).await;
-        shared.metrics.resume("ended");
+        let app_id = shared.store.last_app_id(&session).await;
+        shared.metrics.resume(ResumeOutcome::Ended);
         return Resumed::Fresh(app_id.ok().flatten());
     }
 
@@ -168,10 +157,10 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
         Some(pair) => pair,
         None => match channel(shared) {
             Some(pair) => pair,
-            None => return Resumed::Respond(too_many_streams(shared)),
+            None => return Resumed::Respond(too_many_streams(&shared.metrics)),
         },
     };
-    shared.metrics.resume("store");
+    shared.metrics.resume(ResumeOutcome::Store);
     let follower = Follower {
         shared: shared.clone(),
         session,
@@ -189,21 +178,28 @@ pub async fn resume(shared: &Arc<Shared>, template: RequestTemplate, cursor: Cur
 }
 
 /// Entries `(from, upto]` as wire bytes, waiting briefly for those still on their way.
-async fn read_range(shared: &Shared, session: &SessionId, from: Seq, upto: Seq) -> VecDeque<Bytes> {
+async fn read_range(
+    shared: &Sessions,
+    session: &SessionId,
+    from: Seq,
+    upto: Seq,
+) -> VecDeque<Bytes> {
     let mut out = VecDeque::new();
     let mut cursor = from;
     let mut buf = String::new();
     let deadline = Instant::now() + RANGE_WAIT;
     while cursor < upto && Instant::now() < deadline {
         let want = (upto - cursor).min(READ_BATCH as u64) as usize;
-        let r = timed(
-            shared.settings.store_timeout + RANGE_WAIT,
-            shared
-                .store
-                .wait_after(session, cursor, want, Duration::from_millis(100)),
-        )
-        .await;
-        shared.health.observe(&r);
+        let r = shared
+            .store
+            .wait_after_within(
+                session,
+                cursor,
+                want,
+                Duration::from_millis(100),
+                shared.store.timeout() + RANGE_WAIT,
+            )
+            .await;
         let Ok(entries) = r else { break };
         let mut past_range = false;
         for e in &entries {
@@ -253,7 +249,7 @@ enum Holder {
 
 /// Feeds one resumed client from the store, and takes the session over when the owner leaves.
 struct Follower {
-    shared: Arc<Shared>,
+    shared: Arc<Sessions>,
     session: SessionId,
     /// The client's own cursor (a crash may have shown it entries the store never got).
     client_after: Seq,
@@ -287,15 +283,10 @@ impl Follower {
                     },
                 }
             }
-            let s = &self.shared.settings;
             let read = tokio::select! {
                 _ = self.client.closed() => return,
-                r = timed(
-                    s.store_timeout + TAIL_BLOCK,
-                    self.shared.store.wait_after(&self.session, self.cursor, READ_BATCH, TAIL_BLOCK),
-                ) => r,
+                r = self.shared.store.wait_after(&self.session, self.cursor, READ_BATCH, TAIL_BLOCK) => r,
             };
-            self.shared.health.observe(&read);
             match read {
                 Ok(entries) if !entries.is_empty() => {
                     errors = 0;
@@ -330,7 +321,7 @@ impl Follower {
             }
             if errors >= TAIL_ERRORS {
                 tracing::warn!(session = %self.session, "store unavailable while tailing: ending the response");
-                self.shared.metrics.error("tail_store_unavailable");
+                self.shared.metrics.error(ErrorKind::TailStoreUnavailable);
                 return;
             }
         }
@@ -349,12 +340,7 @@ impl Follower {
             Some(None) => {
                 // Nobody holds it: the epoch to take it from, read *before* a second look at
                 // the lease, so a pod that takes it in between is seen (and not taken from).
-                let epoch = timed(
-                    self.shared.settings.store_timeout,
-                    self.shared.store.epoch(&self.session),
-                )
-                .await;
-                self.shared.health.observe(&epoch);
+                let epoch = self.shared.store.epoch(&self.session).await;
                 let Ok(epoch) = epoch else {
                     return Holder::Unknown;
                 };
@@ -371,12 +357,7 @@ impl Follower {
 
     /// The lease now; `None` if the store did not answer.
     async fn lease(&self) -> Option<Option<crate::store::Lease>> {
-        let r = timed(
-            self.shared.settings.store_timeout,
-            self.shared.store.lease(&self.session),
-        )
-        .await;
-        self.shared.health.observe(&r);
+        let r = self.shared.store.lease(&self.session).await;
         r.ok()
     }
 
@@ -428,26 +409,23 @@ impl Follower {
                 self.shared.metrics.events_forwarded.inc();
                 Step::Next
             }
-            Err(crate::body::Cut::Full) => {
+            Err(crate::http::body::Cut::Full) => {
                 self.shared.metrics.slow_consumers.inc();
                 Step::Stop
             }
-            Err(crate::body::Cut::Closed) => Step::Stop,
+            Err(crate::http::body::Cut::Closed) => Step::Stop,
         }
     }
 
     /// Deliver everything stored after the cursor; `false` if the response must end.
-    async fn catch_up(&mut self, delivered: &mut Vec<Recorded>) -> Result<bool, &'static str> {
+    async fn catch_up(&mut self, delivered: &mut Vec<Recorded>) -> Result<bool, TakeoverOutcome> {
         loop {
-            let r = timed(
-                self.shared.settings.store_timeout,
-                self.shared
-                    .store
-                    .read_after(&self.session, self.cursor, READ_BATCH),
-            )
-            .await;
-            self.shared.health.observe(&r);
-            let entries = r.map_err(|_| "store_unavailable")?;
+            let r = self
+                .shared
+                .store
+                .read_after(&self.session, self.cursor, READ_BATCH)
+                .await;
+            let entries = r.map_err(|_| TakeoverOutcome::StoreUnavailable)?;
             if entries.is_empty() {
                 return Ok(true);
             }
@@ -464,13 +442,13 @@ impl Follower {
                     Entry::Event { app_id, .. } => {
                         self.sticky = Some(app_id.clone());
                         if let Step::Stop = self.send(&e).await {
-                            return Err("client");
+                            return Err(TakeoverOutcome::Client);
                         }
                         delivered.push(e);
                     }
                     Entry::Retry(_) => {
                         if let Step::Stop = self.send(&e).await {
-                            return Err("client");
+                            return Err(TakeoverOutcome::Client);
                         }
                     }
                 }
@@ -484,11 +462,9 @@ impl Follower {
     async fn takeover(mut self, expected: Epoch) -> Option<Self> {
         let started = Instant::now();
         let shared = self.shared.clone();
-        let s = &shared.settings;
-        let base = timed(s.store_timeout, shared.store.last_app_id(&self.session)).await;
-        shared.health.observe(&base);
+        let base = shared.store.last_app_id(&self.session).await;
         let Ok(base) = base else {
-            shared.metrics.takeover("store_unavailable");
+            shared.metrics.takeover(TakeoverOutcome::StoreUnavailable);
             return None;
         };
         let mut ignored = Vec::new();
@@ -502,18 +478,22 @@ impl Follower {
         }
         let app_last_id = self.sticky.clone().unwrap_or(base);
 
-        let req = self.template.build(app_last_id.as_deref(), s.app_addr);
+        let req = self
+            .template
+            .build(app_last_id.as_deref(), shared.app.addr());
         let upstream = match shared.app.send(req).await {
             Ok(resp) if resp.status() == StatusCode::OK && is_event_stream(resp.headers()) => resp,
             Ok(resp) => {
                 tracing::warn!(session = %self.session, status = %resp.status(), "takeover: the app did not answer with a stream");
-                shared.metrics.takeover("upstream_refused");
+                shared.metrics.takeover(TakeoverOutcome::UpstreamRefused);
                 return None;
             }
             Err(e) => {
                 tracing::warn!(session = %self.session, error = %e, "takeover: cannot reach the app");
                 shared.metrics.error(e.kind());
-                shared.metrics.takeover("upstream_unreachable");
+                shared
+                    .metrics
+                    .takeover(TakeoverOutcome::UpstreamUnreachable);
                 return None;
             }
         };
@@ -523,13 +503,13 @@ impl Follower {
                 // Another client's pod decided at the same moment and won; its upstream is the
                 // session's now. Ours is dropped unread and this client follows the store.
                 tracing::info!(session = %self.session, expected, current, "takeover lost to another pod: following it");
-                shared.metrics.takeover("lost");
+                shared.metrics.takeover(TakeoverOutcome::Lost);
                 self.handover_seen = false;
                 return Some(self);
             }
             Err(e) => {
                 tracing::warn!(session = %self.session, error = %e, "takeover: cannot take the lease");
-                shared.metrics.takeover("store_unavailable");
+                shared.metrics.takeover(TakeoverOutcome::StoreUnavailable);
                 return None;
             }
         };
@@ -540,7 +520,7 @@ impl Follower {
             Ok(false) => {
                 // Its stream ended before it was fenced: nothing left to capture.
                 shared.book.unpin(&self.session, claim.id);
-                shared.metrics.takeover("ended");
+                shared.metrics.takeover(TakeoverOutcome::Ended);
                 return None;
             }
             Err(why) => {
@@ -562,7 +542,7 @@ impl Follower {
             &shared,
             StreamStart {
                 session: self.session,
-                upstream: crate::body::boxed(upstream.into_body()),
+                upstream: crate::http::body::boxed(upstream.into_body()),
                 next_seq,
                 sticky: app_last_id,
                 overlap: Overlap::from_delivered(&rest),
@@ -573,7 +553,7 @@ impl Follower {
                 learn_endpoint: true,
             },
         );
-        shared.metrics.takeover("ok");
+        shared.metrics.takeover(TakeoverOutcome::Ok);
         None
     }
 }

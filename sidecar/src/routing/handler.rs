@@ -16,20 +16,23 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::{ProxyBody, boxed, client_channel, full};
+use crate::contract::SessionKeySource;
 use crate::cursor::{Cursor, SessionId};
-use crate::forward;
-use crate::headers::{
+use crate::http::body::{ProxyBody, boxed, full};
+use crate::http::client::HttpClient;
+use crate::http::client::{RequestTemplate, UpstreamError, outbound};
+use crate::http::headers::{
     LAST_EVENT_ID, accepts_event_stream, append_forwarded_for, is_event_stream, strip_hop_by_hop,
 };
-use crate::health::timed;
-use crate::recorder::{self, Reservation, StreamStart};
-use crate::replay::Overlap;
-use crate::resume::{self, Resumed, too_many_streams};
-use crate::routing::{self, Location};
-use crate::session_key;
-use crate::state::Shared;
-use crate::upstream::{RequestTemplate, UpstreamError, outbound};
+use crate::http::session_key;
+use crate::metrics::{ErrorKind, ForwardOutcome, ResumeOutcome, Route};
+use crate::routing::forward;
+use crate::routing::owner::{self as routing, Location};
+use crate::session::Sessions;
+use crate::session::recorder::{self, Reservation, StreamStart};
+use crate::session::replay::Overlap;
+use crate::session::resume::{self, Resumed, too_many_streams};
+use crate::store::SessionStore as _;
 
 /// Where a request came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,17 +49,39 @@ fn status(code: StatusCode, text: &'static str) -> Response<ProxyBody> {
     r
 }
 
+/// What the request handler is handed.
+pub struct Router {
+    /// The session layer.
+    pub sessions: Arc<Sessions>,
+    /// Client for other sidecars' admin ports.
+    pub peers: HttpClient,
+    /// Where requests name sessions, and how this pod signs what it forwards.
+    pub settings: RouteSettings,
+}
+
+/// The handler's own settings.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    /// Where a request names its session, in order.
+    pub session_keys: Vec<SessionKeySource>,
+    /// Key signing `/internal/forward` (none: forwarding disabled).
+    pub forward_key: Option<Vec<u8>>,
+    /// This pod's name, sent with what it forwards.
+    pub owner_name: String,
+}
+
 /// Handle one request (from a client, or forwarded by another sidecar).
 pub async fn handle<B>(
-    shared: Arc<Shared>,
+    router: Arc<Router>,
     req: Request<B>,
     peer: SocketAddr,
     origin: Origin,
 ) -> Response<ProxyBody>
 where
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<crate::body::BoxError>,
+    B::Error: Into<crate::http::body::BoxError>,
 {
+    let shared = &router.sessions;
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     append_forwarded_for(&mut parts.headers, peer.ip());
@@ -75,14 +100,14 @@ where
     if let Some(value) = parts.headers.get(LAST_EVENT_ID) {
         match value.to_str().ok().map(Cursor::parse) {
             Some(Ok(cursor)) => {
-                shared.metrics.request("resume");
+                shared.metrics.request(Route::Resume);
                 parts.headers.remove(LAST_EVENT_ID);
                 let template = RequestTemplate {
                     method: parts.method.clone(),
                     path: path.clone(),
                     headers: parts.headers.clone(),
                 };
-                match resume::resume(&shared, template, cursor).await {
+                match resume::resume(shared, template, cursor).await {
                     Resumed::Respond(r) => return r,
                     Resumed::Fresh(app_id) => {
                         if let Some(v) = app_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
@@ -91,7 +116,7 @@ where
                     }
                 }
             }
-            _ => shared.metrics.resume("foreign"),
+            _ => shared.metrics.resume(ResumeOutcome::Foreign),
         }
     }
 
@@ -99,31 +124,31 @@ where
     let key = session_key::from_request(
         parts.uri.query(),
         &parts.headers,
-        &shared.settings.session_keys,
+        &router.settings.session_keys,
     )
     .and_then(|k| match SessionId::from_external(&k) {
         Ok(id) => Some(id),
         Err(_) => {
-            shared.metrics.error("invalid_session_key");
+            shared.metrics.error(ErrorKind::InvalidSessionKey);
             None
         }
     });
     if let (Some(k), Origin::Client) = (&key, origin) {
-        match routing::locate(&shared, k).await {
+        match routing::locate(shared, k).await {
             Location::Local => {}
-            Location::Unknown => shared.metrics.request("unrouted"),
+            Location::Unknown => shared.metrics.request(Route::Unrouted),
             Location::Remote { addr, owner } => {
-                if shared.settings.forward_key.is_some() {
-                    return to_owner(&shared, parts, &path, boxed(body), addr, &owner).await;
+                if router.settings.forward_key.is_some() {
+                    return to_owner(&router, parts, &path, boxed(body), addr, &owner).await;
                 }
-                shared.metrics.forward("disabled");
+                shared.metrics.forward(ForwardOutcome::Disabled);
             }
             Location::Gone => {
                 let opens_stream =
                     parts.method == Method::GET && accepts_event_stream(&parts.headers);
                 if !opens_stream {
-                    shared.metrics.request("not_found");
-                    shared.metrics.forward("owner_gone");
+                    shared.metrics.request(Route::NotFound);
+                    shared.metrics.forward(ForwardOutcome::OwnerGone);
                     return status(StatusCode::NOT_FOUND, "session not found\n");
                 }
             }
@@ -138,7 +163,7 @@ where
         (Some(k), false) => match shared.gates.enter(k) {
             Some(pass) => Some(pass),
             None => {
-                shared.metrics.request("not_found");
+                shared.metrics.request(Route::NotFound);
                 return status(StatusCode::NOT_FOUND, "session not found\n");
             }
         },
@@ -147,8 +172,8 @@ where
 
     // 3. Proxy to the app.
     shared.metrics.request(match origin {
-        Origin::Client => "local",
-        Origin::Forwarded => "forwarded_in",
+        Origin::Client => Route::Local,
+        Origin::Forwarded => Route::ForwardedIn,
     });
     let sticky = parts
         .headers
@@ -161,15 +186,15 @@ where
         &path,
         parts.headers.clone(),
         boxed(body),
-        shared.settings.app_addr,
+        shared.app.addr(),
     );
     match shared.app.send(upstream_req).await {
-        Ok(resp) => respond(&shared, &parts, resp, key, sticky).await,
-        Err(e) => upstream_failed(&shared, e),
+        Ok(resp) => respond(&router, &parts, resp, key, sticky).await,
+        Err(e) => upstream_failed(shared, e),
     }
 }
 
-fn upstream_failed(shared: &Shared, e: UpstreamError) -> Response<ProxyBody> {
+fn upstream_failed(shared: &Sessions, e: UpstreamError) -> Response<ProxyBody> {
     shared.metrics.error(e.kind());
     tracing::warn!(error = %e, "app request failed");
     match e {
@@ -181,15 +206,16 @@ fn upstream_failed(shared: &Shared, e: UpstreamError) -> Response<ProxyBody> {
 /// The app answered: learn a session key it handed out, then pass the response through or make
 /// it a recorded stream.
 async fn respond(
-    shared: &Arc<Shared>,
+    router: &Router,
     req: &Parts,
     resp: Response<Incoming>,
     key: Option<SessionId>,
     sticky: Option<String>,
 ) -> Response<ProxyBody> {
+    let shared = &router.sessions;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if let Some(learned) = session_key::from_response(&parts.headers, &shared.settings.session_keys)
+    if let Some(learned) = session_key::from_response(&parts.headers, &router.settings.session_keys)
         .and_then(|k| SessionId::from_external(&k).ok())
         && key.as_ref() != Some(&learned)
     {
@@ -211,20 +237,15 @@ async fn respond(
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
     {
         // Encoded although it was asked plain: pass it on untouched, unrecorded.
-        shared.metrics.error("sse_encoded");
+        shared.metrics.error(ErrorKind::SseEncoded);
         return Response::from_parts(parts, boxed(body));
     }
 
-    let Some(guard) = shared.streams.open() else {
-        return too_many_streams(shared);
+    let Some((tx, client_body)) = shared.clients.open() else {
+        return too_many_streams(&shared.metrics);
     };
     parts.headers.remove(CONTENT_LENGTH);
     let (session, next_seq, reservation) = stream_session(shared, key).await;
-    let (tx, client_body) = client_channel(
-        guard,
-        shared.settings.client_buffer_bytes,
-        shared.settings.reconnect_delay_millis,
-    );
     recorder::spawn(
         shared,
         StreamStart {
@@ -248,10 +269,10 @@ async fn respond(
 /// records it (continuing its history), otherwise a fresh random id. A key comes with its
 /// reservation, which `recorder::spawn` takes over.
 async fn stream_session(
-    shared: &Shared,
+    shared: &Sessions,
     key: Option<SessionId>,
 ) -> (SessionId, u64, Option<Reservation<'_>>) {
-    let usable = shared.health.is_up();
+    let usable = shared.store.is_up();
     // Reserved before the store call: a concurrent stream with the same key (MCP clients send
     // parallel requests with one `Mcp-Session-Id`) gets its own session instead of a second
     // recorder numbering the same history.
@@ -261,8 +282,7 @@ async fn stream_session(
     else {
         return (SessionId::random(), 1, None);
     };
-    let r = timed(shared.settings.store_timeout, shared.store.last(&key)).await;
-    shared.health.observe(&r);
+    let r = shared.store.last(&key).await;
     match r {
         Ok(last) => (key, last.map_or(1, |l| l.seq + 1), Some(reservation)),
         Err(_) => (SessionId::random(), 1, None),
@@ -271,7 +291,7 @@ async fn stream_session(
 
 /// Copy an owner's stream to the client until either side ends; a client that does not keep up
 /// is cut like any other.
-async fn relay(mut body: ProxyBody, tx: crate::body::ClientTx) {
+async fn relay(mut body: ProxyBody, tx: crate::http::body::ClientTx) {
     use http_body_util::BodyExt as _;
     loop {
         let frame = tokio::select! {
@@ -296,17 +316,18 @@ const RELAY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Send a request to the pod that owns its session, signed; stream the answer back.
 async fn to_owner(
-    shared: &Shared,
+    router: &Router,
     mut parts: Parts,
     path: &str,
     body: ProxyBody,
     addr: SocketAddr,
     owner: &str,
 ) -> Response<ProxyBody> {
-    let Some(key) = shared.settings.forward_key.as_deref() else {
+    let shared = &router.sessions;
+    let Some(key) = router.settings.forward_key.as_deref() else {
         return status(StatusCode::BAD_GATEWAY, "forwarding disabled\n");
     };
-    shared.metrics.request("forwarded_out");
+    shared.metrics.request(Route::ForwardedOut);
     forward::strip(&mut parts.headers);
     forward::add_signature(
         &mut parts.headers,
@@ -314,7 +335,7 @@ async fn to_owner(
         parts.method.as_str(),
         path,
         forward::unix_now(),
-        &shared.settings.owner.name,
+        &router.settings.owner_name,
     );
     let req = outbound(
         parts.method,
@@ -323,38 +344,33 @@ async fn to_owner(
         body,
         addr,
     );
-    match shared.peers.send(req).await {
+    match router.peers.send(req).await {
         Ok(resp) => {
-            shared.metrics.forward("ok");
+            shared.metrics.forward(ForwardOutcome::Ok);
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             if !is_event_stream(&parts.headers) {
                 return Response::from_parts(parts, boxed(body));
             }
             // A stream the owner serves: relay it so this pod's drain can close it too.
-            let Some(guard) = shared.streams.open() else {
-                return too_many_streams(shared);
+            let Some((tx, client_body)) = shared.clients.open() else {
+                return too_many_streams(&shared.metrics);
             };
-            let (tx, client_body) = client_channel(
-                guard,
-                shared.settings.client_buffer_bytes,
-                shared.settings.reconnect_delay_millis,
-            );
             tokio::spawn(relay(boxed(body), tx));
             Response::from_parts(parts, boxed(client_body))
         }
         Err(UpstreamError::Connect(e)) => {
             tracing::info!(owner, %addr, error = %e, "session owner unreachable: 404");
-            shared.metrics.forward("owner_gone");
+            shared.metrics.forward(ForwardOutcome::OwnerGone);
             status(StatusCode::NOT_FOUND, "session not found\n")
         }
         Err(UpstreamError::Timeout(_)) => {
-            shared.metrics.forward("timeout");
+            shared.metrics.forward(ForwardOutcome::Timeout);
             status(StatusCode::GATEWAY_TIMEOUT, "session owner timed out\n")
         }
         Err(e) => {
             tracing::warn!(owner, %addr, error = %e, "forward failed");
-            shared.metrics.forward("error");
+            shared.metrics.forward(ForwardOutcome::Error);
             status(StatusCode::BAD_GATEWAY, "session owner failed\n")
         }
     }

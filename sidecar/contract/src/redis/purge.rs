@@ -16,12 +16,9 @@ use ::redis::{Value, cmd};
 use futures::{StreamExt, TryStreamExt};
 use tokio::time::Instant;
 
-use super::codec::parse_int;
 use super::conn::{AnyConn, Connector, Timeouts};
-use super::errors::from_redis;
-use super::url;
-use crate::contract::keys;
-use crate::store::{StoreError, StoreResult};
+use super::url::{self, UrlError};
+use crate::keys;
 
 /// Keys asked for per `SCAN` call (a hint to the server, which bounds each call's work).
 const PAGE: usize = 500;
@@ -32,19 +29,59 @@ const PURGE_DEADLINE: Duration = Duration::from_secs(60);
 /// `UNLINK`s in flight at once on Cluster.
 const CLUSTER_CONCURRENCY: usize = 32;
 
+/// Why a purge did not finish; every one but [`PurgeError::Url`] goes away by calling again.
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    /// The URL is not one of the accepted forms (the message says which part).
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The client refused the settings, or Redis answered with an error or not at all.
+    #[error("{0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// One command took longer than its deadline.
+    #[error("purge: a command timed out after {} ms", after.as_millis())]
+    TimedOut {
+        /// The deadline it missed.
+        after: Duration,
+    },
+    /// The whole purge ran out of time; what was removed stays removed.
+    #[error("purge incomplete: removed {removed} keys before the deadline; call again")]
+    Incomplete {
+        /// Keys removed by this call.
+        removed: u64,
+    },
+    /// A reply was not the shape the command answers with.
+    #[error("{0}: unexpected reply")]
+    Malformed(&'static str),
+}
+
+impl PurgeError {
+    /// Label for an `errors_total{kind}`-style metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Url(_) => "url",
+            Self::Redis(_) => "redis",
+            Self::TimedOut { .. } => "timeout",
+            Self::Incomplete { .. } => "incomplete",
+            Self::Malformed(_) => "malformed",
+        }
+    }
+}
+
+type PurgeResult<T> = Result<T, PurgeError>;
+
 /// Deletes every key of the SseService `namespace/name` and returns how many were deleted.
-/// Idempotent; `Unavailable` when Redis cannot be reached or the deadline passed first (call
-/// again), also for an invalid URL (the message says which).
-pub async fn purge_service(url: &str, namespace: &str, name: &str) -> StoreResult<u64> {
-    let target = url::parse(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+/// Idempotent; an error when Redis cannot be reached or the deadline passed first (call again),
+/// or for an invalid URL (the message says which).
+pub async fn purge_service(url: &str, namespace: &str, name: &str) -> PurgeResult<u64> {
+    let target = url::parse(url)?;
     let connector = Connector::new(
         &target,
         Timeouts {
             op: CALL_TIMEOUT,
             max_block: Duration::ZERO,
         },
-    )
-    .map_err(from_redis)?;
+    )?;
     let pattern = format!("{}*", escape_glob(&keys::service_prefix(namespace, name)));
     let deadline = Instant::now() + PURGE_DEADLINE;
     let conn = within(deadline, connector.shared()).await?;
@@ -55,7 +92,7 @@ pub async fn purge_service(url: &str, namespace: &str, name: &str) -> StoreResul
 }
 
 /// `SCAN` + batched `UNLINK` on one server.
-async fn purge_node(mut conn: AnyConn, pattern: &str, deadline: Instant) -> StoreResult<u64> {
+async fn purge_node(mut conn: AnyConn, pattern: &str, deadline: Instant) -> PurgeResult<u64> {
     let mut cursor = "0".to_string();
     let mut removed = 0;
     loop {
@@ -70,10 +107,8 @@ async fn purge_node(mut conn: AnyConn, pattern: &str, deadline: Instant) -> Stor
         if !found.is_empty() {
             let mut unlink = cmd("UNLINK");
             unlink.arg(&found);
-            removed += parse_int(
-                &within(deadline, unlink.query_async::<Value>(&mut conn)).await?,
-                "UNLINK count",
-            )?;
+            removed +=
+                parse_count(&within(deadline, unlink.query_async::<Value>(&mut conn)).await?)?;
         }
         if next == "0" {
             return Ok(removed);
@@ -88,7 +123,7 @@ async fn purge_cluster(
     mut conn: ClusterConnection,
     pattern: &str,
     deadline: Instant,
-) -> StoreResult<u64> {
+) -> PurgeResult<u64> {
     let slots = within(
         deadline,
         conn.route_command(
@@ -124,7 +159,7 @@ async fn purge_cluster(
                         let mut unlink = cmd("UNLINK");
                         unlink.arg(&group);
                         let v = within(deadline, unlink.query_async::<Value>(&mut conn)).await?;
-                        parse_int(&v, "UNLINK count")
+                        parse_count(&v)
                     }
                 })
                 .buffer_unordered(CLUSTER_CONCURRENCY)
@@ -144,31 +179,26 @@ async fn purge_cluster(
 async fn within<T>(
     deadline: Instant,
     fut: impl Future<Output = ::redis::RedisResult<T>>,
-) -> StoreResult<T> {
+) -> PurgeResult<T> {
     let limit = deadline
         .saturating_duration_since(Instant::now())
         .min(CALL_TIMEOUT);
     match tokio::time::timeout(limit, fut).await {
-        Ok(r) => r.map_err(from_redis),
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "purge: a command timed out after {} ms",
-            limit.as_millis()
-        ))),
+        Ok(r) => Ok(r?),
+        Err(_) => Err(PurgeError::TimedOut { after: limit }),
     }
 }
 
-fn check_deadline(deadline: Instant, removed: u64) -> StoreResult<()> {
+fn check_deadline(deadline: Instant, removed: u64) -> PurgeResult<()> {
     if Instant::now() >= deadline {
-        return Err(StoreError::Unavailable(format!(
-            "purge incomplete: removed {removed} keys before the deadline; call again"
-        )));
+        return Err(PurgeError::Incomplete { removed });
     }
     Ok(())
 }
 
 /// `SCAN`'s `[cursor, [key, …]]`.
-fn parse_scan(v: &Value) -> StoreResult<(String, Vec<String>)> {
-    let bad = || StoreError::Malformed("SCAN: unexpected reply".into());
+fn parse_scan(v: &Value) -> PurgeResult<(String, Vec<String>)> {
+    let bad = || PurgeError::Malformed("SCAN");
     let Value::Array(parts) = v else {
         return Err(bad());
     };
@@ -188,8 +218,8 @@ fn parse_scan(v: &Value) -> StoreResult<(String, Vec<String>)> {
 }
 
 /// The distinct `(host, port)` of every slot range's master in a `CLUSTER SLOTS` reply.
-fn parse_cluster_masters(v: &Value) -> StoreResult<Vec<(String, u16)>> {
-    let bad = || StoreError::Malformed("CLUSTER SLOTS: unexpected reply".into());
+fn parse_cluster_masters(v: &Value) -> PurgeResult<Vec<(String, u16)>> {
+    let bad = || PurgeError::Malformed("CLUSTER SLOTS");
     let Value::Array(ranges) = v else {
         return Err(bad());
     };
@@ -215,6 +245,14 @@ fn parse_cluster_masters(v: &Value) -> StoreResult<Vec<(String, u16)>> {
         }
     }
     Ok(masters)
+}
+
+/// `UNLINK`'s count of removed keys.
+fn parse_count(v: &Value) -> PurgeResult<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).map_err(|_| PurgeError::Malformed("UNLINK")),
+        _ => Err(PurgeError::Malformed("UNLINK")),
+    }
 }
 
 /// The `{tag}` Redis Cluster hashes (the whole key when there is none), as in the cluster spec.

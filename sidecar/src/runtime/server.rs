@@ -18,19 +18,23 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin;
 use crate::config::Settings;
-use crate::drain::{self, Lifecycle};
-use crate::health::{AppProbe, HEARTBEAT_EVERY, HEARTBEAT_STALE, Heartbeat, StoreHealth};
-use crate::leases::LeaseBook;
-use crate::lifecycle;
+use crate::http::body::ClientQueues;
+use crate::http::client::{App, HttpClient};
+use crate::http::streams::Streams;
 use crate::metrics::Metrics;
-use crate::proxy::{self, Origin};
-use crate::recorder::Recorders;
-use crate::state::Shared;
-use crate::store::SessionStore;
-use crate::streams::Streams;
-use crate::upstream::HttpClient;
+use crate::phase::Lifecycle;
+use crate::routing::handler::{self as proxy, Origin};
+use crate::routing::handler::{RouteSettings, Router};
+use crate::runtime::admin;
+use crate::runtime::drain;
+use crate::runtime::health::{AppProbe, HEARTBEAT_EVERY, HEARTBEAT_STALE, Heartbeat};
+use crate::runtime::lifecycle;
+use crate::runtime::state::Sidecar;
+use crate::session::leases::LeaseBook;
+use crate::session::recorder::Recorders;
+use crate::session::{Sessions, Tuning};
+use crate::store::{GuardedStore, SessionStore};
 
 /// A started sidecar.
 pub struct Running {
@@ -40,8 +44,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// Where the lifecycle socket (the preStop hook) is bound.
     pub lifecycle_socket: PathBuf,
-    /// The shared state (tests read metrics and counts from it).
-    pub shared: Arc<Shared>,
+    /// What an embedder may look at while it runs (tests read probes and counts from it).
+    pub shared: Arc<Inspect>,
     terminate: CancellationToken,
     done: JoinHandle<()>,
 }
@@ -56,6 +60,22 @@ impl Running {
     pub async fn wait(self) {
         let _ = self.done.await;
     }
+}
+
+/// A running sidecar's state, as its embedder may look at it (never handed to its parts).
+pub struct Inspect {
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The guarded session store.
+    pub store: Arc<GuardedStore>,
+    /// Drain phase and readiness.
+    pub lifecycle: Arc<Lifecycle>,
+    /// Whether the app's port accepts connections.
+    pub app_probe: Arc<AppProbe>,
+    /// Recorders running here.
+    pub recorders: Arc<Recorders>,
+    /// Open client streams.
+    pub streams: Arc<Streams>,
 }
 
 /// Bind the ports and the lifecycle socket, and start serving.
@@ -73,48 +93,58 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
 
     let metrics = Arc::new(Metrics::new());
     let background = CancellationToken::new();
-    let health = StoreHealth::new(metrics.clone());
-    health.spawn_pinger(
-        store.clone(),
-        Duration::from_secs(1),
+    let store = Arc::new(GuardedStore::new(
+        store,
         settings.store_timeout,
-        background.clone(),
-    );
+        metrics.clone(),
+    ));
+    store.spawn_pinger(Duration::from_secs(1), background.clone());
     let book = LeaseBook::new(
         store.clone(),
         settings.owner.clone(),
         settings.lease_ttl,
         settings.session_ttl,
-        settings.store_timeout,
-        health.clone(),
         metrics.clone(),
     );
     book.spawn_renewer(settings.renew_every, background.clone());
     let app_probe = AppProbe::spawn(settings.app_addr, metrics.clone(), background.clone());
-    let shared = Arc::new(Shared {
-        app: HttpClient::new(settings.upstream_timeout),
-        peers: HttpClient::new(settings.forward_timeout),
-        streams: Streams::new(settings.max_streams, metrics.clone()),
-        recorders: Recorders::default(),
-        gates: Default::default(),
-        lifecycle: Lifecycle::new(metrics.clone()),
-        store,
-        health,
+    let streams = Streams::new(settings.max_streams, metrics.clone());
+    let recorders = Arc::new(Recorders::default());
+    let clients = ClientQueues::new(
+        streams.clone(),
+        settings.client_buffer_bytes,
+        settings.reconnect_delay_millis,
+    );
+    let sessions = Arc::new(Sessions {
+        store: store.clone(),
         book,
-        app_probe,
-        heartbeat: Heartbeat::new(HEARTBEAT_STALE),
-        metrics,
-        settings,
+        recorders: recorders.clone(),
+        gates: Default::default(),
+        metrics: metrics.clone(),
+        app: App::new(settings.app_addr, settings.upstream_timeout),
+        clients,
+        settings: Tuning::of(&settings),
     });
+    let router = Arc::new(Router {
+        sessions: sessions.clone(),
+        peers: HttpClient::new(settings.forward_timeout),
+        settings: RouteSettings {
+            session_keys: settings.session_keys.clone(),
+            forward_key: settings.forward_key.clone(),
+            owner_name: settings.owner.name.clone(),
+        },
+    });
+    let lifecycle = Arc::new(Lifecycle::new(metrics.clone()));
+    let heartbeat = Heartbeat::new(HEARTBEAT_STALE);
     {
         // Visit every lock the request and recording paths take; hold a weak reference only,
         // so the heartbeat never keeps the state alive.
-        let weak = Arc::downgrade(&shared);
-        shared.heartbeat.spawn(
+        let weak = Arc::downgrade(&sessions);
+        heartbeat.spawn(
             HEARTBEAT_EVERY,
             move || {
                 if let Some(s) = weak.upgrade() {
-                    let _ = (s.book.len(), s.recorders.len(), s.streams.len());
+                    let _ = (s.book.len(), s.recorders.len(), s.clients.streams().len());
                 }
             },
             background.clone(),
@@ -124,33 +154,53 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
         sse = %sse_addr,
         admin = %admin_addr,
         lifecycle = %lifecycle_socket.display(),
-        app = %shared.settings.app_addr,
-        owner = %shared.settings.owner.name,
-        advertised = %shared.settings.owner.addr,
-        service = %shared.settings.service,
+        app = %settings.app_addr,
+        owner = %settings.owner.name,
+        advertised = %settings.owner.addr,
+        service = %settings.service,
         "ssekeeper sidecar serving"
     );
 
     let admin_stop = CancellationToken::new();
-    let sse_task = tokio::spawn(serve_clients(shared.clone(), sse));
-    let admin_task = tokio::spawn(serve_admin(
-        shared.clone(),
-        admin_listener,
-        admin_stop.clone(),
+    let sse_task = tokio::spawn(serve_clients(
+        router.clone(),
+        lifecycle.stop_accepting.clone(),
+        settings.max_header_bytes,
+        sse,
     ));
     let lifecycle_task = tokio::spawn(lifecycle::serve(
-        shared.clone(),
+        lifecycle.clone(),
+        settings.prestop_delay,
         lifecycle_listener,
         lifecycle_socket.clone(),
         admin_stop.clone(),
     ));
+    let timing = drain::Timing {
+        drain: settings.drain,
+        handover_margin: settings.handover_margin,
+    };
+    let shared = Arc::new(Inspect {
+        metrics,
+        store,
+        lifecycle: lifecycle.clone(),
+        app_probe: app_probe.clone(),
+        recorders,
+        streams,
+    });
+    let sidecar = Arc::new(Sidecar {
+        router,
+        lifecycle: lifecycle.clone(),
+        app_probe,
+        heartbeat,
+        settings,
+    });
+    let admin_task = tokio::spawn(serve_admin(sidecar, admin_listener, admin_stop.clone()));
     let terminate = CancellationToken::new();
     let done = {
-        let shared = shared.clone();
         let terminate = terminate.clone();
         tokio::spawn(async move {
             terminate.cancelled().await;
-            drain::run(shared.clone()).await;
+            drain::run(sessions, lifecycle, timing).await;
             let _ = sse_task.await;
             background.cancel();
             admin_stop.cancel();
@@ -178,10 +228,14 @@ fn http1_builder(max_header_bytes: usize) -> http1::Builder {
 
 /// Accept clients until the drain stops accepting; then ask every connection to close after its
 /// current response (no keep-alive), so reconnects go to another pod.
-async fn serve_clients(shared: Arc<Shared>, listener: TcpListener) {
+async fn serve_clients(
+    router: Arc<Router>,
+    stop: CancellationToken,
+    max_header_bytes: usize,
+    listener: TcpListener,
+) {
     let graceful = GracefulShutdown::new();
-    let builder = http1_builder(shared.settings.max_header_bytes);
-    let stop = shared.lifecycle.stop_accepting.clone();
+    let builder = http1_builder(max_header_bytes);
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -195,10 +249,10 @@ async fn serve_clients(shared: Arc<Shared>, listener: TcpListener) {
             },
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let router = router.clone();
         let service = service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(shared, req, peer, Origin::Client).await) }
+            let router = router.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(router, req, peer, Origin::Client).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(conn);
@@ -212,7 +266,7 @@ async fn serve_clients(shared: Arc<Shared>, listener: TcpListener) {
     tokio::spawn(graceful.shutdown());
 }
 
-async fn serve_admin(shared: Arc<Shared>, listener: TcpListener, stop: CancellationToken) {
+async fn serve_admin(shared: Arc<Sidecar>, listener: TcpListener, stop: CancellationToken) {
     let builder = http1_builder(shared.settings.max_header_bytes);
     loop {
         let (stream, peer) = tokio::select! {

@@ -108,11 +108,13 @@ impl Gates {
         }
     }
 
+    #[cfg(test)]
     /// Keys tracked (tests, metrics).
     pub fn len(&self) -> usize {
         self.lock().len()
     }
 
+    #[cfg(test)]
     /// Whether no key is tracked.
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()

@@ -11,6 +11,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
 
 use crate::contract::paths::FORWARD;
+use crate::metrics::ForwardOutcome;
 
 /// Unix seconds at which the sender signed.
 pub const TS_HEADER: HeaderName = HeaderName::from_static("x-ssekeeper-forward-ts");
@@ -38,12 +39,12 @@ pub enum Rejection {
 
 impl Rejection {
     /// Label for `forwards_total{outcome}`.
-    pub fn kind(self) -> &'static str {
+    pub fn kind(self) -> ForwardOutcome {
         match self {
-            Rejection::Disabled => "disabled",
-            Rejection::Missing => "missing",
-            Rejection::Expired => "expired",
-            Rejection::Forged => "forged",
+            Rejection::Disabled => ForwardOutcome::Disabled,
+            Rejection::Missing => ForwardOutcome::Missing,
+            Rejection::Expired => ForwardOutcome::Expired,
+            Rejection::Forged => ForwardOutcome::Forged,
         }
     }
 }

@@ -14,9 +14,10 @@ use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::cursor::SessionId;
-use crate::health::{StoreHealth, timed};
-use crate::metrics::Metrics;
-use crate::store::{Epoch, LeaseState, Owner, SessionStore, StoreError, StoreResult};
+use crate::metrics::{ErrorKind, Metrics};
+use crate::store::{
+    Epoch, GuardedStore, LeaseState, Owner, SessionStore as _, StoreError, StoreResult,
+};
 
 /// The epoch of a routing registration made while the store was down: acquired later.
 const UNACQUIRED: Epoch = 0;
@@ -48,12 +49,10 @@ pub struct Claim {
 
 /// This pod's leases.
 pub struct LeaseBook {
-    store: Arc<dyn SessionStore>,
+    store: Arc<GuardedStore>,
     owner: Owner,
     ttl: Duration,
     idle_ttl: Duration,
-    timeout: Duration,
-    health: Arc<StoreHealth>,
     metrics: Arc<Metrics>,
     held: Mutex<HashMap<SessionId, Held>>,
     draining: std::sync::atomic::AtomicBool,
@@ -62,14 +61,12 @@ pub struct LeaseBook {
 
 impl LeaseBook {
     /// A book for `owner`, with leases of `ttl`, routing registrations kept `idle_ttl` after their
-    /// last use, and store calls bounded by `timeout`.
+    /// last use (store calls bounded by the store's guard).
     pub fn new(
-        store: Arc<dyn SessionStore>,
+        store: Arc<GuardedStore>,
         owner: Owner,
         ttl: Duration,
         idle_ttl: Duration,
-        timeout: Duration,
-        health: Arc<StoreHealth>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(LeaseBook {
@@ -77,8 +74,6 @@ impl LeaseBook {
             owner,
             ttl,
             idle_ttl,
-            timeout,
-            health,
             metrics,
             held: Mutex::new(HashMap::new()),
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -153,9 +148,7 @@ impl LeaseBook {
         id: u64,
         expected: Option<Epoch>,
     ) -> StoreResult<Epoch> {
-        let r = timed(self.timeout, self.acquire_call(session, expected)).await;
-        self.health.observe(&r);
-        let lease = r?;
+        let lease = self.acquire_call(session, expected).await?;
         let mut held = self.lock();
         match held.get_mut(session) {
             Some(h) if h.id == id => {
@@ -163,7 +156,7 @@ impl LeaseBook {
                     tracing::info!(session = %session, epoch = lease.epoch, "session key registered now that the store is back");
                 } else {
                     tracing::warn!(session = %session, epoch = lease.epoch, "session state lost in the store: re-acquired");
-                    self.metrics.error("store_state_lost");
+                    self.metrics.error(ErrorKind::StoreStateLost);
                 }
                 h.epoch = lease.epoch;
                 Ok(lease.epoch)
@@ -205,7 +198,7 @@ impl LeaseBook {
                 h.last_used = Instant::now();
                 return Ok(());
             }
-            if !self.health.is_up() {
+            if !self.store.is_up() {
                 let id = self
                     .next_id
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -235,17 +228,13 @@ impl LeaseBook {
         routing: bool,
         expected: Option<Epoch>,
     ) -> StoreResult<Claim> {
-        let r = timed(self.timeout, self.acquire_call(session, expected)).await;
-        self.health.observe(&r);
-        let lease = r?;
+        let lease = self.acquire_call(session, expected).await?;
         let state = self.state();
         if state == LeaseState::Draining {
-            let r = timed(
-                self.timeout,
-                self.store.renew(session, lease.epoch, state, self.ttl),
-            )
-            .await;
-            self.health.observe(&r);
+            let _ = self
+                .store
+                .renew(session, lease.epoch, state, self.ttl)
+                .await;
         }
         let fenced = CancellationToken::new();
         let id = self
@@ -308,8 +297,7 @@ impl LeaseBook {
             let book = self.clone();
             let session = session.clone();
             tokio::spawn(async move {
-                let r = timed(book.timeout, book.store.release(&session, epoch)).await;
-                book.health.observe(&r);
+                let _ = book.store.release(&session, epoch).await;
             });
         }
     }
@@ -336,19 +324,21 @@ impl LeaseBook {
             h.state = LeaseState::Draining;
             (h.id, h.epoch)
         };
-        let r = timed(
-            self.timeout,
-            self.store
-                .renew(session, epoch, LeaseState::Draining, self.ttl),
-        )
-        .await;
-        self.health.observe(&r);
+        let r = self
+            .store
+            .renew(session, epoch, LeaseState::Draining, self.ttl)
+            .await;
         if let Err(StoreError::Fenced { current }) = r
             && current > 0
         {
             self.fenced(session, id);
         }
         r
+    }
+
+    /// Whether this pod drains (SIGTERM arrived): its leases are renewed as draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// From now on every lease is renewed as draining (and the next round marks them all).
@@ -384,14 +374,13 @@ impl LeaseBook {
                     let r = self.recover(&s, id, None).await.map(|_| ());
                     return (s, id, epoch, r);
                 }
-                let r = timed(self.timeout, self.store.renew(&s, epoch, state, self.ttl)).await;
+                let r = self.store.renew(&s, epoch, state, self.ttl).await;
                 (s, id, epoch, r)
             })
             .buffer_unordered(RENEW_CONCURRENCY)
             .collect()
             .await;
         for (s, id, epoch, r) in results {
-            self.health.observe(&r);
             match r {
                 Err(StoreError::Fenced { current }) if current == 0 || current == epoch => {
                     let _ = self.recover(&s, id, Some(current)).await;
@@ -404,8 +393,7 @@ impl LeaseBook {
             }
         }
         for (s, epoch) in idle {
-            let r = timed(self.timeout, self.store.release(&s, epoch)).await;
-            self.health.observe(&r);
+            let _ = self.store.release(&s, epoch).await;
         }
     }
 
@@ -416,8 +404,7 @@ impl LeaseBook {
         futures::stream::iter(all)
             .for_each_concurrent(RENEW_CONCURRENCY, |(s, h)| async move {
                 h.fenced.cancel();
-                let r = timed(self.timeout, self.store.release(&s, h.epoch)).await;
-                self.health.observe(&r);
+                let _ = self.store.release(&s, h.epoch).await;
             })
             .await;
     }
@@ -450,7 +437,7 @@ impl LeaseBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, SessionStore};
 
     fn owner(name: &str) -> Owner {
         Owner {
@@ -462,12 +449,14 @@ mod tests {
     fn book(store: Arc<dyn SessionStore>, name: &str) -> Arc<LeaseBook> {
         let metrics = Arc::new(Metrics::new());
         LeaseBook::new(
-            store,
+            Arc::new(GuardedStore::new(
+                store,
+                Duration::from_secs(1),
+                metrics.clone(),
+            )),
             owner(name),
             Duration::from_secs(5),
             Duration::from_millis(50),
-            Duration::from_secs(1),
-            StoreHealth::new(metrics.clone()),
             metrics,
         )
     }
@@ -516,12 +505,14 @@ mod tests {
         let replacement: Arc<dyn SessionStore> =
             Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
         let c2 = LeaseBook {
-            store: replacement.clone(),
+            store: Arc::new(GuardedStore::new(
+                replacement.clone(),
+                Duration::from_secs(1),
+                c.metrics.clone(),
+            )),
             owner: owner("c"),
             ttl: Duration::from_secs(5),
             idle_ttl: Duration::from_secs(60),
-            timeout: Duration::from_secs(1),
-            health: c.health.clone(),
             metrics: c.metrics.clone(),
             held: Mutex::new(std::mem::take(&mut *c.lock())),
             draining: std::sync::atomic::AtomicBool::new(false),

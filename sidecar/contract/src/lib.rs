@@ -1,0 +1,237 @@
+//! The contract between the operator and the sidecar.
+//!
+//! The operator renders a pod and the sidecar runs in it; if the two disagreed on a port, a flag,
+//! an environment variable or a Redis key, the failure would only show in a live cluster. So every
+//! such name lives here, once: the operator renders [`SidecarArgs::to_args`] and the sidecar parses
+//! the same struct with clap, and tests on both sides prove the round trip.
+
+pub mod args;
+pub mod keys;
+pub mod redis;
+
+pub use self::args::{
+    InvalidSessionKeySource, LogFormat, PrestopArgs, SessionKeySource, SidecarArgs, StoreKind,
+    prestop_command,
+};
+
+/// Name of the injected container; the operator refuses a template that already uses it.
+pub const SIDECAR_CONTAINER_NAME: &str = "ssekeeper";
+
+/// Port the Service targets: client traffic enters here and is proxied to the app.
+pub const SSE_PORT: u16 = 8800;
+/// Port name for [`SSE_PORT`]; the Service targets it by name so a port change needs no Service edit.
+pub const SSE_PORT_NAME: &str = "sse";
+/// Port for probes, metrics and sidecar-to-sidecar forwarding (never the preStop hook: see
+/// [`LIFECYCLE_SOCKET_PATH`]).
+pub const ADMIN_PORT: u16 = 8801;
+/// Port name for [`ADMIN_PORT`].
+pub const ADMIN_PORT_NAME: &str = "admin";
+
+/// Where the sidecar's binary is installed in its image. The kubelet's `exec` preStop hook runs it
+/// ([`prestop_command`]), so the image needs no shell and the path must not move.
+pub const SIDECAR_BINARY_PATH: &str = "/usr/local/bin/ssekeeper-sidecar";
+/// The binary's subcommand the preStop hook runs: it asks the running sidecar, over
+/// [`LIFECYCLE_SOCKET_PATH`], to flip readiness and hold, and exits when the hold is over.
+pub const PRESTOP_SUBCOMMAND: &str = "prestop";
+
+/// Directory of the lifecycle socket. The operator mounts a small memory-backed `emptyDir`
+/// ([`LIFECYCLE_VOLUME_NAME`]) here in the sidecar container only, so nothing outside that
+/// container (not the app, not another pod) can reach the socket.
+pub const LIFECYCLE_SOCKET_DIR: &str = "/run/ssekeeper";
+/// The unix socket the sidecar serves its preStop hook on (`POST /prestop`). The drain is
+/// triggered only through it: a network endpoint would let any pod that reaches the admin port
+/// take a replica out of service.
+pub const LIFECYCLE_SOCKET_PATH: &str = "/run/ssekeeper/lifecycle.sock";
+/// Environment variable naming the lifecycle socket, read by the sidecar and by its
+/// [`PRESTOP_SUBCOMMAND`] alike (the flag is `--lifecycle-socket`).
+pub const LIFECYCLE_SOCKET_ENV: &str = "SSEKEEPER_LIFECYCLE_SOCKET";
+/// Name of the `emptyDir` volume holding the lifecycle socket; the operator refuses a template
+/// that already uses it (as a volume or a mount), so no other container can be given the socket.
+pub const LIFECYCLE_VOLUME_NAME: &str = "ssekeeper-run";
+/// `sizeLimit` of [`LIFECYCLE_VOLUME_NAME`] (memory-backed: it holds one socket, nothing else).
+pub const LIFECYCLE_VOLUME_SIZE_LIMIT: &str = "1Mi";
+/// How long the preStop subcommand waits for the sidecar's answer when not told otherwise: longer
+/// than the largest `preStopDelaySeconds` (300), so only a wedged sidecar makes it give up.
+pub const PRESTOP_DEFAULT_TIMEOUT_SECONDS: u32 = 600;
+/// Seconds the rendered preStop subcommand waits beyond the preStop hold before it gives up, so
+/// a wedged sidecar still gets its SIGTERM (and drains) well within the grace period.
+pub const PRESTOP_ANSWER_MARGIN_SECONDS: u32 = 10;
+/// The body the admin port answers `/prestop` with (status 404): the drain cannot be triggered
+/// over the network, and whoever tries learns where the hook lives.
+pub const PRESTOP_REFUSED_BODY: &str = concat!(
+    "not found: /prestop is not served on the network; ",
+    "the preStop hook runs `ssekeeper-sidecar prestop` on the sidecar's lifecycle socket\n"
+);
+
+/// Seconds after the drain window during which a draining pod keeps capturing upstreams until
+/// every new owner has taken its sessions over. Part of the grace period the operator renders.
+pub const HANDOVER_MARGIN_SECONDS: u32 = 10;
+/// Seconds the app gets after SIGTERM (it receives it only once every stream was handed over).
+pub const APP_SHUTDOWN_MARGIN_SECONDS: u32 = 5;
+
+/// Upper bound on the grace period a spec may imply (seconds). Longer would hold node drains and
+/// cluster upgrades hostage to one service.
+pub const MAX_GRACE_PERIOD_SECONDS: u32 = 1800;
+/// The largest `preStopDelaySeconds + drainSeconds` a spec may ask for: what is left of
+/// [`MAX_GRACE_PERIOD_SECONDS`] after the handover and app-shutdown margins (1785).
+pub const MAX_PRESTOP_AND_DRAIN_SECONDS: u32 =
+    MAX_GRACE_PERIOD_SECONDS - HANDOVER_MARGIN_SECONDS - APP_SHUTDOWN_MARGIN_SECONDS;
+/// The largest `preStopDelaySeconds` a spec may ask for (the preStop subcommand's default timeout,
+/// [`PRESTOP_DEFAULT_TIMEOUT_SECONDS`], is longer).
+pub const MAX_PRESTOP_DELAY_SECONDS: u32 = 300;
+
+/// The pod's `terminationGracePeriodSeconds`: preStop hold, drain window, handover, app shutdown.
+/// The sidecar uses the same sum to know its own deadline.
+pub fn termination_grace_period_seconds(prestop_delay_seconds: u32, drain_seconds: u32) -> u32 {
+    app_prestop_sleep_seconds(prestop_delay_seconds, drain_seconds) + APP_SHUTDOWN_MARGIN_SECONDS
+}
+
+/// How long the app container's native `sleep` preStop lasts, so the app keeps serving until the
+/// sidecar has closed every client stream and handed every session over.
+pub fn app_prestop_sleep_seconds(prestop_delay_seconds: u32, drain_seconds: u32) -> u32 {
+    prestop_delay_seconds + drain_seconds + HANDOVER_MARGIN_SECONDS
+}
+
+/// The defaults the sidecar's flags and the CRD's fields share (the operator renders every one of
+/// them explicitly, so a changed default reaches running pods only through a new rollout).
+pub mod defaults {
+    /// `--prestop-delay-seconds` / `spec.drain.preStopDelaySeconds`.
+    pub const PRESTOP_DELAY_SECONDS: u32 = 5;
+    /// `--drain-seconds` / `spec.drain.drainSeconds`.
+    pub const DRAIN_SECONDS: u32 = 20;
+    /// `--reconnect-delay-millis` / `spec.drain.reconnectDelayMillis`.
+    pub const RECONNECT_DELAY_MILLIS: u32 = 1000;
+    /// `--session-ttl-seconds` / `spec.sessions.ttlSeconds`.
+    pub const SESSION_TTL_SECONDS: u32 = 300;
+    /// `--history-limit` / `spec.sessions.historyLimit`.
+    pub const HISTORY_LIMIT: u32 = 1000;
+}
+
+/// HTTP paths served on the admin port (and, for [`paths::PRESTOP`], on the lifecycle socket only).
+pub mod paths {
+    /// Readiness: false while draining or while the app is not ready.
+    pub const READY: &str = "/ready";
+    /// Liveness: false only when the sidecar itself is wedged.
+    pub const LIVE: &str = "/live";
+    /// Prometheus metrics (OpenMetrics text).
+    pub const METRICS: &str = "/metrics";
+    /// The preStop hook (`POST`, on the lifecycle socket only; the admin port refuses it): flips
+    /// readiness and holds `preStopDelaySeconds`.
+    pub const PRESTOP: &str = "/prestop";
+    /// Sidecar-to-sidecar forwarding of a request to the pod that owns its session.
+    pub const FORWARD: &str = "/internal/forward";
+}
+
+/// Environment variables the operator sets from Secrets and the downward API (never as flags:
+/// secrets must not appear in `ps` or in the pod spec, pod identity is only known at run time).
+pub mod env {
+    /// Redis URL, from the Secret named in `spec.sessions.redis.secretRef`.
+    pub const REDIS_URL: &str = "SSEKEEPER_REDIS_URL";
+    /// Per-SseService key authenticating `/internal/forward`, from the operator-made Secret.
+    pub const FORWARD_KEY: &str = "SSEKEEPER_FORWARD_KEY";
+    /// Pod name (downward API `metadata.name`).
+    pub const POD_NAME: &str = "POD_NAME";
+    /// Pod IP (downward API `status.podIP`); other sidecars forward to it.
+    pub const POD_IP: &str = "POD_IP";
+    /// Pod namespace (downward API `metadata.namespace`).
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+}
+
+/// The Secret the operator creates per SseService for the forwarding key.
+pub fn forward_secret_name(service_name: &str) -> String {
+    format!("{service_name}-ssekeeper")
+}
+
+/// The key inside [`forward_secret_name`] holding the forwarding key.
+pub const FORWARD_KEY_SECRET_KEY: &str = "forward-key";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::path::PathBuf;
+
+    #[test]
+    fn rendered_args_parse_back_to_the_same_config() {
+        let mut cfg = SidecarArgs::defaults(8080, "prod", "chat");
+        cfg.store = StoreKind::Redis;
+        cfg.session_keys = vec![
+            SessionKeySource::Query("sessionId".into()),
+            SessionKeySource::Header("Mcp-Session-Id".into()),
+            SessionKeySource::Cookie("sid".into()),
+        ];
+        cfg.drain_seconds = 42;
+        cfg.lease_ttl_seconds = 7;
+        cfg.resume_window_seconds = 11;
+        cfg.max_streams = 12;
+        cfg.max_event_bytes = 4096;
+        cfg.client_buffer_bytes = 8192;
+        cfg.client_stall_millis = 77;
+        cfg.resume_buffer_events = 3;
+        cfg.max_header_bytes = 9000;
+        cfg.batch_window_millis = 2;
+        cfg.batch_max_entries = 17;
+        cfg.upstream_timeout_millis = 1234;
+        cfg.forward_timeout_millis = 2345;
+        cfg.store_timeout_millis = 345;
+        cfg.forward_max_skew_seconds = 9;
+        cfg.log_format = LogFormat::Pretty;
+        cfg.lifecycle_socket = "/tmp/x/life.sock".into();
+        let argv = std::iter::once("ssekeeper-sidecar".to_string()).chain(cfg.to_args());
+        assert_eq!(SidecarArgs::try_parse_from(argv).unwrap(), cfg);
+    }
+
+    #[test]
+    fn the_prestop_command_parses_back_and_names_the_sidecars_socket() {
+        let mut cfg = SidecarArgs::defaults(8080, "prod", "chat");
+        assert_eq!(cfg.lifecycle_socket, PathBuf::from(LIFECYCLE_SOCKET_PATH));
+        assert_eq!(
+            std::path::Path::new(LIFECYCLE_SOCKET_PATH).parent(),
+            Some(std::path::Path::new(LIFECYCLE_SOCKET_DIR))
+        );
+        cfg.lifecycle_socket = "/elsewhere/l.sock".into();
+        cfg.prestop_delay_seconds = 7;
+        let command = prestop_command(&cfg);
+        assert_eq!(command[0], SIDECAR_BINARY_PATH);
+        assert_eq!(command[1], PRESTOP_SUBCOMMAND);
+        let parsed = PrestopArgs::try_parse_from(&command[1..]).unwrap();
+        assert_eq!(parsed, PrestopArgs::for_sidecar(&cfg));
+        assert_eq!(parsed.lifecycle_socket, cfg.lifecycle_socket);
+        assert_eq!(parsed.timeout_seconds, 7 + PRESTOP_ANSWER_MARGIN_SECONDS);
+        let bare = PrestopArgs::try_parse_from([PRESTOP_SUBCOMMAND]).unwrap();
+        assert_eq!(bare.lifecycle_socket, PathBuf::from(LIFECYCLE_SOCKET_PATH));
+        assert_eq!(bare.timeout_seconds, PRESTOP_DEFAULT_TIMEOUT_SECONDS);
+    }
+
+    #[test]
+    fn session_key_sources_round_trip_and_reject_garbage() {
+        for s in ["query:sessionId", "header:Mcp-Session-Id", "cookie:sid"] {
+            assert_eq!(s.parse::<SessionKeySource>().unwrap().to_string(), s);
+        }
+        for bad in ["sessionId", "path:x", "query:", "header:a b"] {
+            assert!(bad.parse::<SessionKeySource>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn grace_period_covers_prestop_drain_handover_and_app() {
+        assert_eq!(app_prestop_sleep_seconds(5, 20), 35);
+        assert_eq!(termination_grace_period_seconds(5, 20), 40);
+        assert_eq!(MAX_PRESTOP_AND_DRAIN_SECONDS, 1785);
+        assert_eq!(
+            termination_grace_period_seconds(
+                MAX_PRESTOP_DELAY_SECONDS,
+                MAX_PRESTOP_AND_DRAIN_SECONDS - MAX_PRESTOP_DELAY_SECONDS
+            ),
+            MAX_GRACE_PERIOD_SECONDS
+        );
+    }
+
+    #[test]
+    fn session_keys_share_the_service_prefix_and_a_hash_tag() {
+        let k = keys::session_key("ns", "chat", "abc", "events");
+        assert_eq!(k, "ssekeeper:ns/chat:{abc}:events");
+        assert!(k.starts_with(&keys::service_prefix("ns", "chat")));
+        assert_eq!(keys::service_pattern("ns", "chat"), "ssekeeper:ns/chat:*");
+    }
+}

@@ -1,0 +1,10 @@
+//! The composition root: builds every part, serves the ports and the lifecycle socket, and
+//! follows the kubelet's termination order.
+
+pub mod admin;
+pub mod drain;
+pub mod health;
+pub mod lifecycle;
+pub mod server;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,75 @@
+//! What the session layer is handed: the store, the leases, the recorders and gates, the app
+//! and the client queues, and its own settings. Built once by the runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::contract::SessionKeySource;
+use crate::http::body::ClientQueues;
+use crate::http::client::App;
+use crate::metrics::Metrics;
+use crate::session::gates::Gates;
+use crate::session::leases::LeaseBook;
+use crate::session::recorder::Recorders;
+use crate::store::GuardedStore;
+
+/// The session layer's context.
+pub struct Sessions {
+    /// The session store, every call bounded, observed for health and counted.
+    pub store: Arc<GuardedStore>,
+    /// Leases this pod holds.
+    pub book: Arc<LeaseBook>,
+    /// Recorders running here.
+    pub recorders: Arc<Recorders>,
+    /// Keyed requests in flight, and keys refused after their session's handover.
+    pub gates: Arc<Gates>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The app (a takeover opens a fresh upstream to it).
+    pub app: App,
+    /// Where client streams are opened.
+    pub clients: ClientQueues,
+    /// The settings sessions follow.
+    pub settings: Tuning,
+}
+
+/// The settings of recording, replay and resumes.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Where requests and responses name sessions (the `endpoint` event's key is learned with it).
+    pub session_keys: Vec<SessionKeySource>,
+    /// Largest event the parser accepts.
+    pub max_event_bytes: usize,
+    /// Longest a recorded entry waits before its batch is written.
+    pub batch_window: Duration,
+    /// Most entries in one batch.
+    pub batch_max_entries: usize,
+    /// Entries a recorder holds while the store does not take them.
+    pub max_unrecorded: usize,
+    /// Recent events kept for a same-pod resume.
+    pub resume_buffer_events: usize,
+    /// How long a recorder captures after its client left.
+    pub resume_window: Duration,
+    /// How long a client may leave its queue full before it is cut.
+    pub client_stall: Duration,
+    /// The stream bound (a recorder whose client left gets no resume window above it).
+    pub max_streams: usize,
+}
+
+impl Tuning {
+    /// The session settings of the sidecar's settings.
+    pub fn of(s: &Settings) -> Self {
+        Tuning {
+            session_keys: s.session_keys.clone(),
+            max_event_bytes: s.max_event_bytes,
+            batch_window: s.batch_window,
+            batch_max_entries: s.batch_max_entries,
+            max_unrecorded: s.max_unrecorded,
+            resume_buffer_events: s.resume_buffer_events,
+            resume_window: s.resume_window,
+            client_stall: s.client_stall,
+            max_streams: s.max_streams,
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Fan-out to the attached client: the live bytes (never waiting on the client: a full queue
+//! pauses the app's stream, as a plain proxy's TCP backpressure would, until the client reads or
+//! is cut as too slow), and a ring of recent events for a same-pod resume.
+
+use std::collections::VecDeque;
+use std::future::pending;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::registry::Attached;
+use crate::http::body::{ClientTx, Cut, Room};
+use crate::metrics::Metrics;
+use crate::store::Seq;
+
+/// What fan-out is told at the start.
+pub(super) struct Settings {
+    /// Recent events kept for a same-pod resume.
+    pub ring: usize,
+    /// How long the session stays captured after its client left.
+    pub resume_window: Duration,
+    /// Above this many recorders a client that leaves gets no resume window.
+    pub max_streams: usize,
+}
+
+/// The client side of a recorder.
+pub(super) struct Fanout {
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    client: Option<ClientTx>,
+    /// Chunks waiting for room in the client's queue (the app's stream is paused meanwhile).
+    backlog: VecDeque<Bytes>,
+    /// Since when the client's queue has been full.
+    stalled_since: Option<Instant>,
+    detached_at: Option<Instant>,
+    /// The resume window granted when the client left (see `window_on_detach`).
+    window: Duration,
+    ring: VecDeque<(Seq, Bytes)>,
+}
+
+impl Fanout {
+    pub(super) fn new(settings: Settings, metrics: Arc<Metrics>, client: Option<ClientTx>) -> Self {
+        Fanout {
+            detached_at: client.is_none().then(Instant::now),
+            window: settings.resume_window,
+            settings,
+            metrics,
+            client,
+            backlog: VecDeque::new(),
+            stalled_since: None,
+            // Grown on demand: thousands of mostly idle sessions must not each preallocate.
+            ring: VecDeque::new(),
+        }
+    }
+
+    /// Whether a client is attached.
+    #[cfg(test)]
+    pub(super) fn has_client(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// Whether the app's stream must wait for the client to read.
+    pub(super) fn is_backlogged(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Send an entry's bytes to the client and keep them for a same-pod resume.
+    pub(super) fn deliver(&mut self, seq: Seq, bytes: Bytes) {
+        let cap = self.settings.ring;
+        if cap > 0 {
+            if self.ring.len() >= cap {
+                self.ring.pop_front();
+            }
+            self.ring.push_back((seq, bytes.clone()));
+        }
+        self.send(bytes);
+    }
+
+    /// Queue bytes for the client without waiting; a full queue backlogs them.
+    pub(super) fn send(&mut self, bytes: Bytes) {
+        let Some(c) = &self.client else { return };
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(bytes);
+            return;
+        }
+        match c.try_send(bytes.clone()) {
+            Ok(()) => {
+                self.metrics.events_forwarded.inc();
+            }
+            Err(Cut::Full) => {
+                self.backlog.push_back(bytes);
+                self.stalled_since = Some(Instant::now());
+            }
+            Err(Cut::Closed) => self.detach(),
+        }
+    }
+
+    /// Room in the client's queue for the first chunk that waits; pending when nothing waits.
+    pub(super) async fn room(&self) -> Result<Room, Cut> {
+        match (&self.client, self.backlog.front()) {
+            (Some(c), Some(b)) => c.room(b.len()).await,
+            _ => pending().await,
+        }
+    }
+
+    /// The client has room again: hand it what waited.
+    pub(super) fn on_room(&mut self, room: Result<Room, Cut>) {
+        match room {
+            Ok(room) => {
+                if let Some(bytes) = self.backlog.pop_front() {
+                    room.send(bytes);
+                    self.metrics.events_forwarded.inc();
+                }
+                if self.backlog.is_empty() {
+                    self.stalled_since = None;
+                }
+            }
+            Err(_) => self.detach(),
+        }
+    }
+
+    /// Notice a client that left, and cut one that left its queue full for `stall`.
+    pub(super) fn check(&mut self, stall: Duration, session: &impl std::fmt::Display) {
+        if self.client.as_ref().is_some_and(ClientTx::is_closed) {
+            self.detach();
+        }
+        if self.stalled_since.is_some_and(|t| t.elapsed() >= stall) {
+            tracing::info!(session = %session, "client too slow: cut (it resumes from its cursor)");
+            self.metrics.slow_consumers.inc();
+            self.detach();
+        }
+    }
+
+    /// When the resume window of a client that left is over.
+    pub(super) fn detached_until(&self) -> Option<Instant> {
+        Some(self.detached_at? + self.window)
+    }
+
+    /// The client is gone (or was let go): its queue ends after what it holds.
+    pub(super) fn release(&mut self) {
+        self.client = None;
+    }
+
+    fn detach(&mut self) {
+        self.backlog.clear();
+        self.stalled_since = None;
+        if self.client.take().is_some() {
+            self.detached_at = Some(Instant::now());
+            self.window = self.window_on_detach();
+        }
+    }
+
+    /// How long a recorder whose client left keeps capturing: the resume window, or nothing
+    /// when this pod already runs more recorders than it admits streams. Clients that connect
+    /// and leave must not pile up captured upstreams (each an open connection to the app)
+    /// beyond the stream bound; a later resume takes the session over from the store instead.
+    fn window_on_detach(&self) -> Duration {
+        let running = usize::try_from(self.metrics.recorders.get()).unwrap_or(0);
+        if running > self.settings.max_streams {
+            Duration::ZERO
+        } else {
+            self.settings.resume_window
+        }
+    }
+
+    /// Attach a client resuming after `after` (at most `last`, the newest seq numbered): what it
+    /// missed comes from the ring, and what the ring no longer holds from the store.
+    pub(super) fn attach(&mut self, after: Seq, last: Seq, client: ClientTx) -> Attached {
+        self.client = Some(client);
+        self.detached_at = None;
+        let first_in_ring = self.ring.front().map(|(s, _)| *s);
+        let (from_store, ring_from) = if after == last {
+            (None, Seq::MAX)
+        } else {
+            match first_in_ring {
+                Some(first) if after + 1 >= first => (None, after + 1),
+                Some(first) => (Some((after, first - 1)), first),
+                None => (Some((after, last)), Seq::MAX),
+            }
+        };
+        let prefix = self
+            .ring
+            .iter()
+            .filter(|(s, _)| *s >= ring_from)
+            .map(|(_, b)| b.clone())
+            .collect();
+        Attached { prefix, from_store }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::body::client_channel;
+    use crate::http::streams::Streams;
+
+    fn fanout(ring: usize, client: Option<ClientTx>) -> Fanout {
+        Fanout::new(
+            Settings {
+                ring,
+                resume_window: Duration::from_secs(30),
+                max_streams: 100,
+            },
+            Arc::new(Metrics::new()),
+            client,
+        )
+    }
+
+    fn client(budget: usize) -> (ClientTx, crate::http::body::ClientBody) {
+        let streams = Streams::new(10, Arc::new(Metrics::new()));
+        client_channel(streams.open().unwrap(), budget, 1000)
+    }
+
+    #[test]
+    fn a_resume_gets_the_ring_and_the_store_covers_what_it_lost() {
+        let mut f = fanout(2, None);
+        for seq in 1..=4 {
+            f.deliver(seq, Bytes::from(format!("e{seq}")));
+        }
+        let (tx, _body) = client(1 << 16);
+        let a = f.attach(1, 4, tx);
+        assert_eq!(a.from_store, Some((1, 2)));
+        assert_eq!(a.prefix, vec![Bytes::from("e3"), Bytes::from("e4")]);
+        let (tx, _body) = client(1 << 16);
+        let a = f.attach(3, 4, tx);
+        assert_eq!(
+            (a.from_store, a.prefix),
+            (None, vec![Bytes::from("e4")].into())
+        );
+        let (tx, _body) = client(1 << 16);
+        let a = f.attach(4, 4, tx);
+        assert!(a.from_store.is_none() && a.prefix.is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_backlogs_and_a_client_that_left_opens_the_resume_window() {
+        let (tx, body) = client(8);
+        let mut f = fanout(0, Some(tx));
+        assert!(f.detached_until().is_none());
+        f.send(Bytes::from("12345678"));
+        f.send(Bytes::from("more"));
+        assert!(f.is_backlogged(), "the second chunk waits for room");
+        drop(body);
+        f.check(Duration::from_secs(60), &"s");
+        assert!(!f.has_client() && !f.is_backlogged());
+        assert!(f.detached_until().unwrap() > Instant::now() + Duration::from_secs(29));
+    }
+}

@@ -1,0 +1,559 @@
+//! The per-session recorder: the one task that owns a session's upstream.
+//!
+//! It parses the app's stream, numbers every entry, re-emits events to the attached client with
+//! the cursor as their id (never waiting on the client: a full queue cuts it), keeps a few recent
+//! events for a same-pod resume, and records everything to the store in batches written within the
+//! batch window, at most one batch in flight so the store sees entries in order. The client path
+//! never waits on the store. When its client goes away it keeps capturing for the resume window;
+//! when another pod takes the session over (fenced) it stops at once.
+
+mod batcher;
+mod fanout;
+mod reader;
+mod registry;
+
+use std::future::pending;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::body::Frame as BodyFrame;
+use tokio::sync::mpsc;
+use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::cursor::SessionId;
+use crate::http::body::{BoxError, ClientTx, ProxyBody};
+use crate::http::session_key;
+use crate::metrics::{ErrorKind, HandoverReason};
+use crate::session::Sessions;
+use crate::session::leases::Claim;
+use crate::session::replay::Overlap;
+use crate::store::{Entry, Seq, StoreError};
+
+/// Pause after a failed batch before the next attempt (the store is down or slow).
+const FLUSH_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest a stopping recorder tries to write what it still holds.
+const FINAL_FLUSH_BUDGET: Duration = Duration::from_secs(3);
+
+use self::batcher::{Batcher, FlushDone, write_batch};
+use self::fanout::Fanout;
+use self::reader::{Item, Reader};
+use self::registry::Command;
+pub use self::registry::{AttachReply, RecorderHandle, Recorders, Reservation};
+
+/// What a recorder starts from.
+pub struct StreamStart {
+    /// The session it records.
+    pub session: SessionId,
+    /// The app's response body.
+    pub upstream: ProxyBody,
+    /// The seq of the first entry it will record.
+    pub next_seq: Seq,
+    /// The app's last event id as the upstream starts (what was sent as `Last-Event-ID`).
+    pub sticky: Option<String>,
+    /// Events the client already has (after a takeover).
+    pub overlap: Overlap,
+    /// The client to feed, if one is attached.
+    pub client: Option<ClientTx>,
+    /// The lease, if already taken (a takeover); otherwise it is claimed in the background.
+    pub claim: Option<Claim>,
+    /// Inspect the first `endpoint` event for a session key to register (MCP SSE transport).
+    pub learn_endpoint: bool,
+}
+
+/// Start a recorder and register it (replacing any older one of the same session).
+pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
+    let (handle, cmds) = shared.recorders.register(&start.session);
+    let settings = &shared.settings;
+    let fenced = start
+        .claim
+        .as_ref()
+        .map(|c| c.fenced.clone())
+        .unwrap_or_default();
+    let recorder = Recorder {
+        reader: Reader::new(
+            start.session.clone(),
+            settings.max_event_bytes,
+            start.next_seq,
+            start.sticky,
+            start.overlap,
+            start.learn_endpoint && session_key::has_query_source(&settings.session_keys),
+        ),
+        batcher: Batcher::new(batcher::Limits {
+            window: settings.batch_window,
+            max_entries: settings.batch_max_entries,
+            max_unrecorded: settings.max_unrecorded,
+        }),
+        fanout: Fanout::new(
+            fanout::Settings {
+                ring: settings.resume_buffer_events,
+                resume_window: settings.resume_window,
+                max_streams: settings.max_streams,
+            },
+            shared.metrics.clone(),
+            start.client,
+        ),
+        items: Vec::with_capacity(8),
+        unrecorded_warned: false,
+        phase: Phase::Capturing,
+        shared: shared.clone(),
+        id: handle.id,
+        session: start.session.clone(),
+        upstream: Some(start.upstream),
+        claim: start.claim,
+        fenced_wait: Box::pin(fenced.cancelled_owned()),
+        keys: vec![start.session.clone()],
+        keys_closed: false,
+        handover_by: None,
+        cmds,
+    };
+    shared.metrics.recorders.inc();
+    tokio::spawn(recorder.run());
+    handle
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Capturing and serving clients.
+    Capturing,
+    /// Handing over: the session's keys refuse new requests; capturing until the ones accepted
+    /// are answered, then `Handover` is recorded.
+    HandingOver(HandoverReason),
+    /// Handover recorded (drain): capturing until fenced or stopped; clients resume elsewhere.
+    HandedOver,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// Stop capturing; write what is held, release, exit.
+    Finish,
+    /// Another pod owns the session: exit without writing.
+    Fenced,
+}
+
+/// The task: it reads the upstream ([`Reader`]), fans out to the client ([`Fanout`]), batches to
+/// the store ([`Batcher`]), keeps the lease (the claim and the fencing signal) and ends or hands
+/// the session over (the phase, the session's keys).
+struct Recorder {
+    shared: Arc<Sessions>,
+    id: u64,
+    session: SessionId,
+    upstream: Option<ProxyBody>,
+    reader: Reader,
+    items: Vec<Item>,
+    fanout: Fanout,
+    batcher: Batcher,
+    unrecorded_warned: bool,
+    claim: Option<Claim>,
+    /// Resolves when another pod takes the session over (cancelled by the lease book).
+    fenced_wait: Pin<Box<WaitForCancellationFutureOwned>>,
+    phase: Phase,
+    /// The keys requests for this stream's session carry: its own id and the key learned from
+    /// the `endpoint` event. A handover closes them (see `gates`).
+    keys: Vec<SessionId>,
+    /// Whether `keys` were closed (a handover began).
+    keys_closed: bool,
+    /// Until when a pending handover waits for accepted requests (`Phase::HandingOver`).
+    handover_by: Option<Instant>,
+    cmds: mpsc::Receiver<Command>,
+}
+
+/// The MCP SSE transport names its session in the first `endpoint` event: own the key before
+/// the client can use it, so a follow-up landing on another pod is routed here.
+/// Returns the key, so the recorder can close it when it hands the stream over.
+async fn register_endpoint_key(shared: &Sessions, data: &str) -> Option<SessionId> {
+    let key = session_key::from_endpoint_data(data, &shared.settings.session_keys)?;
+    match SessionId::from_external(&key) {
+        Ok(id) => {
+            if let Err(e) = shared.book.register(&id).await {
+                shared.metrics.error(e.kind());
+                tracing::warn!(error = %e, "could not register the session key from the endpoint event");
+            }
+            Some(id)
+        }
+        Err(_) => {
+            shared.metrics.error(ErrorKind::InvalidSessionKey);
+            None
+        }
+    }
+}
+
+async fn next_frame(body: &mut Option<ProxyBody>) -> Option<Result<BodyFrame<Bytes>, BoxError>> {
+    match body {
+        Some(b) => b.frame().await,
+        None => pending().await,
+    }
+}
+
+/// Fires at the armed deadline; pending while disarmed. One timer per recorder, re-armed only
+/// when the deadline changes (once per batch), so the per-event loop registers no timers.
+async fn timer(sleep: &mut Pin<Box<Sleep>>, armed: bool) {
+    if armed {
+        sleep.as_mut().await
+    } else {
+        pending().await
+    }
+}
+
+/// How often a recorder checks, without events, whether its client left and whether its resume
+/// window is over.
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
+/// Longest a handover waits for the session's accepted requests to be answered: a request the
+/// app answers later than this (async work) is not waited for.
+const HANDOVER_WAIT_MAX: Duration = Duration::from_secs(2);
+/// How long after the last accepted request was answered (and after the keys closed) the app's
+/// reply event is given to reach the recorder before `Handover` is recorded.
+const HANDOVER_SETTLE: Duration = Duration::from_millis(100);
+/// How often a pending handover checks whether it may be recorded.
+const HANDOVER_POLL: Duration = Duration::from_millis(10);
+/// How long a handed-over session's keys keep refusing requests after its recorder ended.
+const KEYS_CLOSED_AFTER_EXIT: Duration = Duration::from_secs(5);
+
+impl Recorder {
+    async fn run(mut self) {
+        // Take (or reuse) the lease right away so other pods see a live owner from the start.
+        if self.claim.is_none() {
+            self.start_flush();
+        }
+        let mut flush_timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let mut flush_deadline: Option<Instant> = None;
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut handover_poll = tokio::time::interval(HANDOVER_POLL);
+        handover_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let flow = loop {
+            let due = self.batcher.flush_at();
+            if due != flush_deadline {
+                if let Some(d) = due {
+                    flush_timer.as_mut().reset(d.into());
+                }
+                flush_deadline = due;
+            }
+            let backlogged = self.fanout.is_backlogged();
+            let flow = tokio::select! {
+                biased;
+                _ = self.fenced_wait.as_mut() => Flow::Fenced,
+                cmd = self.cmds.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => Flow::Finish,
+                },
+                done = self.batcher.done() => match done {
+                    Some(done) => self.on_flushed(done),
+                    None => Flow::Continue,
+                },
+                _ = timer(&mut flush_timer, flush_deadline.is_some()) => {
+                    flush_deadline = None;
+                    self.start_flush();
+                    Flow::Continue
+                },
+                _ = housekeeping.tick() => self.housekeeping().await,
+                // A timer kept across iterations: one made anew each turn would never fire while
+                // events arrive faster than it.
+                _ = handover_poll.tick(), if self.handover_by.is_some() => {
+                    self.finish_handover().await
+                },
+                room = self.fanout.room() => {
+                    self.fanout.on_room(room);
+                    Flow::Continue
+                },
+                frame = next_frame(&mut self.upstream), if !backlogged => {
+                    self.on_upstream(frame).await
+                },
+            };
+            if flow != Flow::Continue {
+                break flow;
+            }
+        };
+        self.exit(flow).await;
+    }
+
+    /// Notice a client that left while the app was quiet, and end the resume window.
+    async fn housekeeping(&mut self) -> Flow {
+        self.fanout
+            .check(self.shared.settings.client_stall, &self.session);
+        match self.detach_deadline() {
+            Some(deadline) if Instant::now() >= deadline => {
+                tracing::debug!(session = %self.session, "resume window over: handing over");
+                self.begin_handover(HandoverReason::ResumeWindow);
+                Flow::Continue
+            }
+            _ => Flow::Continue,
+        }
+    }
+
+    fn detach_deadline(&self) -> Option<Instant> {
+        if self.phase != Phase::Capturing || self.shared.book.is_draining() {
+            return None;
+        }
+        self.fanout.detached_until()
+    }
+
+    async fn on_command(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Attach {
+                after,
+                client,
+                reply,
+            } => {
+                let answer = self.on_attach(after, client);
+                let _ = reply.send(answer);
+                Flow::Continue
+            }
+            Command::Handover => {
+                if self.phase == Phase::Capturing {
+                    self.begin_handover(HandoverReason::Drain);
+                }
+                Flow::Continue
+            }
+            Command::Stop => Flow::Finish,
+        }
+    }
+
+    fn on_attach(&mut self, after: Seq, client: ClientTx) -> AttachReply {
+        let last = self.reader.last_seq();
+        if self.phase != Phase::Capturing {
+            return AttachReply::Refused(client);
+        }
+        if after > last {
+            return AttachReply::Forged;
+        }
+        // Older entries come from the store: make sure they are on their way there.
+        self.batcher.hurry();
+        AttachReply::Attached(self.fanout.attach(after, last, client))
+    }
+
+    async fn on_upstream(&mut self, frame: Option<Result<BodyFrame<Bytes>, BoxError>>) -> Flow {
+        match frame {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    self.reader.feed(&data, &mut self.items);
+                    self.take_items().await;
+                }
+                Flow::Continue
+            }
+            None => {
+                self.reader.finish(&mut self.items);
+                self.take_items().await;
+                self.upstream = None;
+                self.push(Entry::End);
+                // The client reads everything queued, then the end of the response.
+                self.fanout.release();
+                Flow::Finish
+            }
+            Some(Err(e)) => {
+                tracing::warn!(session = %self.session, error = %e, "app stream failed: handing the session over");
+                self.shared.metrics.error(ErrorKind::UpstreamBody);
+                self.upstream = None;
+                self.fanout.release();
+                if matches!(self.phase, Phase::Capturing | Phase::HandingOver(_)) {
+                    self.record_handover(HandoverReason::UpstreamError).await;
+                }
+                Flow::Finish
+            }
+        }
+    }
+
+    /// What the reader produced: entries to the store and the client, in order.
+    async fn take_items(&mut self) {
+        let mut items = std::mem::take(&mut self.items);
+        for item in items.drain(..) {
+            match item {
+                Item::Entry(recorded, wire) => {
+                    let seq = recorded.seq;
+                    self.batcher.push(recorded);
+                    self.fanout.deliver(seq, wire);
+                }
+                Item::Comment(wire) => self.fanout.send(wire),
+                Item::Endpoint(data) => {
+                    let shared = self.shared.clone();
+                    if let Some(key) = register_endpoint_key(&shared, &data).await {
+                        self.keys.push(key);
+                    }
+                }
+                Item::OverlapDropped => {
+                    self.shared.metrics.overlap_dropped.inc();
+                }
+                Item::Oversized => {
+                    self.shared.metrics.oversized_events.inc();
+                }
+            }
+        }
+        self.items = items;
+    }
+
+    /// Number a marker and queue it for the store.
+    fn push(&mut self, entry: Entry) {
+        let recorded = self.reader.number(entry);
+        self.batcher.push(recorded);
+    }
+
+    fn start_flush(&mut self) {
+        let batch = self.batcher.take_batch();
+        let shared = self.shared.clone();
+        let session = self.session.clone();
+        let claim = self.claim.as_ref().map(|c| c.id);
+        self.batcher.started(tokio::spawn(async move {
+            write_batch(&shared.book, &shared.store, &session, claim, batch).await
+        }));
+    }
+
+    fn on_flushed(&mut self, done: FlushDone) -> Flow {
+        if let Some(Ok(claim)) = done.claim {
+            self.fenced_wait = Box::pin(claim.fenced.clone().cancelled_owned());
+            self.claim = Some(claim);
+        }
+        match done.result {
+            Ok(()) => {
+                self.batcher.written();
+                if !done.batch.is_empty() {
+                    let m = &self.shared.metrics;
+                    m.events_recorded.inc_by(done.batch.len() as u64);
+                    m.record_batch_seconds.observe(done.elapsed.as_secs_f64());
+                }
+                Flow::Continue
+            }
+            Err(StoreError::Fenced { current }) => {
+                tracing::info!(session = %self.session, current, "session taken over by another pod: stop capturing");
+                if let Some(c) = &self.claim {
+                    self.shared.book.fenced(&self.session, c.id);
+                }
+                Flow::Fenced
+            }
+            Err(StoreError::Unavailable(_)) => {
+                let dropped = self.batcher.retry(done.batch, FLUSH_BACKOFF);
+                if dropped > 0 {
+                    self.shared.metrics.events_unrecorded.inc_by(dropped as u64);
+                    if !self.unrecorded_warned {
+                        self.unrecorded_warned = true;
+                        tracing::warn!(session = %self.session, "store unavailable too long: oldest entries dropped from the record");
+                    }
+                }
+                Flow::Continue
+            }
+            Err(StoreError::Malformed(e)) => {
+                tracing::warn!(session = %self.session, error = %e, "store refused a batch: dropped");
+                self.shared.metrics.error(ErrorKind::Malformed);
+                self.shared
+                    .metrics
+                    .events_unrecorded
+                    .inc_by(done.batch.len() as u64);
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Mark the lease draining, then record the handover, so a reader seeing it knows the owner
+    /// is leaving.
+    async fn record_handover(&mut self, reason: HandoverReason) {
+        self.shared.gates.close(&self.keys);
+        self.keys_closed = true;
+        let _ = self.shared.book.mark_draining(&self.session).await;
+        self.push(Entry::Handover);
+        self.batcher.hurry();
+        self.shared.metrics.handover(reason);
+    }
+
+    /// Start handing over: close the session's keys at once (new requests get `404`), keep
+    /// capturing until the requests already accepted have been answered (their replies are
+    /// events on this stream), then record `Handover` (`finish_handover`).
+    fn begin_handover(&mut self, reason: HandoverReason) {
+        self.shared.gates.close(&self.keys);
+        self.keys_closed = true;
+        self.phase = Phase::HandingOver(reason);
+        self.handover_by = Some(Instant::now() + HANDOVER_WAIT_MAX);
+    }
+
+    /// Record `Handover` once the session's accepted requests are answered (or the bounded
+    /// wait is over). A drain keeps capturing until fenced; a resume window ends.
+    async fn finish_handover(&mut self) -> Flow {
+        let Phase::HandingOver(reason) = self.phase else {
+            return Flow::Continue;
+        };
+        let settle = HANDOVER_SETTLE.max(self.shared.settings.batch_window * 4);
+        let over = self.handover_by.is_none_or(|t| Instant::now() >= t);
+        if !over && !self.shared.gates.quiet(&self.keys, settle) {
+            return Flow::Continue;
+        }
+        self.handover_by = None;
+        self.record_handover(reason).await;
+        self.phase = Phase::HandedOver;
+        if reason == HandoverReason::Drain {
+            self.fanout.release();
+            Flow::Continue
+        } else {
+            Flow::Finish
+        }
+    }
+
+    async fn exit(mut self, flow: Flow) {
+        if let (Flow::Finish, Phase::HandingOver(reason), Some(_)) =
+            (flow, self.phase, &self.upstream)
+        {
+            // Stopped (the drain's margin is over) before the pending handover was recorded:
+            // record it now, so a resuming client takes the session over instead of waiting
+            // for the lease to expire.
+            self.record_handover(reason).await;
+        }
+        self.shared.recorders.remove(&self.session, self.id);
+        self.forget_keys_later();
+        self.cmds.close();
+        self.upstream = None;
+        self.fanout.release();
+        if flow == Flow::Finish {
+            self.final_flush().await;
+        } else if let Some(h) = self.batcher.take_inflight() {
+            h.abort();
+        }
+        if let Some(c) = &self.claim {
+            self.shared.book.unpin(&self.session, c.id);
+        }
+        self.shared.metrics.recorders.dec();
+    }
+
+    /// Closed keys stay closed a little after the upstream is dropped (the app may take a moment
+    /// to notice its session is gone and would still accept requests for it), then are forgotten.
+    fn forget_keys_later(&self) {
+        if !self.keys_closed {
+            return;
+        }
+        let gates = self.shared.gates.clone();
+        let keys = self.keys.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(KEYS_CLOSED_AFTER_EXIT).await;
+            gates.forget(&keys);
+        });
+    }
+
+    /// Write everything still held, in order, within a bounded time.
+    async fn final_flush(&mut self) {
+        let deadline = Instant::now() + FINAL_FLUSH_BUDGET;
+        loop {
+            if let Some(h) = self.batcher.take_inflight() {
+                let done = tokio::time::timeout_at(deadline.into(), h).await;
+                match done {
+                    Ok(Ok(done)) => {
+                        if self.on_flushed(done) == Flow::Fenced {
+                            return;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            if self.batcher.pending() == 0 || Instant::now() >= deadline {
+                break;
+            }
+            if let Some(r) = self.batcher.retry_at() {
+                tokio::time::sleep_until(r.min(deadline).into()).await;
+            }
+            self.start_flush();
+        }
+        let left = self.batcher.pending();
+        if left > 0 {
+            self.shared.metrics.events_unrecorded.inc_by(left as u64);
+        }
+    }
+}
