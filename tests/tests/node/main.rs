@@ -378,6 +378,33 @@ async fn redis_outage_is_reported_and_streams_keep_flowing() {
         reported.first(),
         before.progress()
     );
+    // The SseService says so too (the operator pings the store every 30 s while it answers).
+    let condition = |want: &'static str| {
+        let ns = chat.name().to_string();
+        move || {
+            let ns = ns.clone();
+            async move {
+                let c = jsonpath(
+                    &ns,
+                    "ssesvc/chat",
+                    r#"{.status.conditions[?(@.type=="SessionStoreReachable")].status}"#,
+                );
+                (c == want).then_some(())
+            }
+        }
+    };
+    eventually(
+        "SseService condition SessionStoreReachable=False",
+        Duration::from_secs(60),
+        condition("False"),
+    )
+    .await;
+    let warned = warnings(chat.name(), &["SessionStoreUnreachable"]);
+    println!("SseService: {warned:?}");
+    assert!(
+        !warned.is_empty(),
+        "a Warning Event says the store is unreachable"
+    );
     k(&[
         "-n",
         chat.name(),
@@ -397,6 +424,12 @@ async fn redis_outage_is_reported_and_streams_keep_flowing() {
         chat.name(),
         true,
         "every sidecar reports the store up again",
+    )
+    .await;
+    eventually(
+        "SseService condition SessionStoreReachable=True",
+        Duration::from_secs(30),
+        condition("True"),
     )
     .await;
     let after = chat.crowd(30);
