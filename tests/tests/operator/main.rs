@@ -353,7 +353,7 @@ async fn examples_render_children_that_follow_the_spec() {
     )
     .await
     .unwrap();
-    let grace = i64::from(contract::termination_grace_period_seconds(5, 30));
+    let grace = i64::from(contract::termination_grace_period_seconds(3, 30));
     eventually("grace period follows drainSeconds", WAIT, || async {
         let d: Deployment = get(&client, &ns.name, "chat").await?;
         (pod_spec(&d).termination_grace_period_seconds == Some(grace)).then_some(())
