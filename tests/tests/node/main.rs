@@ -326,7 +326,10 @@ async fn redis_outage_is_reported_and_streams_keep_flowing() {
     .await;
     // The sessions' own Redis (the chat room stays in `redis`): examples/redis.yaml renamed.
     let sessions = local_images(&manifest("examples/redis.yaml", chat.name()))
-        .replace("  name: redis\n  namespace:", "  name: sessions\n  namespace:")
+        .replace(
+            "  name: redis\n  namespace:",
+            "  name: sessions\n  namespace:",
+        )
         .replace(
             "app.kubernetes.io/name: redis",
             "app.kubernetes.io/name: sessions",
