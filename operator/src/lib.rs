@@ -17,5 +17,6 @@ pub mod schema;
 pub mod selftest;
 pub mod server;
 pub mod status;
+pub mod store_check;
 pub mod telemetry;
 pub mod validate;

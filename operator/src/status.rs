@@ -15,6 +15,10 @@ pub const PROGRESSING: &str = "Progressing";
 /// Condition type: the operator could not do what the spec asks (reason says why).
 pub const DEGRADED: &str = "Degraded";
 
+/// Condition type (Redis-backed SseServices only): the session store answers the operator's ping.
+/// False means the sidecars stream without recording or replay until it is back.
+pub const STORE_REACHABLE: &str = "SessionStoreReachable";
+
 /// Something the operator could not do, surfaced as `Degraded=True`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -169,6 +173,43 @@ pub fn compute(
     }
 }
 
+/// Add the session store's condition from `check`; without a check (this reconcile could not
+/// ping) the previous one is kept as it was, so the condition does not flap.
+pub fn with_store(
+    mut status: SseServiceStatus,
+    check: Option<&crate::store_check::StoreCheck>,
+    previous: Option<&SseServiceStatus>,
+    now: &Time,
+) -> SseServiceStatus {
+    let old = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    let cond = match check {
+        Some(c) => keep_transition_time(
+            old,
+            Condition {
+                type_: STORE_REACHABLE.into(),
+                status: if c.reachable { "True" } else { "False" }.into(),
+                reason: if c.reachable {
+                    "Reachable"
+                } else {
+                    "Unreachable"
+                }
+                .into(),
+                message: c.message.clone(),
+                observed_generation: status.observed_generation,
+                last_transition_time: now.clone(),
+            },
+        ),
+        None => match old.iter().find(|c| c.type_ == STORE_REACHABLE) {
+            Some(prev) => prev.clone(),
+            None => return status,
+        },
+    };
+    status.conditions.push(cond);
+    status
+}
+
 /// `lastTransitionTime` changes only when the status does.
 fn keep_transition_time(old: &[Condition], mut new: Condition) -> Condition {
     if let Some(prev) = old.iter().find(|c| c.type_ == new.type_)
@@ -182,6 +223,73 @@ fn keep_transition_time(old: &[Condition], mut new: Condition) -> Condition {
 /// Condition `type_`, if present.
 pub fn condition<'a>(status: Option<&'a SseServiceStatus>, type_: &str) -> Option<&'a Condition> {
     status?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+    use crate::store_check::StoreCheck;
+
+    fn at(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    #[test]
+    fn store_condition_follows_the_check_and_keeps_its_transition_time() {
+        let base = SseServiceStatus::default();
+        let up = StoreCheck {
+            reachable: true,
+            message: "up".into(),
+        };
+        let down = StoreCheck {
+            reachable: false,
+            message: "down".into(),
+        };
+        let first = with_store(base.clone(), Some(&up), None, &at("2026-01-01T00:00:00Z"));
+        let c = condition(Some(&first), STORE_REACHABLE).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "Reachable")
+        );
+        let same = with_store(
+            base.clone(),
+            Some(&up),
+            Some(&first),
+            &at("2026-01-01T00:01:00Z"),
+        );
+        assert_eq!(
+            condition(Some(&same), STORE_REACHABLE)
+                .unwrap()
+                .last_transition_time,
+            at("2026-01-01T00:00:00Z")
+        );
+        let gone = with_store(
+            base.clone(),
+            Some(&down),
+            Some(&same),
+            &at("2026-01-01T00:02:00Z"),
+        );
+        let c = condition(Some(&gone), STORE_REACHABLE).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Unreachable")
+        );
+        assert_eq!(c.last_transition_time, at("2026-01-01T00:02:00Z"));
+        // No check this time: the last word stands.
+        let kept = with_store(base.clone(), None, Some(&gone), &at("2026-01-01T00:03:00Z"));
+        assert_eq!(
+            condition(Some(&kept), STORE_REACHABLE),
+            condition(Some(&gone), STORE_REACHABLE)
+        );
+        // Never checked (memory store): no condition at all.
+        assert!(
+            condition(
+                Some(&with_store(base, None, None, &at("2026-01-01T00:00:00Z"))),
+                STORE_REACHABLE
+            )
+            .is_none()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::render::{self, MANAGER, RenderInput, SidecarDefaults};
 use crate::status::{self, Problem};
+use crate::store_check::{self, StoreCheck};
 use kubeapi::get_opt;
 
 /// Finalizer that purges the SseService's sessions from Redis before it goes away. Only
@@ -311,8 +312,9 @@ fn problem_of(error: &Error) -> Option<Problem> {
 async fn apply(svc: &SseService, ctx: &Context) -> Result<Action> {
     match apply_phases(svc, ctx).await {
         Ok(deployment) => {
-            write_status(ctx, svc, Some(&deployment), None).await?;
-            Ok(Action::requeue(ctx.settings.resync))
+            let store = check_store(svc, ctx).await;
+            write_status(ctx, svc, Some(&deployment), None, store.as_ref()).await?;
+            Ok(Action::requeue(next_check(ctx, store.as_ref())))
         }
         Err(error) => {
             if let Some(problem) = problem_of(&error) {
@@ -321,10 +323,35 @@ async fn apply(svc: &SseService, ctx: &Context) -> Result<Action> {
                     .await
                     .ok()
                     .flatten();
-                write_status(ctx, svc, deployment.as_ref(), Some(&problem)).await?;
+                write_status(ctx, svc, deployment.as_ref(), Some(&problem), None).await?;
             }
             Err(error)
         }
+    }
+}
+
+/// How long a store ping may take; how often a Redis-backed SseService's store is checked while
+/// it answers, and while it does not.
+const STORE_PING_TIMEOUT: Duration = Duration::from_secs(1);
+const STORE_CHECK_EVERY: Duration = Duration::from_secs(30);
+const STORE_RECHECK_DOWN: Duration = Duration::from_secs(5);
+
+/// Ping the session store of a Redis-backed SseService (with the URL this apply dereferenced).
+async fn check_store(svc: &SseService, ctx: &Context) -> Option<StoreCheck> {
+    if svc.spec.sessions.store != StoreType::Redis {
+        return None;
+    }
+    let url = ctx.remembered_url(svc)?;
+    // Boxed: the store's connect future is deep, and the reconcile future embeds this one.
+    Some(Box::pin(store_check::ping(&url, STORE_PING_TIMEOUT)).await)
+}
+
+/// When to reconcile again: the periodic resync, sooner while the store is watched.
+fn next_check(ctx: &Context, store: Option<&StoreCheck>) -> Duration {
+    match store {
+        None => ctx.settings.resync,
+        Some(c) if c.reachable => ctx.settings.resync.min(STORE_CHECK_EVERY),
+        Some(_) => ctx.settings.resync.min(STORE_RECHECK_DOWN),
     }
 }
 
@@ -469,10 +496,16 @@ async fn write_status(
     svc: &SseService,
     deployment: Option<&Deployment>,
     problem: Option<&Problem>,
+    store: Option<&StoreCheck>,
 ) -> Result<()> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let previous = svc.status.as_ref();
-    let new = status::compute(svc, deployment, problem, previous, &now);
+    let new = status::with_store(
+        status::compute(svc, deployment, problem, previous, &now),
+        store,
+        previous,
+        &now,
+    );
     if previous == Some(&new) {
         return Ok(());
     }
@@ -493,6 +526,19 @@ async fn write_status(
             "no longer degraded".into(),
         )
         .await;
+    }
+    let (was_store, is_store) = (was(status::STORE_REACHABLE), is(status::STORE_REACHABLE));
+    if was_store != is_store
+        && let Some((state, _)) = &is_store
+    {
+        let message = store.map(|c| c.message.clone()).unwrap_or_default();
+        if state == "False" {
+            ctx.publish(svc, EventType::Warning, "SessionStoreUnreachable", message)
+                .await;
+        } else if was_store.is_some() {
+            ctx.publish(svc, EventType::Normal, "SessionStoreReachable", message)
+                .await;
+        }
     }
     if true_(&was(status::PROGRESSING))
         && !true_(&is(status::PROGRESSING))

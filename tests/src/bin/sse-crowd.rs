@@ -10,8 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use redis::AsyncCommands;
-use ssekeeper_tests::demo::events::{STREAM_KEY, parse_entry_id};
+use ssekeeper_tests::demo::events::room_tail;
 use ssekeeper_tests::scenario::{ChatCrowd, ChatSummary};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -43,18 +42,6 @@ struct Cli {
     /// Stop by itself after this long.
     #[arg(long, default_value_t = 900)]
     max_seconds: u64,
-}
-
-async fn last_seq(url: &str) -> redis::RedisResult<u64> {
-    let client = redis::Client::open(url)?;
-    let mut con = client.get_multiplexed_async_connection().await?;
-    let reply: redis::streams::StreamRangeReply =
-        con.xrevrange_count(STREAM_KEY, "+", "-", 1).await?;
-    Ok(reply
-        .ids
-        .first()
-        .and_then(|e| parse_entry_id(&e.id))
-        .unwrap_or(0))
 }
 
 fn group_line(name: &str, s: &ChatSummary) -> String {
@@ -108,7 +95,7 @@ async fn main() -> std::process::ExitCode {
             _ = tick.tick() => println!("sse-crowd: {:>4.0} s, {}", started.elapsed().as_secs_f64(), crowd.progress()),
         }
     }
-    let last = match last_seq(&cli.redis_url).await {
+    let last = match room_tail(&cli.redis_url).await {
         Ok(n) => n,
         Err(e) => {
             eprintln!("sse-crowd: cannot read the room's last sequence number: {e}");

@@ -44,6 +44,20 @@ pub fn parse_entry_id(id: &str) -> Option<u64> {
     ms.parse().ok()
 }
 
+/// The room's last sequence number (0 when empty): what a crowd of clients must reach.
+pub async fn room_tail(url: &str) -> redis::RedisResult<u64> {
+    use redis::AsyncCommands;
+    let client = redis::Client::open(url)?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let reply: redis::streams::StreamRangeReply =
+        con.xrevrange_count(STREAM_KEY, "+", "-", 1).await?;
+    Ok(reply
+        .ids
+        .first()
+        .and_then(|e| parse_entry_id(&e.id))
+        .unwrap_or(0))
+}
+
 fn entries(ids: &[StreamId]) -> impl Iterator<Item = Entry> + '_ {
     ids.iter()
         .filter_map(|e| parse_entry_id(&e.id).map(|seq| Entry { seq }))

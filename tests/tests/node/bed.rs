@@ -13,8 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::watcher;
-use redis::AsyncCommands;
-use ssekeeper_tests::demo::events::{STREAM_KEY, parse_entry_id};
+use ssekeeper_tests::demo::events::room_tail;
 use ssekeeper_tests::scenario::{ChatCrowd, ChatSummary};
 
 use crate::support::*;
@@ -121,6 +120,9 @@ pub fn client_ips() -> Vec<IpAddr> {
 
 /// A namespace with Redis and the chat example running, deleted when dropped.
 pub struct Chat {
+    /// Every pod's log followed into `tests/.run/node-logs/<ns>/` (a terminated pod's log is
+    /// gone with it otherwise); stopped on drop, before the namespace goes.
+    _logs: PodLogs,
     /// The namespace (deleted on drop).
     pub ns: TestNamespace,
     /// The chat Service's ClusterIP and port.
@@ -137,6 +139,7 @@ impl Chat {
         let client = client().await;
         let ns = TestNamespace::create(&client, prefix).await;
         restrict(&ns.name);
+        let logs = PodLogs::follow(&ns.name).await;
         let redis = local_images(&manifest("examples/redis.yaml", &ns.name));
         let out = apply_text(&redis);
         assert!(
@@ -174,6 +177,7 @@ impl Chat {
         Self {
             service: format!("{ip}:{port}").parse().expect("service address"),
             redis_url: format!("redis://{redis_ip}:6379/1"),
+            _logs: logs,
             ns,
         }
     }
@@ -233,6 +237,14 @@ impl Chat {
         dir
     }
 
+    /// Let the last handover settle, then [`Chat::finish`] and assert the promise: every client
+    /// got the whole sequence once, in order.
+    pub async fn judge_whole(&self, crowd: ChatCrowd, what: &str) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (last, caught_up, summary) = self.finish(crowd).await;
+        assert_whole(what, last, caught_up, &summary);
+    }
+
     /// Stop the publisher, read the room's last number and judge every client against it.
     pub async fn finish(&self, crowd: ChatCrowd) -> (u64, bool, ChatSummary) {
         k(&[
@@ -263,17 +275,69 @@ impl Chat {
     }
 }
 
-/// The room's last sequence number.
-pub async fn room_tail(url: &str) -> redis::RedisResult<u64> {
-    let client = redis::Client::open(url)?;
-    let mut con = client.get_multiplexed_async_connection().await?;
-    let reply: redis::streams::StreamRangeReply =
-        con.xrevrange_count(STREAM_KEY, "+", "-", 1).await?;
-    Ok(reply
-        .ids
-        .first()
-        .and_then(|e| parse_entry_id(&e.id))
-        .unwrap_or(0))
+fn logs_dir(ns: &str) -> std::path::PathBuf {
+    let dir = repo().join("tests/.run/node-logs").join(ns);
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// `kubectl logs -f` of every pod of a namespace as it starts, each into its own file.
+pub struct PodLogs {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PodLogs {
+    /// Follow the pods of `ns` (those there now and those to come).
+    pub async fn follow(ns: &str) -> Self {
+        let api: Api<Pod> = Api::namespaced(client().await, ns);
+        let dir = logs_dir(ns);
+        let ns = ns.to_string();
+        let task = tokio::spawn(async move {
+            let mut followed: BTreeMap<String, tokio::process::Child> = BTreeMap::new();
+            let mut events = watcher(api, watcher::Config::default()).boxed();
+            while let Some(ev) = events.next().await {
+                let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = ev else {
+                    continue;
+                };
+                let running =
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                let name = pod.metadata.name.unwrap_or_default();
+                if !running || followed.contains_key(&name) {
+                    continue;
+                }
+                let Ok(file) = std::fs::File::create(dir.join(format!("{name}.log"))) else {
+                    continue;
+                };
+                let child = tokio::process::Command::new(cluster_bin("kubectl"))
+                    .args([
+                        "-n",
+                        &ns,
+                        "logs",
+                        "-f",
+                        &name,
+                        "--all-containers",
+                        "--prefix",
+                        "--timestamps",
+                    ])
+                    .envs(cluster_env())
+                    .stdout(file)
+                    .stderr(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn();
+                if let Ok(child) = child {
+                    followed.insert(name, child);
+                }
+            }
+        });
+        Self { task }
+    }
+}
+
+impl Drop for PodLogs {
+    fn drop(&mut self) {
+        // Aborting the task drops its children, which kill_on_drop stops.
+        self.task.abort();
+    }
 }
 
 /// Names of the pods matching `selector` that are not being deleted.

@@ -64,9 +64,7 @@ async fn rolling_update_loses_nothing_and_every_container_exits_cleanly() {
     let before_gen = roll(chat.name(), "chat");
     wait_rolled_out(chat.name(), "chat", 3, before_gen, ROLLOUT).await;
     println!("rolled 3 pods in {:.1} s", t.elapsed().as_secs_f64());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (last, caught_up, summary) = chat.finish(crowd).await;
-    assert_whole("rolling update", last, caught_up, &summary);
+    chat.judge_whole(crowd, "rolling update").await;
 
     let ended = ended.ended();
     let old: Vec<_> = ended
@@ -173,9 +171,7 @@ async fn scale_down_loses_nothing() {
         jsonpath(chat.name(), "ssesvc/chat", "{.status.replicas}"),
         "1"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (last, caught_up, summary) = chat.finish(crowd).await;
-    assert_whole("scale 3 -> 1", last, caught_up, &summary);
+    chat.judge_whole(crowd, "scale 3 -> 1").await;
 }
 
 /// Eviction through the Eviction API with the operator's PodDisruptionBudget: an eviction beyond
@@ -229,9 +225,7 @@ async fn eviction_honours_the_budget_and_loses_nothing() {
         "--timeout=120s",
     ]);
     wait_rolled_out(chat.name(), "chat", 3, 0, ROLLOUT).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (last, caught_up, summary) = chat.finish(crowd).await;
-    assert_whole("two evictions", last, caught_up, &summary);
+    chat.judge_whole(crowd, "two evictions").await;
 }
 
 /// `kubectl delete pod` of a serving pod: nothing lost.
@@ -251,14 +245,8 @@ async fn deleting_a_serving_pod_loses_nothing() {
         "--timeout=120s",
     ]);
     wait_rolled_out(chat.name(), "chat", 3, 0, ROLLOUT).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (last, caught_up, summary) = chat.finish(crowd).await;
-    assert_whole(
-        &format!("kubectl delete pod {victim}"),
-        last,
-        caught_up,
-        &summary,
-    );
+    chat.judge_whole(crowd, &format!("kubectl delete pod {victim}"))
+        .await;
 }
 
 /// The operator's leader pod deleted mid-rollout: the other replica takes the Lease, the rollout
@@ -348,18 +336,7 @@ async fn redis_outage_is_reported_and_streams_keep_flowing() {
         "deploy/sessions",
         "--timeout=120s",
     ]);
-    eventually(
-        "every sidecar reaches its store",
-        Duration::from_secs(60),
-        || async {
-            let m = chat_pod_metrics(chat.name());
-            (m.len() == 3
-                && m.iter()
-                    .all(|m| metric_sum(m, "ssekeeper_store_up", None) == 1.0))
-            .then_some(())
-        },
-    )
-    .await;
+    wait_store_up(chat.name(), true, "every sidecar reaches its store").await;
     let before = chat.crowd(30);
     assert!(before.wait_all_receiving(Duration::from_secs(60)).await);
     let store = pods(chat.name(), "app.kubernetes.io/name=sessions").remove(0);
@@ -401,6 +378,33 @@ async fn redis_outage_is_reported_and_streams_keep_flowing() {
         reported.first(),
         before.progress()
     );
+    // The SseService says so too (the operator pings the store every 30 s while it answers).
+    let condition = |want: &'static str| {
+        let ns = chat.name().to_string();
+        move || {
+            let ns = ns.clone();
+            async move {
+                let c = jsonpath(
+                    &ns,
+                    "ssesvc/chat",
+                    r#"{.status.conditions[?(@.type=="SessionStoreReachable")].status}"#,
+                );
+                (c == want).then_some(())
+            }
+        }
+    };
+    eventually(
+        "SseService condition SessionStoreReachable=False",
+        Duration::from_secs(60),
+        condition("False"),
+    )
+    .await;
+    let warned = warnings(chat.name(), &["SessionStoreUnreachable"]);
+    println!("SseService: {warned:?}");
+    assert!(
+        !warned.is_empty(),
+        "a Warning Event says the store is unreachable"
+    );
     k(&[
         "-n",
         chat.name(),
@@ -416,17 +420,16 @@ async fn redis_outage_is_reported_and_streams_keep_flowing() {
         "deploy/sessions",
         "--timeout=120s",
     ]);
-    eventually(
+    wait_store_up(
+        chat.name(),
+        true,
         "every sidecar reports the store up again",
-        Duration::from_secs(60),
-        || async {
-            let metrics = chat_pod_metrics(chat.name());
-            (metrics.len() == 3
-                && metrics
-                    .iter()
-                    .all(|m| metric_sum(m, "ssekeeper_store_up", None) == 1.0))
-            .then_some(())
-        },
+    )
+    .await;
+    eventually(
+        "SseService condition SessionStoreReachable=True",
+        Duration::from_secs(30),
+        condition("True"),
     )
     .await;
     let after = chat.crowd(30);
@@ -582,6 +585,19 @@ fn chat_pod_admin(ns: &str, path: &str) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Wait until every one of the 3 chat sidecars reports `ssekeeper_store_up` as `up`.
+async fn wait_store_up(ns: &str, up: bool, what: &str) {
+    let want = if up { 1.0 } else { 0.0 };
+    eventually(what, Duration::from_secs(60), || async {
+        let m = chat_pod_metrics(ns);
+        (m.len() == 3
+            && m.iter()
+                .all(|m| metric_sum(m, "ssekeeper_store_up", None) == want))
+        .then_some(())
+    })
+    .await;
 }
 
 fn chat_pod_metrics(ns: &str) -> Vec<String> {
