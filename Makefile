@@ -9,7 +9,7 @@ SSEKEEPER_RUN_DIR ?= $(CURDIR)/tests/.run
 export SSEKEEPER_RUN_DIR
 RUN_DIR := $(SSEKEEPER_RUN_DIR)
 
-.PHONY: help deps k8s-bins build images crds chart lint cluster-up cluster-down test test-unit test-operator test-dataplane test-node demo bench bench-short
+.PHONY: help deps k8s-bins build images crds chart lint cluster-up cluster-down test test-unit test-fuzz test-operator test-dataplane test-node demo bench bench-short
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -56,6 +56,7 @@ test: deps k8s-bins lint build images ## everything: unit, golden, operator agai
 	@$(TEST_CLUSTER) bash tests/cluster/up.sh >/dev/null
 	@rc=0; \
 	  $(MAKE) --no-print-directory test-unit || rc=1; \
+	  $(MAKE) --no-print-directory test-fuzz || rc=1; \
 	  $(TEST_CLUSTER) $(MAKE) --no-print-directory test-operator || rc=1; \
 	  $(MAKE) --no-print-directory test-dataplane || rc=1; \
 	  $(TEST_CLUSTER) $(MAKE) --no-print-directory test-node || rc=1; \
@@ -67,6 +68,14 @@ test: deps k8s-bins lint build images ## everything: unit, golden, operator agai
 test-unit: ## unit and golden-file tests (no cluster needed)
 	$(CARGO) test --no-fail-fast --workspace --exclude ssekeeper-tests
 	$(CARGO) test --no-fail-fast -p ssekeeper-tests --lib --bins
+
+FUZZ_SECONDS ?= 20
+test-fuzz: ## fuzz the SSE parser, the cursor and session-key extraction, $(FUZZ_SECONDS) s each, from the checked-in corpus (nightly + cargo-fuzz)
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install -q --locked cargo-fuzz
+	@cd sidecar/fuzz && for t in parser cursor session_key; do \
+	  mkdir -p target/corpus/$$t && \
+	  $(CARGO) +nightly fuzz run $$t target/corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 test-operator: ## operator integration tests against the control plane (started if needed)
 	$(CARGO) build -q --workspace --bins

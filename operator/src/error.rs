@@ -2,10 +2,53 @@
 //! the reason of the Degraded condition, so a person reading `kubectl describe` and a dashboard
 //! see the same word.
 
-use crate::controller::SecretError;
+use ssekeeper_contract as contract;
+
 use crate::purge::PurgeFailure;
 use crate::render::RenderError;
 use crate::validate::SpecError;
+
+/// Why the Redis URL could not be read from the user's Secret (the message says what to do).
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// `store: redis` without a `secretRef`.
+    #[error("sessions.store is redis but sessions.redis.secretRef is not set")]
+    NotReferenced,
+    /// The Secret does not exist.
+    #[error(
+        "Secret {namespace}/{name} (sessions.redis.secretRef) not found; create it with the Redis URL under key {key:?}"
+    )]
+    Missing {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The key that should hold the URL.
+        key: String,
+    },
+    /// The Secret has no such key.
+    #[error("Secret {namespace}/{name} has no key {key:?} (sessions.redis.secretRef.key)")]
+    MissingKey {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// The value is not a Redis URL the sidecar accepts.
+    #[error("Secret {namespace}/{name} key {key:?} does not hold a Redis URL ({source})")]
+    NotAUrl {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The key.
+        key: String,
+        /// What the sidecar's parser says.
+        source: contract::redis::UrlError,
+    },
+}
 
 /// Why a reconcile did not complete.
 #[derive(Debug, thiserror::Error)]

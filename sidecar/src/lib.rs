@@ -26,5 +26,6 @@ mod session;
 pub mod sse;
 pub mod store;
 
+pub use http::session_key;
 pub use routing::forward;
 pub use runtime::{lifecycle, server, telemetry};

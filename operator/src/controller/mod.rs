@@ -6,8 +6,6 @@
 mod kubeapi;
 mod secrets;
 
-pub use self::secrets::SecretError;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -8,50 +8,8 @@ use ssekeeper_contract as contract;
 
 use super::kubeapi::{self, get_opt};
 use crate::api::{SseService, StoreType};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SecretError};
 use crate::render;
-
-/// Why the Redis URL could not be read from the user's Secret (the message says what to do).
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    /// `store: redis` without a `secretRef`.
-    #[error("sessions.store is redis but sessions.redis.secretRef is not set")]
-    NotReferenced,
-    /// The Secret does not exist.
-    #[error(
-        "Secret {namespace}/{name} (sessions.redis.secretRef) not found; create it with the Redis URL under key {key:?}"
-    )]
-    Missing {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// The key that should hold the URL.
-        key: String,
-    },
-    /// The Secret has no such key.
-    #[error("Secret {namespace}/{name} has no key {key:?} (sessions.redis.secretRef.key)")]
-    MissingKey {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// The key.
-        key: String,
-    },
-    /// The value is not a Redis URL the sidecar accepts.
-    #[error("Secret {namespace}/{name} key {key:?} does not hold a Redis URL ({source})")]
-    NotAUrl {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-        /// The key.
-        key: String,
-        /// What the sidecar's parser says.
-        source: contract::redis::UrlError,
-    },
-}
 
 /// The Redis URL from the Secret `spec.sessions.redis.secretRef` names; `Ok(None)` for the memory
 /// store. A missing Secret, key or a value that is not a Redis URL (by the sidecar's own parser,

@@ -97,61 +97,19 @@ where
     }
 
     // 1. Resume.
-    if let Some(value) = parts.headers.get(LAST_EVENT_ID) {
-        match value.to_str().ok().map(Cursor::parse) {
-            Some(Ok(cursor)) => {
-                shared.metrics.request(Route::Resume);
-                parts.headers.remove(LAST_EVENT_ID);
-                let template = RequestTemplate {
-                    method: parts.method.clone(),
-                    path: path.clone(),
-                    headers: parts.headers.clone(),
-                };
-                match resume::resume(shared, template, cursor).await {
-                    Resumed::Respond(r) => return r,
-                    Resumed::Fresh(app_id) => {
-                        if let Some(v) = app_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
-                            parts.headers.insert(LAST_EVENT_ID, v);
-                        }
-                    }
-                }
-            }
-            _ => shared.metrics.resume(ResumeOutcome::Foreign),
-        }
+    if let Some(r) = try_resume(shared, &mut parts, &path).await {
+        return r;
     }
 
     // 2. Route by session key.
-    let key = session_key::from_request(
-        parts.uri.query(),
-        &parts.headers,
-        &router.settings.session_keys,
-    )
-    .and_then(|k| match SessionId::from_external(&k) {
-        Ok(id) => Some(id),
-        Err(_) => {
-            shared.metrics.error(ErrorKind::InvalidSessionKey);
-            None
-        }
-    });
+    let key = session_key_of(&router, &parts);
     if let (Some(k), Origin::Client) = (&key, origin) {
-        match routing::locate(shared, k).await {
-            Location::Local => {}
-            Location::Unknown => shared.metrics.request(Route::Unrouted),
-            Location::Remote { addr, owner } => {
-                if router.settings.forward_key.is_some() {
-                    return to_owner(&router, parts, &path, boxed(body), addr, &owner).await;
-                }
-                shared.metrics.forward(ForwardOutcome::Disabled);
+        match where_to(&router, k, &parts).await {
+            Where::Here => {}
+            Where::Owner { addr, owner } => {
+                return to_owner(&router, parts, &path, boxed(body), addr, &owner).await;
             }
-            Location::Gone => {
-                let opens_stream =
-                    parts.method == Method::GET && accepts_event_stream(&parts.headers);
-                if !opens_stream {
-                    shared.metrics.request(Route::NotFound);
-                    shared.metrics.forward(ForwardOutcome::OwnerGone);
-                    return status(StatusCode::NOT_FOUND, "session not found\n");
-                }
-            }
+            Where::Gone => return status(StatusCode::NOT_FOUND, "session not found\n"),
         }
     }
 
@@ -175,6 +133,108 @@ where
         Origin::Client => Route::Local,
         Origin::Forwarded => Route::ForwardedIn,
     });
+    to_app(&router, parts, &path, boxed(body), key).await
+}
+
+/// A request with a `Last-Event-ID`: answered from the session when it is one of our cursors
+/// (`Some`); otherwise it goes on to the app, carrying the app's own last id if the session has
+/// one.
+async fn try_resume(
+    shared: &Arc<Sessions>,
+    parts: &mut Parts,
+    path: &str,
+) -> Option<Response<ProxyBody>> {
+    let value = parts.headers.get(LAST_EVENT_ID)?;
+    let Some(Ok(cursor)) = value.to_str().ok().map(Cursor::parse) else {
+        shared.metrics.resume(ResumeOutcome::Foreign);
+        return None;
+    };
+    shared.metrics.request(Route::Resume);
+    parts.headers.remove(LAST_EVENT_ID);
+    let template = RequestTemplate {
+        method: parts.method.clone(),
+        path: path.to_string(),
+        headers: parts.headers.clone(),
+    };
+    match resume::resume(shared, template, cursor).await {
+        Resumed::Respond(r) => Some(r),
+        Resumed::Fresh(app_id) => {
+            if let Some(v) = app_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                parts.headers.insert(LAST_EVENT_ID, v);
+            }
+            None
+        }
+    }
+}
+
+/// The session a request names, if it names a usable one.
+fn session_key_of(router: &Router, parts: &Parts) -> Option<SessionId> {
+    let k = session_key::from_request(
+        parts.uri.query(),
+        &parts.headers,
+        &router.settings.session_keys,
+    )?;
+    match SessionId::from_external(&k) {
+        Ok(id) => Some(id),
+        Err(_) => {
+            router.sessions.metrics.error(ErrorKind::InvalidSessionKey);
+            None
+        }
+    }
+}
+
+/// Where a keyed client request goes.
+enum Where {
+    /// Served here (this pod owns the session, nobody does and it opens a stream, the store is
+    /// down, or forwarding is off).
+    Here,
+    /// Forwarded to the session's owner.
+    Owner {
+        /// The owner's admin address.
+        addr: SocketAddr,
+        /// The owner's name.
+        owner: String,
+    },
+    /// The session's owner is gone: `404` (the MCP re-initialise signal).
+    Gone,
+}
+
+async fn where_to(router: &Router, key: &SessionId, parts: &Parts) -> Where {
+    let shared = &router.sessions;
+    match routing::locate(shared, key).await {
+        Location::Local => Where::Here,
+        Location::Unknown => {
+            shared.metrics.request(Route::Unrouted);
+            Where::Here
+        }
+        Location::Remote { addr, owner } => {
+            if router.settings.forward_key.is_some() {
+                return Where::Owner { addr, owner };
+            }
+            shared.metrics.forward(ForwardOutcome::Disabled);
+            Where::Here
+        }
+        Location::Gone => {
+            let opens_stream = parts.method == Method::GET && accepts_event_stream(&parts.headers);
+            if opens_stream {
+                return Where::Here;
+            }
+            shared.metrics.request(Route::NotFound);
+            shared.metrics.forward(ForwardOutcome::OwnerGone);
+            Where::Gone
+        }
+    }
+}
+
+/// Send the request to the app and answer with its response (recorded if it is a stream).
+async fn to_app(
+    router: &Router,
+    parts: Parts,
+    path: &str,
+    body: ProxyBody,
+    key: Option<SessionId>,
+) -> Response<ProxyBody> {
+    let shared = &router.sessions;
     let sticky = parts
         .headers
         .get(LAST_EVENT_ID)
@@ -183,13 +243,13 @@ where
         .map(str::to_string);
     let upstream_req = outbound(
         parts.method.clone(),
-        &path,
+        path,
         parts.headers.clone(),
-        boxed(body),
+        body,
         shared.app.addr(),
     );
     match shared.app.send(upstream_req).await {
-        Ok(resp) => respond(&router, &parts, resp, key, sticky).await,
+        Ok(resp) => respond(router, &parts, resp, key, sticky).await,
         Err(e) => upstream_failed(shared, e),
     }
 }

@@ -93,63 +93,11 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
 
     let metrics = Arc::new(Metrics::new());
     let background = CancellationToken::new();
-    let store = Arc::new(GuardedStore::new(
-        store,
-        settings.store_timeout,
-        metrics.clone(),
-    ));
-    store.spawn_pinger(Duration::from_secs(1), background.clone());
-    let book = LeaseBook::new(
-        store.clone(),
-        settings.owner.clone(),
-        settings.lease_ttl,
-        settings.session_ttl,
-        metrics.clone(),
-    );
-    book.spawn_renewer(settings.renew_every, background.clone());
+    let sessions = build_sessions(&settings, store, metrics.clone(), &background);
+    let router = build_router(&settings, sessions.clone());
     let app_probe = AppProbe::spawn(settings.app_addr, metrics.clone(), background.clone());
-    let streams = Streams::new(settings.max_streams, metrics.clone());
-    let recorders = Arc::new(Recorders::default());
-    let clients = ClientQueues::new(
-        streams.clone(),
-        settings.client_buffer_bytes,
-        settings.reconnect_delay_millis,
-    );
-    let sessions = Arc::new(Sessions {
-        store: store.clone(),
-        book,
-        recorders: recorders.clone(),
-        gates: Default::default(),
-        metrics: metrics.clone(),
-        app: App::new(settings.app_addr, settings.upstream_timeout),
-        clients,
-        settings: Tuning::of(&settings),
-    });
-    let router = Arc::new(Router {
-        sessions: sessions.clone(),
-        peers: HttpClient::new(settings.forward_timeout),
-        settings: RouteSettings {
-            session_keys: settings.session_keys.clone(),
-            forward_key: settings.forward_key.clone(),
-            owner_name: settings.owner.name.clone(),
-        },
-    });
     let lifecycle = Arc::new(Lifecycle::new(metrics.clone()));
-    let heartbeat = Heartbeat::new(HEARTBEAT_STALE);
-    {
-        // Visit every lock the request and recording paths take; hold a weak reference only,
-        // so the heartbeat never keeps the state alive.
-        let weak = Arc::downgrade(&sessions);
-        heartbeat.spawn(
-            HEARTBEAT_EVERY,
-            move || {
-                if let Some(s) = weak.upgrade() {
-                    let _ = (s.book.len(), s.recorders.len(), s.clients.streams().len());
-                }
-            },
-            background.clone(),
-        );
-    }
+    let heartbeat = spawn_heartbeat(&sessions, &background);
     tracing::info!(
         sse = %sse_addr,
         admin = %admin_addr,
@@ -181,11 +129,11 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
     };
     let shared = Arc::new(Inspect {
         metrics,
-        store,
+        store: sessions.store.clone(),
         lifecycle: lifecycle.clone(),
         app_probe: app_probe.clone(),
-        recorders,
-        streams,
+        recorders: sessions.recorders.clone(),
+        streams: sessions.clients.streams().clone(),
     });
     let sidecar = Arc::new(Sidecar {
         router,
@@ -216,6 +164,75 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
         terminate,
         done,
     })
+}
+
+/// The session layer: the guarded store (pinged while down), the lease book (renewed), the
+/// recorders, gates, the app and the client queues.
+fn build_sessions(
+    settings: &Settings,
+    store: Arc<dyn SessionStore>,
+    metrics: Arc<Metrics>,
+    background: &CancellationToken,
+) -> Arc<Sessions> {
+    let store = Arc::new(GuardedStore::new(
+        store,
+        settings.store_timeout,
+        metrics.clone(),
+    ));
+    store.spawn_pinger(Duration::from_secs(1), background.clone());
+    let book = LeaseBook::new(
+        store.clone(),
+        settings.owner.clone(),
+        settings.lease_ttl,
+        settings.session_ttl,
+        metrics.clone(),
+    );
+    book.spawn_renewer(settings.renew_every, background.clone());
+    let clients = ClientQueues::new(
+        Streams::new(settings.max_streams, metrics.clone()),
+        settings.client_buffer_bytes,
+        settings.reconnect_delay_millis,
+    );
+    Arc::new(Sessions {
+        store,
+        book,
+        recorders: Arc::new(Recorders::default()),
+        gates: Default::default(),
+        metrics,
+        app: App::new(settings.app_addr, settings.upstream_timeout),
+        clients,
+        settings: Tuning::of(settings),
+    })
+}
+
+/// The request handler over `sessions`, with the client to other sidecars.
+fn build_router(settings: &Settings, sessions: Arc<Sessions>) -> Arc<Router> {
+    Arc::new(Router {
+        sessions,
+        peers: HttpClient::new(settings.forward_timeout),
+        settings: RouteSettings {
+            session_keys: settings.session_keys.clone(),
+            forward_key: settings.forward_key.clone(),
+            owner_name: settings.owner.name.clone(),
+        },
+    })
+}
+
+/// The liveness heartbeat: it visits every lock the request and recording paths take, holding a
+/// weak reference only, so it never keeps the state alive.
+fn spawn_heartbeat(sessions: &Arc<Sessions>, background: &CancellationToken) -> Arc<Heartbeat> {
+    let heartbeat = Heartbeat::new(HEARTBEAT_STALE);
+    let weak = Arc::downgrade(sessions);
+    heartbeat.spawn(
+        HEARTBEAT_EVERY,
+        move || {
+            if let Some(s) = weak.upgrade() {
+                let _ = (s.book.len(), s.recorders.len(), s.clients.streams().len());
+            }
+        },
+        background.clone(),
+    );
+    heartbeat
 }
 
 fn http1_builder(max_header_bytes: usize) -> http1::Builder {
