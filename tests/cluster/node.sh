@@ -72,6 +72,9 @@ node_network_up() {
   command -v iptables >/dev/null || die "iptables missing: run tests/scripts/install-deps.sh"
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link add "$BRIDGE" type bridge || die "cannot create the bridge $BRIDGE"
+    # Pin the bridge's MAC: left alone, a Linux bridge takes the lowest MAC of its ports, so a pod
+    # starting or stopping could change the gateway's address under every other pod's ARP cache.
+    ip link set "$BRIDGE" address "$(cat "/sys/class/net/$BRIDGE/address")"
   fi
   ip addr replace "$NODE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
   ip link set "$BRIDGE" up
