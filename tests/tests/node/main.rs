@@ -198,15 +198,7 @@ async fn eviction_honours_the_budget_and_loses_nothing() {
         second, 429,
         "a second eviction while one pod is away exceeds maxUnavailable 1"
     );
-    k(&[
-        "-n",
-        chat.name(),
-        "wait",
-        "--for=delete",
-        &format!("pod/{}", victims[0]),
-        "--timeout=120s",
-    ]);
-    wait_rolled_out(chat.name(), "chat", 3, 0, ROLLOUT).await;
+    wait_replaced(chat.name(), &victims[0]).await;
     eventually("the budget recovers", Duration::from_secs(60), || async {
         (jsonpath(chat.name(), "pdb/chat", "{.status.disruptionsAllowed}") == "1").then_some(())
     })
@@ -216,15 +208,7 @@ async fn eviction_honours_the_budget_and_loses_nothing() {
         201,
         "allowed again once the pod is replaced"
     );
-    k(&[
-        "-n",
-        chat.name(),
-        "wait",
-        "--for=delete",
-        &format!("pod/{}", victims[1]),
-        "--timeout=120s",
-    ]);
-    wait_rolled_out(chat.name(), "chat", 3, 0, ROLLOUT).await;
+    wait_replaced(chat.name(), &victims[1]).await;
     chat.judge_whole(crowd, "two evictions").await;
 }
 
@@ -531,6 +515,19 @@ async fn prestop_is_not_a_network_endpoint() {
     assert_eq!(ready, "True", "the target stays Ready");
     let body = chat_pod_admin(chat.name(), "/ready");
     assert!(body.iter().all(|b| b.starts_with("ready")), "{body:?}");
+}
+
+/// Wait until `pod` is gone and the chat Deployment has its 3 replicas back.
+async fn wait_replaced(ns: &str, pod: &str) {
+    k(&[
+        "-n",
+        ns,
+        "wait",
+        "--for=delete",
+        &format!("pod/{pod}"),
+        "--timeout=120s",
+    ]);
+    wait_rolled_out(ns, "chat", 3, 0, ROLLOUT).await;
 }
 
 fn evict(ns: &str, pod: &str) -> u16 {
