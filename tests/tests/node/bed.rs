@@ -258,7 +258,9 @@ impl Chat {
             "the publisher's pod is gone",
             Duration::from_secs(60),
             || async {
-                let n = pods(self.name(), "app.kubernetes.io/name=chat-publisher").len();
+                // A terminating publisher still publishes until its process exits, so wait for
+                // the pod object itself to go, not only for it to be marked for deletion.
+                let n = pod_objects(self.name(), "app.kubernetes.io/name=chat-publisher").len();
                 (n == 0).then_some(())
             },
         )
@@ -338,6 +340,24 @@ impl Drop for PodLogs {
         // Aborting the task drops its children, which kill_on_drop stops.
         self.task.abort();
     }
+}
+
+/// Every pod object matching `selector`, terminating ones included.
+pub fn pod_objects(ns: &str, selector: &str) -> Vec<String> {
+    let out = kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-l",
+        selector,
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}",
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Names of the pods matching `selector` that are not being deleted.
