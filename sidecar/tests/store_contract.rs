@@ -103,23 +103,60 @@ async fn append_read_last(b: &Backend) {
     assert_eq!(st.last(&s).await.unwrap(), Some(at(7, Entry::End)));
     assert_eq!(st.last_app_id(&s).await.unwrap().as_deref(), Some("a4"));
 
-    // Replayed or reordered seqs are refused whole: nothing of the batch is stored.
+    // A reordered batch is refused whole: nothing of it is stored.
     let err = st
         .append(&s, 1, &[ev(8, Some("x")), ev(7, None)])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Malformed(_)), "{err:?}");
-    let err = st
-        .append(&s, 1, &[ev(7, Some("x")), ev(9, None)])
+    assert_eq!(st.read_after(&s, 0, 100).await.unwrap(), all);
+    // A batch wholly stored already (a retry of a write that was applied) changes nothing.
+    st.append(&s, 1, &[ev(6, Some("x")), ev(7, Some("y"))])
         .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Malformed(_)), "{err:?}");
+        .unwrap();
     assert_eq!(st.read_after(&s, 0, 100).await.unwrap(), all);
     assert_eq!(st.last_app_id(&s).await.unwrap().as_deref(), Some("a4"));
 
     // Other sessions are separate.
     assert_eq!(st.read_after(&sid("other"), 0, 10).await.unwrap(), vec![]);
     st.ping().await.unwrap();
+}
+
+/// Issue 8, bug 3: a write that timed out after the store applied it is retried together with
+/// newer entries; the stored prefix is skipped and the new entries are kept (no gap), while a
+/// stale owner is still refused.
+async fn retried_batch_keeps_the_new_entries(b: &Backend) {
+    let st = b.store(1000, LONG).await;
+    let s = sid("sess-retry");
+    let lease = st.acquire(&s, &owner("pod-a", 1), LONG).await.unwrap();
+    let first: Vec<_> = (1..=4).map(|q| ev(q, Some(&q.to_string()))).collect();
+    st.append(&s, lease.epoch, &first).await.unwrap();
+    // The "timed out" batch 3..=4 goes again with 5..=6 behind it.
+    let retry: Vec<_> = (3..=6).map(|q| ev(q, Some(&q.to_string()))).collect();
+    st.append(&s, lease.epoch, &retry).await.unwrap();
+    let stored = st.read_after(&s, 0, 100).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6],
+        "every entry once, none lost"
+    );
+    assert_eq!(
+        stored[2..4],
+        first[2..4],
+        "the stored prefix is the first write's"
+    );
+    assert_eq!(st.last_app_id(&s).await.unwrap().as_deref(), Some("6"));
+    // Fencing comes first: a stale owner's retry stores nothing.
+    let b_lease = st.acquire(&s, &owner("pod-b", 2), LONG).await.unwrap();
+    let err = st
+        .append(&s, lease.epoch, &[ev(6, None), ev(7, None)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Fenced { current } if current == b_lease.epoch),
+        "{err:?}"
+    );
+    assert_eq!(st.read_after(&s, 0, 100).await.unwrap().len(), 6);
 }
 
 async fn fencing(b: &Backend) {
@@ -469,6 +506,7 @@ macro_rules! contract {
 
 contract!(
     append_read_last,
+    retried_batch_keeps_the_new_entries,
     fencing,
     conditional_takeover,
     fencing_is_atomic_under_concurrency,
@@ -485,6 +523,7 @@ async fn redis_cluster_core_contract() {
     let cluster = RedisCluster::start(3);
     let b = Backend::Redis(cluster.url());
     append_read_last(&b).await;
+    retried_batch_keeps_the_new_entries(&b).await;
     fencing(&b).await;
     conditional_takeover(&b).await;
     wait_after_wakes_and_times_out(&b).await;

@@ -1,5 +1,6 @@
 //! Checks every store applies to an append batch before writing anything, so a refused batch
-//! leaves no partial trace (the "all or nothing" of [`super::SessionStore::append`]).
+//! leaves no partial trace (the "all or nothing" of [`super::SessionStore::append`]), and the
+//! rule that makes a retried batch harmless (its already-stored prefix is skipped).
 
 use super::{Recorded, Seq, StoreError, StoreResult};
 
@@ -27,6 +28,17 @@ pub(crate) fn check_order(last_stored: Option<Seq>, entries: &[Recorded]) -> Sto
     Ok(())
 }
 
+/// The part of `entries` that is not stored yet. A write that timed out may still have been
+/// applied; its retry resends those entries with newer ones, so the prefix at or below
+/// `last_stored` is skipped rather than refusing the batch and losing the new entries. Only the
+/// session's current owner gets this far (the epoch check comes first), and it numbers every
+/// entry once, so a stored seq is the very entry being resent.
+pub(crate) fn unstored(last_stored: Option<Seq>, entries: &[Recorded]) -> StoreResult<&[Recorded]> {
+    check_order(None, entries)?;
+    let skip = last_stored.map_or(0, |last| entries.partition_point(|r| r.seq <= last));
+    Ok(&entries[skip..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +56,20 @@ mod tests {
         assert!(check_order(None, &[at(1), at(2), at(5)]).is_ok());
         assert!(check_order(Some(5), &[at(6)]).is_ok());
         assert!(check_order(Some(5), &[]).is_ok());
+    }
+
+    #[test]
+    fn a_resent_prefix_is_skipped_and_the_rest_kept() {
+        let batch = [at(4), at(5), at(6), at(7)];
+        let seqs = |r: &[Recorded]| r.iter().map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(unstored(Some(5), &batch).unwrap()), [6, 7]);
+        assert_eq!(seqs(unstored(Some(7), &batch).unwrap()), Vec::<Seq>::new());
+        assert_eq!(seqs(unstored(Some(1), &batch).unwrap()), [4, 5, 6, 7]);
+        assert_eq!(seqs(unstored(None, &batch).unwrap()), [4, 5, 6, 7]);
+        assert!(
+            unstored(Some(5), &[at(6), at(6)]).is_err(),
+            "still refuses a non-increasing batch"
+        );
     }
 
     #[test]

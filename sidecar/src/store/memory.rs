@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::batch::check_order;
+use super::batch::unstored;
 use super::{
     Entry, Epoch, Lease, LeaseState, Owner, Recorded, Seq, SessionStore, StoreError, StoreResult,
 };
@@ -222,7 +222,7 @@ impl MemoryStore {
         if s.epoch != epoch {
             return Err(StoreError::Fenced { current: s.epoch });
         }
-        check_order(s.events.back().map(|r| r.seq), entries)?;
+        let entries = unstored(s.events.back().map(|r| r.seq), entries)?;
         for r in entries {
             if let Entry::Event {
                 app_id: Some(app_id),

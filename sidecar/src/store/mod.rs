@@ -170,9 +170,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The current lease, `None` if there is none or it expired.
     fn lease<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Lease>>>;
 
-    /// Append entries (their `seq`s strictly increasing and above everything stored) atomically
-    /// with the epoch check: all or nothing; `Fenced` if `epoch` is not the current one. Trims
-    /// history to about `historyLimit` entries and slides the TTL.
+    /// Append entries (their `seq`s strictly increasing) atomically with the epoch check: all or
+    /// nothing; `Fenced` if `epoch` is not the current one. Entries at or below the newest stored
+    /// seq are skipped (a retry of a write that was applied but timed out), the rest stored.
+    /// Trims history to about `historyLimit` entries and slides the TTL.
     fn append<'a>(
         &'a self,
         session: &'a SessionId,

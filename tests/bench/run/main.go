@@ -59,6 +59,7 @@ var (
 	command  = flag.String("command", "make bench", "the command shown in the results")
 	repsFlag = flag.Int("reps", 0, "repetitions (default: 2 in full mode, 1 in short)")
 	only     = flag.String("figures", "", "comma-separated figure ids to run (default: all)")
+	onlyPeer = flag.String("peers", "", "comma-separated peers to run (default: all)")
 )
 
 var peers = []string{"direct", "haproxy", "nginx", "sidecar-memory", "sidecar-redis"}
@@ -678,6 +679,10 @@ func main() {
 	if *only != "" {
 		want := strings.Split(*only, ",")
 		figs = slices.DeleteFunc(figs, func(f figure) bool { return !slices.Contains(want, f.ID) })
+	}
+	if *onlyPeer != "" {
+		want := strings.Split(*onlyPeer, ",")
+		peers = slices.DeleteFunc(peers, func(p string) bool { return !slices.Contains(want, p) })
 	}
 	res := Results{Meta: map[string]any{
 		"date":           time.Now().UTC().Format("2006-01-02 15:04 UTC"),

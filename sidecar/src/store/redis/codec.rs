@@ -167,11 +167,11 @@ pub(crate) enum Verdict {
     Ok,
     /// Another epoch owns the session (0: the session no longer exists).
     Fenced(Epoch),
-    /// The batch does not continue the stored history (the stored tail seq).
-    OutOfOrder(Seq),
+    /// A stream id this version does not write (in the stream or in the batch).
+    BadId(String),
 }
 
-/// `{status, detail}`: 1 ok, 0 fenced (detail = current epoch), 2 out of order (detail = tail).
+/// `{status, detail}`: 1 ok, 0 fenced (detail = current epoch), 2 a foreign id (detail = it).
 pub(crate) fn parse_verdict(v: &Value) -> StoreResult<Verdict> {
     let parts = items(v)?.ok_or_else(|| malformed("script: nil reply"))?;
     let [status, detail] = parts else {
@@ -188,10 +188,7 @@ pub(crate) fn parse_verdict(v: &Value) -> StoreResult<Verdict> {
     match num(status)? {
         1 => Ok(Verdict::Ok),
         0 => Ok(Verdict::Fenced(num(detail)?)),
-        2 => Ok(Verdict::OutOfOrder(parse_id(&text(
-            detail,
-            "stream tail",
-        )?)?)),
+        2 => Ok(Verdict::BadId(text(detail, "stream id")?.to_string())),
         _ => Err(malformed("script: unknown status")),
     }
 }
@@ -390,7 +387,7 @@ mod tests {
         );
         assert_eq!(
             parse_verdict(&v(Value::Int(2), bs("12-0"))).unwrap(),
-            Verdict::OutOfOrder(12)
+            Verdict::BadId("12-0".into())
         );
         assert!(parse_verdict(&v(Value::Int(7), bs("1"))).is_err());
 

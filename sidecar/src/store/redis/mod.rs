@@ -303,9 +303,8 @@ impl RedisStore {
         match parse_verdict(&self.invoke("append", &inv).await?)? {
             Verdict::Ok => Ok(()),
             Verdict::Fenced(current) => Err(StoreError::Fenced { current }),
-            Verdict::OutOfOrder(tail) => Err(StoreError::Malformed(format!(
-                "append: seq {} is not above the stored {tail}",
-                entries.first().map_or(0, |r| r.seq)
+            Verdict::BadId(id) => Err(StoreError::Malformed(format!(
+                "append: stream id {id:?} is not one this version writes"
             ))),
         }
     }
@@ -495,7 +494,7 @@ fn verdict_unit(v: &Value) -> StoreResult<()> {
     match parse_verdict(v)? {
         Verdict::Ok => Ok(()),
         Verdict::Fenced(current) => Err(StoreError::Fenced { current }),
-        Verdict::OutOfOrder(_) => Err(StoreError::Malformed("unexpected script verdict".into())),
+        Verdict::BadId(_) => Err(StoreError::Malformed("unexpected script verdict".into())),
     }
 }
 

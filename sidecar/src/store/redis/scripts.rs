@@ -35,43 +35,52 @@ end
 
 /// `append(epoch, maxlen, ttl_ms, appid, has_appid, n, [id, nargs, field, value, …] × n)`.
 ///
-/// Refuses (0) unless `epoch` is current; refuses (2) unless the first id is above the stream's
-/// newest (the caller checked the batch itself is increasing), so every `XADD` below succeeds and
-/// the batch lands whole or not at all. Only the last `XADD` trims (`MAXLEN ~`: whole radix-tree
-/// nodes, so the history keeps at least `maxlen` and at most about 100 more). The newest app id
-/// of the batch is kept in its own key so `last_app_id` is one `GET` even after trimming.
+/// Refuses (0) unless `epoch` is current. Entries at or below the stream's newest id are skipped
+/// (a retried batch whose first attempt was applied but timed out) and the rest added, so a retry
+/// never loses the new entries; the caller checked the batch itself is increasing. Every id is
+/// checked before anything is written (2: an id this version does not write), so every `XADD`
+/// below succeeds and the batch lands whole or not at all. Only the last `XADD` trims
+/// (`MAXLEN ~`: whole radix-tree nodes, so the history keeps at least `maxlen` and at most about
+/// 100 more). The newest app id of the batch is kept in its own key so `last_app_id` is one `GET`
+/// even after trimming.
 const APPEND: &str = r#"
 local cur = epoch_of(KEYS[2])
 if type(cur) == 'table' then return cur end
 if cur ~= ARGV[1] then return {0, cur} end
 local n = tonumber(ARGV[6])
 if n > 0 then
+  local ts = nil
   local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
   if #top > 0 then
-    local tid = top[1][1]
-    local ts = string.match(tid, '^(%d+)-%d+$')
-    local fs = string.match(ARGV[7], '^(%d+)-0$')
-    if not ts or not fs then return {2, tid} end
-    -- Compare decimal strings without going through Lua's doubles.
-    local above = #fs > #ts or (#fs == #ts and fs > ts)
-    if not above then return {2, tid} end
+    ts = string.match(top[1][1], '^(%d+)-%d+$')
+    if not ts then return {2, top[1][1]} end
   end
+  -- Compare decimal strings without going through Lua's doubles.
+  local function stored(fs)
+    return ts ~= nil and (#fs < #ts or (#fs == #ts and fs <= ts))
+  end
+  local starts, first = {}, n + 1
   local pos = 7
   for j = 1, n do
-    local id = ARGV[pos]
-    local nargs = tonumber(ARGV[pos + 1])
+    local fs = string.match(ARGV[pos], '^(%d+)-0$')
+    if not fs then return {2, ARGV[pos]} end
+    if first > n and not stored(fs) then first = j end
+    starts[j] = pos
+    pos = pos + 2 + tonumber(ARGV[pos + 1])
+  end
+  for j = first, n do
+    local p = starts[j]
     local args = {'XADD', KEYS[1]}
     if j == n then
       args[#args + 1] = 'MAXLEN'
       args[#args + 1] = '~'
       args[#args + 1] = ARGV[2]
     end
-    args[#args + 1] = id
-    for a = pos + 2, pos + 1 + nargs do args[#args + 1] = ARGV[a] end
+    args[#args + 1] = ARGV[p]
+    for a = p + 2, p + 1 + tonumber(ARGV[p + 1]) do args[#args + 1] = ARGV[a] end
     redis.call(unpack(args))
-    pos = pos + 2 + nargs
   end
-  if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[4]) end
+  if ARGV[5] == '1' and first <= n then redis.call('SET', KEYS[4], ARGV[4]) end
 end
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 return {1, cur}
