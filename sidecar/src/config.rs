@@ -62,8 +62,11 @@ pub struct Settings {
     pub batch_window: Duration,
     /// Most entries per batch.
     pub batch_max_entries: usize,
-    /// Most entries a recorder holds unwritten (store slow or down) before it drops the oldest.
+    /// Most entries a recorder holds unwritten while the store is down before it drops the oldest.
     pub max_unrecorded: usize,
+    /// Most entries forwarded but not yet recorded while the store answers: at this lag the
+    /// recorder stops reading the app's stream until the store catches up.
+    pub max_record_lag: usize,
     /// Events kept per session in the store (the store trims to it).
     pub history_limit: usize,
     /// Wait for the app's response head.
@@ -127,6 +130,7 @@ impl Settings {
             batch_window: millis(args.batch_window_millis.max(1)),
             batch_max_entries,
             max_unrecorded: batch_max_entries * 16,
+            max_record_lag: batch_max_entries * 4,
             history_limit: args.history_limit as usize,
             upstream_timeout: millis(args.upstream_timeout_millis.max(1)),
             forward_timeout: millis(args.forward_timeout_millis.max(1)),

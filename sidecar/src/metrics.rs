@@ -227,6 +227,9 @@ pub struct Metrics {
     pub events_recorded: Counter,
     /// Entries that could not be recorded (store down for too long, or the backlog was full).
     pub events_unrecorded: Counter,
+    /// Times a recorder stopped reading its app's stream because the store lagged by the bound
+    /// (backpressure instead of memory growth).
+    pub record_backpressure: Counter,
     /// Time of one store append (one batch).
     pub record_batch_seconds: Histogram,
     /// Events delivered from the store or the resume buffer on a resume.
@@ -268,6 +271,7 @@ impl Metrics {
             events_forwarded: Counter::default(),
             events_recorded: Counter::default(),
             events_unrecorded: Counter::default(),
+            record_backpressure: Counter::default(),
             record_batch_seconds: Histogram::new([
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
@@ -314,6 +318,11 @@ impl Metrics {
             "events_unrecorded",
             "Entries that could not be written to the store",
             m.events_unrecorded.clone(),
+        );
+        registry.register(
+            "record_backpressure",
+            "Times a recorder paused its app's stream until the store caught up",
+            m.record_backpressure.clone(),
         );
         registry.register(
             "record_batch_seconds",

@@ -47,6 +47,8 @@ pub struct Tuning {
     pub batch_max_entries: usize,
     /// Entries a recorder holds while the store does not take them.
     pub max_unrecorded: usize,
+    /// Most entries forwarded but not yet recorded while the store answers (backpressure).
+    pub max_record_lag: usize,
     /// Recent events kept for a same-pod resume.
     pub resume_buffer_events: usize,
     /// How long a recorder captures after its client left.
@@ -66,6 +68,7 @@ impl Tuning {
             batch_window: s.batch_window,
             batch_max_entries: s.batch_max_entries,
             max_unrecorded: s.max_unrecorded,
+            max_record_lag: s.max_record_lag,
             resume_buffer_events: s.resume_buffer_events,
             resume_window: s.resume_window,
             client_stall: s.client_stall,

@@ -300,10 +300,13 @@ async fn route(state: AppState, req: Request<Incoming>) -> Response<AppBody> {
             let size: usize = query(&req, "size")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(1000);
+            let count: u64 = query(&req, "count")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(20_000);
             let (tx, body) = channel_body();
             tokio::spawn(async move {
                 let data = "x".repeat(size);
-                for i in 1..=20_000u64 {
+                for i in 1..=count {
                     let ev = format!("id: {i}\ndata: {data}\n\n");
                     if tx.send(Bytes::from(ev)).await.is_err() {
                         return;

@@ -1,7 +1,14 @@
 //! Batching to the store: entries queue here and go out in batches written within the batch
-//! window, at most one batch in flight so the store sees them in order. A batch the store did
-//! not take goes back in front (bounded: the oldest are dropped, memory never grows).
+//! window, at most one batch in flight so the store sees them in order.
+//!
+//! While the store answers, the distance between forwarded and recorded is bounded by
+//! [`Limits::max_lag`]: once that many entries wait (queued or in flight), [`Batcher::is_full`]
+//! tells the recorder to stop reading the app's stream, so a fast stream is slowed to what the
+//! store takes instead of growing memory. While the store does not answer (the one documented
+//! exception), the stream goes on unrecorded: a batch the store did not take goes back in front
+//! and the oldest beyond [`Limits::max_unrecorded`] are dropped, counted and logged.
 
+use std::collections::VecDeque;
 use std::future::pending;
 use std::time::{Duration, Instant};
 
@@ -32,12 +39,17 @@ pub(super) struct Limits {
     pub max_entries: usize,
     /// Most entries held while the store does not take them.
     pub max_unrecorded: usize,
+    /// Most entries forwarded but not yet recorded (queued or in flight) while the store answers.
+    pub max_lag: usize,
 }
 
 /// Entries on their way to the store.
 pub(super) struct Batcher {
     limits: Limits,
-    pending: Vec<Recorded>,
+    /// Oldest first; batches are taken off the front (a ring buffer: O(batch), not O(queue)).
+    pending: VecDeque<Recorded>,
+    /// Entries in the batch in flight.
+    inflight_len: usize,
     pending_since: Option<Instant>,
     /// Write the pending entries as soon as possible (a resume or a handover waits for them).
     urgent: bool,
@@ -49,7 +61,8 @@ impl Batcher {
     pub(super) fn new(limits: Limits) -> Self {
         Batcher {
             limits,
-            pending: Vec::new(),
+            pending: VecDeque::new(),
+            inflight_len: 0,
             pending_since: None,
             urgent: false,
             inflight: None,
@@ -62,7 +75,13 @@ impl Batcher {
         if self.pending.is_empty() {
             self.pending_since = Some(Instant::now());
         }
-        self.pending.push(recorded);
+        self.pending.push_back(recorded);
+    }
+
+    /// Whether the recorder must stop reading its upstream until the store catches up: the lag
+    /// is at its bound and the store answers (while it does not, streaming goes on unrecorded).
+    pub(super) fn is_full(&self) -> bool {
+        self.retry_at.is_none() && self.pending.len() + self.inflight_len >= self.limits.max_lag
     }
 
     /// Write what is queued as soon as possible.
@@ -95,6 +114,7 @@ impl Batcher {
     pub(super) fn take_batch(&mut self) -> Vec<Recorded> {
         let n = self.pending.len().min(self.limits.max_entries);
         let batch: Vec<Recorded> = self.pending.drain(..n).collect();
+        self.inflight_len = batch.len();
         // What is left was waiting already: it goes as soon as this batch is written.
         self.urgent = !self.pending.is_empty();
         if self.pending.is_empty() {
@@ -115,28 +135,35 @@ impl Batcher {
             None => pending().await,
         };
         self.inflight = None;
+        self.inflight_len = 0;
         r
     }
 
     /// The batch in flight, taken (to wait for it with a deadline, or to abort it).
     pub(super) fn take_inflight(&mut self) -> Option<JoinHandle<FlushDone>> {
+        self.inflight_len = 0;
         self.inflight.take()
     }
 
     /// The store took a batch.
     pub(super) fn written(&mut self) {
         self.retry_at = None;
+        self.inflight_len = 0;
     }
 
     /// The store did not answer: put the batch back in front, try again after `backoff`.
     /// Returns how many of the oldest entries were dropped beyond the bound.
-    pub(super) fn retry(&mut self, mut batch: Vec<Recorded>, backoff: Duration) -> usize {
+    pub(super) fn retry(&mut self, batch: Vec<Recorded>, backoff: Duration) -> usize {
         self.retry_at = Some(Instant::now() + backoff);
-        batch.append(&mut self.pending);
-        let max = self.limits.max_unrecorded;
-        let dropped = batch.len().saturating_sub(max);
-        batch.drain(..dropped);
-        self.pending = batch;
+        self.inflight_len = 0;
+        for r in batch.into_iter().rev() {
+            self.pending.push_front(r);
+        }
+        let dropped = self
+            .pending
+            .len()
+            .saturating_sub(self.limits.max_unrecorded);
+        self.pending.drain(..dropped);
         if !self.pending.is_empty() && self.pending_since.is_none() {
             self.pending_since = Some(Instant::now());
         }
@@ -226,6 +253,7 @@ mod tests {
             window: Duration::from_millis(5),
             max_entries: 2,
             max_unrecorded: 3,
+            max_lag: 4,
         }
     }
 
@@ -268,6 +296,28 @@ mod tests {
         assert_eq!(next.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
         assert!(b.retry_at().is_some());
         assert!(b.flush_at().unwrap() >= b.retry_at().unwrap() - Duration::from_millis(1));
+    }
+
+    #[test]
+    fn a_full_lag_stops_the_upstream_while_the_store_answers_but_not_while_it_is_down() {
+        let mut b = Batcher::new(limits());
+        for s in 1..=3 {
+            b.push(rec(s));
+        }
+        assert!(!b.is_full(), "3 waiting, the bound is 4");
+        let batch = b.take_batch();
+        assert!(!b.is_full(), "2 in flight + 1 queued");
+        b.push(rec(4));
+        assert!(b.is_full(), "2 in flight + 2 queued reach the bound");
+        // The store did not answer: streaming goes on unrecorded, bounded by max_unrecorded.
+        let dropped = b.retry(batch, Duration::from_secs(1));
+        assert_eq!(dropped, 1);
+        assert_eq!(b.pending(), 3);
+        assert!(!b.is_full(), "no backpressure while the store is down");
+        // It answers again: the bound applies again.
+        b.written();
+        b.push(rec(5));
+        assert!(b.is_full());
     }
 
     fn book(store: Arc<dyn SessionStore>) -> (Arc<LeaseBook>, Arc<GuardedStore>) {

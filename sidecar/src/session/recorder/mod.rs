@@ -86,6 +86,7 @@ pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
             window: settings.batch_window,
             max_entries: settings.batch_max_entries,
             max_unrecorded: settings.max_unrecorded,
+            max_lag: settings.max_record_lag,
         }),
         fanout: Fanout::new(
             fanout::Settings {
@@ -98,6 +99,7 @@ pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
         ),
         items: Vec::with_capacity(8),
         unrecorded_warned: false,
+        paused_for_store: false,
         phase: Phase::Capturing,
         shared: shared.clone(),
         id: handle.id,
@@ -148,6 +150,8 @@ struct Recorder {
     fanout: Fanout,
     batcher: Batcher,
     unrecorded_warned: bool,
+    /// Whether the upstream is paused for the store (to count each pause once).
+    paused_for_store: bool,
     claim: Option<Claim>,
     /// Resolves when another pod takes the session over (cancelled by the lease book).
     fenced_wait: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -234,6 +238,13 @@ impl Recorder {
                 flush_deadline = due;
             }
             let backlogged = self.fanout.is_backlogged();
+            // Backpressure: the store lags by the bound, so the app's stream waits (its TCP
+            // window fills) instead of the recorder's memory growing.
+            let store_full = self.batcher.is_full();
+            if store_full && !self.paused_for_store {
+                self.shared.metrics.record_backpressure.inc();
+            }
+            self.paused_for_store = store_full;
             let flow = tokio::select! {
                 biased;
                 _ = self.fenced_wait.as_mut() => Flow::Fenced,
@@ -260,7 +271,7 @@ impl Recorder {
                     self.fanout.on_room(room);
                     Flow::Continue
                 },
-                frame = next_frame(&mut self.upstream), if !backlogged => {
+                frame = next_frame(&mut self.upstream), if !backlogged && !store_full => {
                     self.on_upstream(frame).await
                 },
             };
@@ -409,6 +420,7 @@ impl Recorder {
         match done.result {
             Ok(()) => {
                 self.batcher.written();
+                self.unrecorded_warned = false;
                 if !done.batch.is_empty() {
                     let m = &self.shared.metrics;
                     m.events_recorded.inc_by(done.batch.len() as u64);
@@ -423,13 +435,13 @@ impl Recorder {
                 }
                 Flow::Fenced
             }
-            Err(StoreError::Unavailable(_)) => {
+            Err(StoreError::Unavailable(e)) => {
                 let dropped = self.batcher.retry(done.batch, FLUSH_BACKOFF);
                 if dropped > 0 {
                     self.shared.metrics.events_unrecorded.inc_by(dropped as u64);
                     if !self.unrecorded_warned {
                         self.unrecorded_warned = true;
-                        tracing::warn!(session = %self.session, "store unavailable too long: oldest entries dropped from the record");
+                        tracing::warn!(session = %self.session, dropped, error = %e, "store unavailable: streaming on, the oldest unrecorded entries are dropped from the record (counted in events_unrecorded)");
                     }
                 }
                 Flow::Continue
@@ -554,6 +566,7 @@ impl Recorder {
         let left = self.batcher.pending();
         if left > 0 {
             self.shared.metrics.events_unrecorded.inc_by(left as u64);
+            tracing::warn!(session = %self.session, left, "stream ended before the store took its last entries: they are not recorded (counted in events_unrecorded)");
         }
     }
 }

@@ -1,0 +1,110 @@
+//! The recording promise under load, against a real Redis (issue 8, bug 1): a stream faster than
+//! the store is slowed to what the store takes (backpressure on the app's stream), so when the
+//! client has every event, every event is in the store too — nothing queued without bound,
+//! nothing dropped by the final flush.
+
+mod common;
+#[path = "store_common/mod.rs"]
+mod store_common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::app::{Feeds, TestApp};
+use common::client::{Log, Stream};
+use common::{TestSidecar, args, eventually, start_sidecar};
+use ssekeeper_sidecar::contract::StoreKind;
+use ssekeeper_sidecar::cursor::Cursor;
+use ssekeeper_sidecar::store;
+use ssekeeper_sidecar::store::{Entry, SessionStore as _};
+use store_common::RedisServer;
+
+/// Events in the fast stream: far more than the recorder's lag bound (4 × the batch size), so
+/// an unbounded queue or a lossy final flush would show.
+const EVENTS: u64 = 60_000;
+/// The most forwarded may run ahead of recorded: the recorder's lag bound (4 × 256) plus slack
+/// for the client's queue (forwarded counts events as they are handed to the client's writer).
+const LAG_BOUND: u64 = 4 * 256 + 512;
+
+async fn redis_sidecar(app: &TestApp, redis: &RedisServer) -> TestSidecar {
+    let mut a = args(app.addr, "pod-a");
+    a.store = StoreKind::Redis;
+    a.redis_url = Some(redis.url());
+    a.history_limit = (EVENTS as u32) * 2;
+    let store = store::open(&a).await.expect("redis store opens");
+    start_sidecar(a, store).await
+}
+
+#[tokio::test]
+async fn a_stream_faster_than_the_store_is_recorded_whole() {
+    let redis = RedisServer::start();
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    let sc = redis_sidecar(&app, &redis).await;
+    let m = &sc.shared.metrics;
+
+    // Watch the distance between forwarded and recorded while the stream runs.
+    let shared = sc.shared.clone();
+    let watch = tokio::spawn(async move {
+        let m = &shared.metrics;
+        let mut max_lag = 0u64;
+        for _ in 0..60_000 {
+            let (fw, rec) = (m.events_forwarded.get(), m.events_recorded.get());
+            max_lag = max_lag.max(fw.saturating_sub(rec));
+            if rec > EVENTS {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        max_lag
+    });
+    let mut s = Stream::open(sc.sse, &format!("/firehose?size=100&count={EVENTS}"), None).await;
+    let mut log = Log::default();
+    s.read_to_end(&mut log, Duration::from_secs(120)).await;
+    assert_eq!(log.events.len() as u64, EVENTS, "the client got every event");
+
+    // The lag is bounded, so the store catches up within moments of the stream's end.
+    eventually(
+        "every forwarded event recorded (plus the End marker)",
+        Duration::from_secs(10),
+        || m.events_recorded.get() > EVENTS,
+    )
+    .await;
+    assert_eq!(m.events_unrecorded.get(), 0, "nothing dropped from the record");
+    let max_lag = watch.await.unwrap();
+    // The bound: 4 batches of 256 waiting or in flight, plus what the client's queue and the
+    // socket hold between the recorder and the count of forwarded events.
+    assert!(
+        max_lag <= LAG_BOUND,
+        "forwarded ran {max_lag} events ahead of recorded (bound {LAG_BOUND})"
+    );
+    assert!(
+        m.record_backpressure.get() > 0,
+        "the stream outran the store and was paused, not queued"
+    );
+
+    let session = Cursor::parse(log.last_id.as_deref().expect("ids"))
+        .expect("a cursor")
+        .session;
+    let stored = sc
+        .shared
+        .store
+        .read_after(&session, 0, usize::MAX)
+        .await
+        .expect("read back");
+    let events = stored
+        .iter()
+        .filter(|r| matches!(r.entry, Entry::Event { .. }))
+        .count() as u64;
+    assert_eq!(events, EVENTS, "the store holds every event");
+    assert!(
+        stored.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "no hole in the record"
+    );
+    assert!(matches!(stored.last().map(|r| &r.entry), Some(Entry::End)));
+    println!(
+        "{EVENTS} events: forwarded ran at most {max_lag} ahead of recorded; recorded {}, unrecorded {}, upstream paused for the store {} times",
+        m.events_recorded.get(),
+        m.events_unrecorded.get(),
+        m.record_backpressure.get()
+    );
+}
