@@ -60,7 +60,11 @@ async fn a_stream_faster_than_the_store_is_recorded_whole() {
     let mut s = Stream::open(sc.sse, &format!("/firehose?size=100&count={EVENTS}"), None).await;
     let mut log = Log::default();
     s.read_to_end(&mut log, Duration::from_secs(120)).await;
-    assert_eq!(log.events.len() as u64, EVENTS, "the client got every event");
+    assert_eq!(
+        log.events.len() as u64,
+        EVENTS,
+        "the client got every event"
+    );
 
     // The lag is bounded, so the store catches up within moments of the stream's end.
     eventually(
@@ -69,7 +73,11 @@ async fn a_stream_faster_than_the_store_is_recorded_whole() {
         || m.events_recorded.get() > EVENTS,
     )
     .await;
-    assert_eq!(m.events_unrecorded.get(), 0, "nothing dropped from the record");
+    assert_eq!(
+        m.events_unrecorded.get(),
+        0,
+        "nothing dropped from the record"
+    );
     let max_lag = watch.await.unwrap();
     // The bound: 4 batches of 256 waiting or in flight, plus what the client's queue and the
     // socket hold between the recorder and the count of forwarded events.

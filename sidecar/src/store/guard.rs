@@ -7,8 +7,10 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
@@ -124,29 +126,53 @@ impl StoreOutcome {
 }
 
 /// Whether the store answers, as last observed.
+///
+/// One call running out of time while others are answered is a slow moment, not an outage:
+/// the store is declared down only when calls fail and none has succeeded for `down_after`
+/// (one call budget). Without that, a loaded store flaps up and down many times a second,
+/// floods the log and makes resumes skip a store that is in fact serving.
 pub struct StoreHealth {
     up: AtomicBool,
+    /// Milliseconds since `born` of the last call that reached the store.
+    last_ok_ms: AtomicU64,
+    born: Instant,
+    down_after: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl StoreHealth {
-    /// Assume up until a call says otherwise.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    /// Assume up until calls say otherwise for `down_after`.
+    pub fn new(metrics: Arc<Metrics>, down_after: Duration) -> Self {
         metrics.store_up.set(1);
         StoreHealth {
             up: AtomicBool::new(true),
+            last_ok_ms: AtomicU64::new(0),
+            born: Instant::now(),
+            down_after,
             metrics,
         }
     }
 
-    /// Whether the last call reached the store.
+    /// Whether the store is taken to answer (callers skip it while it is down).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Learn from a call's result: `Unavailable` means down, anything else means it answered.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Learn from a call's result: `Unavailable` counts against the store, anything else means
+    /// it answered.
     pub fn observe<T>(&self, result: &StoreResult<T>) {
-        let up = !matches!(result, Err(StoreError::Unavailable(_)));
+        let now = self.now_ms();
+        let answered = !matches!(result, Err(StoreError::Unavailable(_)));
+        if answered {
+            self.last_ok_ms.fetch_max(now, Ordering::Relaxed);
+        }
+        let quiet_for =
+            Duration::from_millis(now.saturating_sub(self.last_ok_ms.load(Ordering::Relaxed)));
+        let up = answered || quiet_for < self.down_after;
         if self.up.swap(up, Ordering::Relaxed) != up {
             self.metrics.store_up.set(i64::from(up));
             if up {
@@ -194,7 +220,7 @@ impl GuardedStore {
             .collect();
         GuardedStore {
             inner,
-            health: StoreHealth::new(metrics),
+            health: StoreHealth::new(metrics, timeout),
             timeout,
             calls,
         }
@@ -488,5 +514,26 @@ mod tests {
             .wait_after(&session(), 0, 1, Duration::from_millis(200))
             .await;
         assert_eq!(t.elapsed(), Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_slow_call_among_answered_ones_is_not_an_outage() {
+        let metrics = Arc::new(Metrics::new());
+        let health = StoreHealth::new(metrics.clone(), Duration::from_secs(1));
+        let timed_out: StoreResult<()> = Err(StoreError::Unavailable("no answer".into()));
+        health.observe(&Ok(()));
+        tokio::time::advance(Duration::from_millis(400)).await;
+        health.observe(&timed_out);
+        assert!(health.is_up(), "another call answered 400 ms ago");
+        health.observe(&Ok(()));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        health.observe(&timed_out);
+        assert!(health.is_up());
+        tokio::time::advance(Duration::from_millis(2)).await;
+        health.observe(&timed_out);
+        assert!(!health.is_up(), "nothing answered for a whole budget");
+        assert_eq!(metrics.count("errors", "store_unavailable"), 1);
+        health.observe(&Ok(()));
+        assert!(health.is_up());
     }
 }
