@@ -9,7 +9,7 @@ SSEKEEPER_RUN_DIR ?= $(CURDIR)/tests/.run
 export SSEKEEPER_RUN_DIR
 RUN_DIR := $(SSEKEEPER_RUN_DIR)
 
-.PHONY: help deps k8s-bins build images crds chart lint cluster-up cluster-down test test-unit test-fuzz test-operator test-dataplane test-node demo bench bench-short
+.PHONY: help deps k8s-bins build images crds chart lint cluster-up cluster-down test test-unit test-fuzz test-load test-operator test-dataplane test-node demo bench bench-short
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -57,6 +57,7 @@ test: deps k8s-bins lint build images ## everything: unit, golden, operator agai
 	@rc=0; \
 	  $(MAKE) --no-print-directory test-unit || rc=1; \
 	  $(MAKE) --no-print-directory test-fuzz || rc=1; \
+	  $(MAKE) --no-print-directory test-load || rc=1; \
 	  $(TEST_CLUSTER) $(MAKE) --no-print-directory test-operator || rc=1; \
 	  $(MAKE) --no-print-directory test-dataplane || rc=1; \
 	  $(TEST_CLUSTER) $(MAKE) --no-print-directory test-node || rc=1; \
@@ -68,6 +69,9 @@ test: deps k8s-bins lint build images ## everything: unit, golden, operator agai
 test-unit: ## unit and golden-file tests (no cluster needed)
 	$(CARGO) test --no-fail-fast --workspace --exclude ssekeeper-tests
 	$(CARGO) test --no-fail-fast -p ssekeeper-tests --lib --bins
+
+test-load: ## the recording promise under load (50,000 events/s into real Redis), in release so the load is real
+	$(CARGO) test --no-fail-fast --release -p ssekeeper-sidecar --test recording -- --include-ignored --test-threads=1 --nocapture
 
 FUZZ_SECONDS ?= 20
 test-fuzz: ## fuzz the SSE parser, the cursor and session-key extraction, $(FUZZ_SECONDS) s each, from the checked-in corpus (nightly + cargo-fuzz)
