@@ -195,3 +195,54 @@ async fn fifty_thousand_events_a_second_are_all_in_the_store() {
         m.record_backpressure.get(),
     );
 }
+
+/// The crash promise on a fast stream: a sidecar killed mid-stream (its runtime dropped, like
+/// SIGKILL) leaves in the store everything its client got except at most the lag bound.
+#[tokio::test]
+async fn a_sidecar_killed_mid_stream_loses_at_most_the_lag_bound() {
+    let redis = RedisServer::start();
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    let mut sc = redis_sidecar(&app, &redis).await;
+    let mut s = Stream::open(sc.sse, &format!("/firehose?size=100&count={EVENTS}"), None).await;
+    let mut log = Log::default();
+    let ended = s
+        .read_until(&mut log, 20_000, Duration::from_secs(60))
+        .await;
+    assert!(
+        !ended,
+        "the stream is still running when the sidecar is killed"
+    );
+    sc.kill();
+    // What the client got before the kill is whatever the socket still held: read it all.
+    while s.next(Duration::from_millis(500)).await.is_some_and(|f| {
+        log.take(f);
+        true
+    }) {}
+    let got = Cursor::parse(log.last_id.as_deref().expect("ids")).expect("a cursor");
+    let store = redis_store(&redis).await;
+    let stored = store
+        .read_after(&got.session, 0, usize::MAX)
+        .await
+        .expect("read back");
+    let last_stored = stored.last().map_or(0, |r| r.seq);
+    let lost = got.seq.saturating_sub(last_stored);
+    println!(
+        "killed after the client got seq {}: the store holds up to {last_stored}, {lost} lost (bound {LAG_BOUND})",
+        got.seq
+    );
+    assert!(
+        stored.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "no hole in what was recorded"
+    );
+    assert!(
+        lost <= LAG_BOUND,
+        "lost {lost} events, more than the bound {LAG_BOUND}"
+    );
+}
+
+async fn redis_store(redis: &RedisServer) -> Arc<dyn ssekeeper_sidecar::store::SessionStore> {
+    let mut a = args("127.0.0.1:1".parse().unwrap(), "reader");
+    a.store = StoreKind::Redis;
+    a.redis_url = Some(redis.url());
+    store::open(&a).await.expect("redis store opens")
+}
