@@ -29,8 +29,9 @@ pub(super) struct Fanout {
     settings: Settings,
     metrics: Arc<Metrics>,
     client: Option<ClientTx>,
-    /// Chunks waiting for room in the client's queue (the app's stream is paused meanwhile).
-    backlog: VecDeque<Bytes>,
+    /// Chunks waiting for room in the client's queue (the app's stream is paused meanwhile),
+    /// with the number of entries each carries.
+    backlog: VecDeque<(Bytes, u64)>,
     /// Since when the client's queue has been full.
     stalled_since: Option<Instant>,
     detached_at: Option<Instant>,
@@ -66,30 +67,38 @@ impl Fanout {
     }
 
     /// Send an entry's bytes to the client and keep them for a same-pod resume.
+    #[cfg(test)]
     pub(super) fn deliver(&mut self, seq: Seq, bytes: Bytes) {
+        self.remember(seq, bytes.clone());
+        self.send(bytes, 1);
+    }
+
+    /// Keep an entry's bytes for a same-pod resume (they reach the client in a chunk of their
+    /// own, see [`Fanout::send`]).
+    pub(super) fn remember(&mut self, seq: Seq, bytes: Bytes) {
         let cap = self.settings.ring;
         if cap > 0 {
             if self.ring.len() >= cap {
                 self.ring.pop_front();
             }
-            self.ring.push_back((seq, bytes.clone()));
+            self.ring.push_back((seq, bytes));
         }
-        self.send(bytes);
     }
 
-    /// Queue bytes for the client without waiting; a full queue backlogs them.
-    pub(super) fn send(&mut self, bytes: Bytes) {
+    /// Queue a chunk of `entries` entries for the client without waiting; a full queue
+    /// backlogs it.
+    pub(super) fn send(&mut self, bytes: Bytes, entries: u64) {
         let Some(c) = &self.client else { return };
         if !self.backlog.is_empty() {
-            self.backlog.push_back(bytes);
+            self.backlog.push_back((bytes, entries));
             return;
         }
         match c.try_send(bytes.clone()) {
             Ok(()) => {
-                self.metrics.events_forwarded.inc();
+                self.metrics.events_forwarded.inc_by(entries);
             }
             Err(Cut::Full) => {
-                self.backlog.push_back(bytes);
+                self.backlog.push_back((bytes, entries));
                 self.stalled_since = Some(Instant::now());
             }
             Err(Cut::Closed) => self.detach(),
@@ -99,7 +108,7 @@ impl Fanout {
     /// Room in the client's queue for the first chunk that waits; pending when nothing waits.
     pub(super) async fn room(&self) -> Result<Room, Cut> {
         match (&self.client, self.backlog.front()) {
-            (Some(c), Some(b)) => c.room(b.len()).await,
+            (Some(c), Some((b, _))) => c.room(b.len()).await,
             _ => pending().await,
         }
     }
@@ -108,9 +117,9 @@ impl Fanout {
     pub(super) fn on_room(&mut self, room: Result<Room, Cut>) {
         match room {
             Ok(room) => {
-                if let Some(bytes) = self.backlog.pop_front() {
+                if let Some((bytes, entries)) = self.backlog.pop_front() {
                     room.send(bytes);
-                    self.metrics.events_forwarded.inc();
+                    self.metrics.events_forwarded.inc_by(entries);
                 }
                 if self.backlog.is_empty() {
                     self.stalled_since = None;
@@ -238,8 +247,8 @@ mod tests {
         let (tx, body) = client(8);
         let mut f = fanout(0, Some(tx));
         assert!(f.detached_until().is_none());
-        f.send(Bytes::from("12345678"));
-        f.send(Bytes::from("more"));
+        f.send(Bytes::from("12345678"), 1);
+        f.send(Bytes::from("more"), 1);
         assert!(f.is_backlogged(), "the second chunk waits for room");
         drop(body);
         f.check(Duration::from_secs(60), &"s");

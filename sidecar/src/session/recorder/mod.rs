@@ -230,7 +230,13 @@ impl Recorder {
         let mut handover_poll = tokio::time::interval(HANDOVER_POLL);
         handover_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let flow = loop {
-            let due = self.batcher.flush_at();
+            let mut due = self.batcher.flush_at();
+            // A batch due now starts now: a timer set to the present fires only on the timer
+            // wheel's next millisecond tick, which would cap a fast stream at one batch per ms.
+            if due.is_some_and(|d| d <= Instant::now()) {
+                self.start_flush();
+                due = self.batcher.flush_at();
+            }
             if due != flush_deadline {
                 if let Some(d) = due {
                     flush_timer.as_mut().reset(d.into());
@@ -371,14 +377,18 @@ impl Recorder {
     /// What the reader produced: entries to the store and the client, in order.
     async fn take_items(&mut self) {
         let mut items = std::mem::take(&mut self.items);
+        // Entries and comments, which reach the client as one chunk once all are taken (an
+        // endpoint key is owned before then).
+        let mut sent = 0u64;
         for item in items.drain(..) {
             match item {
                 Item::Entry(recorded, wire) => {
                     let seq = recorded.seq;
                     self.batcher.push(recorded);
-                    self.fanout.deliver(seq, wire);
+                    self.fanout.remember(seq, wire);
+                    sent += 1;
                 }
-                Item::Comment(wire) => self.fanout.send(wire),
+                Item::Comment(_) => sent += 1,
                 Item::Endpoint(data) => {
                     let shared = self.shared.clone();
                     if let Some(key) = register_endpoint_key(&shared, &data).await {
@@ -394,6 +404,9 @@ impl Recorder {
             }
         }
         self.items = items;
+        if let Some(wire) = self.reader.take_wire() {
+            self.fanout.send(wire, sent);
+        }
     }
 
     /// Number a marker and queue it for the store.

@@ -4,6 +4,11 @@
 //! hints it reads, and the markers the recorder asks it to number), rewrites each event's id to
 //! its cursor, keeps the app's own (sticky) id beside it, and drops what a new upstream repeats
 //! after a takeover (the overlap).
+//!
+//! Everything the client gets from one chunk of the app's stream is written into one buffer:
+//! each item's bytes are a slice of it (no allocation per event) and the whole buffer goes to
+//! the client as one chunk ([`Reader::take_wire`]), one queue operation and one wake-up per
+//! read instead of one per event.
 
 use bytes::Bytes;
 
@@ -38,6 +43,12 @@ pub(super) struct Reader {
     overlap: Overlap,
     learn_endpoint: bool,
     cursor: String,
+    /// The client's bytes of the chunk being read.
+    wire: Vec<u8>,
+    /// Where each item's bytes lie in `wire`: (index in the output, start, end).
+    spans: Vec<(usize, usize, usize)>,
+    /// The client's bytes of the last chunk read, until taken.
+    ready: Option<Bytes>,
 }
 
 impl Reader {
@@ -59,6 +70,9 @@ impl Reader {
             overlap,
             learn_endpoint,
             cursor: String::with_capacity(64),
+            wire: Vec::new(),
+            spans: Vec::new(),
+            ready: None,
         }
     }
 
@@ -86,27 +100,64 @@ impl Reader {
         self.drain(out);
     }
 
+    /// The bytes the client gets for everything read since the last call, in order: the
+    /// concatenation of the items' bytes.
+    pub(super) fn take_wire(&mut self) -> Option<Bytes> {
+        self.ready.take()
+    }
+
     fn drain(&mut self, out: &mut Vec<Item>) {
         let mut frames = std::mem::take(&mut self.frames);
+        // One allocation for the chunk: each event grows by its cursor id and field names.
+        let estimate: usize = frames
+            .iter()
+            .map(|f| match f {
+                Frame::Event(e) => e.data.len() + e.event.as_ref().map_or(0, String::len) + 80,
+                Frame::Comment(c) => c.len() + 4,
+                _ => 24,
+            })
+            .sum();
+        self.wire.reserve(estimate);
         for frame in frames.drain(..) {
+            let start = self.wire.len();
             match frame {
                 Frame::Event(event) => self.event(event, out),
                 Frame::Retry(ms) => {
-                    let mut wire = Vec::with_capacity(24);
-                    sse::encode_retry(ms, &mut wire);
+                    sse::encode_retry(ms, &mut self.wire);
                     let recorded = self.number(Entry::Retry(ms));
-                    out.push(Item::Entry(recorded, Bytes::from(wire)));
+                    out.push(Item::Entry(recorded, Bytes::new()));
                 }
                 Frame::Comment(text) => {
-                    let mut wire = Vec::with_capacity(text.len() + 2);
-                    sse::encode_comment(&text, &mut wire);
-                    out.push(Item::Comment(Bytes::from(wire)));
+                    sse::encode_comment(&text, &mut self.wire);
+                    out.push(Item::Comment(Bytes::new()));
                 }
                 Frame::SetId(id) => apply_id(&mut self.sticky, &id),
                 Frame::Oversized => out.push(Item::Oversized),
             }
+            if self.wire.len() > start {
+                self.spans.push((out.len() - 1, start, self.wire.len()));
+            }
         }
         self.frames = frames;
+        self.seal(out);
+    }
+
+    /// Freeze the chunk's bytes and hand each item its slice.
+    fn seal(&mut self, out: &mut [Item]) {
+        if self.spans.is_empty() {
+            return;
+        }
+        let buf = Bytes::from(std::mem::take(&mut self.wire));
+        for (i, start, end) in self.spans.drain(..) {
+            if let Item::Entry(_, b) | Item::Comment(b) = &mut out[i] {
+                *b = buf.slice(start..end);
+            }
+        }
+        self.ready = Some(match self.ready.take() {
+            // Not taken since the last read (the caller reads twice before sending): join them.
+            Some(prev) => [prev, buf].concat().into(),
+            None => buf,
+        });
     }
 
     fn event(&mut self, event: sse::Event, out: &mut Vec<Item>) {
@@ -123,15 +174,14 @@ impl Reader {
         }
         let seq = self.next_seq;
         write_cursor(&mut self.cursor, &self.session, seq);
-        let mut wire = Vec::with_capacity(event.data.len() + self.cursor.len() + 32);
-        sse::encode_event(&event, Some(&self.cursor), &mut wire);
+        sse::encode_event(&event, Some(&self.cursor), &mut self.wire);
         let sse::Event { event, data, .. } = event;
         let recorded = self.number(Entry::Event {
             app_id: self.sticky.clone(),
             event,
             data,
         });
-        out.push(Item::Entry(recorded, Bytes::from(wire)));
+        out.push(Item::Entry(recorded, Bytes::new()));
     }
 }
 
@@ -178,6 +228,33 @@ mod tests {
         assert!(out.iter().any(|i| matches!(i, Item::Comment(_))));
         assert_eq!(r.last_seq(), 9);
         assert_eq!(r.number(Entry::End).seq, 10);
+    }
+
+    #[test]
+    fn a_chunk_reaches_the_client_as_one_buffer_of_which_each_entry_is_a_slice() {
+        let mut r = reader(1, Overlap::default(), false);
+        let mut out = Vec::new();
+        r.feed(b"data: a\n\n: ping\n\nretry: 5\n\ndata: b\n\n", &mut out);
+        let wire = r.take_wire().expect("bytes for the client");
+        assert_eq!(
+            std::str::from_utf8(&wire).unwrap(),
+            "id: s1.1\ndata: a\n\n: ping\nretry: 5\n\nid: s1.3\ndata: b\n\n"
+        );
+        let joined: Vec<u8> = out
+            .iter()
+            .flat_map(|i| match i {
+                Item::Entry(_, b) | Item::Comment(b) => b.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(
+            joined,
+            wire.to_vec(),
+            "the items' bytes are the chunk, in order"
+        );
+        assert!(r.take_wire().is_none(), "taken once");
+        r.feed(b"data: c", &mut out);
+        assert!(r.take_wire().is_none(), "nothing complete yet");
     }
 
     #[test]
