@@ -9,6 +9,7 @@
 
 mod batcher;
 mod fanout;
+mod handover;
 mod reader;
 mod registry;
 
@@ -40,6 +41,7 @@ const FINAL_FLUSH_BUDGET: Duration = Duration::from_secs(3);
 
 use self::batcher::{Batcher, FlushDone, write_batch};
 use self::fanout::Fanout;
+use self::handover::{Handover, Phase};
 use self::reader::{Item, Reader};
 use self::registry::Command;
 pub use self::registry::{AttachReply, RecorderHandle, Recorders, Reservation};
@@ -100,32 +102,18 @@ pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
         items: Vec::with_capacity(8),
         unrecorded_warned: false,
         paused_for_store: false,
-        phase: Phase::Capturing,
+        handover: Handover::new(start.session.clone()),
         shared: shared.clone(),
         id: handle.id,
         session: start.session.clone(),
         upstream: Some(start.upstream),
         claim: start.claim,
         fenced_wait: Box::pin(fenced.cancelled_owned()),
-        keys: vec![start.session.clone()],
-        keys_closed: false,
-        handover_by: None,
         cmds,
     };
     shared.metrics.recorders.inc();
     tokio::spawn(recorder.run());
     handle
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Capturing and serving clients.
-    Capturing,
-    /// Handing over: the session's keys refuse new requests; capturing until the ones accepted
-    /// are answered, then `Handover` is recorded.
-    HandingOver(HandoverReason),
-    /// Handover recorded (drain): capturing until fenced or stopped; clients resume elsewhere.
-    HandedOver,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,14 +143,8 @@ struct Recorder {
     claim: Option<Claim>,
     /// Resolves when another pod takes the session over (cancelled by the lease book).
     fenced_wait: Pin<Box<WaitForCancellationFutureOwned>>,
-    phase: Phase,
-    /// The keys requests for this stream's session carry: its own id and the key learned from
-    /// the `endpoint` event. A handover closes them (see `gates`).
-    keys: Vec<SessionId>,
-    /// Whether `keys` were closed (a handover began).
-    keys_closed: bool,
-    /// Until when a pending handover waits for accepted requests (`Phase::HandingOver`).
-    handover_by: Option<Instant>,
+    /// The phase and the session's keys (see [`handover`]).
+    handover: Handover,
     cmds: mpsc::Receiver<Command>,
 }
 
@@ -206,16 +188,8 @@ async fn timer(sleep: &mut Pin<Box<Sleep>>, armed: bool) {
 /// How often a recorder checks, without events, whether its client left and whether its resume
 /// window is over.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
-/// Longest a handover waits for the session's accepted requests to be answered: a request the
-/// app answers later than this (async work) is not waited for.
-const HANDOVER_WAIT_MAX: Duration = Duration::from_secs(2);
-/// How long after the last accepted request was answered (and after the keys closed) the app's
-/// reply event is given to reach the recorder before `Handover` is recorded.
-const HANDOVER_SETTLE: Duration = Duration::from_millis(100);
 /// How often a pending handover checks whether it may be recorded.
 const HANDOVER_POLL: Duration = Duration::from_millis(10);
-/// How long a handed-over session's keys keep refusing requests after its recorder ended.
-const KEYS_CLOSED_AFTER_EXIT: Duration = Duration::from_secs(5);
 
 impl Recorder {
     async fn run(mut self) {
@@ -270,7 +244,7 @@ impl Recorder {
                 _ = housekeeping.tick() => self.housekeeping().await,
                 // A timer kept across iterations: one made anew each turn would never fire while
                 // events arrive faster than it.
-                _ = handover_poll.tick(), if self.handover_by.is_some() => {
+                _ = handover_poll.tick(), if self.handover.is_waiting() => {
                     self.finish_handover().await
                 },
                 room = self.fanout.room() => {
@@ -303,7 +277,7 @@ impl Recorder {
     }
 
     fn detach_deadline(&self) -> Option<Instant> {
-        if self.phase != Phase::Capturing || self.shared.book.is_draining() {
+        if !self.handover.is_capturing() || self.shared.book.is_draining() {
             return None;
         }
         self.fanout.detached_until()
@@ -321,7 +295,7 @@ impl Recorder {
                 Flow::Continue
             }
             Command::Handover => {
-                if self.phase == Phase::Capturing {
+                if self.handover.is_capturing() {
                     self.begin_handover(HandoverReason::Drain);
                 }
                 Flow::Continue
@@ -332,7 +306,7 @@ impl Recorder {
 
     fn on_attach(&mut self, after: Seq, client: ClientTx) -> AttachReply {
         let last = self.reader.last_seq();
-        if self.phase != Phase::Capturing {
+        if !self.handover.is_capturing() {
             return AttachReply::Refused(client);
         }
         if after > last {
@@ -366,7 +340,7 @@ impl Recorder {
                 self.shared.metrics.error(ErrorKind::UpstreamBody);
                 self.upstream = None;
                 self.fanout.release();
-                if matches!(self.phase, Phase::Capturing | Phase::HandingOver(_)) {
+                if self.handover.phase() != Phase::HandedOver {
                     self.record_handover(HandoverReason::UpstreamError).await;
                 }
                 Flow::Finish
@@ -392,7 +366,7 @@ impl Recorder {
                 Item::Endpoint(data) => {
                     let shared = self.shared.clone();
                     if let Some(key) = register_endpoint_key(&shared, &data).await {
-                        self.keys.push(key);
+                        self.handover.add_key(key);
                     }
                 }
                 Item::OverlapDropped => {
@@ -474,38 +448,33 @@ impl Recorder {
     /// Mark the lease draining, then record the handover, so a reader seeing it knows the owner
     /// is leaving.
     async fn record_handover(&mut self, reason: HandoverReason) {
-        self.shared.gates.close(&self.keys);
-        self.keys_closed = true;
+        self.handover.close_keys(&self.shared.gates);
         let _ = self.shared.book.mark_draining(&self.session).await;
         self.push(Entry::Handover);
         self.batcher.hurry();
         self.shared.metrics.handover(reason);
     }
 
-    /// Start handing over: close the session's keys at once (new requests get `404`), keep
-    /// capturing until the requests already accepted have been answered (their replies are
-    /// events on this stream), then record `Handover` (`finish_handover`).
+    /// Start handing over (see [`handover`]): new requests get `404` at once; `Handover` is
+    /// recorded once the requests already accepted are answered (`finish_handover`).
     fn begin_handover(&mut self, reason: HandoverReason) {
-        self.shared.gates.close(&self.keys);
-        self.keys_closed = true;
-        self.phase = Phase::HandingOver(reason);
-        self.handover_by = Some(Instant::now() + HANDOVER_WAIT_MAX);
+        self.handover
+            .begin(reason, &self.shared.gates, Instant::now());
     }
 
-    /// Record `Handover` once the session's accepted requests are answered (or the bounded
-    /// wait is over). A drain keeps capturing until fenced; a resume window ends.
+    /// Record `Handover` once it is due. A drain keeps capturing until fenced; a resume window
+    /// ends.
     async fn finish_handover(&mut self) -> Flow {
-        let Phase::HandingOver(reason) = self.phase else {
+        let due = self.handover.due(
+            &self.shared.gates,
+            self.shared.settings.batch_window,
+            Instant::now(),
+        );
+        let Some(reason) = due else {
             return Flow::Continue;
         };
-        let settle = HANDOVER_SETTLE.max(self.shared.settings.batch_window * 4);
-        let over = self.handover_by.is_none_or(|t| Instant::now() >= t);
-        if !over && !self.shared.gates.quiet(&self.keys, settle) {
-            return Flow::Continue;
-        }
-        self.handover_by = None;
         self.record_handover(reason).await;
-        self.phase = Phase::HandedOver;
+        self.handover.recorded();
         if reason == HandoverReason::Drain {
             self.fanout.release();
             Flow::Continue
@@ -515,8 +484,8 @@ impl Recorder {
     }
 
     async fn exit(mut self, flow: Flow) {
-        if let (Flow::Finish, Phase::HandingOver(reason), Some(_)) =
-            (flow, self.phase, &self.upstream)
+        if let (Flow::Finish, Some(reason), Some(_)) =
+            (flow, self.handover.unrecorded(), &self.upstream)
         {
             // Stopped (the drain's margin is over) before the pending handover was recorded:
             // record it now, so a resuming client takes the session over instead of waiting
@@ -524,7 +493,7 @@ impl Recorder {
             self.record_handover(reason).await;
         }
         self.shared.recorders.remove(&self.session, self.id);
-        self.forget_keys_later();
+        self.handover.forget_keys_later(&self.shared.gates);
         self.cmds.close();
         self.upstream = None;
         self.fanout.release();
@@ -537,20 +506,6 @@ impl Recorder {
             self.shared.book.unpin(&self.session, c.id);
         }
         self.shared.metrics.recorders.dec();
-    }
-
-    /// Closed keys stay closed a little after the upstream is dropped (the app may take a moment
-    /// to notice its session is gone and would still accept requests for it), then are forgotten.
-    fn forget_keys_later(&self) {
-        if !self.keys_closed {
-            return;
-        }
-        let gates = self.shared.gates.clone();
-        let keys = self.keys.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(KEYS_CLOSED_AFTER_EXIT).await;
-            gates.forget(&keys);
-        });
     }
 
     /// Write everything still held, in order, within a bounded time.

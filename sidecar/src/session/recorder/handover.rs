@@ -1,0 +1,208 @@
+//! Ending a session here so another pod can take it over: the recorder's phase and the keys its
+//! session's requests carry.
+//!
+//! A handover first closes the keys (new requests for the session get `404` at once), then waits
+//! until the requests already accepted are answered — their answers are events on this stream —
+//! and only then is `Handover` recorded. Pure bookkeeping over [`Gates`]: the recorder does the
+//! store writes, so this is tested without a store or a socket.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cursor::SessionId;
+use crate::metrics::HandoverReason;
+use crate::session::gates::Gates;
+
+/// Longest a handover waits for the session's accepted requests to be answered: a request the
+/// app answers later than this (async work) is not waited for.
+pub(super) const WAIT_MAX: Duration = Duration::from_secs(2);
+/// How long after the last accepted request was answered (and after the keys closed) the app's
+/// reply event is given to reach the recorder before `Handover` is recorded.
+const SETTLE: Duration = Duration::from_millis(100);
+/// How long a handed-over session's keys keep refusing requests after its recorder ended.
+const KEYS_CLOSED_AFTER_EXIT: Duration = Duration::from_secs(5);
+
+/// Where a recorder is in ending its session here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Capturing and serving clients.
+    Capturing,
+    /// Handing over: the session's keys refuse new requests; capturing until the ones accepted
+    /// are answered, then `Handover` is recorded.
+    HandingOver(HandoverReason),
+    /// Handover recorded (drain): capturing until fenced or stopped; clients resume elsewhere.
+    HandedOver,
+}
+
+/// The phase, the session's keys and the wait for its accepted requests.
+pub(super) struct Handover {
+    phase: Phase,
+    /// The keys requests for this stream's session carry: its own id and the key learned from
+    /// the `endpoint` event.
+    keys: Vec<SessionId>,
+    /// Whether `keys` were closed (a handover began).
+    keys_closed: bool,
+    /// Until when a pending handover waits for accepted requests.
+    wait_until: Option<Instant>,
+}
+
+impl Handover {
+    /// A capturing session whose requests carry its own id.
+    pub(super) fn new(session: SessionId) -> Self {
+        Handover {
+            phase: Phase::Capturing,
+            keys: vec![session],
+            keys_closed: false,
+            wait_until: None,
+        }
+    }
+
+    pub(super) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Whether the session is still served here (no handover begun).
+    pub(super) fn is_capturing(&self) -> bool {
+        self.phase == Phase::Capturing
+    }
+
+    /// A key learned from the app (the `endpoint` event) that requests for the session carry.
+    pub(super) fn add_key(&mut self, key: SessionId) {
+        self.keys.push(key);
+    }
+
+    /// Whether a begun handover waits for accepted requests.
+    pub(super) fn is_waiting(&self) -> bool {
+        self.wait_until.is_some()
+    }
+
+    /// Refuse new requests for the session from now on.
+    pub(super) fn close_keys(&mut self, gates: &Gates) {
+        gates.close(&self.keys);
+        self.keys_closed = true;
+    }
+
+    /// Start handing over: close the keys and wait (at most [`WAIT_MAX`]) for the requests
+    /// already accepted.
+    pub(super) fn begin(&mut self, reason: HandoverReason, gates: &Gates, now: Instant) {
+        self.close_keys(gates);
+        self.phase = Phase::HandingOver(reason);
+        self.wait_until = Some(now + WAIT_MAX);
+    }
+
+    /// The reason, once the pending handover may be recorded: every accepted request answered
+    /// and `batch_window`-scaled settle time passed, or the wait is over. Ends the wait.
+    pub(super) fn due(
+        &mut self,
+        gates: &Gates,
+        batch_window: Duration,
+        now: Instant,
+    ) -> Option<HandoverReason> {
+        let Phase::HandingOver(reason) = self.phase else {
+            return None;
+        };
+        let settle = SETTLE.max(batch_window * 4);
+        let over = self.wait_until.is_none_or(|t| now >= t);
+        if !over && !gates.quiet(&self.keys, settle) {
+            return None;
+        }
+        self.wait_until = None;
+        Some(reason)
+    }
+
+    /// `Handover` was recorded.
+    pub(super) fn recorded(&mut self) {
+        self.phase = Phase::HandedOver;
+    }
+
+    /// The handover begun but not recorded yet (the recorder stops before the wait was over).
+    pub(super) fn unrecorded(&self) -> Option<HandoverReason> {
+        match self.phase {
+            Phase::HandingOver(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Closed keys stay closed a little after the upstream is dropped (the app may take a
+    /// moment to notice its session is gone and would still accept requests for it), then are
+    /// forgotten.
+    pub(super) fn forget_keys_later(&self, gates: &Arc<Gates>) {
+        if !self.keys_closed {
+            return;
+        }
+        let gates = gates.clone();
+        let keys = self.keys.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(KEYS_CLOSED_AFTER_EXIT).await;
+            gates.forget(&keys);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> SessionId {
+        SessionId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_handover_closes_the_keys_and_waits_for_the_accepted_requests() {
+        let gates = Arc::new(Gates::default());
+        let mut h = Handover::new(key("s1"));
+        h.add_key(key("mcp-1"));
+        let inflight = gates
+            .enter(&key("mcp-1"))
+            .expect("open before the handover");
+        let t0 = Instant::now();
+        h.begin(HandoverReason::Drain, &gates, t0);
+        assert!(!h.is_capturing() && h.is_waiting());
+        assert!(
+            gates.enter(&key("s1")).is_none(),
+            "new requests are refused"
+        );
+        assert!(gates.enter(&key("mcp-1")).is_none());
+        assert_eq!(
+            h.due(&gates, Duration::ZERO, t0),
+            None,
+            "a request is in flight"
+        );
+        assert_eq!(h.unrecorded(), Some(HandoverReason::Drain));
+        drop(inflight);
+        // Answered, but its reply event gets the settle time to arrive.
+        assert_eq!(h.due(&gates, Duration::ZERO, Instant::now()), None);
+        std::thread::sleep(SETTLE + Duration::from_millis(20));
+        assert_eq!(
+            h.due(&gates, Duration::ZERO, Instant::now()),
+            Some(HandoverReason::Drain)
+        );
+        assert!(!h.is_waiting());
+        h.recorded();
+        assert_eq!(h.phase(), Phase::HandedOver);
+        assert_eq!(h.unrecorded(), None);
+    }
+
+    #[test]
+    fn a_request_the_app_never_answers_is_waited_for_only_so_long() {
+        let gates = Arc::new(Gates::default());
+        let mut h = Handover::new(key("s2"));
+        let _stuck = gates.enter(&key("s2")).unwrap();
+        let t0 = Instant::now();
+        h.begin(HandoverReason::ResumeWindow, &gates, t0);
+        assert_eq!(h.due(&gates, Duration::ZERO, t0 + WAIT_MAX / 2), None);
+        assert_eq!(
+            h.due(&gates, Duration::ZERO, t0 + WAIT_MAX),
+            Some(HandoverReason::ResumeWindow)
+        );
+    }
+
+    #[test]
+    fn nothing_is_due_while_capturing() {
+        let gates = Arc::new(Gates::default());
+        let mut h = Handover::new(key("s3"));
+        assert!(h.is_capturing() && !h.is_waiting());
+        assert_eq!(h.due(&gates, Duration::ZERO, Instant::now()), None);
+        assert!(gates.enter(&key("s3")).is_some(), "keys stay open");
+    }
+}
