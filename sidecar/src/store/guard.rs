@@ -275,6 +275,10 @@ impl GuardedStore {
         fut: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
         let r = timed(budget, fut).await;
+        // A store that answers at once (memory) never yields on its own: a loop of calls (a
+        // renewal round over thousands of leases) would hold a worker thread and stall every
+        // stream on it. Count each call against the task's budget so such loops yield.
+        tokio::task::consume_budget().await;
         self.health.observe(&r);
         self.calls[op as usize][StoreOutcome::of(&r) as usize].inc();
         r

@@ -10,6 +10,7 @@
 mod batcher;
 mod fanout;
 mod handover;
+mod lease;
 mod reader;
 mod registry;
 
@@ -23,7 +24,6 @@ use http_body_util::BodyExt as _;
 use hyper::body::Frame as BodyFrame;
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::cursor::SessionId;
 use crate::http::body::{BoxError, ClientTx, ProxyBody};
@@ -42,6 +42,7 @@ const FINAL_FLUSH_BUDGET: Duration = Duration::from_secs(3);
 use self::batcher::{Batcher, FlushDone, write_batch};
 use self::fanout::Fanout;
 use self::handover::{Handover, Phase};
+use self::lease::Holding;
 use self::reader::{Item, Reader};
 use self::registry::Command;
 pub use self::registry::{AttachReply, RecorderHandle, Recorders, Reservation};
@@ -70,11 +71,6 @@ pub struct StreamStart {
 pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
     let (handle, cmds) = shared.recorders.register(&start.session);
     let settings = &shared.settings;
-    let fenced = start
-        .claim
-        .as_ref()
-        .map(|c| c.fenced.clone())
-        .unwrap_or_default();
     let recorder = Recorder {
         reader: Reader::new(
             start.session.clone(),
@@ -107,8 +103,7 @@ pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
         id: handle.id,
         session: start.session.clone(),
         upstream: Some(start.upstream),
-        claim: start.claim,
-        fenced_wait: Box::pin(fenced.cancelled_owned()),
+        lease: Holding::new(start.claim),
         cmds,
     };
     shared.metrics.recorders.inc();
@@ -140,9 +135,8 @@ struct Recorder {
     unrecorded_warned: bool,
     /// Whether the upstream is paused for the store (to count each pause once).
     paused_for_store: bool,
-    claim: Option<Claim>,
-    /// Resolves when another pod takes the session over (cancelled by the lease book).
-    fenced_wait: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The lease's claim and fencing signal (see [`lease`]).
+    lease: Holding,
     /// The phase and the session's keys (see [`handover`]).
     handover: Handover,
     cmds: mpsc::Receiver<Command>,
@@ -194,7 +188,7 @@ const HANDOVER_POLL: Duration = Duration::from_millis(10);
 impl Recorder {
     async fn run(mut self) {
         // Take (or reuse) the lease right away so other pods see a live owner from the start.
-        if self.claim.is_none() {
+        if !self.lease.is_held() {
             self.start_flush();
         }
         let mut flush_timer = Box::pin(tokio::time::sleep(Duration::ZERO));
@@ -227,7 +221,7 @@ impl Recorder {
             self.paused_for_store = store_full;
             let flow = tokio::select! {
                 biased;
-                _ = self.fenced_wait.as_mut() => Flow::Fenced,
+                _ = self.lease.taken_over() => Flow::Fenced,
                 cmd = self.cmds.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
                     None => Flow::Finish,
@@ -393,7 +387,7 @@ impl Recorder {
         let batch = self.batcher.take_batch();
         let shared = self.shared.clone();
         let session = self.session.clone();
-        let claim = self.claim.as_ref().map(|c| c.id);
+        let claim = self.lease.id();
         self.batcher.started(tokio::spawn(async move {
             write_batch(&shared.book, &shared.store, &session, claim, batch).await
         }));
@@ -401,8 +395,7 @@ impl Recorder {
 
     fn on_flushed(&mut self, done: FlushDone) -> Flow {
         if let Some(Ok(claim)) = done.claim {
-            self.fenced_wait = Box::pin(claim.fenced.clone().cancelled_owned());
-            self.claim = Some(claim);
+            self.lease.adopt(claim);
         }
         match done.result {
             Ok(()) => {
@@ -417,9 +410,7 @@ impl Recorder {
             }
             Err(StoreError::Fenced { current }) => {
                 tracing::info!(session = %self.session, current, "session taken over by another pod: stop capturing");
-                if let Some(c) = &self.claim {
-                    self.shared.book.fenced(&self.session, c.id);
-                }
+                self.lease.fenced(&self.shared.book, &self.session);
                 Flow::Fenced
             }
             Err(StoreError::Unavailable(e)) => {
@@ -502,9 +493,7 @@ impl Recorder {
         } else if let Some(h) = self.batcher.take_inflight() {
             h.abort();
         }
-        if let Some(c) = &self.claim {
-            self.shared.book.unpin(&self.session, c.id);
-        }
+        self.lease.release(&self.shared.book, &self.session);
         self.shared.metrics.recorders.dec();
     }
 
