@@ -269,7 +269,12 @@ async fn serve_clients(
         let router = router.clone();
         let service = service_fn(move |req| {
             let router = router.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(router, req, peer, Origin::Client).await) }
+            // Boxed: the handler's future lives only until the response head, while the
+            // connection task lives as long as the stream; unboxed, every idle stream's task
+            // would keep room for the handler's largest state (several KiB).
+            Box::pin(async move {
+                Ok::<_, Infallible>(proxy::handle(router, req, peer, Origin::Client).await)
+            })
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(conn);

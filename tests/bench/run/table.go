@@ -228,8 +228,12 @@ func table(res Results, figs []figure) string {
 	b.WriteString("- sidecar recorded / forwarded: `events_recorded` (less the one End entry per ended stream) over `events_forwarded` from its /metrics on the admin port, read once recorded + unrecorded reach forwarded or 4 s after the load ended (`unrecorded` = `events_unrecorded`)\n")
 	b.WriteString("- idle streams stop at 9,900: the machine's fd limit is 20,000 per process and a proxy holds two per stream\n")
 	b.WriteString("- each cell: median value, then its ratio to direct (d) and to HAProxy (H) in the same run; load = the machine's 1-min load average while the row was measured\n\n")
-	b.WriteString("| figure | direct | HAProxy | nginx | sidecar memory store | sidecar Redis | load | target | met |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| figure |")
+	for _, p := range peers {
+		b.WriteString(" " + peerLabel[p] + " |")
+	}
+	b.WriteString(" load | target | met |\n")
+	b.WriteString("|---|" + strings.Repeat("---|", len(peers)+3) + "\n")
 	loads := map[string][2]float64{}
 	for _, m := range res.Measurements {
 		l, ok := loads[m.Figure]
