@@ -19,8 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::http::body::ClientQueues;
-use crate::http::client::{App, HttpClient};
+use crate::http::client::HttpClient;
 use crate::http::streams::Streams;
 use crate::metrics::Metrics;
 use crate::phase::Lifecycle;
@@ -31,9 +30,8 @@ use crate::runtime::drain;
 use crate::runtime::health::{AppProbe, HEARTBEAT_EVERY, HEARTBEAT_STALE, Heartbeat};
 use crate::runtime::lifecycle;
 use crate::runtime::state::Sidecar;
-use crate::session::leases::LeaseBook;
+use crate::session::Sessions;
 use crate::session::recorder::Recorders;
-use crate::session::{Sessions, Tuning};
 use crate::store::{GuardedStore, SessionStore};
 
 /// A started sidecar.
@@ -174,35 +172,14 @@ fn build_sessions(
     metrics: Arc<Metrics>,
     background: &CancellationToken,
 ) -> Arc<Sessions> {
-    let store = Arc::new(GuardedStore::new(
-        store,
-        settings.store_timeout,
-        metrics.clone(),
-    ));
-    store.spawn_pinger(Duration::from_secs(1), background.clone());
-    let book = LeaseBook::new(
-        store.clone(),
-        settings.owner.clone(),
-        settings.lease_ttl,
-        settings.session_ttl,
-        metrics.clone(),
-    );
-    book.spawn_renewer(settings.renew_every, background.clone());
-    let clients = ClientQueues::new(
-        Streams::new(settings.max_streams, metrics.clone()),
-        settings.client_buffer_bytes,
-        settings.reconnect_delay_millis,
-    );
-    Arc::new(Sessions {
-        store,
-        book,
-        recorders: Arc::new(Recorders::default()),
-        gates: Default::default(),
-        metrics,
-        app: App::new(settings.app_addr, settings.upstream_timeout),
-        clients,
-        settings: Tuning::of(settings),
-    })
+    let sessions = Sessions::new(settings, store, metrics);
+    sessions
+        .store
+        .spawn_pinger(Duration::from_secs(1), background.clone());
+    sessions
+        .book
+        .spawn_renewer(settings.renew_every, background.clone());
+    Arc::new(sessions)
 }
 
 /// The request handler over `sessions`, with the client to other sidecars.

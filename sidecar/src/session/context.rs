@@ -8,11 +8,12 @@ use crate::config::Settings;
 use crate::contract::SessionKeySource;
 use crate::http::body::ClientQueues;
 use crate::http::client::App;
+use crate::http::streams::Streams;
 use crate::metrics::Metrics;
 use crate::session::gates::Gates;
 use crate::session::leases::LeaseBook;
 use crate::session::recorder::Recorders;
-use crate::store::GuardedStore;
+use crate::store::{GuardedStore, SessionStore};
 
 /// The session layer's context.
 pub struct Sessions {
@@ -32,6 +33,40 @@ pub struct Sessions {
     pub clients: ClientQueues,
     /// The settings sessions follow.
     pub settings: Tuning,
+}
+
+impl Sessions {
+    /// The session layer over `store` (wrapped in the guard) as `settings` describe it. The
+    /// caller starts the background work (the store's pinger, the lease renewer).
+    pub fn new(settings: &Settings, store: Arc<dyn SessionStore>, metrics: Arc<Metrics>) -> Self {
+        let store = Arc::new(GuardedStore::new(
+            store,
+            settings.store_timeout,
+            metrics.clone(),
+        ));
+        let book = LeaseBook::new(
+            store.clone(),
+            settings.owner.clone(),
+            settings.lease_ttl,
+            settings.session_ttl,
+            metrics.clone(),
+        );
+        let clients = ClientQueues::new(
+            Streams::new(settings.max_streams, metrics.clone()),
+            settings.client_buffer_bytes,
+            settings.reconnect_delay_millis,
+        );
+        Sessions {
+            store,
+            book,
+            recorders: Arc::new(Recorders::default()),
+            gates: Default::default(),
+            metrics,
+            app: App::new(settings.app_addr, settings.upstream_timeout),
+            clients,
+            settings: Tuning::of(settings),
+        }
+    }
 }
 
 /// The settings of recording, replay and resumes.

@@ -8,4 +8,4 @@ pub mod recorder;
 pub mod replay;
 pub mod resume;
 
-pub use self::context::{Sessions, Tuning};
+pub use self::context::Sessions;

@@ -82,83 +82,17 @@ pub async fn resume(shared: &Arc<Sessions>, template: RequestTemplate, cursor: C
         session,
         seq: after,
     } = cursor;
-    let mut carried = None;
-    if let Some(handle) = shared.recorders.get(&session) {
-        let Some((tx, mut body)) = channel(shared) else {
-            return Resumed::Respond(too_many_streams(&shared.metrics));
-        };
-        match handle.attach(after, tx).await {
-            AttachReply::Attached(attached) => {
-                shared.metrics.resume(ResumeOutcome::Local);
-                let mut prefix = match attached.from_store {
-                    Some((from, upto)) => read_range(shared, &session, from, upto).await,
-                    None => VecDeque::new(),
-                };
-                shared
-                    .metrics
-                    .replayed_events
-                    .inc_by((prefix.len() + attached.prefix.len()) as u64);
-                prefix.extend(attached.prefix);
-                body.set_prefix(prefix);
-                return Resumed::Respond(sse_response(body));
-            }
-            AttachReply::Lost => return Resumed::Respond(sse_response(body)),
-            AttachReply::Forged => {
-                tracing::info!(session = %session, after, "cursor beyond the live session: fresh stream");
-                shared.metrics.resume(ResumeOutcome::Forged);
-                return Resumed::Fresh(None);
-            }
-            AttachReply::Refused(tx) => carried = Some((tx, body)),
-        }
-    }
-
-    let s = &shared.settings;
-    if !shared.store.is_up() {
-        shared.metrics.resume(ResumeOutcome::StoreDown);
-        return Resumed::Fresh(None);
-    }
-    let first = shared.store.read_after(&session, after, READ_BATCH).await;
-    let first = match first {
-        Ok(entries) => entries,
-        Err(e) => {
-            tracing::warn!(session = %session, error = %e, "resume without the store: fresh stream");
-            shared.metrics.resume(ResumeOutcome::StoreDown);
-            return Resumed::Fresh(None);
-        }
+    let carried = match resume_here(shared, &session, after).await {
+        Local::Answered(r) => return r,
+        Local::Refused(pair) => Some(pair),
+        Local::Absent => None,
     };
-    if first.is_empty() {
-        let lease = shared.store.lease(&session).await;
-        let last = shared.store.last(&session).await;
-        let (Ok(lease), Ok(last)) = (lease, last) else {
-            shared.metrics.resume(ResumeOutcome::StoreDown);
-            return Resumed::Fresh(None);
-        };
-        match &last {
-            None if lease.is_none() => {
-                tracing::info!(session = %session, "resume of an unknown session: fresh stream");
-                shared.metrics.resume(ResumeOutcome::Unknown);
-                return Resumed::Fresh(None);
-            }
-            Some(last) if after > last.seq.saturating_add(s.max_unrecorded as u64) => {
-                tracing::info!(session = %session, after, last = last.seq, "cursor beyond the session's history: fresh stream");
-                shared.metrics.resume(ResumeOutcome::Forged);
-                return Resumed::Fresh(None);
-            }
-            _ => {}
-        }
-    } else if first[0].entry == Entry::End {
-        // The client has the whole finished stream: it reconnects as it would to the app.
-        let app_id = shared.store.last_app_id(&session).await;
-        shared.metrics.resume(ResumeOutcome::Ended);
-        return Resumed::Fresh(app_id.ok().flatten());
-    }
-
-    let (tx, body) = match carried {
-        Some(pair) => pair,
-        None => match channel(shared) {
-            Some(pair) => pair,
-            None => return Resumed::Respond(too_many_streams(&shared.metrics)),
-        },
+    let first = match from_store(shared, &session, after).await {
+        Ok(first) => first,
+        Err(fresh) => return fresh,
+    };
+    let Some((tx, body)) = carried.or_else(|| channel(shared)) else {
+        return Resumed::Respond(too_many_streams(&shared.metrics));
     };
     shared.metrics.resume(ResumeOutcome::Store);
     let follower = Follower {
@@ -175,6 +109,115 @@ pub async fn resume(shared: &Arc<Sessions>, template: RequestTemplate, cursor: C
     };
     tokio::spawn(follower.run(first));
     Resumed::Respond(sse_response(body))
+}
+
+/// What the session's recorder on this pod, if one runs, made of the resume.
+enum Local {
+    /// Answered by the recorder here (attached, lost, or a forged cursor).
+    Answered(Resumed),
+    /// The recorder is handing the session over: follow the store with this client queue.
+    Refused((ClientTx, ClientBody)),
+    /// No recorder here.
+    Absent,
+}
+
+/// Attach to the session's recorder if it runs here (a network blip): it hands over its recent
+/// events, anything older comes from the store.
+async fn resume_here(shared: &Arc<Sessions>, session: &SessionId, after: Seq) -> Local {
+    let Some(handle) = shared.recorders.get(session) else {
+        return Local::Absent;
+    };
+    let Some((tx, mut body)) = channel(shared) else {
+        return Local::Answered(Resumed::Respond(too_many_streams(&shared.metrics)));
+    };
+    match handle.attach(after, tx).await {
+        AttachReply::Attached(attached) => {
+            shared.metrics.resume(ResumeOutcome::Local);
+            let mut prefix = match attached.from_store {
+                Some((from, upto)) => read_range(shared, session, from, upto).await,
+                None => VecDeque::new(),
+            };
+            shared
+                .metrics
+                .replayed_events
+                .inc_by((prefix.len() + attached.prefix.len()) as u64);
+            prefix.extend(attached.prefix);
+            body.set_prefix(prefix);
+            Local::Answered(Resumed::Respond(sse_response(body)))
+        }
+        AttachReply::Lost => Local::Answered(Resumed::Respond(sse_response(body))),
+        AttachReply::Forged => {
+            tracing::info!(session = %session, after, "cursor beyond the live session: fresh stream");
+            shared.metrics.resume(ResumeOutcome::Forged);
+            Local::Answered(Resumed::Fresh(None))
+        }
+        AttachReply::Refused(tx) => Local::Refused((tx, body)),
+    }
+}
+
+/// The first entries after `after` to replay from the store, or the fresh stream to start
+/// instead (and why, counted).
+async fn from_store(
+    shared: &Sessions,
+    session: &SessionId,
+    after: Seq,
+) -> Result<Vec<Recorded>, Resumed> {
+    let store_down = || {
+        shared.metrics.resume(ResumeOutcome::StoreDown);
+        Resumed::Fresh(None)
+    };
+    if !shared.store.is_up() {
+        return Err(store_down());
+    }
+    let first = match shared.store.read_after(session, after, READ_BATCH).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(session = %session, error = %e, "resume without the store: fresh stream");
+            return Err(store_down());
+        }
+    };
+    let verdict = if first.is_empty() {
+        let lease = shared.store.lease(session).await;
+        let last = shared.store.last(session).await;
+        let (Ok(lease), Ok(last)) = (lease, last) else {
+            return Err(store_down());
+        };
+        judge_empty(
+            after,
+            lease.is_some(),
+            last.map(|r| r.seq),
+            shared.settings.max_unrecorded as u64,
+        )
+    } else if first[0].entry == Entry::End {
+        Some(ResumeOutcome::Ended)
+    } else {
+        None
+    };
+    match verdict {
+        None => Ok(first),
+        Some(ResumeOutcome::Ended) => {
+            // The client has the whole finished stream: it reconnects as it would to the app.
+            let app_id = shared.store.last_app_id(session).await;
+            shared.metrics.resume(ResumeOutcome::Ended);
+            Err(Resumed::Fresh(app_id.ok().flatten()))
+        }
+        Some(outcome) => {
+            tracing::info!(session = %session, after, outcome = outcome.label(), "cursor the store cannot continue: fresh stream");
+            shared.metrics.resume(outcome);
+            Err(Resumed::Fresh(None))
+        }
+    }
+}
+
+/// Nothing is stored after the cursor: is that a session to tail (its owner records on), one
+/// the store does not know (`Unknown`), or a cursor far beyond its history (`Forged`; `slack`
+/// covers entries an owner may still hold unwritten)?
+fn judge_empty(after: Seq, leased: bool, last: Option<Seq>, slack: u64) -> Option<ResumeOutcome> {
+    match last {
+        None if !leased => Some(ResumeOutcome::Unknown),
+        Some(last) if after > last.saturating_add(slack) => Some(ResumeOutcome::Forged),
+        _ => None,
+    }
 }
 
 /// Entries `(from, upto]` as wire bytes, waiting briefly for those still on their way.
@@ -555,5 +598,168 @@ impl Follower {
         );
         shared.metrics.takeover(TakeoverOutcome::Ok);
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use http::{HeaderMap, Method};
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::contract::SidecarArgs;
+    use crate::metrics::Metrics;
+    use crate::store::{MemoryStore, Owner, SessionStore};
+
+    /// The session layer over a memory store, its app somewhere nothing listens.
+    fn sessions() -> (Arc<Sessions>, Arc<dyn SessionStore>) {
+        let args = SidecarArgs::defaults(9, "test", "svc");
+        let memory: Arc<dyn SessionStore> =
+            Arc::new(MemoryStore::new(1000, Duration::from_secs(60)));
+        let s = Sessions::new(
+            &Settings::from_args(&args),
+            memory.clone(),
+            Arc::new(Metrics::new()),
+        );
+        (Arc::new(s), memory)
+    }
+
+    fn template() -> RequestTemplate {
+        RequestTemplate {
+            method: Method::GET,
+            path: "/events".into(),
+            headers: HeaderMap::new(),
+        }
+    }
+
+    fn cursor(session: &SessionId, seq: Seq) -> Cursor {
+        Cursor {
+            session: session.clone(),
+            seq,
+        }
+    }
+
+    fn event(seq: Seq, app_id: &str) -> Recorded {
+        Recorded {
+            seq,
+            entry: Entry::Event {
+                app_id: Some(app_id.into()),
+                event: None,
+                data: format!("event {seq}"),
+            },
+        }
+    }
+
+    /// A session another pod owns and records, with `entries` stored.
+    async fn owned_elsewhere(store: &Arc<dyn SessionStore>, entries: &[Recorded]) -> SessionId {
+        let s = SessionId::random();
+        let other = Owner {
+            name: "other".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 2)),
+        };
+        let lease = store
+            .acquire(&s, &other, Duration::from_secs(30))
+            .await
+            .unwrap();
+        store.append(&s, lease.epoch, entries).await.unwrap();
+        s
+    }
+
+    fn fresh(r: &Resumed) -> Option<Option<String>> {
+        match r {
+            Resumed::Fresh(id) => Some(id.clone()),
+            Resumed::Respond(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_session_starts_fresh() {
+        let (sh, _) = sessions();
+        let r = resume(&sh, template(), cursor(&SessionId::random(), 4)).await;
+        assert_eq!(fresh(&r), Some(None));
+        assert_eq!(sh.metrics.count("resumes", "unknown"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cursor_at_a_finished_streams_end_reconnects_with_the_apps_last_id() {
+        let (sh, store) = sessions();
+        let end = Recorded {
+            seq: 3,
+            entry: Entry::End,
+        };
+        let s = owned_elsewhere(&store, &[event(1, "a1"), event(2, "a2"), end]).await;
+        let r = resume(&sh, template(), cursor(&s, 2)).await;
+        assert_eq!(fresh(&r), Some(Some("a2".into())));
+        assert_eq!(sh.metrics.count("resumes", "ended"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cursor_far_beyond_the_history_is_forged() {
+        let (sh, store) = sessions();
+        let s = owned_elsewhere(&store, &[event(1, "a1")]).await;
+        let slack = sh.settings.max_unrecorded as u64;
+        let r = resume(&sh, template(), cursor(&s, 2 + slack)).await;
+        assert_eq!(fresh(&r), Some(None));
+        assert_eq!(sh.metrics.count("resumes", "forged"), 1);
+        // Within the slack, the owner may still hold it unwritten: the client tails.
+        let r = resume(&sh, template(), cursor(&s, 1 + slack)).await;
+        assert_eq!(fresh(&r), None);
+    }
+
+    #[tokio::test]
+    async fn a_session_owned_elsewhere_is_replayed_from_the_store_with_cursor_ids() {
+        let (sh, store) = sessions();
+        let s = owned_elsewhere(&store, &[event(1, "a1"), event(2, "a2"), event(3, "a3")]).await;
+        let Resumed::Respond(resp) = resume(&sh, template(), cursor(&s, 1)).await else {
+            panic!("a replay");
+        };
+        assert_eq!(sh.metrics.count("resumes", "store"), 1);
+        let mut body = resp.into_body();
+        let mut got = String::new();
+        while !got.contains("event 3") {
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("replayed in time")
+                .expect("the stream goes on")
+                .expect("no error");
+            if let Ok(data) = frame.into_data() {
+                got.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+        assert!(!got.contains("event 1"), "the client had event 1: {got}");
+        assert!(
+            got.contains(&format!("id: {s}.2\ndata: event 2\n\n")),
+            "{got}"
+        );
+        assert!(
+            got.contains(&format!("id: {s}.3\ndata: event 3\n\n")),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn nothing_after_the_cursor_is_judged_by_the_lease_and_the_last_seq() {
+        assert_eq!(
+            judge_empty(5, false, None, 10),
+            Some(ResumeOutcome::Unknown)
+        );
+        assert_eq!(
+            judge_empty(5, true, None, 10),
+            None,
+            "leased: the owner records on"
+        );
+        assert_eq!(
+            judge_empty(15, false, Some(5), 10),
+            None,
+            "within the slack"
+        );
+        assert_eq!(
+            judge_empty(16, true, Some(5), 10),
+            Some(ResumeOutcome::Forged)
+        );
+        assert_eq!(judge_empty(u64::MAX, true, Some(u64::MAX - 1), 10), None);
     }
 }

@@ -20,10 +20,7 @@ pub(super) struct Holding {
 impl Holding {
     /// Holding `claim` (a takeover starts with one), or nothing yet.
     pub(super) fn new(claim: Option<Claim>) -> Self {
-        let token = claim
-            .as_ref()
-            .map(|c| c.fenced.clone())
-            .unwrap_or_default();
+        let token = claim.as_ref().map(|c| c.fenced.clone()).unwrap_or_default();
         Holding {
             claim,
             fenced: Box::pin(token.cancelled_owned()),
