@@ -502,6 +502,29 @@ impl Follower {
     /// Step 5 of the handoff: open first, then take the lease (only from `expected`, the epoch
     /// the decision saw), then deliver the rest. Returns the follower if another pod took the
     /// session first: it goes on serving its client from the store.
+    /// The session's stream, opened afresh from this pod's app with the app's last event id.
+    async fn open_upstream(
+        &self,
+        app_last_id: Option<&str>,
+    ) -> Result<Response<hyper::body::Incoming>, TakeoverOutcome> {
+        let shared = &self.shared;
+        let req = self.template.build(app_last_id, shared.app.addr());
+        match shared.app.send(req).await {
+            Ok(resp) if resp.status() == StatusCode::OK && is_event_stream(resp.headers()) => {
+                Ok(resp)
+            }
+            Ok(resp) => {
+                tracing::warn!(session = %self.session, status = %resp.status(), "takeover: the app did not answer with a stream");
+                Err(TakeoverOutcome::UpstreamRefused)
+            }
+            Err(e) => {
+                tracing::warn!(session = %self.session, error = %e, "takeover: cannot reach the app");
+                shared.metrics.error(e.kind());
+                Err(TakeoverOutcome::UpstreamUnreachable)
+            }
+        }
+    }
+
     async fn takeover(mut self, expected: Epoch) -> Option<Self> {
         let started = Instant::now();
         let shared = self.shared.clone();
@@ -521,22 +544,10 @@ impl Follower {
         }
         let app_last_id = self.sticky.clone().unwrap_or(base);
 
-        let req = self
-            .template
-            .build(app_last_id.as_deref(), shared.app.addr());
-        let upstream = match shared.app.send(req).await {
-            Ok(resp) if resp.status() == StatusCode::OK && is_event_stream(resp.headers()) => resp,
-            Ok(resp) => {
-                tracing::warn!(session = %self.session, status = %resp.status(), "takeover: the app did not answer with a stream");
-                shared.metrics.takeover(TakeoverOutcome::UpstreamRefused);
-                return None;
-            }
-            Err(e) => {
-                tracing::warn!(session = %self.session, error = %e, "takeover: cannot reach the app");
-                shared.metrics.error(e.kind());
-                shared
-                    .metrics
-                    .takeover(TakeoverOutcome::UpstreamUnreachable);
+        let upstream = match self.open_upstream(app_last_id.as_deref()).await {
+            Ok(upstream) => upstream,
+            Err(why) => {
+                shared.metrics.takeover(why);
                 return None;
             }
         };
