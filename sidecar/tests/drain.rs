@@ -8,10 +8,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::app::{Feeds, TestApp};
-use common::client::{Log, Stream, fetch};
-use common::{args, eventually, memory_store, socket_path, start_sidecar};
+use common::{args, memory_store, socket_path, start_sidecar};
 use ssekeeper_sidecar::contract::{PrestopArgs, SidecarArgs};
+use ssekeeper_testkit::app::{Feeds, TestApp};
+use ssekeeper_testkit::client::{Log, Stream, fetch};
+use ssekeeper_testkit::{Patience, eventually, eventually_true};
 
 /// The kubelet's `exec` preStop hook, as the operator renders it, run against `sidecar`'s socket:
 /// the built binary's `prestop` subcommand. Returns its exit status and stdout.
@@ -35,7 +36,7 @@ async fn prestop_flips_readiness_then_sigterm_closes_streams_with_a_hint() {
     a.handover_margin_seconds = 1;
     a.reconnect_delay_millis = 750;
     let sc = start_sidecar(a.clone(), memory_store()).await;
-    eventually("ready", T, || sc.shared.app_probe.is_up()).await;
+    eventually_true("ready", T, || sc.shared.app_probe.is_up()).await;
     assert_eq!(fetch(sc.admin, "GET", "/ready", &[], None).await.0, 200);
 
     let mut streams = Vec::new();
@@ -48,7 +49,7 @@ async fn prestop_flips_readiness_then_sigterm_closes_streams_with_a_hint() {
     let t = Instant::now();
     let hook = a.clone();
     let prestop = tokio::spawn(async move { exec_prestop(&hook).await });
-    eventually("readiness off at once", Duration::from_millis(500), || {
+    eventually_true("readiness off at once", Duration::from_millis(500), || {
         !sc.shared.lifecycle.ready()
     })
     .await;
@@ -118,17 +119,13 @@ async fn the_binary_drains_and_exits_zero_before_the_deadline() {
         .expect("the binary starts");
     let sse = format!("127.0.0.1:{sse_port}").parse().unwrap();
     let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let deadline = Instant::now() + T;
-    loop {
-        if let Ok(s) = tokio::net::TcpStream::connect(admin).await {
-            drop(s);
-            if fetch(admin, "GET", "/ready", &[], None).await.0 == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "binary never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let patience = Patience::within(T).every(Duration::from_millis(50));
+    eventually("the binary is ready", patience, || async {
+        // Connect first: `fetch` fails the test when there is nothing to connect to yet.
+        drop(tokio::net::TcpStream::connect(admin).await.ok()?);
+        (fetch(admin, "GET", "/ready", &[], None).await.0 == 200).then_some(())
+    })
+    .await;
     let mut s = Stream::open(sse, "/events?feed=b&interval_ms=20", None).await;
     let mut log = Log::default();
     s.read_until(&mut log, 3, T).await;
@@ -151,13 +148,10 @@ async fn the_binary_drains_and_exits_zero_before_the_deadline() {
     assert!(status.success());
     s.read_to_end(&mut log, T).await;
     assert_eq!(log.retries.last(), Some(&300));
-    let exit = loop {
-        if let Some(code) = child.try_wait().unwrap() {
-            break code;
-        }
-        assert!(t.elapsed() < T, "the binary did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = eventually("the binary exits", T.saturating_sub(t.elapsed()), || {
+        std::future::ready(child.try_wait().unwrap())
+    })
+    .await;
     let took = t.elapsed();
     let grace = Duration::from_secs(u64::from(
         ssekeeper_sidecar::contract::termination_grace_period_seconds(0, 1),
@@ -195,7 +189,7 @@ async fn capture_nobody_takes_over_stops_before_the_apps_sigterm() {
     sc.terminate();
     // The client goes away for good: nobody takes the session over.
     drop(s);
-    eventually("the recorder stops", T, || sc.shared.recorders.is_empty()).await;
+    eventually_true("the recorder stops", T, || sc.shared.recorders.is_empty()).await;
     let stopped = t.elapsed();
     let took = sc.wait_finished(T).await + t.elapsed();
     // The app gets SIGTERM `drain + margin` = 4 s after the sidecar: capturing must be over

@@ -9,10 +9,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::app::{Feeds, TestApp};
-use common::client::{Stream, fetch};
 use common::{args, memory_store, start_sidecar};
-use ssekeeper_sidecar::sse::Frame;
+use ssekeeper_testkit::app::{Feeds, TestApp};
+use ssekeeper_testkit::client::{Stream, fetch};
+use ssekeeper_testkit::sse::Frame;
 
 const T: Duration = Duration::from_secs(10);
 

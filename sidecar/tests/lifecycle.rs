@@ -10,11 +10,12 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::app::{Feeds, TestApp};
-use common::client::{Log, Stream, fetch};
-use common::{args, eventually, memory_store, socket_path, start_sidecar};
+use common::{args, memory_store, socket_path, start_sidecar};
 use ssekeeper_sidecar::contract::{PRESTOP_REFUSED_BODY, PRESTOP_SUBCOMMAND, paths};
 use ssekeeper_sidecar::lifecycle::SOCKET_MODE;
+use ssekeeper_testkit::app::{Feeds, TestApp};
+use ssekeeper_testkit::client::{Log, Stream, fetch};
+use ssekeeper_testkit::eventually_true;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -35,7 +36,7 @@ async fn prestop_on_the_admin_port_is_refused_and_the_pod_stays_ready() {
     let mut a = args(app.addr, "pod-a");
     a.prestop_delay_seconds = 2;
     let sc = start_sidecar(a, memory_store()).await;
-    eventually("ready", T, || sc.shared.app_probe.is_up()).await;
+    eventually_true("ready", T, || sc.shared.app_probe.is_up()).await;
     let mut s = Stream::open(sc.sse, "/events?feed=r&interval_ms=20", None).await;
     let mut log = Log::default();
     s.read_until(&mut log, 2, T).await;
@@ -72,7 +73,7 @@ async fn the_prestop_subcommand_drains_over_a_private_socket() {
     let mut a = args(app.addr, "pod-a");
     a.prestop_delay_seconds = 1;
     let sc = start_sidecar(a, memory_store()).await;
-    eventually("ready", T, || sc.shared.app_probe.is_up()).await;
+    eventually_true("ready", T, || sc.shared.app_probe.is_up()).await;
     assert_eq!(fetch(sc.admin, "GET", paths::READY, &[], None).await.0, 200);
 
     let meta = std::fs::symlink_metadata(&sc.lifecycle).expect("socket exists");
@@ -88,7 +89,7 @@ async fn the_prestop_subcommand_drains_over_a_private_socket() {
     let t = Instant::now();
     let socket = sc.lifecycle.clone();
     let hook = tokio::spawn(async move { prestop_subcommand(&socket, &[]).await });
-    eventually("readiness off", Duration::from_secs(2), || {
+    eventually_true("readiness off", Duration::from_secs(2), || {
         !sc.shared.lifecycle.ready()
     })
     .await;

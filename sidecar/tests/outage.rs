@@ -5,10 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::app::{Feeds, TestApp};
-use common::client::{Log, Stream, assert_contiguous, fetch};
-use common::{FlakyStore, args, eventually, memory_store, start_sidecar};
+use common::{FlakyStore, args, memory_store, start_sidecar};
 use ssekeeper_sidecar::store::SessionStore as _;
+use ssekeeper_testkit::app::{Feeds, TestApp, assert_contiguous};
+use ssekeeper_testkit::client::{Log, Stream, fetch};
+use ssekeeper_testkit::{eventually, eventually_true};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -25,7 +26,7 @@ async fn streams_survive_a_store_outage_and_recording_recovers() {
 
     store.set_down(true);
     s.read_until(&mut log, 60, T).await; // the client path never waits on the store
-    eventually("store reported down", T, || {
+    eventually_true("store reported down", T, || {
         sc.shared.metrics.store_up.get() == 0
     })
     .await;
@@ -44,32 +45,22 @@ async fn streams_survive_a_store_outage_and_recording_recovers() {
 
     let recorded_before = sc.shared.metrics.events_recorded.get();
     store.set_down(false);
-    eventually("store reported up", T, || {
+    eventually_true("store reported up", T, || {
         sc.shared.metrics.store_up.get() == 1
     })
     .await;
     s.read_until(&mut log, 120, T).await;
     // The stream opened during the outage takes its lease once the store is back.
-    let mut owned = false;
-    for _ in 0..100 {
-        if sc
-            .shared
-            .store
-            .lease(&other_session)
-            .await
-            .unwrap()
-            .is_some()
-        {
-            owned = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        owned,
-        "the stream opened during the outage is owned after it"
-    );
-    eventually("recording resumed", T, || {
+    eventually(
+        "the stream opened during the outage is owned after it",
+        Duration::from_secs(2),
+        || async {
+            let lease = sc.shared.store.lease(&other_session).await.unwrap();
+            lease.is_some().then_some(())
+        },
+    )
+    .await;
+    eventually_true("recording resumed", T, || {
         sc.shared.metrics.events_recorded.get() > recorded_before
     })
     .await;
@@ -92,7 +83,7 @@ async fn streams_survive_a_store_outage_and_recording_recovers() {
 
 #[tokio::test]
 async fn a_key_learned_during_an_outage_is_routed_once_the_store_is_back() {
-    use ssekeeper_sidecar::sse::Frame;
+    use ssekeeper_testkit::sse::Frame;
     let feeds = std::sync::Arc::new(Feeds::default());
     let app_a = TestApp::start("app-a", feeds.clone()).await;
     let app_b = TestApp::start("app-b", feeds.clone()).await;
@@ -106,7 +97,7 @@ async fn a_key_learned_during_an_outage_is_routed_once_the_store_is_back() {
     // Both pods notice (the first timed-out call or the pinger).
     let _ = fetch(a.sse, "POST", "/messages?sessionId=probe", &[], Some("{}")).await;
     let _ = fetch(b.sse, "POST", "/messages?sessionId=probe", &[], Some("{}")).await;
-    eventually("outage noticed", T, || {
+    eventually_true("outage noticed", T, || {
         a.shared.metrics.store_up.get() == 0 && b.shared.metrics.store_up.get() == 0
     })
     .await;
@@ -126,20 +117,17 @@ async fn a_key_learned_during_an_outage_is_routed_once_the_store_is_back() {
     assert_eq!(fetch(a.sse, "POST", &path, &[], Some("{}")).await.0, 202);
 
     store.set_down(false);
-    eventually("stores back", T, || {
+    eventually_true("stores back", T, || {
         a.shared.metrics.store_up.get() == 1 && b.shared.metrics.store_up.get() == 1
     })
     .await;
     let id = ssekeeper_sidecar::cursor::SessionId::from_external(&session).unwrap();
-    let mut registered = false;
-    for _ in 0..200 {
-        if store.lease(&id).await.unwrap().is_some() {
-            registered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(registered, "the key was registered after the outage");
+    eventually(
+        "the key was registered after the outage",
+        Duration::from_secs(4),
+        || async { store.lease(&id).await.unwrap().is_some().then_some(()) },
+    )
+    .await;
     let (status, headers, _) = fetch(b.sse, "POST", &path, &[], Some("{}")).await;
     assert_eq!(status, 202);
     assert_eq!(headers["x-app-name"], "app-a");

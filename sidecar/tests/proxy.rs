@@ -5,12 +5,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::app::{Feeds, TestApp};
-use common::client::{Log, Stream, fetch};
-use common::{args, eventually, memory_store, start_sidecar};
+use common::{args, memory_store, start_sidecar};
 use ssekeeper_sidecar::cursor::Cursor;
-use ssekeeper_sidecar::sse::Frame;
 use ssekeeper_sidecar::store::SessionStore as _;
+use ssekeeper_testkit::app::{Feeds, TestApp};
+use ssekeeper_testkit::client::{Log, Stream, fetch};
+use ssekeeper_testkit::sse::Frame;
+use ssekeeper_testkit::{eventually, eventually_true};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -76,17 +77,12 @@ async fn sse_ids_become_cursors_and_everything_else_is_kept() {
     assert!(cursors.windows(2).all(|w| w[1].seq > w[0].seq));
     // The app's own ids were recorded beside the cursors (sticky, as a browser tracks them).
     // The response ends before the recorder's last batch is written: wait for the `End`.
-    let deadline = std::time::Instant::now() + T;
-    let recorded = loop {
+    let recorded = eventually("the recorder's End", T, || async {
         let r = sc.shared.store.read_after(session, 0, 100).await.unwrap();
-        if r.last()
-            .is_some_and(|l| l.entry == ssekeeper_sidecar::store::Entry::End)
-            || std::time::Instant::now() > deadline
-        {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        let ended = r.last().map(|l| &l.entry) == Some(&ssekeeper_sidecar::store::Entry::End);
+        ended.then_some(r)
+    })
+    .await;
     let app_ids: Vec<Option<String>> = recorded
         .iter()
         .filter_map(|r| match &r.entry {
@@ -139,7 +135,7 @@ async fn limits_refuse_too_many_streams_and_huge_heads() {
     let (status, _, _) = fetch(sc.sse, "GET", "/plain", &[("x-big", &big)], None).await;
     assert_eq!(status, 431);
     drop(first);
-    eventually("the stream slot is free", T, || {
+    eventually_true("the stream slot is free", T, || {
         sc.shared.streams.is_empty()
     })
     .await;
@@ -185,7 +181,7 @@ async fn a_slow_consumer_is_cut_and_memory_stays_bounded() {
 
     let mut s = Stream::open(sc.sse, "/firehose?size=1000", None).await;
     // Do not read: the app writes far more than the budget.
-    eventually("the slow client is cut", T, || {
+    eventually_true("the slow client is cut", T, || {
         sc.shared.metrics.slow_consumers.get() >= 1
     })
     .await;
@@ -251,7 +247,7 @@ async fn concurrent_streams_with_one_session_key_record_apart() {
         "one of them continues the key's session"
     );
     // Both histories are recorded whole (no batch refused for colliding seqs).
-    eventually("both recorded", T, || {
+    eventually_true("both recorded", T, || {
         sc.shared.metrics.events_recorded.get() >= 10
     })
     .await;
@@ -275,12 +271,12 @@ async fn clients_that_leave_do_not_pile_up_captured_upstreams_beyond_the_stream_
         assert_eq!(s.status, 200);
         s.read_until(&mut Log::default(), 1, T).await;
         drop(s); // the client leaves; its recorder keeps capturing for the resume window
-        eventually("the stream slot is free", T, || {
+        eventually_true("the stream slot is free", T, || {
             sc.shared.streams.is_empty()
         })
         .await;
     }
-    eventually(
+    eventually_true(
         "recorders beyond the stream bound hand over at once",
         Duration::from_secs(5),
         || sc.shared.recorders.len() <= 2,

@@ -4,20 +4,19 @@
 //! nothing dropped by the final flush.
 
 mod common;
-#[path = "store_common/mod.rs"]
-mod store_common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::app::{Feeds, TestApp};
-use common::client::{Log, Stream};
-use common::{TestSidecar, args, eventually, start_sidecar};
+use common::{TestSidecar, args, start_sidecar};
 use ssekeeper_sidecar::contract::StoreKind;
 use ssekeeper_sidecar::cursor::Cursor;
 use ssekeeper_sidecar::store;
 use ssekeeper_sidecar::store::{Entry, SessionStore as _};
-use store_common::RedisServer;
+use ssekeeper_testkit::app::{Feeds, TestApp};
+use ssekeeper_testkit::client::{Log, Stream};
+use ssekeeper_testkit::eventually_true as eventually;
+use ssekeeper_testkit::redis::RedisServer;
 
 /// Events in the fast stream: far more than the recorder's lag bound (4 × the batch size), so
 /// an unbounded queue or a lossy final flush would show.
@@ -37,7 +36,7 @@ async fn redis_sidecar(app: &TestApp, redis: &RedisServer) -> TestSidecar {
 
 #[tokio::test]
 async fn a_stream_faster_than_the_store_is_recorded_whole() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let app = TestApp::start("app", Arc::new(Feeds::default())).await;
     let sc = redis_sidecar(&app, &redis).await;
     let m = &sc.shared.metrics;
@@ -126,7 +125,7 @@ const PER_STREAM: u64 = 300;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "load: `make test-load` runs it in release, where the sidecar can take the rate"]
 async fn fifty_thousand_events_a_second_are_all_in_the_store() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let app = TestApp::start("app", Arc::new(Feeds::default())).await;
     let sc = redis_sidecar(&app, &redis).await;
     let started = std::time::Instant::now();
@@ -200,7 +199,7 @@ async fn fifty_thousand_events_a_second_are_all_in_the_store() {
 /// SIGKILL) leaves in the store everything its client got except at most the lag bound.
 #[tokio::test]
 async fn a_sidecar_killed_mid_stream_loses_at_most_the_lag_bound() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let app = TestApp::start("app", Arc::new(Feeds::default())).await;
     let mut sc = redis_sidecar(&app, &redis).await;
     let mut s = Stream::open(sc.sse, &format!("/firehose?size=100&count={EVENTS}"), None).await;

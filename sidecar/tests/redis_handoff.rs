@@ -2,20 +2,19 @@
 //! drain, takeover after a crash, routing, and a Redis restart that loses every key.
 
 mod common;
-#[path = "store_common/mod.rs"]
-mod store_common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::app::{Feeds, TestApp};
-use common::client::{Log, Stream, assert_contiguous, fetch};
-use common::{TestSidecar, args, eventually, start_sidecar};
+use common::{TestSidecar, args, start_sidecar};
 use ssekeeper_sidecar::contract::StoreKind;
-use ssekeeper_sidecar::sse::Frame;
 use ssekeeper_sidecar::store;
 use ssekeeper_sidecar::store::SessionStore as _;
-use store_common::RedisServer;
+use ssekeeper_testkit::app::{Feeds, TestApp, assert_contiguous};
+use ssekeeper_testkit::client::{Log, Stream, fetch};
+use ssekeeper_testkit::eventually_true;
+use ssekeeper_testkit::redis::RedisServer;
+use ssekeeper_testkit::sse::Frame;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -35,7 +34,7 @@ async fn redis_pod(
 
 #[tokio::test]
 async fn two_pods_on_redis_resume_and_hand_over_without_gap_or_duplicate() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let feeds = Arc::new(Feeds::default());
     let app_a = TestApp::start("app-a", feeds.clone()).await;
     let app_b = TestApp::start("app-b", feeds.clone()).await;
@@ -86,7 +85,7 @@ async fn two_pods_on_redis_resume_and_hand_over_without_gap_or_duplicate() {
 
 #[tokio::test]
 async fn a_crashed_pod_on_redis_is_taken_over() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let feeds = Arc::new(Feeds::default());
     let app_a = TestApp::start("app-a", feeds.clone()).await;
     let app_b = TestApp::start("app-b", feeds.clone()).await;
@@ -120,7 +119,7 @@ async fn a_crashed_pod_on_redis_is_taken_over() {
 
 #[tokio::test]
 async fn routing_through_redis_leases() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let feeds = Arc::new(Feeds::default());
     let app_a = TestApp::start("app-a", feeds.clone()).await;
     let app_b = TestApp::start("app-b", feeds.clone()).await;
@@ -158,7 +157,7 @@ async fn routing_through_redis_leases() {
 
 #[tokio::test]
 async fn a_redis_restart_that_loses_every_key_does_not_stop_the_stream() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start().await;
     let app = TestApp::start("app", Arc::new(Feeds::default())).await;
     let sc = redis_pod(&app, "pod-a", &redis, 1).await;
 
@@ -166,18 +165,18 @@ async fn a_redis_restart_that_loses_every_key_does_not_stop_the_stream() {
     let mut log = Log::default();
     let mut s = Stream::open(sc.sse, path, None).await;
     s.read_until(&mut log, 20, T).await;
-    redis.stop();
+    redis.stop().await;
     s.read_until(&mut log, 60, T).await;
-    eventually("store reported down", T, || {
+    eventually_true("store reported down", T, || {
         sc.shared.metrics.store_up.get() == 0
     })
     .await;
-    redis.restart();
-    eventually("store reported up", T, || {
+    redis.restart().await;
+    eventually_true("store reported up", T, || {
         sc.shared.metrics.store_up.get() == 1
     })
     .await;
-    eventually("session re-acquired", T, || {
+    eventually_true("session re-acquired", T, || {
         sc.count("errors", "store_state_lost") >= 1
     })
     .await;

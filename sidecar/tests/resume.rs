@@ -12,10 +12,11 @@ use ssekeeper_sidecar::store::{
     Entry, Epoch, LeaseState, Owner, Recorded, Seq, SessionStore, StoreResult,
 };
 
-use common::app::{Feeds, TestApp};
-use common::client::{Log, Stream, assert_contiguous};
-use common::{Hooked, Op, StoreHook, args, eventually, memory_store, start_sidecar};
+use common::{Hooked, Op, StoreHook, args, memory_store, start_sidecar};
 use ssekeeper_sidecar::cursor::Cursor;
+use ssekeeper_testkit::app::{Feeds, TestApp, assert_contiguous};
+use ssekeeper_testkit::client::{Log, Stream};
+use ssekeeper_testkit::eventually_true;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -138,7 +139,7 @@ async fn a_finite_stream_ends_on_the_pod_the_client_moved_to() {
     let mut s = Stream::open(b.sse, path, log.last_id.as_deref()).await;
     s.read_to_end(&mut log, T).await;
 
-    assert_eq!(log.data(), common::client::expected(1, 25));
+    assert_eq!(log.data(), ssekeeper_testkit::app::expected(1, 25));
     assert_eq!(b.count("takeovers", "ok"), 0, "no work redone");
     assert!(app_b.seen.lock().unwrap().is_empty());
     // Reconnecting at the end opens the app's stream again with the app's own last id.
@@ -274,7 +275,7 @@ async fn forged_foreign_and_unknown_cursors_get_defined_answers() {
     assert_eq!(sc.count("resumes", "unknown"), 1);
 
     // A cursor far beyond the session's history: refused as forged, fresh stream.
-    eventually("the first session is recorded", T, || {
+    eventually_true("the first session is recorded", T, || {
         sc.shared.metrics.events_recorded.get() >= 1
     })
     .await;
@@ -395,7 +396,7 @@ async fn takeover_delivers_the_old_owners_late_writes_once_and_drops_the_overlap
     let mut log = Log::default();
     s.read_until(&mut log, 30, T).await;
 
-    assert_eq!(log.data(), common::client::expected(6, 35));
+    assert_eq!(log.data(), ssekeeper_testkit::app::expected(6, 35));
     assert_eq!(
         b.shared.metrics.overlap_dropped.get(),
         2,
@@ -442,7 +443,7 @@ async fn an_abandoned_stream_is_handed_over_after_the_resume_window() {
     let mut s = Stream::open(a.sse, path, None).await;
     s.read_until(&mut log, 5, T).await;
     drop(s);
-    eventually("A gives the upstream up after its resume window", T, || {
+    eventually_true("A gives the upstream up after its resume window", T, || {
         a.count("handovers", "resume_window") == 1 && a.shared.recorders.is_empty()
     })
     .await;

@@ -6,11 +6,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::app::{Feeds, TestApp};
-use common::client::{Log, Stream, fetch};
 use common::{FORWARD_KEY, args, memory_store, start_sidecar};
 use ssekeeper_sidecar::forward;
-use ssekeeper_sidecar::sse::Frame;
+use ssekeeper_testkit::app::{Feeds, TestApp};
+use ssekeeper_testkit::client::{Log, Stream, fetch};
+use ssekeeper_testkit::sse::Frame;
 
 const T: Duration = Duration::from_secs(10);
 

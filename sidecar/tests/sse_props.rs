@@ -5,6 +5,9 @@
 //! - Chunking never matters: any split, and 1-byte chunks, give the frames of one chunk.
 //! - Encoding any frame the parser can produce parses back to it.
 //! - Arbitrary bytes never panic, and the id surfaced in frames always matches `last_event_id`.
+//! - The test kit's own reader (what every test client parses with, written apart from this codec
+//!   on purpose) frames any stream exactly as the parser does, so the two never disagree about
+//!   what crossed the proxy.
 
 use proptest::prelude::*;
 use ssekeeper_sidecar::sse::{Event, Frame, SseParser, encode_comment, encode_event, encode_frame};
@@ -21,6 +24,32 @@ fn parse_chunks<'a>(
         parser.push(chunk, &mut frames);
     }
     parser.finish(&mut frames);
+    (frames, parser.last_event_id().to_string())
+}
+
+/// What the test kit's reader makes of the same chunks, in this codec's types.
+fn kit_chunks<'a>(max: usize, chunks: impl IntoIterator<Item = &'a [u8]>) -> (Vec<Frame>, String) {
+    use ssekeeper_testkit::sse;
+    let mut parser = sse::Parser::new(max);
+    let mut frames = Vec::new();
+    for chunk in chunks {
+        parser.push(chunk, &mut frames);
+    }
+    parser.finish();
+    let frames = frames
+        .into_iter()
+        .map(|f| match f {
+            sse::Frame::Event(e) => Frame::Event(Event {
+                id: e.id,
+                event: e.event,
+                data: e.data,
+            }),
+            sse::Frame::Retry(ms) => Frame::Retry(ms),
+            sse::Frame::Comment(c) => Frame::Comment(c),
+            sse::Frame::SetId(id) => Frame::SetId(id),
+            sse::Frame::Oversized => Frame::Oversized,
+        })
+        .collect();
     (frames, parser.last_event_id().to_string())
 }
 
@@ -193,8 +222,38 @@ fn fold_last_id(frames: &[Frame]) -> String {
     current
 }
 
+/// The test kit's malformed stream (`/testing/malformed`) reads as its hand-written expectation.
+#[test]
+fn the_codec_reads_the_malformed_stream_as_written_out_by_hand() {
+    use ssekeeper_testkit::app::testing::{MALFORMED_CHUNKS, MALFORMED_EXPECTED};
+    let (frames, last_event_id) = parse_chunks(1024, MALFORMED_CHUNKS.iter().copied());
+    let events: Vec<(Option<&str>, &str)> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Event(e) => Some((e.event.as_deref(), e.data.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events, MALFORMED_EXPECTED);
+    // The id containing NUL was ignored, so the last id is still the first event's.
+    assert_eq!(last_event_id, "m1");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn the_test_clients_reader_agrees_with_the_parser(
+        input in prop_oneof![sse_bytes(), prop::collection::vec(any::<u8>(), 0..300)],
+        points in prop::collection::vec(any::<usize>(), 0..8),
+        max in prop_oneof![0usize..48, Just(UNBOUNDED)],
+    ) {
+        let chunks = split_at_points(&input, &points);
+        prop_assert_eq!(
+            kit_chunks(max, chunks.iter().copied()),
+            parse_chunks(max, chunks.iter().copied())
+        );
+    }
 
     #[test]
     fn agrees_with_the_spec_transcription(input in sse_bytes()) {

@@ -2,15 +2,13 @@
 //! figures land in the test log. Each phase is bounded by time; the assertions are only sanity
 //! floors (a store that manages fewer than 50 appends/s is broken, not slow).
 
-mod store_common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ssekeeper_sidecar::cursor::SessionId;
 use ssekeeper_sidecar::store::{Entry, MemoryStore, Owner, Recorded, RedisStore, SessionStore};
-use store_common::RedisServer;
+use ssekeeper_testkit::redis::RedisServer;
 
 const PHASE: Duration = Duration::from_millis(700);
 const LONG: Duration = Duration::from_secs(600);
@@ -88,7 +86,7 @@ async fn append_throughput() {
             "release"
         }
     );
-    let server = RedisServer::start();
+    let server = RedisServer::start().await;
     let redis: Arc<dyn SessionStore> = Arc::new(
         RedisStore::connect(&server.url(), "bench", "svc", 1000, LONG)
             .await

@@ -2,8 +2,6 @@
 //! Redis server, and (for the core operations) a real 3-master Redis Cluster and a Sentinel setup.
 //! The handoff protocol relies on exactly these behaviours, so any store must pass all of them.
 
-mod store_common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +11,8 @@ use ssekeeper_sidecar::cursor::SessionId;
 use ssekeeper_sidecar::store::{
     Entry, Lease, LeaseState, MemoryStore, Owner, Recorded, RedisStore, SessionStore, StoreError,
 };
-use store_common::{RedisCluster, RedisSentinel, RedisServer};
+use ssekeeper_testkit::Patience;
+use ssekeeper_testkit::redis::{RedisCluster, RedisSentinel, RedisServer};
 
 /// Where a test's store lives; each backend makes stores with the limits a test asks for.
 enum Backend {
@@ -273,10 +272,10 @@ async fn fencing_is_atomic_under_concurrency(b: &Backend) {
         })
     };
     // Take over while the writer is mid-stream (after a few acknowledged batches).
-    let wait_until = Instant::now() + Duration::from_secs(10);
-    while progress.load(Ordering::Relaxed) < 5 * BATCH && Instant::now() < wait_until {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let patience = Patience::within(Duration::from_secs(10)).every(Duration::from_millis(5));
+    let mid_stream =
+        || std::future::ready((progress.load(Ordering::Relaxed) >= 5 * BATCH).then_some(()));
+    let _ = ssekeeper_testkit::poll(patience, mid_stream).await;
     let taken = st.acquire(&s, &owner("pod-b", 2), LONG).await.unwrap();
     let (last_ok, current) = writer.await.unwrap();
     assert_eq!(current, taken.epoch);
@@ -496,7 +495,7 @@ macro_rules! contract {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let server = super::RedisServer::start();
+                    let server = super::RedisServer::start().await;
                     super::$name(&super::Backend::Redis(server.url())).await;
                 }
             )*
@@ -520,7 +519,7 @@ contract!(
 /// The same core contract over a real 3-master Redis Cluster (scripts must stay in one slot).
 #[tokio::test]
 async fn redis_cluster_core_contract() {
-    let cluster = RedisCluster::start(3);
+    let cluster = RedisCluster::start(3).await;
     let b = Backend::Redis(cluster.url());
     append_read_last(&b).await;
     retried_batch_keeps_the_new_entries(&b).await;
@@ -533,7 +532,7 @@ async fn redis_cluster_core_contract() {
 /// The same core contract through Sentinel.
 #[tokio::test]
 async fn redis_sentinel_core_contract() {
-    let sentinel = RedisSentinel::start();
+    let sentinel = RedisSentinel::start().await;
     let b = Backend::Redis(sentinel.url());
     append_read_last(&b).await;
     fencing(&b).await;

@@ -2,8 +2,6 @@
 //! recovers by itself; purging removes exactly one service; foreign or corrupt data is
 //! `Malformed`, never a panic; settings are validated with clear errors.
 
-mod store_common;
-
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
@@ -16,7 +14,9 @@ use ssekeeper_sidecar::store::{
     self, ConnectError, Entry, OpenError, Owner, Recorded, RedisConfig, RedisStore, SessionStore,
     StoreError, purge_service,
 };
-use store_common::{RedisCluster, RedisSentinel, RedisServer, free_port};
+use ssekeeper_testkit::Patience;
+use ssekeeper_testkit::ports::free_port;
+use ssekeeper_testkit::redis::{RedisCluster, RedisSentinel, RedisServer};
 
 /// An outage must be reported within this (the proxy degrades instead of hanging).
 const QUICK: Duration = Duration::from_millis(2000);
@@ -57,15 +57,17 @@ where
     Fut: Future<Output = Result<(), StoreError>>,
 {
     let t = Instant::now();
-    let mut last = None;
-    while t.elapsed() < limit {
-        match f().await {
-            Ok(()) => return t.elapsed(),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let last = std::cell::RefCell::new(None);
+    let patience = Patience::within(limit).every(Duration::from_millis(50));
+    let recovered = ssekeeper_testkit::poll(patience, || {
+        let (call, last) = (f(), &last);
+        async move { call.await.map_err(|e| *last.borrow_mut() = Some(e)).ok() }
+    })
+    .await;
+    match recovered {
+        Some(()) => t.elapsed(),
+        None => panic!("not recovered within {limit:?}: {:?}", last.into_inner()),
     }
-    panic!("not recovered within {limit:?}: {last:?}");
 }
 
 fn assert_quick_unavailable<T: std::fmt::Debug>(
@@ -82,7 +84,7 @@ fn assert_quick_unavailable<T: std::fmt::Debug>(
 
 #[tokio::test]
 async fn a_restart_is_unavailable_quickly_then_recovers_by_itself() {
-    let mut server = RedisServer::start();
+    let mut server = RedisServer::start().await;
     let st = store(&server.url()).await;
     let s = sid("sess-restart");
     let l = st.acquire(&s, &owner(), LONG).await.unwrap();
@@ -106,7 +108,7 @@ async fn a_restart_is_unavailable_quickly_then_recovers_by_itself() {
         "one idle blocking connection kept"
     );
 
-    server.stop();
+    server.stop().await;
     for _ in 0..3 {
         let t = Instant::now();
         let r = st.append(&s, l.epoch, &[ev(2)]).await;
@@ -119,7 +121,7 @@ async fn a_restart_is_unavailable_quickly_then_recovers_by_itself() {
         assert_quick_unavailable("wait_after while down", r, t.elapsed());
     }
 
-    server.restart();
+    server.restart().await;
     let took = until_ok(Duration::from_secs(10), || st.ping()).await;
     println!("recovered {took:?} after the restart");
     // The server lost everything (no persistence): a new owner starts over at epoch 1.
@@ -142,7 +144,7 @@ async fn a_restart_is_unavailable_quickly_then_recovers_by_itself() {
 /// A server that accepts nothing and answers nothing (SIGSTOP) must not hang any call.
 #[tokio::test]
 async fn a_hung_server_times_out_instead_of_hanging() {
-    let server = RedisServer::start();
+    let server = RedisServer::start().await;
     let st = store(&server.url()).await;
     let s = sid("sess-hang");
     let l = st.acquire(&s, &owner(), LONG).await.unwrap();
@@ -203,7 +205,7 @@ async fn seed(url: &str, ns: &str, name: &str, sessions: usize) -> u64 {
 
 #[tokio::test]
 async fn purge_removes_exactly_one_service() {
-    let server = RedisServer::start();
+    let server = RedisServer::start().await;
     let url = server.url();
     let planted = seed(&url, "ns", "chat", 300).await;
     seed(&url, "ns", "chat2", 3).await;
@@ -232,7 +234,7 @@ async fn purge_removes_exactly_one_service() {
 
 #[tokio::test]
 async fn purge_scans_every_cluster_master() {
-    let cluster = RedisCluster::start(3);
+    let cluster = RedisCluster::start(3).await;
     let url = cluster.url();
     let planted = seed(&url, "ns", "chat", 60).await;
     let other = seed(&url, "ns", "other", 10).await;
@@ -274,7 +276,7 @@ async fn purge_reports_an_outage_and_a_bad_url() {
 /// Keys this version never writes (or corrupt ones) are `Malformed`, for every operation.
 #[tokio::test]
 async fn garbage_in_the_store_is_malformed_not_a_panic() {
-    let server = RedisServer::start();
+    let server = RedisServer::start().await;
     let st = store(&server.url()).await;
     let key = |s: &str, suffix: &str| format!("ssekeeper:ns/chat:{{{s}}}:{suffix}");
     let malformed = |what: &str, r: Result<(), StoreError>| {
@@ -360,7 +362,7 @@ async fn garbage_in_the_store_is_malformed_not_a_panic() {
 
 #[tokio::test]
 async fn auth_comes_from_the_url_and_a_wrong_password_is_unavailable_without_leaking_it() {
-    let server = RedisServer::start_with(&["--requirepass", "s3cret-pw"]);
+    let server = RedisServer::start_with(&["--requirepass", "s3cret-pw"]).await;
     let port = server.port();
     let good = store(&format!("redis://:s3cret-pw@127.0.0.1:{port}")).await;
     good.ping().await.unwrap();
@@ -416,7 +418,8 @@ async fn tls_to_an_untrusted_server_fails_cleanly() {
         keyf.to_str().unwrap(),
         "--tls-auth-clients",
         "no",
-    ]);
+    ])
+    .await;
     let st = store(&format!("rediss://127.0.0.1:{tls_port}")).await;
     let t = Instant::now();
     let r = st.ping().await;
@@ -455,7 +458,7 @@ async fn settings_are_validated_with_clear_errors() {
     assert!(matches!(err, OpenError::MissingRedisUrl));
     assert!(err.to_string().contains("SSEKEEPER_REDIS_URL"), "{err}");
 
-    let server = RedisServer::start();
+    let server = RedisServer::start().await;
     args.redis_url = Some(server.url());
     let st: Arc<dyn SessionStore> = store::open(&args).await.unwrap();
     st.ping().await.unwrap();
@@ -468,14 +471,14 @@ async fn settings_are_validated_with_clear_errors() {
 /// READONLY, which drops the cached connection).
 #[tokio::test]
 async fn a_sentinel_failover_is_followed() {
-    let sentinel = RedisSentinel::start_replicated();
+    let sentinel = RedisSentinel::start_replicated().await;
     let st = store(&sentinel.url()).await;
     let s = sid("before-failover");
     let l = st.acquire(&s, &owner(), LONG).await.unwrap();
     st.append(&s, l.epoch, &[ev(1)]).await.unwrap();
 
     let t = Instant::now();
-    sentinel.failover();
+    sentinel.failover().await;
     let replica = sentinel.replica.as_ref().unwrap();
     // Writes must reach the new master within the re-check interval (plus slack), even though
     // the old master keeps accepting them until the sentinel demotes it.
@@ -516,7 +519,7 @@ async fn a_sentinel_failover_is_followed() {
 /// With every blocking slot taken, a tail still answers (late, after its block), losing nothing.
 #[tokio::test]
 async fn exhausted_blocking_slots_degrade_to_a_late_read() {
-    let server = RedisServer::start();
+    let server = RedisServer::start().await;
     let mut cfg = RedisConfig::new(&server.url(), "ns", "chat", 100, LONG);
     cfg.max_blocking = 1;
     let st = Arc::new(RedisStore::with_config(cfg).await.unwrap());

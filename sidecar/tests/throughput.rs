@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::app::{Feeds, TestApp};
-use common::client::{Log, Stream};
 use common::{args, memory_store, start_sidecar};
+use ssekeeper_testkit::app::{Feeds, TestApp};
+use ssekeeper_testkit::client::{Log, Stream};
 
 async fn drain_firehose(addr: SocketAddr, size: usize) -> (usize, Duration) {
     let t = Instant::now();

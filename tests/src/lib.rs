@@ -1,9 +1,11 @@
 //! Shared helpers for the integration and end-to-end tests.
 //!
 //! The data plane is tested against real parts: `demo` is the SSE app put behind the sidecar,
-//! `client` is an EventSource-like load client, `verify` checks what clients received, and
-//! `harness` runs real Redis, HAProxy and sidecar + app "pods" terminated in the kubelet's order,
-//! and `scenario` holds what several tests share (a crowd of chat clients, metric reading).
+//! `mcp` is a client of its MCP transport, `verify` checks what clients received, `harness` runs
+//! real Redis, HAProxy and sidecar + app "pods" terminated in the kubelet's order, and `scenario`
+//! holds what several tests share (a crowd of chat clients, metric reading). What is not about the
+//! demo app (the HTTP and EventSource client, the Redis launcher, bounded waits, child processes)
+//! is the workspace's one test kit, `ssekeeper_testkit`.
 //!
 //! Running the data-plane tests (`tests/dataplane_*.rs`):
 //!
@@ -19,8 +21,8 @@
 //! scratch directory (configs and every process's log) and prints its path;
 //! `SSEKEEPER_KEEP_LOGS=1` keeps it always. `RUST_LOG` is passed on to the sidecars.
 
-pub mod client;
 pub mod demo;
 pub mod harness;
+pub mod mcp;
 pub mod scenario;
 pub mod verify;

@@ -6,7 +6,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::client::{EventSource, EventSourceConfig, EventSourceReport, Received};
+use ssekeeper_testkit::Patience;
+use ssekeeper_testkit::client::{EventSource, EventSourceConfig, EventSourceReport, Received};
+
 use crate::demo::payload::ChatEvent;
 use crate::harness::ports::client_ip;
 use crate::verify::{SeqReport, check_sequence, max_gap, percentile};
@@ -72,16 +74,9 @@ impl ChatCrowd {
     }
 
     async fn wait_until(&self, timeout: Duration, ok: impl Fn(Option<u64>) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.last_seqs().into_iter().all(&ok) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let patience = Patience::within(timeout).every(Duration::from_millis(100));
+        let all = || std::future::ready(self.last_seqs().into_iter().all(&ok).then_some(()));
+        ssekeeper_testkit::poll(patience, all).await.is_some()
     }
 
     /// Stop every client and judge each against `from..=to` (`from`: each client's first).

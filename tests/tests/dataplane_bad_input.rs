@@ -9,11 +9,11 @@ use bytes::Bytes;
 use http::Method;
 use ssekeeper_sidecar::contract::paths;
 use ssekeeper_sidecar::cursor::Cursor;
-use ssekeeper_tests::client::{
+use ssekeeper_testkit::app::testing::MALFORMED_EXPECTED;
+use ssekeeper_testkit::client::{
     EventSource, EventSourceConfig, EventSourceReport, Outcome, request,
 };
 use ssekeeper_tests::demo::payload::AnswerToken;
-use ssekeeper_tests::demo::testing::MALFORMED_EXPECTED;
 use ssekeeper_tests::harness::{Balance, Binaries, Cluster, ClusterConfig, Mode, bounded};
 use ssekeeper_tests::scenario::{metric_sum, serial};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use ssekeeper_tests::client::mcp::{McpSession, PostResult};
 use ssekeeper_tests::harness::{Balance, Binaries, Cluster, ClusterConfig, Mode, bounded};
+use ssekeeper_tests::mcp::{McpSession, PostResult};
 use ssekeeper_tests::scenario::ChatCrowd;
 
 fn binaries() -> Binaries {

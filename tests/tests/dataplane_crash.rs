@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use ssekeeper_testkit::Patience;
 use ssekeeper_tests::harness::ports::client_ip;
 use ssekeeper_tests::harness::{Balance, Binaries, Cluster, ClusterConfig, Mode, bounded};
 use ssekeeper_tests::scenario::{ChatCrowd, metric_sum, serial};
@@ -100,14 +101,16 @@ async fn store_states(cluster: &Cluster) -> Vec<f64> {
 }
 
 async fn wait_store_state(cluster: &Cluster, up: f64, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if store_states(cluster).await.iter().all(|s| *s == up) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
+    let patience = Patience::within(timeout).every(Duration::from_millis(200));
+    ssekeeper_testkit::poll(patience, || async {
+        store_states(cluster)
+            .await
+            .iter()
+            .all(|s| *s == up)
+            .then_some(())
+    })
+    .await
+    .is_some()
 }
 
 async fn store_outage() {
@@ -134,7 +137,7 @@ async fn store_outage() {
             .pod(&name)
             .and_then(|p| p.admin_addr())
             .expect("admin");
-        let r = ssekeeper_tests::client::request(
+        let r = ssekeeper_testkit::client::request(
             admin,
             None,
             http::Method::GET,

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ssekeeper_tests::client::mcp::{McpSession, PostRecord, PostResult};
 use ssekeeper_tests::harness::ports::client_ip;
 use ssekeeper_tests::harness::{Balance, Binaries, Cluster, ClusterConfig, Mode, bounded};
+use ssekeeper_tests::mcp::{McpSession, PostRecord, PostResult};
 use ssekeeper_tests::scenario::{metric_sum, serial};
 use ssekeeper_tests::verify::percentile;
 

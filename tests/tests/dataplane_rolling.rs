@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ssekeeper_tests::client::{EventSource, EventSourceConfig, EventSourceReport, Outcome};
+use ssekeeper_testkit::client::{EventSource, EventSourceConfig, EventSourceReport, Outcome};
 use ssekeeper_tests::demo::payload::AnswerToken;
 use ssekeeper_tests::harness::ports::client_ip;
 use ssekeeper_tests::harness::{Balance, Binaries, Cluster, ClusterConfig, Mode, bounded};

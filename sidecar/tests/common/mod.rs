@@ -1,10 +1,9 @@
-//! Test harness: sidecars in their own runtime threads (so one can be killed like SIGKILL while
-//! the others keep running), a store that can be switched off, and small waiting helpers.
+//! The sidecar's own test harness: sidecars in their own runtime threads (so one can be killed
+//! like SIGKILL while the others keep running) and a store that can be switched off. The app,
+//! the client, Redis and the waits are the workspace's test kit (`ssekeeper_testkit`).
 
 #![allow(dead_code)]
 
-pub mod app;
-pub mod client;
 pub mod hooked;
 
 pub use hooked::{Hooked, Op, StoreHook};
@@ -164,15 +163,6 @@ impl Drop for TestSidecar {
         self.kill.cancel();
         // A killed sidecar leaves its socket behind (the next start would replace it).
         let _ = std::fs::remove_file(&self.lifecycle);
-    }
-}
-
-/// Poll `cond` every 20 ms until it holds or `timeout` passes.
-pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

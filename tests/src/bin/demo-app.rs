@@ -122,7 +122,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             path,
             method,
         } => {
-            let reply = ssekeeper_tests::client::http::request(
+            let reply = ssekeeper_testkit::client::request(
                 target,
                 None,
                 method,

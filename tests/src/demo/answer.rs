@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::payload::AnswerToken;
 use super::server::{self, AppState, Body};
-use super::wire;
+use ssekeeper_testkit::sse as wire;
 
 /// Longest answer accepted, in tokens.
 pub const MAX_TOKENS: u32 = 100_000;

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::payload::ChatEvent;
 use super::server::{self, AppState, Body};
-use super::wire;
+use ssekeeper_testkit::sse as wire;
 
 /// The Redis Stream holding the chat room.
 pub const STREAM_KEY: &str = "demo:events";

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::payload::McpReply;
 use super::server::{self, AppState, Body, MAX_BODY_BYTES};
-use super::wire;
+use ssekeeper_testkit::sse as wire;
 
 /// Replies queued per session before a POST is refused with 503 (the client is not reading).
 const SESSION_QUEUE: usize = 256;
@@ -63,14 +63,9 @@ impl Drop for SessionGuard {
     }
 }
 
-/// A fresh session id: 128 random bits, hex.
-pub fn new_session_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
 /// `GET /sse`: open a session and announce where to post.
 pub fn open(state: &Arc<AppState>) -> Response<Body> {
-    let id = new_session_id();
+    let id = ssekeeper_testkit::app::session_id();
     let (tx, rx) = mpsc::channel(SESSION_QUEUE);
     let endpoint = format!("/messages?sessionId={id}");
     tx.try_send(wire::event(None, Some("endpoint"), &endpoint))

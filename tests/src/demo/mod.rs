@@ -1,9 +1,10 @@
-//! The demo SSE app the data-plane tests put behind the sidecar.
+//! The demo SSE app the data-plane and node tests put behind the sidecar (and `make demo` shows).
 //!
 //! It plays the part of an *unchanged* third-party service, so it behaves like real ones do: a
 //! chat room fed from a shared Redis Stream (`/events`), an MCP-style transport whose sessions live
 //! only in this process's memory (`/sse` + `/messages`), and a finite LLM-style answer
-//! (`/answer`). A few endpoints exist only to feed the proxy bad input (`testing`).
+//! (`/answer`). Its HTTP plumbing, its SSE writer and the streams that exist only to feed the
+//! proxy bad input (`/testing/*`) are the test kit's fake app ([`ssekeeper_testkit::app`]).
 
 pub mod answer;
 pub mod events;
@@ -11,5 +12,3 @@ pub mod mcp;
 pub mod payload;
 pub mod publisher;
 pub mod server;
-pub mod testing;
-pub mod wire;

@@ -1,28 +1,22 @@
-//! HTTP/1 server, routing and graceful shutdown of the demo app.
+//! Routing and graceful shutdown of the demo app; the HTTP plumbing is the test kit's
+//! ([`ssekeeper_testkit::app::serve`]), shared with the in-process fake app.
 //!
 //! Shutdown follows what a well-behaved app does on SIGTERM: stop accepting, end every open
 //! stream, let in-flight requests finish for a bounded time, exit 0.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use ssekeeper_testkit::app::serve::Ending;
+use ssekeeper_testkit::app::testing;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::{answer, events, mcp, testing};
+pub use ssekeeper_testkit::app::serve::{Body, last_event_id, query_param, sse, text};
 
-/// The response body every handler returns: a whole body or an SSE stream.
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+use super::{answer, events, mcp};
 
 /// What every request handler may need, shared by all connections.
 pub struct AppState {
@@ -41,52 +35,6 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Bound on how long open connections get to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// A complete response with a plain-text body.
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(body.into()).boxed_unsync())
-        .expect("static response parts are valid")
-}
-
-/// An SSE response whose body is whatever the producer sends on the channel; the stream ends
-/// when the producer drops its sender, and the producer learns the client left when `send` fails.
-/// `guard` lives as long as the body (used to forget an MCP session when its stream closes).
-pub fn sse<G: Send + 'static>(rx: mpsc::Receiver<Bytes>, guard: G) -> Response<Body> {
-    let stream = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), (rx, guard)))
-    });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(StreamBody::new(stream.boxed()).boxed_unsync())
-        .expect("static response parts are valid")
-}
-
-/// The query parameter `name` of `req`, if present (no percent-decoding: the demo's values are
-/// plain tokens, and a mangled one must simply not match).
-pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.uri().query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then_some(v)
-    })
-}
-
-/// The request's `Last-Event-ID` as the app's own numeric id; anything else counts as absent.
-pub fn last_event_id(req: &Request<Incoming>) -> Option<u64> {
-    req.headers()
-        .get("last-event-id")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
@@ -94,7 +42,7 @@ async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
         (&Method::GET, "/sse") => mcp::open(&state),
         (&Method::POST, "/messages") => mcp::post(req, &state).await,
         (&Method::GET, "/answer") => answer::handle(&req, &state),
-        (&Method::GET, path) if path.starts_with("/testing/") => testing::handle(&req, &state),
+        (&Method::GET, path) if path.starts_with("/testing/") => testing::handle(&req),
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
 }
@@ -102,45 +50,10 @@ async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
 /// Serve on `listener` until `state.shutdown` is cancelled, then drain connections for at most
 /// [`SHUTDOWN_GRACE`].
 pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
-    let tracker = TaskTracker::new();
-    loop {
-        let (stream, _peer): (_, SocketAddr) = tokio::select! {
-            _ = state.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        tracker.spawn(async move {
-            let svc_state = state.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let st = svc_state.clone();
-                async move { Ok::<_, Infallible>(route(req, st).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = state.shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    drop(listener);
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the shutdown grace; exiting anyway");
-    }
+    let stop = state.shutdown.clone();
+    let ending = Ending::Graceful(SHUTDOWN_GRACE);
+    ssekeeper_testkit::app::serve::serve(listener, stop, ending, move |req| {
+        route(req, state.clone())
+    })
+    .await;
 }

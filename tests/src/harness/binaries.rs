@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use ssekeeper_testkit::process::find_program;
+
 use super::HarnessError;
 
 /// Name of the sidecar's binary in the cargo target directory.
@@ -21,15 +23,6 @@ pub struct Binaries {
     pub haproxy: PathBuf,
     /// redis-server.
     pub redis_server: PathBuf,
-}
-
-/// `name` on `PATH` or in the sbin directories Debian installs daemons into.
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 impl Binaries {

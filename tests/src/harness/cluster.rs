@@ -12,10 +12,11 @@ pub use super::haproxy::Balance;
 use super::haproxy::HaProxy;
 use super::kubelet::{self, TerminationPlan, TerminationReport};
 use super::pod::{Pod, SidecarSettings};
+use ssekeeper_testkit::process::{LaunchError, Proc};
+use ssekeeper_testkit::redis::{RedisOptions, RedisServer};
+use ssekeeper_testkit::tempdir::TestDir;
+
 use super::ports::pod_ip;
-use super::process::Proc;
-use super::redis::RedisServer;
-use super::tempdir::TestDir;
 use super::{Binaries, HarnessError};
 
 /// Whether pods carry the sidecar.
@@ -75,6 +76,14 @@ impl ClusterConfig {
     }
 }
 
+/// A Redis of the data plane: its files in the test's directory, room for every client.
+fn redis_options(bins: &Binaries, dir: &TestDir, name: &str) -> RedisOptions {
+    RedisOptions::new(name)
+        .program(&bins.redis_server)
+        .dir(dir.path())
+        .args(["--maxclients", "4000"])
+}
+
 /// Server slots in HAProxy: room for every pod plus surge plus pods still terminating.
 const SLOTS: usize = 24;
 
@@ -106,13 +115,12 @@ impl Cluster {
     /// Start Redis, the store, HAProxy, the pods (each attached and UP), then the publisher.
     pub async fn start(bins: Binaries, cfg: ClusterConfig) -> Result<Self, HarnessError> {
         let dir = TestDir::new(&cfg.label)?;
-        let app_redis = RedisServer::start(&bins.redis_server, dir.path(), "app-redis").await?;
+        let app_redis = RedisServer::launch(redis_options(&bins, &dir, "app-redis")).await?;
         let (store_redis, sidecar) = match cfg.mode {
             Mode::Direct => (None, None),
             Mode::Sidecar => {
                 let binary = bins.sidecar()?.to_path_buf();
-                let store =
-                    RedisServer::start(&bins.redis_server, dir.path(), "store-redis").await?;
+                let store = RedisServer::launch(redis_options(&bins, &dir, "store-redis")).await?;
                 let settings = SidecarSettings {
                     binary,
                     store_redis_url: store.url(),
@@ -236,14 +244,15 @@ impl Cluster {
             .wait_status(slot, "UP", Duration::from_secs(10))
             .await
         {
-            return Err(HarnessError::NotReady {
+            return Err(LaunchError::NotReady {
                 what: format!(
                     "{name} in haproxy ({:?})",
                     self.haproxy.statuses().await.ok()
                 ),
                 timeout: Duration::from_secs(10),
                 log: self.dir.path().display().to_string(),
-            });
+            }
+            .into());
         }
         self.members.push(Member { pod, slot });
         Ok(name)
@@ -352,7 +361,7 @@ impl Cluster {
     /// The sidecar's metrics text from pod `name`, in sidecar mode.
     pub async fn metrics(&self, name: &str) -> Option<String> {
         let admin = self.pod(name)?.admin_addr()?;
-        let r = crate::client::request(
+        let r = ssekeeper_testkit::client::request(
             admin,
             None,
             http::Method::GET,

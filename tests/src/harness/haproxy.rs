@@ -16,9 +16,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
+use ssekeeper_testkit::Patience;
+use ssekeeper_testkit::ports::free_port_on as free_port;
+use ssekeeper_testkit::process::{LaunchError, Proc};
+
 use super::HarnessError;
-use super::ports::free_port;
-use super::process::Proc;
+
+/// The pace of the waits on HAProxy (each look is a runtime-API command).
+const POLL: Duration = Duration::from_millis(50);
 
 /// Name of the backend in the rendered config.
 pub const BACKEND: &str = "pods";
@@ -150,29 +155,33 @@ impl HaProxy {
             proc: Mutex::new(proc),
             free: Mutex::new(vec![true; slots]),
         });
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        while tokio::time::Instant::now() < deadline {
-            if hp.command("show info").await.is_ok()
-                && tokio::net::TcpStream::connect(hp.addr).await.is_ok()
-            {
-                return Ok(hp);
-            }
-            {
-                let mut proc = hp.proc.lock().await;
-                if let Some(status) = proc.try_exit() {
-                    return Err(HarnessError::HaProxy(format!(
-                        "exited at start ({status}): {}",
-                        proc.log_tail(20)
-                    )));
+        let started = ssekeeper_testkit::poll(Patience::within(READY_TIMEOUT).every(POLL), || {
+            let hp = &hp;
+            async move {
+                if hp.command("show info").await.is_ok()
+                    && tokio::net::TcpStream::connect(hp.addr).await.is_ok()
+                {
+                    return Some(Ok(()));
                 }
+                let mut proc = hp.proc.lock().await;
+                let status = proc.try_exit()?;
+                Some(Err(HarnessError::HaProxy(format!(
+                    "exited at start ({status}): {}",
+                    proc.log_tail(20)
+                ))))
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(HarnessError::NotReady {
-            what: "haproxy".into(),
-            timeout: READY_TIMEOUT,
-            log: log.display().to_string(),
         })
+        .await;
+        match started {
+            Some(Ok(())) => Ok(hp),
+            Some(Err(e)) => Err(e),
+            None => Err(LaunchError::NotReady {
+                what: "haproxy".into(),
+                timeout: READY_TIMEOUT,
+                log: log.display().to_string(),
+            }
+            .into()),
+        }
     }
 
     /// The frontend clients connect to.
@@ -262,16 +271,12 @@ impl HaProxy {
 
     /// Wait until `slot` reports exactly `want`, for at most `timeout`.
     pub async fn wait_status(&self, slot: usize, want: &str, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(s) = self.statuses().await
-                && s.get(slot).is_some_and(|s| s == want)
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        ssekeeper_testkit::poll(Patience::within(timeout).every(POLL), || async {
+            let s = self.statuses().await.ok()?;
+            s.get(slot).is_some_and(|s| s == want).then_some(())
+        })
+        .await
+        .is_some()
     }
 
     /// Kill HAProxy now (the harness's teardown).

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use ssekeeper_sidecar::contract::{self, SidecarArgs};
 
+use ssekeeper_testkit::process::Proc;
+
 use super::pod::Pod;
-use super::process::Proc;
 
 /// A container's preStop hook.
 #[derive(Debug, Clone)]
@@ -244,7 +245,7 @@ pub async fn terminate(pod: &mut Pod, plan: &TerminationPlan) -> TerminationRepo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::tempdir::TestDir;
+    use ssekeeper_testkit::tempdir::TestDir;
     use std::net::{IpAddr, Ipv4Addr};
     use std::path::Path;
 

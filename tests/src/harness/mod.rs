@@ -9,9 +9,6 @@ pub mod haproxy;
 pub mod kubelet;
 pub mod pod;
 pub mod ports;
-pub mod process;
-pub mod redis;
-pub mod tempdir;
 
 pub use binaries::Binaries;
 pub use cluster::{Balance, Cluster, ClusterConfig, Mode};
@@ -21,12 +18,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
+use ssekeeper_testkit::Patience;
+use ssekeeper_testkit::process::LaunchError;
 
 /// Poll `GET path` on `addr` until it answers 200, for at most `timeout`. True when it did.
 pub async fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        let r = crate::client::request(
+    let patience = Patience::within(timeout).every(Duration::from_millis(50));
+    ssekeeper_testkit::poll(patience, || async {
+        let r = ssekeeper_testkit::client::request(
             addr,
             None,
             Method::GET,
@@ -37,35 +36,18 @@ pub async fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> bo
             64 * 1024,
         )
         .await;
-        if r.is_ok_and(|r| r.status.is_success()) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+        r.is_ok_and(|r| r.status.is_success()).then_some(())
+    })
+    .await
+    .is_some()
 }
 
 /// Why the harness could not set something up.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
-    /// A process could not be started.
-    #[error("cannot start {what}: {source}")]
-    Spawn {
-        /// What was being started.
-        what: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// A process started but never became ready.
-    #[error("{what} not ready within {timeout:?} (log: {log})")]
-    NotReady {
-        /// What was being started.
-        what: String,
-        /// How long we waited.
-        timeout: Duration,
-        /// Where its output went.
-        log: String,
-    },
+    /// A process could not be started, or never became ready.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
     /// A required program is not installed or not built.
     #[error("{0}")]
     Missing(String),

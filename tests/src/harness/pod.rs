@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use ssekeeper_sidecar::contract::{self, SessionKeySource, SidecarArgs, StoreKind};
 
+use ssekeeper_testkit::ports::free_port_on as free_port;
+use ssekeeper_testkit::process::{LaunchError, Proc};
+
 use super::HarnessError;
 use super::kubelet::PreStop;
-use super::ports::free_port;
-use super::process::Proc;
 use super::wait_http_ok;
 
 /// How long a container gets to become ready.
@@ -120,11 +121,12 @@ impl Pod {
             &dir.join(format!("{name}.app.log")),
         )?;
         if !wait_http_ok(SocketAddr::new(ip, app_port), "/healthz", READY_TIMEOUT).await {
-            return Err(HarnessError::NotReady {
+            return Err(LaunchError::NotReady {
                 what: format!("{name}/app"),
                 timeout: READY_TIMEOUT,
                 log: app.log().display().to_string(),
-            });
+            }
+            .into());
         }
         let mut pod = Self {
             name: name.to_string(),
@@ -179,14 +181,15 @@ impl Pod {
                     .as_ref()
                     .map(|p| p.log_tail(30))
                     .unwrap_or_default();
-                return Err(HarnessError::NotReady {
+                return Err(LaunchError::NotReady {
                     what: format!("{name}/sidecar (last log lines:\n{log}\n)"),
                     timeout: READY_TIMEOUT,
                     log: dir
                         .join(format!("{name}.sidecar.log"))
                         .display()
                         .to_string(),
-                });
+                }
+                .into());
             }
         }
         Ok(pod)

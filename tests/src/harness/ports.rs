@@ -1,12 +1,7 @@
-//! Free ports. Each "pod" has its own loopback address, so ports only need to be free on that
-//! address; asking the kernel for one keeps parallel tests (and other users of the machine) apart.
+//! The address plan. Each "pod" has its own loopback address, so its ports only need to be free
+//! on that address (`ssekeeper_testkit::ports::free_port_on`).
 
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
-
-/// A port the kernel considers free on `ip` right now.
-pub fn free_port(ip: IpAddr) -> std::io::Result<u16> {
-    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
-}
+use std::net::{IpAddr, Ipv4Addr};
 
 /// The address of pod number `n` (1-based): 127.0.0.(10+n).
 pub fn pod_ip(n: u8) -> IpAddr {

@@ -7,12 +7,13 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::watcher;
+use ssekeeper_testkit::Patience;
 use ssekeeper_tests::demo::events::room_tail;
 use ssekeeper_tests::scenario::{ChatCrowd, ChatSummary};
 
@@ -256,7 +257,7 @@ impl Chat {
         ]);
         eventually(
             "the publisher's pod is gone",
-            Duration::from_secs(60),
+            paced(Duration::from_secs(60)),
             || async {
                 // A terminating publisher still publishes until its process exits, so wait for
                 // the pod object itself to go, not only for it to be marked for deletion.
@@ -385,26 +386,24 @@ pub fn pods(ns: &str, selector: &str) -> Vec<String> {
 /// Wait for the SseService's Ready condition.
 pub async fn wait_ready(ns: &str, name: &str, timeout: Duration) {
     let what = format!("SseService {ns}/{name} Ready");
-    let deadline = Instant::now() + timeout;
-    loop {
+    let patience = Patience::within(timeout).every(Duration::from_millis(500));
+    let ready = ssekeeper_testkit::poll(patience, || async {
         let ready = jsonpath(
             ns,
             &format!("ssesvc/{name}"),
             r#"{.status.conditions[?(@.type=="Ready")].status}"#,
         );
-        if ready == "True" {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let d = kubectl(&["-n", ns, "describe", &format!("ssesvc/{name}")]);
-            let p = kubectl(&["-n", ns, "get", "pods", "-o", "wide"]);
-            panic!(
-                "timed out after {timeout:?} waiting for {what}\n{}\n{}",
-                String::from_utf8_lossy(&d.stdout),
-                String::from_utf8_lossy(&p.stdout)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        (ready == "True").then_some(())
+    })
+    .await;
+    if ready.is_none() {
+        let d = kubectl(&["-n", ns, "describe", &format!("ssesvc/{name}")]);
+        let p = kubectl(&["-n", ns, "get", "pods", "-o", "wide"]);
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\n{}\n{}",
+            String::from_utf8_lossy(&d.stdout),
+            String::from_utf8_lossy(&p.stdout)
+        );
     }
 }
 
@@ -420,7 +419,7 @@ pub fn deployment_generation(ns: &str, name: &str) -> u64 {
 /// ones included).
 pub async fn wait_rolled_out(ns: &str, name: &str, replicas: usize, after: u64, timeout: Duration) {
     let what = format!("Deployment {ns}/{name} rolled out to {replicas} (past generation {after})");
-    eventually(&what, timeout, || async {
+    eventually(&what, paced(timeout), || async {
         let generation = deployment_generation(ns, name);
         if generation <= after {
             return None;

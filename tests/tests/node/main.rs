@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bed::*;
-use ssekeeper_tests::client::mcp::{McpSession, PostResult};
+use ssekeeper_tests::mcp::{McpSession, PostResult};
 use ssekeeper_tests::scenario::metric_sum;
 use support::*;
 
@@ -29,7 +29,7 @@ async fn chart_runs_the_operator_in_the_cluster() {
     assert_eq!(ready, "2", "two operator replicas ready");
     let holder = eventually(
         "a leader holds the Lease",
-        Duration::from_secs(60),
+        paced(Duration::from_secs(60)),
         || async {
             let h = jsonpath(OPERATOR_NS, "lease/ssekeeper", "{.spec.holderIdentity}");
             (!h.is_empty()).then_some(h)
@@ -147,6 +147,7 @@ async fn sessions_are_routed_with_affinity_disabled() {
         .unwrap_or(0);
     println!("MCP through kube-proxy, affinity off, 3 pods: {outcomes:?}, reply p99 {p99} ms");
     let forwarded: f64 = chat_pod_metrics(chat.name())
+        .await
         .iter()
         .map(|m| metric_sum(m, "ssekeeper_forwards_total", Some("outcome=\"accepted\"")))
         .sum();
@@ -181,7 +182,7 @@ async fn eviction_honours_the_budget_and_loses_nothing() {
     let chat = Chat::start("evict", |t| t).await;
     eventually(
         "the PDB allows one disruption",
-        Duration::from_secs(60),
+        paced(Duration::from_secs(60)),
         || async {
             (jsonpath(chat.name(), "pdb/chat", "{.status.disruptionsAllowed}") == "1").then_some(())
         },
@@ -199,9 +200,13 @@ async fn eviction_honours_the_budget_and_loses_nothing() {
         "a second eviction while one pod is away exceeds maxUnavailable 1"
     );
     wait_replaced(chat.name(), &victims[0]).await;
-    eventually("the budget recovers", Duration::from_secs(60), || async {
-        (jsonpath(chat.name(), "pdb/chat", "{.status.disruptionsAllowed}") == "1").then_some(())
-    })
+    eventually(
+        "the budget recovers",
+        paced(Duration::from_secs(60)),
+        || async {
+            (jsonpath(chat.name(), "pdb/chat", "{.status.disruptionsAllowed}") == "1").then_some(())
+        },
+    )
     .await;
     assert_eq!(
         evict(chat.name(), &victims[1]),
@@ -255,7 +260,7 @@ async fn operator_leader_loss_mid_rollout_converges() {
     roll(chat.name(), "chat");
     let new_leader = eventually(
         "another replica takes the Lease",
-        Duration::from_secs(90),
+        paced(Duration::from_secs(90)),
         || async {
             let h = jsonpath(OPERATOR_NS, "lease/ssekeeper", "{.spec.holderIdentity}");
             (!h.is_empty() && h != leader).then_some(h)
@@ -265,7 +270,7 @@ async fn operator_leader_loss_mid_rollout_converges() {
     println!("leader {leader} deleted; {new_leader} took the Lease");
     wait_rolled_out(chat.name(), "chat", 4, before_gen, ROLLOUT).await;
     let generation = jsonpath(chat.name(), "ssesvc/chat", "{.metadata.generation}");
-    eventually("status converges", Duration::from_secs(60), || async {
+    eventually("status converges", paced(Duration::from_secs(60)), || async {
         let s = jsonpath(
             chat.name(),
             "ssesvc/chat",
@@ -276,7 +281,7 @@ async fn operator_leader_loss_mid_rollout_converges() {
     .await;
     eventually(
         "the operator is back to 2 ready replicas",
-        Duration::from_secs(120),
+        paced(Duration::from_secs(120)),
         || async {
             (jsonpath(OPERATOR_NS, "deploy/ssekeeper", "{.status.readyReplicas}") == "2")
                 .then_some(())
@@ -341,10 +346,10 @@ async fn redis_outage_is_reported_and_streams_keep_flowing() {
     ]);
     let reported = eventually(
         "every sidecar reports the store down",
-        Duration::from_secs(30),
+        paced(Duration::from_secs(30)),
         || async {
-            let ready = chat_pod_admin(chat.name(), "/ready");
-            let metrics = chat_pod_metrics(chat.name());
+            let ready = chat_pod_admin(chat.name(), "/ready").await;
+            let metrics = chat_pod_metrics(chat.name()).await;
             let down = ready
                 .iter()
                 .all(|r| r.contains("session store unavailable"))
@@ -379,7 +384,7 @@ async fn redis_outage_is_reported_and_streams_keep_flowing() {
     };
     eventually(
         "SseService condition SessionStoreReachable=False",
-        Duration::from_secs(60),
+        paced(Duration::from_secs(60)),
         condition("False"),
     )
     .await;
@@ -412,7 +417,7 @@ async fn redis_outage_is_reported_and_streams_keep_flowing() {
     .await;
     eventually(
         "SseService condition SessionStoreReachable=True",
-        Duration::from_secs(30),
+        paced(Duration::from_secs(30)),
         condition("True"),
     )
     .await;
@@ -453,7 +458,7 @@ async fn app_crash_is_restarted_by_the_kubelet() {
     nix_kill(pid);
     eventually(
         "the kubelet restarts the app container",
-        Duration::from_secs(60),
+        paced(Duration::from_secs(60)),
         || async {
             let n = jsonpath(
                 chat.name(),
@@ -513,7 +518,7 @@ async fn prestop_is_not_a_network_endpoint() {
         r#"{.status.conditions[?(@.type=="Ready")].status}"#,
     );
     assert_eq!(ready, "True", "the target stays Ready");
-    let body = chat_pod_admin(chat.name(), "/ready");
+    let body = chat_pod_admin(chat.name(), "/ready").await;
     assert!(body.iter().all(|b| b.starts_with("ready")), "{body:?}");
 }
 
@@ -562,7 +567,7 @@ fn evict(ns: &str, pod: &str) -> u16 {
 }
 
 /// The admin endpoint `path` of every chat pod (the host reaches pod IPs on the bridge).
-fn chat_pod_admin(ns: &str, path: &str) -> Vec<String> {
+async fn chat_pod_admin(ns: &str, path: &str) -> Vec<String> {
     let ips = kubectl_ok(&[
         "-n",
         ns,
@@ -574,21 +579,19 @@ fn chat_pod_admin(ns: &str, path: &str) -> Vec<String> {
         "-o",
         "jsonpath={.items[*].status.podIP}",
     ]);
-    ips.split_whitespace()
-        .filter_map(|ip| {
-            http_get_blocking(
-                &format!("{ip}:{}", ssekeeper_sidecar::contract::ADMIN_PORT),
-                path,
-            )
-        })
-        .collect()
+    let mut out = Vec::new();
+    for ip in ips.split_whitespace() {
+        let admin = format!("{ip}:{}", ssekeeper_sidecar::contract::ADMIN_PORT);
+        out.extend(http_get(&admin, path).await);
+    }
+    out
 }
 
 /// Wait until every one of the 3 chat sidecars reports `ssekeeper_store_up` as `up`.
 async fn wait_store_up(ns: &str, up: bool, what: &str) {
     let want = if up { 1.0 } else { 0.0 };
-    eventually(what, Duration::from_secs(60), || async {
-        let m = chat_pod_metrics(ns);
+    eventually(what, paced(Duration::from_secs(60)), || async {
+        let m = chat_pod_metrics(ns).await;
         (m.len() == 3
             && m.iter()
                 .all(|m| metric_sum(m, "ssekeeper_store_up", None) == want))
@@ -597,19 +600,8 @@ async fn wait_store_up(ns: &str, up: bool, what: &str) {
     .await;
 }
 
-fn chat_pod_metrics(ns: &str) -> Vec<String> {
-    chat_pod_admin(ns, "/metrics")
-}
-
-fn http_get_blocking(addr: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(3)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+async fn chat_pod_metrics(ns: &str) -> Vec<String> {
+    chat_pod_admin(ns, "/metrics").await
 }
 
 /// Run `demo-app fetch` in a pod of its own (a neighbour in the same namespace) and return what
@@ -642,7 +634,7 @@ async fn neighbour_fetch(ns: &str, target: &str, path: &str, method: &str) -> St
     );
     eventually(
         &format!("pod {name} completes"),
-        Duration::from_secs(60),
+        paced(Duration::from_secs(60)),
         || async {
             let phase = jsonpath(ns, &format!("pod/{name}"), "{.status.phase}");
             (phase == "Succeeded" || phase == "Failed").then_some(())

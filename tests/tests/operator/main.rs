@@ -2,9 +2,6 @@
 //! Each test has its own namespace and its own operator process (`--watch-namespace`), so they run
 //! in parallel without seeing each other.
 
-// The store's own real-redis-server helper, shared rather than written twice.
-#[path = "../../../sidecar/tests/store_common/mod.rs"]
-mod redis;
 mod support;
 
 use std::collections::BTreeMap;
@@ -19,6 +16,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use ssekeeper_operator::api::SseService;
 use ssekeeper_sidecar::contract;
+use ssekeeper_testkit::redis::RedisServer;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -61,12 +59,16 @@ async fn wait_event(
     name: &str,
     reason: &str,
 ) -> (String, String, String) {
-    eventually(&format!("event {reason} on {name}"), WAIT, || async {
-        events(client, ns, name)
-            .await
-            .into_iter()
-            .find(|e| e.1 == reason)
-    })
+    eventually(
+        &format!("event {reason} on {name}"),
+        paced(WAIT),
+        || async {
+            events(client, ns, name)
+                .await
+                .into_iter()
+                .find(|e| e.1 == reason)
+        },
+    )
     .await
 }
 
@@ -87,7 +89,7 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    eventually(what, WAIT, || async {
+    eventually(what, paced(WAIT), || async {
         get::<K>(client, ns, name).await.is_none().then_some(())
     })
     .await
@@ -104,10 +106,14 @@ async fn delete_and_wait_gone(client: &Client, ns: &str, name: &str, what: &str)
 
 /// Wait until the SseService's Degraded condition has `status`; returns (status, reason).
 async fn wait_degraded(client: &Client, ns: &str, name: &str, status: &str) -> (String, String) {
-    eventually(&format!("{name}: Degraded={status}"), WAIT, || async {
-        let s: SseService = get(client, ns, name).await?;
-        condition(&s, "Degraded").filter(|c| c.0 == status)
-    })
+    eventually(
+        &format!("{name}: Degraded={status}"),
+        paced(WAIT),
+        || async {
+            let s: SseService = get(client, ns, name).await?;
+            condition(&s, "Degraded").filter(|c| c.0 == status)
+        },
+    )
     .await
 }
 
@@ -195,8 +201,10 @@ async fn examples_render_children_that_follow_the_spec() {
     }
 
     // chat: Deployment with the sidecar, the grace period and the app preStop of the contract.
-    let dep: Deployment =
-        eventually("chat Deployment", WAIT, || get(&client, &ns.name, "chat")).await;
+    let dep: Deployment = eventually("chat Deployment", paced(WAIT), || {
+        get(&client, &ns.name, "chat")
+    })
+    .await;
     let pod = pod_spec(&dep);
     assert_eq!(dep.spec.as_ref().unwrap().replicas, Some(3));
     assert_eq!(
@@ -273,13 +281,14 @@ async fn examples_render_children_that_follow_the_spec() {
     );
 
     // mcp: Ingress, no affinity; minimal: memory store, no Ingress/PDB.
-    let _ing: Ingress = eventually("mcp Ingress", WAIT, || get(&client, &ns.name, "mcp")).await;
+    let _ing: Ingress =
+        eventually("mcp Ingress", paced(WAIT), || get(&client, &ns.name, "mcp")).await;
     let mcp_svc: Service = get(&client, &ns.name, "mcp").await.unwrap();
     assert_eq!(
         mcp_svc.spec.unwrap().session_affinity.as_deref(),
         Some("None")
     );
-    let _: Deployment = eventually("ticker Deployment", WAIT, || {
+    let _: Deployment = eventually("ticker Deployment", paced(WAIT), || {
         get(&client, &ns.name, "ticker")
     })
     .await;
@@ -295,7 +304,7 @@ async fn examples_render_children_that_follow_the_spec() {
     );
 
     // Status: observedGeneration, selector, conditions (no node: pods stay Pending).
-    let chat: SseService = eventually("chat status", WAIT, || async {
+    let chat: SseService = eventually("chat status", paced(WAIT), || async {
         let s: SseService = get(&client, &ns.name, "chat").await?;
         (s.status.as_ref()?.observed_generation == s.metadata.generation).then_some(s)
     })
@@ -354,12 +363,12 @@ async fn examples_render_children_that_follow_the_spec() {
     .await
     .unwrap();
     let grace = i64::from(contract::termination_grace_period_seconds(3, 30));
-    eventually("grace period follows drainSeconds", WAIT, || async {
+    eventually("grace period follows drainSeconds", paced(WAIT), || async {
         let d: Deployment = get(&client, &ns.name, "chat").await?;
         (pod_spec(&d).termination_grace_period_seconds == Some(grace)).then_some(())
     })
     .await;
-    eventually("affinity off", WAIT, || async {
+    eventually("affinity off", paced(WAIT), || async {
         let s: Service = get(&client, &ns.name, "chat").await?;
         let spec = s.spec?;
         (spec.session_affinity.as_deref() == Some("None") && spec.session_affinity_config.is_none())
@@ -372,7 +381,7 @@ async fn examples_render_children_that_follow_the_spec() {
 
     // kubectl scale reaches the Deployment through the scale subresource.
     kubectl_ok(&["scale", "ssesvc/chat", "--replicas=5", "-n", &ns.name]);
-    eventually("Deployment scaled to 5", WAIT, || async {
+    eventually("Deployment scaled to 5", paced(WAIT), || async {
         let d: Deployment = get(&client, &ns.name, "chat").await?;
         (d.spec?.replicas == Some(5)).then_some(())
     })
@@ -385,7 +394,7 @@ async fn examples_render_children_that_follow_the_spec() {
     wait_gone::<SseService>(&client, &ns.name, "chat", "chat deleted").await;
     eventually(
         "children garbage-collected",
-        Duration::from_secs(90),
+        paced(Duration::from_secs(90)),
         || async {
             let dep = get::<Deployment>(&client, &ns.name, "chat").await;
             let svc = get::<Service>(&client, &ns.name, "chat").await;
@@ -442,7 +451,7 @@ async fn missing_redis_secret_degrades_then_heals_when_it_appears() {
     .unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     secrets.create(&PostParams::default(), &bad).await.unwrap();
-    eventually("malformed URL reported", WAIT, || async {
+    eventually("malformed URL reported", paced(WAIT), || async {
         let s: SseService = get(&client, &ns.name, "chat").await?;
         let msg = s
             .status?
@@ -464,7 +473,7 @@ async fn missing_redis_secret_degrades_then_heals_when_it_appears() {
         .await
         .unwrap();
     wait_degraded(&client, &ns.name, "chat", "False").await;
-    let _: Deployment = eventually("Deployment created", WAIT, || {
+    let _: Deployment = eventually("Deployment created", paced(WAIT), || {
         get(&client, &ns.name, "chat")
     })
     .await;
@@ -543,7 +552,7 @@ fn metric_value(text: &str, name: &str) -> f64 {
 async fn finalizer_purges_exactly_this_services_sessions_from_redis() {
     let client = client().await;
     let ns = TestNamespace::create(&client, "purge").await;
-    let redis = redis::RedisServer::start();
+    let redis = RedisServer::start().await;
     let url = redis.url();
     let prefix = contract::keys::service_prefix(&ns.name, "chat");
     let other = contract::keys::service_prefix(&ns.name, "other");
@@ -562,8 +571,9 @@ async fn finalizer_purges_exactly_this_services_sessions_from_redis() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _: Deployment = eventually("Deployment", WAIT, || get(&client, &ns.name, "chat")).await;
-    eventually("finalizer added", WAIT, || async {
+    let _: Deployment =
+        eventually("Deployment", paced(WAIT), || get(&client, &ns.name, "chat")).await;
+    eventually("finalizer added", paced(WAIT), || async {
         let s: SseService = get(&client, &ns.name, "chat").await?;
         s.finalizers()
             .iter()
@@ -572,7 +582,7 @@ async fn finalizer_purges_exactly_this_services_sessions_from_redis() {
     })
     .await;
 
-    let _: Secret = eventually("operator's copy of the URL", WAIT, || {
+    let _: Secret = eventually("operator's copy of the URL", paced(WAIT), || {
         get(&client, &ns.name, "chat-ssekeeper-redis")
     })
     .await;
@@ -603,7 +613,7 @@ async fn operator_restart_and_standby_do_not_fight_over_objects() {
     let mut first = Operator::start(&ns.name, "op-a", &[]);
     let out = apply_text(&manifest("examples/minimal.yaml", &ns.name));
     assert!(out.status.success());
-    let svc: SseService = eventually("status written", WAIT, || async {
+    let svc: SseService = eventually("status written", paced(WAIT), || async {
         let s: SseService = get(&client, &ns.name, "ticker").await?;
         s.status.as_ref()?.observed_generation.map(|_| s)
     })
@@ -642,7 +652,7 @@ async fn operator_restart_and_standby_do_not_fight_over_objects() {
     // Lease, so a new leader is there well before the 15 s a crashed leader's Lease would last.
     let second = Operator::start(&ns.name, "op-b", &[]);
     let third = Operator::start(&ns.name, "op-c", &[]);
-    let leaders = eventually("one leader", Duration::from_secs(10), || async {
+    let leaders = eventually("one leader", paced(Duration::from_secs(10)), || async {
         let b = metric_value(&second.metrics().await?, "ssekeeper_operator_leader");
         let c = metric_value(&third.metrics().await?, "ssekeeper_operator_leader");
         (b + c == 1.0).then_some((b, c))
@@ -650,7 +660,7 @@ async fn operator_restart_and_standby_do_not_fight_over_objects() {
     .await;
     // Let the leader reconcile, then check nothing was rewritten (no fighting, no duplicates).
     let leader = if leaders.0 == 1.0 { &second } else { &third };
-    eventually("leader reconciled", WAIT, || async {
+    eventually("leader reconciled", paced(WAIT), || async {
         (metric_value(
             &leader.metrics().await?,
             "ssekeeper_operator_reconciles_total",
@@ -744,7 +754,7 @@ async fn helm_chart_lints_templates_installs_and_its_rbac_is_enough() {
         String::from_utf8_lossy(&install.stderr)
     );
     let operator_name = format!("{release}-ssekeeper");
-    let dep: Deployment = eventually("operator Deployment", WAIT, || {
+    let dep: Deployment = eventually("operator Deployment", paced(WAIT), || {
         get(&client, &ns.name, &operator_name)
     })
     .await;
@@ -767,14 +777,18 @@ async fn helm_chart_lints_templates_installs_and_its_rbac_is_enough() {
     );
     let out = apply_text(&manifest("examples/minimal.yaml", &ns.name));
     assert!(out.status.success());
-    let _: Deployment = eventually("Deployment made with the chart's RBAC", WAIT, || {
+    let _: Deployment = eventually("Deployment made with the chart's RBAC", paced(WAIT), || {
         get(&client, &ns.name, "ticker")
     })
     .await;
-    eventually("status written with the chart's RBAC", WAIT, || async {
-        let s: SseService = get(&client, &ns.name, "ticker").await?;
-        s.status?.observed_generation.map(|_| ())
-    })
+    eventually(
+        "status written with the chart's RBAC",
+        paced(WAIT),
+        || async {
+            let s: SseService = get(&client, &ns.name, "ticker").await?;
+            s.status?.observed_generation.map(|_| ())
+        },
+    )
     .await;
     wait_event(&client, &ns.name, "ticker", "Created").await;
     // Ingress, Redis Secret read, purge-URL copy, finalizer: all with the chart's RBAC.
@@ -784,11 +798,11 @@ async fn helm_chart_lints_templates_installs_and_its_rbac_is_enough() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _: Ingress = eventually("Ingress made with the chart's RBAC", WAIT, || {
+    let _: Ingress = eventually("Ingress made with the chart's RBAC", paced(WAIT), || {
         get(&client, &ns.name, "mcp")
     })
     .await;
-    let _: Secret = eventually("URL copy made with the chart's RBAC", WAIT, || {
+    let _: Secret = eventually("URL copy made with the chart's RBAC", paced(WAIT), || {
         get(&client, &ns.name, "mcp-ssekeeper-redis")
     })
     .await;
@@ -840,7 +854,7 @@ async fn helm_chart_lints_templates_installs_and_its_rbac_is_enough() {
         .unwrap();
     eventually(
         "deleted with the chart's RBAC (finalizer removed)",
-        WAIT,
+        paced(WAIT),
         || async {
             get::<SseService>(&client, &ns.name, "ticker")
                 .await

@@ -3,17 +3,27 @@
 //! bounded waits. Every wait has a deadline; every process is killed on drop.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+pub use ssekeeper_testkit::eventually;
+pub use ssekeeper_testkit::ports::free_port;
+use ssekeeper_testkit::{Patience, eventually::poll_blocking};
+
+/// How often the tests look at the cluster: every look asks the API server (or runs kubectl).
+pub const API_POLL: Duration = Duration::from_millis(250);
+
+/// Wait up to `timeout`, looking at the cluster every [`API_POLL`] (what every `eventually` of
+/// these tests passes).
+pub const fn paced(timeout: Duration) -> Patience {
+    Patience::within(timeout).every(API_POLL)
+}
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -56,8 +66,9 @@ pub fn cluster_env() -> &'static HashMap<String, String> {
         );
         // Poll rather than `kubectl wait`: on a fresh API server the CRD can briefly have no
         // `status.conditions`, which `kubectl wait` reports as an error instead of waiting.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let mut stderr = String::new();
+        let patience = Patience::within(Duration::from_secs(60)).every(Duration::from_millis(200));
+        let established = poll_blocking(patience, || {
             let out = kubectl_with(
                 &env,
                 &[
@@ -67,16 +78,13 @@ pub fn cluster_env() -> &'static HashMap<String, String> {
                     r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#,
                 ],
             );
-            if String::from_utf8_lossy(&out.stdout).trim() == "True" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "CRD not established within 60 s: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            (String::from_utf8_lossy(&out.stdout).trim() == "True").then_some(())
+        });
+        assert!(
+            established.is_some(),
+            "CRD not established within 60 s: {stderr}"
+        );
         env
     })
 }
@@ -179,15 +187,6 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
-/// A free loopback port (racy in theory, fine for tests on one machine).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// An operator process running out of cluster against the test cluster, killed on drop.
 pub struct Operator {
     child: Child,
@@ -242,19 +241,16 @@ impl Operator {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
+        let patience = Patience::within(Duration::from_secs(20)).every(Duration::from_millis(100));
+        match poll_blocking(patience, || self.child.try_wait().unwrap()) {
+            Some(status) => status,
+            None => {
                 let _ = self.child.kill();
                 panic!(
                     "operator did not stop within 20 s of SIGTERM; log: {:?}",
                     self.log
                 );
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -276,39 +272,21 @@ impl Drop for Operator {
     }
 }
 
-/// A minimal HTTP/1.0 GET (no client dependency needed for a metrics scrape).
+/// The body of `GET path` on `addr` (any status), `None` when it cannot be had within 5 s.
 pub async fn http_get(addr: &str, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body))
-        .await
-        .ok()?
-        .ok()?;
-    Some(body)
-}
-
-/// Poll `check` every 250 ms until it yields `Some`, or panic after `timeout` with `what`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let reply = ssekeeper_testkit::client::request(
+        addr.parse().ok()?,
+        None,
+        http::Method::GET,
+        path,
+        &[],
+        bytes::Bytes::new(),
+        Duration::from_secs(5),
+        16 << 20,
+    )
+    .await
+    .ok()?;
+    Some(String::from_utf8_lossy(&reply.body).into_owned())
 }
 
 /// Read a manifest from the repository, with `namespace: default` replaced by `ns`.

@@ -7,7 +7,38 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::HarnessError;
+/// Why a process could not be had: it did not start, or it started and never became ready.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// A process could not be started.
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        /// What was being started.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A process started but never became ready.
+    #[error("{what} not ready within {timeout:?} (log: {log})")]
+    NotReady {
+        /// What was being started.
+        what: String,
+        /// How long we waited.
+        timeout: Duration,
+        /// Where its output went.
+        log: String,
+    },
+}
+
+/// `name` on `PATH` or in the sbin directories Debian installs daemons into (`redis-server`,
+/// `haproxy`), which a plain user's `PATH` often lacks.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
 
 /// One running process.
 #[derive(Debug)]
@@ -27,8 +58,8 @@ impl Proc {
         args: &[String],
         envs: &[(String, String)],
         log: &Path,
-    ) -> Result<Self, HarnessError> {
-        let spawn_err = |source| HarnessError::Spawn {
+    ) -> Result<Self, LaunchError> {
+        let spawn_err = |source| LaunchError::Spawn {
             what: format!("{name} ({})", program.display()),
             source,
         };
@@ -63,6 +94,11 @@ impl Proc {
             log: log.to_path_buf(),
             exit: None,
         })
+    }
+
+    /// The process id (for signals a test sends itself, e.g. SIGSTOP to simulate a hang).
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
     }
 
     /// The name given at spawn (for reports).

@@ -10,8 +10,10 @@ use bytes::Bytes;
 use http::Method;
 use tokio::sync::mpsc;
 
-use super::eventsource::{EventSource, EventSourceConfig, EventSourceReport, Received};
-use super::http::request;
+use ssekeeper_testkit::client::{
+    EventSource, EventSourceConfig, EventSourceReport, Received, request,
+};
+
 use crate::demo::payload::McpReply;
 
 /// How one POST fared.

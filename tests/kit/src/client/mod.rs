@@ -1,12 +1,20 @@
-//! The load client: real HTTP/1 over TCP from a chosen source address, so HAProxy's
-//! `balance source` spreads clients the way it spreads real users.
+//! The HTTP and SSE client every test uses: real HTTP/1 over TCP, one fresh connection per
+//! request, from a chosen source address when asked (so HAProxy's `balance source` spreads
+//! clients the way it spreads real users), every step bounded in time.
+//!
+//! - [`request`] / [`fetch`]: one whole exchange (a result to inspect, or a test's assertion).
+//! - [`Stream`]: one response read as SSE frame by frame, for tests that steer every reconnect
+//!   themselves (collecting into a [`Log`]).
+//! - [`EventSource`]: a client that behaves like a browser's, reconnecting with `Last-Event-ID`
+//!   and recording everything it saw.
 
 pub mod eventsource;
 pub mod http;
-pub mod mcp;
+pub mod stream;
 
 pub use eventsource::{EventSource, EventSourceConfig, EventSourceReport, Outcome, Received};
-pub use http::{HttpReply, request};
+pub use http::{HttpReply, fetch, request};
+pub use stream::{Log, Read, Stream};
 
 /// Why a client request failed (as opposed to being answered with an error status).
 #[derive(Debug, thiserror::Error)]

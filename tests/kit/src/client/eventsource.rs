@@ -7,15 +7,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
+use http::{StatusCode, header};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::http::open;
-use ssekeeper_sidecar::sse::{Frame, SseParser};
+use super::stream::{Read, Stream};
+use crate::sse::Frame;
 
 /// How one client behaves and where its bounds are.
 #[derive(Debug, Clone)]
@@ -287,50 +285,43 @@ async fn connect_once(st: &mut State) -> ConnEnd {
     });
     let conn = st.attempts.len() as u32;
     let idx = st.attempts.len() - 1;
-    let resp = async {
-        let (mut sender, guard) =
-            open::<Empty<Bytes>>(st.cfg.target, st.cfg.source_ip, st.cfg.connect_timeout).await?;
-        let mut req = Request::get(st.cfg.path.as_str())
-            .header(header::HOST, st.cfg.target.to_string())
-            .header(header::ACCEPT, "text/event-stream")
-            .header(header::CACHE_CONTROL, "no-cache");
-        if let Some(id) = st.last_event_id.as_deref().filter(|id| !id.is_empty()) {
-            req = req.header("last-event-id", id);
-        }
-        for (k, v) in &st.cfg.headers {
-            req = req.header(k, v);
-        }
-        let req = req
-            .body(Empty::new())
-            .expect("configured headers are valid");
-        let resp = tokio::time::timeout(st.cfg.connect_timeout, sender.send_request(req))
-            .await
-            .map_err(|_| super::ClientError::Timeout(st.cfg.connect_timeout))??;
-        Ok::<_, super::ClientError>((resp, guard))
+    let mut headers = vec![
+        (header::ACCEPT.as_str(), "text/event-stream"),
+        (header::CACHE_CONTROL.as_str(), "no-cache"),
+    ];
+    if let Some(id) = st.last_event_id.as_deref().filter(|id| !id.is_empty()) {
+        headers.push(("last-event-id", id));
     }
+    headers.extend(st.cfg.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let opened = Stream::connect(
+        st.cfg.target,
+        st.cfg.source_ip,
+        &st.cfg.path,
+        &headers,
+        st.cfg.max_event_bytes,
+        st.cfg.connect_timeout,
+    )
     .await;
-    let (resp, _guard) = match resp {
-        Ok(r) => r,
+    let mut stream = match opened {
+        Ok(s) => s,
         Err(e) => {
             st.attempts[idx].result = AttemptResult::Network(e.to_string());
             return ConnEnd::Reconnect;
         }
     };
-    let is_sse = resp
-        .headers()
+    let is_sse = stream
+        .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    if resp.status() != StatusCode::OK || !is_sse {
-        st.attempts[idx].result = AttemptResult::HttpStatus(resp.status().as_u16());
+    if stream.status != StatusCode::OK || !is_sse {
+        st.attempts[idx].result = AttemptResult::HttpStatus(stream.status.as_u16());
         return ConnEnd::Reconnect;
     }
     st.attempts[idx].result = AttemptResult::Streamed {
         events: 0,
         error: None,
     };
-    let mut body = resp.into_body();
-    let mut parser = SseParser::new(st.cfg.max_event_bytes);
     let mut frames = Vec::new();
     let mut count = 0usize;
     let idle = st
@@ -338,32 +329,23 @@ async fn connect_once(st: &mut State) -> ConnEnd {
         .idle_timeout
         .unwrap_or(Duration::from_secs(24 * 3600));
     let error = loop {
-        let next = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => {
+        match stream.read(idle, &mut frames).await {
+            Read::Silent => {
                 st.stalls += 1;
                 break Some(format!("silent for {idle:?}"));
             }
-            Ok(None) => break None,
-            Ok(Some(Err(e))) => break Some(e.to_string()),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = next.into_data() else {
-            continue;
-        };
-        parser.push(&data, &mut frames);
-        if let Some(end) = st.absorb(&mut frames, conn, &mut count) {
-            st.attempts[idx].result = AttemptResult::Streamed {
-                events: count,
-                error: None,
-            };
-            return end;
+            Read::Ended(error) => break error,
+            Read::Data => {}
         }
+        let end = st.absorb(&mut frames, conn, &mut count);
         st.attempts[idx].result = AttemptResult::Streamed {
             events: count,
             error: None,
         };
+        if let Some(end) = end {
+            return end;
+        }
     };
-    parser.finish(&mut frames);
     let end = st.absorb(&mut frames, conn, &mut count);
     st.attempts[idx].result = AttemptResult::Streamed {
         events: count,
