@@ -71,89 +71,19 @@ pub fn compute(
     let generation = svc.metadata.generation;
     let desired = svc.spec.replicas;
     let c = counts(deployment);
-
-    // Like a Deployment's own Progressing: done only when the new pods are available and no old
-    // pod is left.
-    let rolled_out =
-        c.observed && c.updated >= desired && c.replicas == c.updated && c.available >= desired;
-    let ready = rolled_out && c.ready >= desired;
-    let cond = |type_: &str, status: bool, reason: &str, message: String| Condition {
+    let cond = |type_: &str, (status, reason, message): Judged| Condition {
         type_: type_.into(),
         status: if status { "True" } else { "False" }.into(),
-        reason: reason.into(),
+        reason,
         message,
         observed_generation: generation,
         last_transition_time: now.clone(),
     };
-
-    let ready_cond = if ready {
-        let reason = if desired == 0 {
-            "ScaledToZero"
-        } else {
-            "AllReplicasReady"
-        };
-        cond(
-            READY,
-            true,
-            reason,
-            format!("{}/{desired} replicas ready", c.ready),
-        )
-    } else if deployment.is_none() {
-        cond(
-            READY,
-            false,
-            "DeploymentMissing",
-            "the Deployment does not exist yet".into(),
-        )
-    } else {
-        cond(
-            READY,
-            false,
-            "ReplicasNotReady",
-            format!(
-                "{}/{desired} replicas ready, {} updated",
-                c.ready, c.updated
-            ),
-        )
-    };
-    let progressing = if c.deadline_exceeded {
-        cond(
-            PROGRESSING,
-            false,
-            "ProgressDeadlineExceeded",
-            "the Deployment made no progress within its deadline; check the pods' events".into(),
-        )
-    } else if rolled_out {
-        cond(
-            PROGRESSING,
-            false,
-            "RolloutComplete",
-            format!("{} replicas on the current spec", c.updated),
-        )
-    } else {
-        cond(
-            PROGRESSING,
-            true,
-            "RollingOut",
-            format!("{}/{desired} replicas updated", c.updated),
-        )
-    };
-    let degraded = match (problem, c.deadline_exceeded) {
-        (Some(p), _) => cond(DEGRADED, true, &p.reason, p.message.clone()),
-        (None, true) => cond(
-            DEGRADED,
-            true,
-            "ProgressDeadlineExceeded",
-            "the rollout is stuck; check the pods' events".into(),
-        ),
-        (None, false) => cond(
-            DEGRADED,
-            false,
-            "AsExpected",
-            "all owned objects applied".into(),
-        ),
-    };
-
+    let conditions = [
+        cond(READY, ready(&c, desired, deployment.is_some())),
+        cond(PROGRESSING, progressing(&c, desired)),
+        cond(DEGRADED, degraded(&c, problem)),
+    ];
     let old = previous
         .map(|p| p.conditions.as_slice())
         .unwrap_or_default();
@@ -166,10 +96,87 @@ pub fn compute(
         affinity: Some(render::affinity_text(svc)),
         service_name: Some(name.clone()),
         selector: Some(render::selector_string(&name)),
-        conditions: [ready_cond, progressing, degraded]
+        conditions: conditions
             .into_iter()
             .map(|c| keep_transition_time(old, c))
             .collect(),
+    }
+}
+
+/// A condition's status, reason and message.
+type Judged = (bool, String, String);
+
+/// Like a Deployment's own Progressing: done only when the new pods are available and no old pod
+/// is left.
+fn rolled_out(c: &Counts, desired: i32) -> bool {
+    c.observed && c.updated >= desired && c.replicas == c.updated && c.available >= desired
+}
+
+fn ready(c: &Counts, desired: i32, deployment_exists: bool) -> Judged {
+    if rolled_out(c, desired) && c.ready >= desired {
+        let reason = if desired == 0 {
+            "ScaledToZero"
+        } else {
+            "AllReplicasReady"
+        };
+        (
+            true,
+            reason.into(),
+            format!("{}/{desired} replicas ready", c.ready),
+        )
+    } else if !deployment_exists {
+        (
+            false,
+            "DeploymentMissing".into(),
+            "the Deployment does not exist yet".into(),
+        )
+    } else {
+        (
+            false,
+            "ReplicasNotReady".into(),
+            format!(
+                "{}/{desired} replicas ready, {} updated",
+                c.ready, c.updated
+            ),
+        )
+    }
+}
+
+fn progressing(c: &Counts, desired: i32) -> Judged {
+    if c.deadline_exceeded {
+        (
+            false,
+            "ProgressDeadlineExceeded".into(),
+            "the Deployment made no progress within its deadline; check the pods' events".into(),
+        )
+    } else if rolled_out(c, desired) {
+        (
+            false,
+            "RolloutComplete".into(),
+            format!("{} replicas on the current spec", c.updated),
+        )
+    } else {
+        (
+            true,
+            "RollingOut".into(),
+            format!("{}/{desired} replicas updated", c.updated),
+        )
+    }
+}
+
+fn degraded(c: &Counts, problem: Option<&Problem>) -> Judged {
+    match (problem, c.deadline_exceeded) {
+        (Some(p), _) => (true, p.reason.clone(), p.message.clone()),
+        (None, true) => (
+            true,
+            "ProgressDeadlineExceeded".into(),
+            "the rollout is stuck; check the pods' events".into(),
+        ),
+        (None, false) => (
+            false,
+            "AsExpected".into(),
+            "all owned objects applied".into(),
+        ),
     }
 }
 
