@@ -24,7 +24,9 @@ section() {
         exe="${exe% (deleted)}"
         case "$exe" in
           "$SSEKEEPER_CACHE"/*/bin/* | /usr/bin/containerd | /usr/bin/containerd-shim*) echo "$exe" ;;
-          *) grep -q kubepods "$d/cgroup" 2>/dev/null && echo "pod process $exe" ;;
+          # An `if`, not `&&`: the loop's status is its last command's, and a last process
+          # outside any pod must not fail the whole section under pipefail.
+          *) if grep -q kubepods "$d/cgroup" 2>/dev/null; then echo "pod process $exe"; fi ;;
         esac
       done | sort -u
       ;;
