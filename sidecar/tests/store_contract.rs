@@ -85,7 +85,8 @@ async fn append_read_last(b: &Backend) {
         at(2, Entry::Retry(2500)),
         ev(3, None),
         ev(4, Some("a4")),
-        ev(5, None),
+        // No `id:` field: the last event id stays what it was (the reader records it so).
+        ev(5, Some("a4")),
     ];
     st.append(&s, 1, &batch).await.unwrap();
     st.append(&s, 1, &[at(6, Entry::Handover), at(7, Entry::End)])
@@ -115,6 +116,14 @@ async fn append_read_last(b: &Backend) {
         .unwrap();
     assert_eq!(st.read_after(&s, 0, 100).await.unwrap(), all);
     assert_eq!(st.last_app_id(&s).await.unwrap().as_deref(), Some("a4"));
+
+    // An empty `id:` reset the last event id: a new owner must send its app none.
+    st.append(&s, 1, &[ev(8, None), at(9, Entry::Retry(100))])
+        .await
+        .unwrap();
+    assert_eq!(st.last_app_id(&s).await.unwrap(), None);
+    st.append(&s, 1, &[ev(10, Some("a10"))]).await.unwrap();
+    assert_eq!(st.last_app_id(&s).await.unwrap().as_deref(), Some("a10"));
 
     // Other sessions are separate.
     assert_eq!(st.read_after(&sid("other"), 0, 10).await.unwrap(), vec![]);

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderValue};
+use http::header::HeaderMap;
 use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -131,7 +131,7 @@ impl RequestTemplate {
     pub fn build(&self, last_event_id: Option<&str>, target: SocketAddr) -> Request<ProxyBody> {
         let mut headers = self.headers.clone();
         headers.remove(LAST_EVENT_ID);
-        if let Some(id) = last_event_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        if let Some(id) = last_event_id.and_then(crate::http::headers::last_event_id_value) {
             headers.insert(LAST_EVENT_ID, id);
         }
         outbound(self.method.clone(), &self.path, headers, empty(), target)
@@ -140,6 +140,8 @@ impl RequestTemplate {
 
 #[cfg(test)]
 mod tests {
+    use http::header::HeaderValue;
+
     use super::*;
 
     #[test]

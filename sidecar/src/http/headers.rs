@@ -21,6 +21,19 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// The `Last-Event-ID` request header an EventSource sends on reconnect.
 pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+/// The `Last-Event-ID` a request carries, as the text the EventSource sent. The spec lets an id be
+/// any UTF-8 without NUL, CR or LF (browsers send it as UTF-8 bytes), so it is read as UTF-8
+/// rather than as visible ASCII, which would drop an id such as `…`.
+pub fn last_event_id(headers: &HeaderMap) -> Option<&str> {
+    std::str::from_utf8(headers.get(LAST_EVENT_ID)?.as_bytes()).ok()
+}
+
+/// A `Last-Event-ID` header value for `id` (UTF-8 bytes, as a browser sends it); `None` for an
+/// id no header can carry (a control character).
+pub fn last_event_id_value(id: &str) -> Option<HeaderValue> {
+    HeaderValue::from_bytes(id.as_bytes()).ok()
+}
+
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -85,6 +98,15 @@ pub fn accepts_event_stream(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_last_event_id_is_utf8_both_ways() {
+        let v = last_event_id_value("évé…42").expect("UTF-8 is a valid header value");
+        let mut h = HeaderMap::new();
+        h.insert(LAST_EVENT_ID, v);
+        assert_eq!(last_event_id(&h), Some("évé…42"));
+        assert!(last_event_id_value("a\nb").is_none(), "no header can carry a newline");
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, HeaderValue};
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -22,7 +22,8 @@ use crate::http::body::{ProxyBody, boxed, full};
 use crate::http::client::HttpClient;
 use crate::http::client::{RequestTemplate, UpstreamError, outbound};
 use crate::http::headers::{
-    LAST_EVENT_ID, accepts_event_stream, append_forwarded_for, is_event_stream, strip_hop_by_hop,
+    LAST_EVENT_ID, accepts_event_stream, append_forwarded_for, is_event_stream, last_event_id,
+    last_event_id_value, strip_hop_by_hop,
 };
 use crate::http::session_key;
 use crate::metrics::{ErrorKind, ForwardOutcome, ResumeOutcome, Route};
@@ -144,8 +145,8 @@ async fn try_resume(
     parts: &mut Parts,
     path: &str,
 ) -> Option<Response<ProxyBody>> {
-    let value = parts.headers.get(LAST_EVENT_ID)?;
-    let Some(Ok(cursor)) = value.to_str().ok().map(Cursor::parse) else {
+    parts.headers.get(LAST_EVENT_ID)?;
+    let Some(Ok(cursor)) = last_event_id(&parts.headers).map(Cursor::parse) else {
         shared.metrics.resume(ResumeOutcome::Foreign);
         return None;
     };
@@ -159,7 +160,7 @@ async fn try_resume(
     match resume::resume(shared, template, cursor).await {
         Resumed::Respond(r) => Some(r),
         Resumed::Fresh(app_id) => {
-            if let Some(v) = app_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+            if let Some(v) = app_id.as_deref().and_then(last_event_id_value) {
                 parts.headers.insert(LAST_EVENT_ID, v);
             }
             None
@@ -235,10 +236,7 @@ async fn to_app(
     key: Option<SessionId>,
 ) -> Response<ProxyBody> {
     let shared = &router.sessions;
-    let sticky = parts
-        .headers
-        .get(LAST_EVENT_ID)
-        .and_then(|v| v.to_str().ok())
+    let sticky = last_event_id(&parts.headers)
         .filter(|v| !v.is_empty())
         .map(str::to_string);
     let upstream_req = outbound(

@@ -224,12 +224,8 @@ impl MemoryStore {
         }
         let entries = unstored(s.events.back().map(|r| r.seq), entries)?;
         for r in entries {
-            if let Entry::Event {
-                app_id: Some(app_id),
-                ..
-            } = &r.entry
-            {
-                s.last_app_id = Some(app_id.clone());
+            if let Entry::Event { app_id, .. } = &r.entry {
+                s.last_app_id.clone_from(app_id);
             }
             s.events.push_back(r.clone());
         }

@@ -202,8 +202,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// delivered is found by reading backwards (see `last_app_id`).
     fn last<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Recorded>>>;
 
-    /// The app id of the newest `Event` entry that has one: the `Last-Event-ID` a new owner sends
-    /// its own app when it opens a fresh upstream.
+    /// The app id recorded with the newest `Event` entry — the client's last event id at that
+    /// point, `None` once the app reset it with an empty `id:` — which is the `Last-Event-ID` a
+    /// new owner sends its own app when it opens a fresh upstream.
     fn last_app_id<'a>(
         &'a self,
         session: &'a SessionId,

@@ -280,18 +280,22 @@ impl RedisStore {
     ) -> StoreResult<()> {
         check_order(None, entries)?;
         let k = self.keys(s);
-        let app_id = entries.iter().rev().find_map(|r| match &r.entry {
-            Entry::Event {
-                app_id: Some(i), ..
-            } => Some(i.as_str()),
+        // The newest event's app id: set it, or clear it when the app reset it (empty `id:`).
+        let newest = entries.iter().rev().find_map(|r| match &r.entry {
+            Entry::Event { app_id, .. } => Some(app_id.as_deref()),
             _ => None,
         });
+        let (app_id, app_id_mode) = match newest {
+            Some(Some(id)) => (id, "1"),
+            Some(None) => ("", "2"),
+            None => ("", "0"),
+        };
         let mut inv = self.script(&self.scripts.append, &k);
         inv.arg(epoch)
             .arg(self.history_limit)
             .arg(Self::ms(self.session_ttl))
-            .arg(app_id.unwrap_or(""))
-            .arg(if app_id.is_some() { "1" } else { "0" })
+            .arg(app_id)
+            .arg(app_id_mode)
             .arg(entries.len());
         for r in entries {
             let fields = encode(&r.entry);

@@ -33,7 +33,8 @@ local function now_ms()
 end
 "#;
 
-/// `append(epoch, maxlen, ttl_ms, appid, has_appid, n, [id, nargs, field, value, …] × n)`.
+/// `append(epoch, maxlen, ttl_ms, appid, appid_mode, n, [id, nargs, field, value, …] × n)`;
+/// `appid_mode`: 1 set the newest app id, 2 clear it (the app reset it), 0 leave it.
 ///
 /// Refuses (0) unless `epoch` is current. Entries at or below the stream's newest id are skipped
 /// (a retried batch whose first attempt was applied but timed out) and the rest added, so a retry
@@ -41,7 +42,7 @@ end
 /// checked before anything is written (2: an id this version does not write), so every `XADD`
 /// below succeeds and the batch lands whole or not at all. Only the last `XADD` trims
 /// (`MAXLEN ~`: whole radix-tree nodes, so the history keeps at least `maxlen` and at most about
-/// 100 more). The newest app id of the batch is kept in its own key so `last_app_id` is one `GET`
+/// 100 more). The newest event's app id is kept in its own key so `last_app_id` is one `GET`
 /// even after trimming.
 const APPEND: &str = r#"
 local cur = epoch_of(KEYS[2])
@@ -80,7 +81,10 @@ if n > 0 then
     for a = p + 2, p + 1 + tonumber(ARGV[p + 1]) do args[#args + 1] = ARGV[a] end
     redis.call(unpack(args))
   end
-  if ARGV[5] == '1' and first <= n then redis.call('SET', KEYS[4], ARGV[4]) end
+  if first <= n then
+    if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[4])
+    elseif ARGV[5] == '2' then redis.call('DEL', KEYS[4]) end
+  end
 end
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 return {1, cur}
