@@ -11,8 +11,9 @@ use std::time::Duration;
 use common::{TestSidecar, args, start_sidecar};
 use ssekeeper_sidecar::contract::StoreKind;
 use ssekeeper_sidecar::cursor::Cursor;
+use ssekeeper_sidecar::cursor::SessionId;
 use ssekeeper_sidecar::store;
-use ssekeeper_sidecar::store::{Entry, SessionStore as _};
+use ssekeeper_sidecar::store::{Entry, Recorded, SessionStore};
 use ssekeeper_testkit::app::{Feeds, TestApp};
 use ssekeeper_testkit::client::{Log, Stream};
 use ssekeeper_testkit::eventually_true as eventually;
@@ -92,12 +93,7 @@ async fn a_stream_faster_than_the_store_is_recorded_whole() {
     let session = Cursor::parse(log.last_id.as_deref().expect("ids"))
         .expect("a cursor")
         .session;
-    let stored = sc
-        .shared
-        .store
-        .read_after(&session, 0, usize::MAX)
-        .await
-        .expect("read back");
+    let stored = read_all(&*sc.shared.store, &session).await;
     let events = stored
         .iter()
         .filter(|r| matches!(r.entry, Entry::Event { .. }))
@@ -170,12 +166,7 @@ async fn fifty_thousand_events_a_second_are_all_in_the_store() {
         let session = Cursor::parse(log.last_id.as_deref().expect("ids"))
             .expect("a cursor")
             .session;
-        let stored = sc
-            .shared
-            .store
-            .read_after(&session, 0, usize::MAX)
-            .await
-            .expect("read back");
+        let stored = read_all(&*sc.shared.store, &session).await;
         let events: Vec<_> = stored
             .iter()
             .filter_map(|r| match &r.entry {
@@ -219,10 +210,7 @@ async fn a_sidecar_killed_mid_stream_loses_at_most_the_lag_bound() {
     }) {}
     let got = Cursor::parse(log.last_id.as_deref().expect("ids")).expect("a cursor");
     let store = redis_store(&redis).await;
-    let stored = store
-        .read_after(&got.session, 0, usize::MAX)
-        .await
-        .expect("read back");
+    let stored = read_all(&*store, &got.session).await;
     let last_stored = stored.last().map_or(0, |r| r.seq);
     let lost = got.seq.saturating_sub(last_stored);
     println!(
@@ -239,9 +227,28 @@ async fn a_sidecar_killed_mid_stream_loses_at_most_the_lag_bound() {
     );
 }
 
-async fn redis_store(redis: &RedisServer) -> Arc<dyn ssekeeper_sidecar::store::SessionStore> {
+async fn redis_store(redis: &RedisServer) -> Arc<dyn SessionStore> {
     let mut a = args("127.0.0.1:1".parse().unwrap(), "reader");
     a.store = StoreKind::Redis;
     a.redis_url = Some(redis.url());
     store::open(&a).await.expect("redis store opens")
+}
+
+/// Everything stored for `session`, read in pages (one huge read could outlast a call's budget
+/// on a loaded machine).
+async fn read_all(store: &dyn SessionStore, session: &SessionId) -> Vec<Recorded> {
+    let mut all = Vec::new();
+    loop {
+        let after = all
+            .last()
+            .map_or(0, |r: &ssekeeper_sidecar::store::Recorded| r.seq);
+        let page = store
+            .read_after(session, after, 4096)
+            .await
+            .expect("read back");
+        if page.is_empty() {
+            return all;
+        }
+        all.extend(page);
+    }
 }

@@ -105,7 +105,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(LAST_EVENT_ID, v);
         assert_eq!(last_event_id(&h), Some("évé…42"));
-        assert!(last_event_id_value("a\nb").is_none(), "no header can carry a newline");
+        assert!(
+            last_event_id_value("a\nb").is_none(),
+            "no header can carry a newline"
+        );
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
