@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestSidecar, args, start_sidecar};
+use common::{FlakyStore, TestSidecar, args, start_sidecar};
 use ssekeeper_sidecar::contract::StoreKind;
 use ssekeeper_sidecar::cursor::Cursor;
 use ssekeeper_sidecar::cursor::SessionId;
@@ -27,11 +27,22 @@ const EVENTS: u64 = 60_000;
 const LAG_BOUND: u64 = 4 * 256 + 512;
 
 async fn redis_sidecar(app: &TestApp, redis: &RedisServer) -> TestSidecar {
+    redis_sidecar_with_delay(app, redis, Duration::ZERO).await
+}
+
+/// A sidecar on `redis` whose every store call takes `delay` longer (a store across a slow
+/// network), so a stream is sure to outrun it whatever the machine's speed.
+async fn redis_sidecar_with_delay(
+    app: &TestApp,
+    redis: &RedisServer,
+    delay: Duration,
+) -> TestSidecar {
     let mut a = args(app.addr, "pod-a");
     a.store = StoreKind::Redis;
     a.redis_url = Some(redis.url());
     a.history_limit = (EVENTS as u32) * 2;
-    let store = store::open(&a).await.expect("redis store opens");
+    let store = FlakyStore::new(store::open(&a).await.expect("redis store opens"));
+    store.set_delay(delay);
     start_sidecar(a, store).await
 }
 
@@ -39,7 +50,8 @@ async fn redis_sidecar(app: &TestApp, redis: &RedisServer) -> TestSidecar {
 async fn a_stream_faster_than_the_store_is_recorded_whole() {
     let redis = RedisServer::start().await;
     let app = TestApp::start("app", Arc::new(Feeds::default())).await;
-    let sc = redis_sidecar(&app, &redis).await;
+    // 256 entries per 20 ms at most: about 13,000 a second, below any build's stream rate.
+    let sc = redis_sidecar_with_delay(&app, &redis, Duration::from_millis(20)).await;
     let m = &sc.shared.metrics;
 
     // Watch the distance between forwarded and recorded while the stream runs.
@@ -69,7 +81,7 @@ async fn a_stream_faster_than_the_store_is_recorded_whole() {
     // The lag is bounded, so the store catches up within moments of the stream's end.
     eventually(
         "every forwarded event recorded (plus the End marker)",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || m.events_recorded.get() > EVENTS,
     )
     .await;
@@ -192,7 +204,8 @@ async fn fifty_thousand_events_a_second_are_all_in_the_store() {
 async fn a_sidecar_killed_mid_stream_loses_at_most_the_lag_bound() {
     let redis = RedisServer::start().await;
     let app = TestApp::start("app", Arc::new(Feeds::default())).await;
-    let mut sc = redis_sidecar(&app, &redis).await;
+    // A slow store, so the stream runs at the lag bound when the sidecar is killed.
+    let mut sc = redis_sidecar_with_delay(&app, &redis, Duration::from_millis(20)).await;
     let mut s = Stream::open(sc.sse, &format!("/firehose?size=100&count={EVENTS}"), None).await;
     let mut log = Log::default();
     let ended = s
