@@ -435,6 +435,36 @@ impl LeaseBook {
 }
 
 #[cfg(test)]
+impl LeaseBook {
+    /// A book for unit tests: `store` behind a guard with a 1 s budget, held by `name`, 5 s
+    /// leases, routing registrations idle after `idle_ttl`.
+    pub(crate) fn for_tests(
+        store: Arc<dyn crate::store::SessionStore>,
+        name: &str,
+        idle_ttl: Duration,
+    ) -> (Arc<LeaseBook>, Arc<GuardedStore>) {
+        let metrics = Arc::new(Metrics::new());
+        let guarded = Arc::new(GuardedStore::new(
+            store,
+            Duration::from_secs(1),
+            metrics.clone(),
+        ));
+        let owner = Owner {
+            name: name.into(),
+            addr: "127.0.0.1:8801".parse().unwrap(),
+        };
+        let book = LeaseBook::new(
+            guarded.clone(),
+            owner,
+            Duration::from_secs(5),
+            idle_ttl,
+            metrics,
+        );
+        (book, guarded)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::{MemoryStore, SessionStore};
@@ -447,18 +477,7 @@ mod tests {
     }
 
     fn book(store: Arc<dyn SessionStore>, name: &str) -> Arc<LeaseBook> {
-        let metrics = Arc::new(Metrics::new());
-        LeaseBook::new(
-            Arc::new(GuardedStore::new(
-                store,
-                Duration::from_secs(1),
-                metrics.clone(),
-            )),
-            owner(name),
-            Duration::from_secs(5),
-            Duration::from_millis(50),
-            metrics,
-        )
+        LeaseBook::for_tests(store, name, Duration::from_millis(50)).0
     }
 
     #[tokio::test]

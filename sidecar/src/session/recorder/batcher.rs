@@ -245,7 +245,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::metrics::Metrics;
     use crate::store::{Entry, MemoryStore, Owner, Seq, SessionStore};
 
     fn limits() -> Limits {
@@ -321,24 +320,7 @@ mod tests {
     }
 
     fn book(store: Arc<dyn SessionStore>) -> (Arc<LeaseBook>, Arc<GuardedStore>) {
-        let metrics = Arc::new(Metrics::new());
-        let guarded = Arc::new(GuardedStore::new(
-            store,
-            Duration::from_secs(1),
-            metrics.clone(),
-        ));
-        let owner = Owner {
-            name: "a".into(),
-            addr: "127.0.0.1:1".parse().unwrap(),
-        };
-        let book = LeaseBook::new(
-            guarded.clone(),
-            owner,
-            Duration::from_secs(5),
-            Duration::from_secs(60),
-            metrics,
-        );
-        (book, guarded)
+        LeaseBook::for_tests(store, "a", Duration::from_secs(60))
     }
 
     #[tokio::test]

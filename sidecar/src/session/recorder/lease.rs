@@ -68,29 +68,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::store::{GuardedStore, MemoryStore, Owner, SessionStore};
+    use crate::store::{MemoryStore, SessionStore};
 
     fn book() -> Arc<LeaseBook> {
-        let metrics = Arc::new(Metrics::new());
         let memory: Arc<dyn SessionStore> =
             Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
-        let store = Arc::new(GuardedStore::new(
-            memory,
-            Duration::from_secs(1),
-            metrics.clone(),
-        ));
-        let owner = Owner {
-            name: "a".into(),
-            addr: "127.0.0.1:1".parse().unwrap(),
-        };
-        LeaseBook::new(
-            store,
-            owner,
-            Duration::from_secs(5),
-            Duration::from_secs(60),
-            metrics,
-        )
+        LeaseBook::for_tests(memory, "a", Duration::from_secs(60)).0
     }
 
     async fn resolves(h: &mut Holding) -> bool {
