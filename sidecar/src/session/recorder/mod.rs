@@ -3,9 +3,11 @@
 //! It parses the app's stream, numbers every entry, re-emits events to the attached client with
 //! the cursor as their id (never waiting on the client: a full queue cuts it), keeps a few recent
 //! events for a same-pod resume, and records everything to the store in batches written within the
-//! batch window, at most one batch in flight so the store sees entries in order. The client path
-//! never waits on the store. When its client goes away it keeps capturing for the resume window;
-//! when another pod takes the session over (fenced) it stops at once.
+//! batch window, at most one batch in flight so the store sees entries in order. The record lags
+//! the stream by a bound: at the bound the app's stream waits for the store (backpressure), and
+//! only while the store does not answer at all does the stream go on unrecorded. When its client
+//! goes away it keeps capturing for the resume window; when another pod takes the session over
+//! (fenced) it stops at once.
 
 mod batcher;
 mod fanout;
