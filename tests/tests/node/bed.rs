@@ -345,24 +345,22 @@ impl Drop for PodLogs {
 
 /// Every pod object matching `selector`, terminating ones included.
 pub fn pod_objects(ns: &str, selector: &str) -> Vec<String> {
-    let out = kubectl(&[
-        "-n",
-        ns,
-        "get",
-        "pods",
-        "-l",
-        selector,
-        "-o",
-        "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}",
-    ]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
+    pod_rows(ns, selector)
+        .into_iter()
+        .map(|(name, _)| name)
         .collect()
 }
 
 /// Names of the pods matching `selector` that are not being deleted.
 pub fn pods(ns: &str, selector: &str) -> Vec<String> {
+    pod_rows(ns, selector)
+        .into_iter()
+        .filter_map(|(name, terminating)| (!terminating).then_some(name))
+        .collect()
+}
+
+/// Each matching pod's name and whether it is being deleted.
+fn pod_rows(ns: &str, selector: &str) -> Vec<(String, bool)> {
     let out = kubectl(&[
         "-n",
         ns,
@@ -377,8 +375,8 @@ pub fn pods(ns: &str, selector: &str) -> Vec<String> {
         .lines()
         .filter_map(|l| {
             let mut parts = l.split_whitespace();
-            let name = parts.next()?;
-            parts.next().is_none().then(|| name.to_string())
+            let name = parts.next()?.to_string();
+            Some((name, parts.next().is_some()))
         })
         .collect()
 }
