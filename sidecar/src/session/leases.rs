@@ -148,9 +148,23 @@ impl LeaseBook {
         id: u64,
         expected: Option<Epoch>,
     ) -> StoreResult<Epoch> {
-        let lease = self.acquire_call(session, expected).await?;
+        let (lease, taken_here) = match self.acquire_call(session, expected).await {
+            Ok(lease) => (lease, true),
+            // Two of this pod's tasks (the renewal round and a recorder's batch) found the
+            // session lost at once and both recover it: the later one finds the store at the
+            // epoch the earlier one took, which is this pod's own, not a takeover.
+            Err(StoreError::Fenced { current }) => match self.store.lease(session).await? {
+                Some(lease) if lease.owner == self.owner.name && lease.epoch == current => {
+                    (lease, false)
+                }
+                _ => return Err(StoreError::Fenced { current }),
+            },
+            Err(e) => return Err(e),
+        };
         let mut held = self.lock();
         match held.get_mut(session) {
+            // Recovered already, by the other task of the two.
+            Some(h) if h.id == id && !taken_here && h.epoch == lease.epoch => Ok(lease.epoch),
             Some(h) if h.id == id => {
                 if h.epoch == UNACQUIRED {
                     tracing::info!(session = %session, epoch = lease.epoch, "session key registered now that the store is back");
@@ -501,6 +515,28 @@ mod tests {
         panic!("the lease was not released");
     }
 
+    /// `book`'s holdings over a fresh empty store: what the pod sees after Redis restarted
+    /// without persistence.
+    fn restarted_empty(book: &LeaseBook, name: &str) -> (LeaseBook, Arc<dyn SessionStore>) {
+        let replacement: Arc<dyn SessionStore> =
+            Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
+        let moved = LeaseBook {
+            store: Arc::new(GuardedStore::new(
+                replacement.clone(),
+                Duration::from_secs(1),
+                book.metrics.clone(),
+            )),
+            owner: owner(name),
+            ttl: Duration::from_secs(5),
+            idle_ttl: Duration::from_secs(60),
+            metrics: book.metrics.clone(),
+            held: Mutex::new(std::mem::take(&mut *book.lock())),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            next_id: std::sync::atomic::AtomicU64::new(100),
+        };
+        (moved, replacement)
+    }
+
     #[tokio::test]
     async fn a_takeover_elsewhere_fences_on_renewal_and_lost_state_is_recovered() {
         let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
@@ -521,25 +557,42 @@ mod tests {
         let k = SessionId::parse("s3").unwrap();
         c.register(&k).await.unwrap();
         let before = c.lock().get(&k).map(|h| (h.id, h.epoch)).unwrap();
-        let replacement: Arc<dyn SessionStore> =
-            Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
-        let c2 = LeaseBook {
-            store: Arc::new(GuardedStore::new(
-                replacement.clone(),
-                Duration::from_secs(1),
-                c.metrics.clone(),
-            )),
-            owner: owner("c"),
-            ttl: Duration::from_secs(5),
-            idle_ttl: Duration::from_secs(60),
-            metrics: c.metrics.clone(),
-            held: Mutex::new(std::mem::take(&mut *c.lock())),
-            draining: std::sync::atomic::AtomicBool::new(false),
-            next_id: std::sync::atomic::AtomicU64::new(100),
-        };
+        let (c2, replacement) = restarted_empty(&c, "c");
         c2.renew_round().await;
         assert_eq!(c2.epoch(&k, before.0), Some(1));
         assert_eq!(replacement.lease(&k).await.unwrap().unwrap().owner, "c");
+    }
+
+    /// Redis back empty: the renewal round and a recorder's batch both find the session gone and
+    /// both recover it. The one that comes second must see this pod's own fresh lease, not a
+    /// takeover (which would stop the recorder and cut its client's stream).
+    #[tokio::test]
+    async fn two_recoveries_of_one_lost_session_both_keep_it() {
+        let before: Arc<dyn SessionStore> =
+            Arc::new(MemoryStore::new(100, Duration::from_secs(60)));
+        let old = book(before, "a");
+        let s = SessionId::parse("s4").unwrap();
+        let claim = old.claim(&s).await.unwrap();
+        let (b, store) = restarted_empty(&old, "a");
+        let first = b.recover(&s, claim.id, Some(0)).await.unwrap();
+        let second = b.recover(&s, claim.id, Some(0)).await;
+        assert_eq!(
+            second,
+            Ok(first),
+            "the second recovery sees this pod's lease"
+        );
+        assert_eq!(b.epoch(&s, claim.id), Some(first));
+        assert!(!claim.fenced.is_cancelled());
+
+        // Another pod's lease is still a takeover.
+        store
+            .acquire(&s, &owner("b"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(
+            b.recover(&s, claim.id, Some(first)).await,
+            Err(StoreError::Fenced { .. })
+        ));
     }
 
     #[tokio::test]

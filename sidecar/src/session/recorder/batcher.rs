@@ -216,13 +216,17 @@ pub(super) async fn write_batch(
     };
     let epoch_now = || book.epoch(session, id).unwrap_or(epoch);
     let mut result = Ok(());
-    // At most one recovery.
-    for _ in 0..2 {
+    // A few attempts: a recovery when the store lost the session, a retry when another task of
+    // this pod recovered it first.
+    for _ in 0..3 {
         if batch.is_empty() {
             break;
         }
-        result = store.append(session, epoch_now(), &batch).await;
+        let used = epoch_now();
+        result = store.append(session, used, &batch).await;
         match &result {
+            // The renewal round recovered the session while this append was on its way.
+            Err(StoreError::Fenced { current }) if *current != used && *current == epoch_now() => {}
             Err(StoreError::Fenced { current }) if *current == 0 || *current == epoch_now() => {
                 if let Err(e) = book.recover(session, id, Some(*current)).await {
                     result = Err(e);
