@@ -12,9 +12,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use ssekeeper_contract::{
-    self as contract, ADMIN_PORT, APP_SHUTDOWN_MARGIN_SECONDS, HANDOVER_MARGIN_SECONDS,
-    MAX_GRACE_PERIOD_SECONDS, MAX_PRESTOP_AND_DRAIN_SECONDS, MAX_PRESTOP_DELAY_SECONDS,
-    SIDECAR_CONTAINER_NAME, SSE_PORT, defaults,
+    self as contract, ADMIN_PORT, APP_SHUTDOWN_MARGIN_SECONDS, DRAIN_STOP_MARGIN_SECONDS,
+    HANDOVER_MARGIN_SECONDS, MAX_GRACE_PERIOD_SECONDS, MAX_PRESTOP_AND_DRAIN_SECONDS,
+    MAX_PRESTOP_AND_REQUEST_SECONDS, MAX_PRESTOP_DELAY_SECONDS, SIDECAR_CONTAINER_NAME, SSE_PORT,
+    defaults,
 };
 
 /// Desired state of an SSE service: the app's pod template plus how to serve, drain and resume it.
@@ -64,8 +65,11 @@ use ssekeeper_contract::{
         .message(Message::Message(format!("appPort {SSE_PORT} and {ADMIN_PORT} are the sidecar's sse and admin ports inside the pod; move the app to another port")))
         .field_path(".appPort"),
     validation = Rule::new(format!("self.drain.preStopDelaySeconds + self.drain.drainSeconds <= {MAX_PRESTOP_AND_DRAIN_SECONDS}"))
-        .message(Message::Message(format!("drain.preStopDelaySeconds + drain.drainSeconds must be at most {MAX_PRESTOP_AND_DRAIN_SECONDS}: the pod's grace period adds {} s for handover and app shutdown and is capped at {MAX_GRACE_PERIOD_SECONDS} s", HANDOVER_MARGIN_SECONDS + APP_SHUTDOWN_MARGIN_SECONDS)))
+        .message(Message::Message(format!("drain.preStopDelaySeconds + drain.drainSeconds must be at most {MAX_PRESTOP_AND_DRAIN_SECONDS}: the pod's grace period adds {} s for handover, the drain's stop and app shutdown and is capped at {MAX_GRACE_PERIOD_SECONDS} s", HANDOVER_MARGIN_SECONDS + DRAIN_STOP_MARGIN_SECONDS + APP_SHUTDOWN_MARGIN_SECONDS)))
         .field_path(".drain"),
+    validation = Rule::new(format!("self.drain.preStopDelaySeconds + self.drain.requestSeconds <= {MAX_PRESTOP_AND_REQUEST_SECONDS}"))
+        .message(Message::Message(format!("drain.preStopDelaySeconds + drain.requestSeconds must be at most {MAX_PRESTOP_AND_REQUEST_SECONDS}: the pod's grace period adds {} s for the drain's stop and app shutdown and is capped at {MAX_GRACE_PERIOD_SECONDS} s", DRAIN_STOP_MARGIN_SECONDS + APP_SHUTDOWN_MARGIN_SECONDS)))
+        .field_path(".drain.requestSeconds"),
 )]
 pub struct SseServiceSpec {
     /// Number of pods. `kubectl scale ssesvc/NAME --replicas=N` and HPAs set it.
@@ -271,6 +275,13 @@ pub struct DrainConfig {
     #[serde(default = "default_drain")]
     #[schemars(range(min = 0, max = MAX_PRESTOP_AND_DRAIN_SECONDS))]
     pub drain_seconds: u32,
+    /// Seconds after termination starts (after the preStop hold) that request streams (the SSE
+    /// answer of a `POST`: an LLM completion, an MCP call) and session streams may still run to
+    /// their end; one still running then is cut. Sized for LLM answers. Only an upper bound:
+    /// the pod goes as soon as its last stream is done.
+    #[serde(default = "default_request")]
+    #[schemars(range(min = 0, max = MAX_PRESTOP_AND_REQUEST_SECONDS))]
+    pub request_seconds: u32,
     /// The `retry:` hint (milliseconds) sent to clients before their stream is closed.
     #[serde(default = "default_reconnect_delay")]
     #[schemars(range(min = 0, max = 600000))]
@@ -282,6 +293,7 @@ impl Default for DrainConfig {
         Self {
             pre_stop_delay_seconds: default_prestop_delay(),
             drain_seconds: default_drain(),
+            request_seconds: default_request(),
             reconnect_delay_millis: default_reconnect_delay(),
         }
     }
@@ -293,6 +305,10 @@ fn default_prestop_delay() -> u32 {
 
 fn default_drain() -> u32 {
     defaults::DRAIN_SECONDS
+}
+
+fn default_request() -> u32 {
+    defaults::REQUEST_SECONDS
 }
 
 fn default_reconnect_delay() -> u32 {

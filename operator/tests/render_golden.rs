@@ -253,24 +253,26 @@ fn grace_period_and_app_prestop_follow_the_drain_settings() {
         pod.termination_grace_period_seconds,
         Some(i64::from(contract::termination_grace_period_seconds(
             drain.pre_stop_delay_seconds,
-            drain.drain_seconds
+            drain.drain_seconds,
+            drain.request_seconds
         )))
     );
     let app = pod.containers.iter().find(|c| c.name == "app").unwrap();
-    let sleep = app
+    let hook = app
         .lifecycle
         .as_ref()
         .unwrap()
         .pre_stop
         .as_ref()
         .unwrap()
-        .sleep
-        .as_ref();
+        .http_get
+        .as_ref()
+        .expect("the app waits on the sidecar's admin port");
+    assert_eq!(hook.path.as_deref(), Some(contract::paths::APP_PRESTOP));
     assert_eq!(
-        sleep.unwrap().seconds,
-        i64::from(contract::app_prestop_sleep_seconds(
-            drain.pre_stop_delay_seconds,
-            drain.drain_seconds
+        hook.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i32::from(
+            contract::ADMIN_PORT
         ))
     );
     let shipper = pod

@@ -44,6 +44,8 @@ pub struct Settings {
     pub drain: Duration,
     /// Time after the drain window to wait for new owners.
     pub handover_margin: Duration,
+    /// Time after SIGTERM request and session streams may still run (`--request-seconds`).
+    pub request_deadline: Duration,
     /// The `retry:` hint sent before a drain close.
     pub reconnect_delay_millis: u64,
     /// Most concurrent client streams.
@@ -120,6 +122,7 @@ impl Settings {
             prestop_delay: secs(args.prestop_delay_seconds),
             drain: secs(args.drain_seconds),
             handover_margin: secs(args.handover_margin_seconds),
+            request_deadline: secs(args.request_seconds),
             reconnect_delay_millis: u64::from(args.reconnect_delay_millis),
             max_streams: args.max_streams as usize,
             max_event_bytes: args.max_event_bytes as usize,

@@ -188,6 +188,8 @@ labels! {
     AdminRefusal {
         /// `/prestop` on the network.
         Prestop => "prestop",
+        /// `/app-prestop` while as many callers as allowed already wait.
+        AppPrestopBusy => "app_prestop_busy",
     }
 }
 
@@ -246,6 +248,10 @@ pub struct Metrics {
     resumes: Family<OutcomeLabel, Counter>,
     /// Clients cut because they did not read fast enough.
     pub slow_consumers: Counter,
+    streams_opened: Family<KindLabel, Counter>,
+    /// Request streams (the SSE answer of a `POST` …) still running at the request deadline of
+    /// a drain, cut there.
+    pub request_streams_cut: Counter,
     errors: Family<KindLabel, Counter>,
     store_calls: Family<StoreCallLabel, Counter>,
     admin_refused: Family<ReasonLabel, Counter>,
@@ -284,6 +290,8 @@ impl Metrics {
             forwards: Family::default(),
             resumes: Family::default(),
             slow_consumers: Counter::default(),
+            streams_opened: Family::default(),
+            request_streams_cut: Counter::default(),
             errors: Family::default(),
             store_calls: Family::default(),
             admin_refused: Family::default(),
@@ -294,6 +302,16 @@ impl Metrics {
             recorders: Gauge::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "streams_opened",
+            "SSE streams opened from the app, by kind (resumable, session, request: how the drain ends them)",
+            m.streams_opened.clone(),
+        );
+        registry.register(
+            "request_streams_cut",
+            "Request streams still running at a drain's request deadline, cut there",
+            m.request_streams_cut.clone(),
+        );
         registry.register(
             "requests",
             "Requests received on the sse port, by route",
@@ -444,6 +462,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Count a stream opened from the app, by kind.
+    pub fn stream_opened(&self, kind: crate::http::kind::StreamKind) {
+        self.streams_opened
+            .get_or_create(&KindLabel { kind: kind.label() })
+            .inc();
+    }
+
     /// Count a recorded handover by reason.
     pub fn handover(&self, reason: HandoverReason) {
         self.handovers
@@ -517,6 +542,11 @@ impl Metrics {
             "handovers" => self
                 .handovers
                 .get(&ReasonLabel { reason: label })
+                .map(|c| c.get())
+                .unwrap_or(0),
+            "streams_opened" => self
+                .streams_opened
+                .get(&KindLabel { kind: label })
                 .map(|c| c.get())
                 .unwrap_or(0),
             "admin_refused" => self

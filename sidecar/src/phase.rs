@@ -14,6 +14,9 @@ pub struct Lifecycle {
     phase: AtomicU8,
     /// Cancelled at SIGTERM: the client listener stops accepting and connections stop keep-alive.
     pub stop_accepting: CancellationToken,
+    /// Cancelled once the drain no longer needs the app (nothing captures its streams): the
+    /// app's preStop hook, waiting on the admin port, returns and the app gets its SIGTERM.
+    app_released: CancellationToken,
     metrics: Arc<Metrics>,
 }
 
@@ -24,6 +27,7 @@ impl Lifecycle {
         Lifecycle {
             phase: AtomicU8::new(DrainPhase::Serving as u8),
             stop_accepting: CancellationToken::new(),
+            app_released: CancellationToken::new(),
             metrics,
         }
     }
@@ -42,6 +46,16 @@ impl Lifecycle {
     /// Whether SIGTERM arrived.
     pub fn is_draining(&self) -> bool {
         self.phase.load(Ordering::Acquire) >= DrainPhase::Draining as u8
+    }
+
+    /// The drain is done with the app.
+    pub fn release_app(&self) {
+        self.app_released.cancel();
+    }
+
+    /// Resolves once the drain is done with the app (see [`Lifecycle::release_app`]).
+    pub async fn app_released(&self) {
+        self.app_released.cancelled().await
     }
 
     /// The preStop hook: not ready from now on; answer after `delay`.

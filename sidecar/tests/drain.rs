@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{args, memory_store, socket_path, start_sidecar};
-use ssekeeper_sidecar::contract::{PrestopArgs, SidecarArgs};
+use ssekeeper_sidecar::contract::{PrestopArgs, SidecarArgs, paths};
 use ssekeeper_testkit::app::{Feeds, TestApp};
 use ssekeeper_testkit::client::{Log, Stream, fetch};
 use ssekeeper_testkit::{Patience, eventually, eventually_true};
@@ -154,7 +154,7 @@ async fn the_binary_drains_and_exits_zero_before_the_deadline() {
     .await;
     let took = t.elapsed();
     let grace = Duration::from_secs(u64::from(
-        ssekeeper_sidecar::contract::termination_grace_period_seconds(0, 1),
+        ssekeeper_sidecar::contract::termination_grace_period_seconds(0, 1, 0),
     ));
     println!("binary: SIGTERM to exit {exit} in {took:?} (grace {grace:?})");
     assert!(exit.success(), "exit code {exit:?}");
@@ -177,7 +177,7 @@ async fn the_binary_drains_and_exits_zero_before_the_deadline() {
 }
 
 #[tokio::test]
-async fn capture_nobody_takes_over_stops_before_the_apps_sigterm() {
+async fn the_app_is_released_only_after_capturing_stopped() {
     let app = TestApp::start("app", Arc::new(Feeds::default())).await;
     let mut a = args(app.addr, "pod-a");
     a.drain_seconds = 1;
@@ -185,25 +185,95 @@ async fn capture_nobody_takes_over_stops_before_the_apps_sigterm() {
     let sc = start_sidecar(a, memory_store()).await;
     let mut s = Stream::open(sc.sse, "/events?feed=alone&interval_ms=20", None).await;
     s.read_until(&mut Log::default(), 3, T).await;
+    // The app container's preStop hook, as the kubelet runs it: a GET that waits.
     let t = Instant::now();
+    let admin = sc.admin;
+    let inspect = sc.shared.clone();
+    let hook = tokio::spawn(async move {
+        let (status, _, body) = fetch(admin, "GET", paths::APP_PRESTOP, &[], None).await;
+        (status, body, t.elapsed(), inspect.recorders.len())
+    });
     sc.terminate();
     // The client goes away for good: nobody takes the session over.
     drop(s);
     eventually_true("the recorder stops", T, || sc.shared.recorders.is_empty()).await;
     let stopped = t.elapsed();
+    let (status, body, released, capturing) = hook.await.unwrap();
     let took = sc.wait_finished(T).await + t.elapsed();
-    // The app gets SIGTERM `drain + margin` = 4 s after the sidecar: capturing must be over
-    // before it, or an app that closes its streams cleanly would have them recorded as ended.
     println!(
-        "capture stopped {stopped:?} after SIGTERM (app SIGTERM at 4 s), drain done in {took:?}"
+        "capture stopped {stopped:?} after SIGTERM, app released at {released:?} ({status} {body:?}), drain done in {took:?}"
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(capturing, 0, "the app was released while still captured");
+    assert!(
+        released >= Duration::from_millis(3900),
+        "drain + margin kept: {released:?}"
     );
     assert!(
-        stopped < Duration::from_millis(3600),
-        "still capturing at {stopped:?}"
-    );
-    assert!(
-        stopped >= Duration::from_millis(2500),
-        "margin kept: {stopped:?}"
+        released < Duration::from_secs(9),
+        "released soon after, not at the grace deadline: {released:?}"
     );
     assert_eq!(sc.count("handovers", "drain"), 1);
+}
+
+/// The three stream kinds in one drain: a resumable `GET` is closed with the hint in the window;
+/// a request stream (`POST`) that ends by itself is never closed and arrives whole after the
+/// window; one still running at `--request-seconds` is cut there, counted, with no `retry:` event
+/// (its client does not reconnect). The drain is over as soon as the last stream is.
+#[tokio::test]
+async fn request_streams_finish_in_place_and_only_the_deadline_cuts_them() {
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    let mut a = args(app.addr, "pod-a");
+    a.drain_seconds = 1;
+    a.handover_margin_seconds = 1;
+    a.request_seconds = 4;
+    let sc = start_sidecar(a, memory_store()).await;
+    let mut resumable = Stream::open(sc.sse, "/events?feed=g&interval_ms=20", None).await;
+    // 125 events at 20 ms: ends by itself ~2.5 s after it began, after the drain window.
+    let mut finishing = Stream::post(sc.sse, "/events?feed=f&interval_ms=20&total=125", "{}").await;
+    let mut endless = Stream::post(sc.sse, "/events?feed=e&interval_ms=20", "{}").await;
+    let (mut lr, mut lf, mut le) = (Log::default(), Log::default(), Log::default());
+    resumable.read_until(&mut lr, 2, T).await;
+    finishing.read_until(&mut lf, 2, T).await;
+    endless.read_until(&mut le, 2, T).await;
+    assert_eq!(sc.count("streams_opened", "request"), 2);
+    assert_eq!(sc.count("streams_opened", "resumable"), 1);
+
+    let t = Instant::now();
+    sc.terminate();
+    let (r, f, e) = tokio::join!(
+        async {
+            resumable.read_to_end(&mut lr, T).await;
+            t.elapsed()
+        },
+        async {
+            finishing.read_to_end(&mut lf, T).await;
+            t.elapsed()
+        },
+        async {
+            endless.read_to_end(&mut le, T).await;
+            t.elapsed()
+        },
+    );
+    let took = sc.wait_finished(T).await + t.elapsed();
+    println!(
+        "after SIGTERM: resumable closed {r:?}, request stream ended {f:?} ({} events), endless \
+         one cut {e:?} ({} events), drain done {took:?}",
+        lf.events.len(),
+        le.events.len()
+    );
+    assert!(r < Duration::from_secs(1), "closed in the window: {r:?}");
+    assert_eq!(lr.retries.last(), Some(&100), "with the hint");
+    let last = lf.data().last().cloned();
+    assert_eq!(last.as_deref(), Some("event 125"), "whole, to its own end");
+    assert!(
+        lf.retries.is_empty() && le.retries.is_empty(),
+        "no retry: on request streams"
+    );
+    assert!(
+        e >= Duration::from_millis(3900) && e < Duration::from_millis(5500),
+        "cut at the request deadline: {e:?}"
+    );
+    assert_eq!(sc.shared.metrics.request_streams_cut.get(), 1);
+    assert!(took < Duration::from_secs(8), "{took:?}");
 }

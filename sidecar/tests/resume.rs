@@ -193,7 +193,7 @@ async fn drain_hands_the_session_over_without_gap_or_duplicate() {
     assert_eq!(b.count("takeovers", "ok"), 1);
     assert_eq!(a.count("handovers", "drain"), 1);
     let deadline = Duration::from_secs(u64::from(
-        ssekeeper_sidecar::contract::termination_grace_period_seconds(0, 1),
+        ssekeeper_sidecar::contract::termination_grace_period_seconds(0, 1, 0),
     ));
     assert!(
         took < deadline,

@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
     HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSpec, Probe,
-    SeccompProfile, SecretKeySelector, SecurityContext, SleepAction, Volume, VolumeMount,
+    SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -38,6 +38,7 @@ pub(super) fn render(ctx: &Ctx<'_>, input: &RenderInput<'_>) -> Deployment {
     let grace = i64::from(contract::termination_grace_period_seconds(
         spec.drain.pre_stop_delay_seconds,
         spec.drain.drain_seconds,
+        spec.drain.request_seconds,
     ));
     pod.termination_grace_period_seconds =
         Some(pod.termination_grace_period_seconds.unwrap_or(0).max(grace));
@@ -45,13 +46,14 @@ pub(super) fn render(ctx: &Ctx<'_>, input: &RenderInput<'_>) -> Deployment {
         let app = &mut pod.containers[i];
         let lifecycle = app.lifecycle.get_or_insert_with(Lifecycle::default);
         // A preStop the app already has is its own business; without one, the app keeps serving
-        // until the sidecar has closed every stream and handed every session over.
+        // until the sidecar no longer needs it (every stream handed over or finished): the hook
+        // waits on the sidecar's admin port and returns then, so the app is not kept longer.
         lifecycle.pre_stop.get_or_insert_with(|| LifecycleHandler {
-            sleep: Some(SleepAction {
-                seconds: i64::from(contract::app_prestop_sleep_seconds(
-                    spec.drain.pre_stop_delay_seconds,
-                    spec.drain.drain_seconds,
-                )),
+            http_get: Some(HTTPGetAction {
+                path: Some(paths::APP_PRESTOP.into()),
+                port: IntOrString::Int(i32::from(contract::ADMIN_PORT)),
+                scheme: Some("HTTP".into()),
+                ..HTTPGetAction::default()
             }),
             ..LifecycleHandler::default()
         });
@@ -120,6 +122,7 @@ pub fn sidecar_args(svc: &SseService, namespace: &str, name: &str) -> SidecarArg
         .collect();
     args.prestop_delay_seconds = spec.drain.pre_stop_delay_seconds;
     args.drain_seconds = spec.drain.drain_seconds;
+    args.request_seconds = spec.drain.request_seconds;
     args.reconnect_delay_millis = spec.drain.reconnect_delay_millis;
     args
 }

@@ -147,6 +147,10 @@ pub struct SidecarArgs {
     /// Seconds over which stream closes are spread after SIGTERM.
     #[arg(long, env = "SSEKEEPER_DRAIN_SECONDS", default_value_t = defaults::DRAIN_SECONDS)]
     pub drain_seconds: u32,
+    /// Seconds after SIGTERM that request streams (the SSE answer of a `POST`: an LLM
+    /// completion) and session streams may still run to their end; cut there.
+    #[arg(long, env = "SSEKEEPER_REQUEST_SECONDS", default_value_t = defaults::REQUEST_SECONDS)]
+    pub request_seconds: u32,
     /// The `retry:` hint sent to clients before their stream is closed.
     #[arg(long, env = "SSEKEEPER_RECONNECT_DELAY_MILLIS", default_value_t = defaults::RECONNECT_DELAY_MILLIS)]
     pub reconnect_delay_millis: u32,
@@ -248,6 +252,7 @@ impl SidecarArgs {
         args.extend([
             format!("--prestop-delay-seconds={}", self.prestop_delay_seconds),
             format!("--drain-seconds={}", self.drain_seconds),
+            format!("--request-seconds={}", self.request_seconds),
             format!("--reconnect-delay-millis={}", self.reconnect_delay_millis),
             format!("--handover-margin-seconds={}", self.handover_margin_seconds),
             format!("--lease-ttl-seconds={}", self.lease_ttl_seconds),

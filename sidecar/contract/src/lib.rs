@@ -68,28 +68,39 @@ pub const PRESTOP_REFUSED_BODY: &str = concat!(
 pub const HANDOVER_MARGIN_SECONDS: u32 = 10;
 /// Seconds the app gets after SIGTERM (it receives it only once every stream was handed over).
 pub const APP_SHUTDOWN_MARGIN_SECONDS: u32 = 5;
+/// Seconds the drain may take after its last deadline to stop what is left, write it to the store
+/// and release the app.
+pub const DRAIN_STOP_MARGIN_SECONDS: u32 = 5;
 
 /// Upper bound on the grace period a spec may imply (seconds). Longer would hold node drains and
 /// cluster upgrades hostage to one service.
 pub const MAX_GRACE_PERIOD_SECONDS: u32 = 1800;
 /// The largest `preStopDelaySeconds + drainSeconds` a spec may ask for: what is left of
-/// [`MAX_GRACE_PERIOD_SECONDS`] after the handover and app-shutdown margins (1785).
-pub const MAX_PRESTOP_AND_DRAIN_SECONDS: u32 =
-    MAX_GRACE_PERIOD_SECONDS - HANDOVER_MARGIN_SECONDS - APP_SHUTDOWN_MARGIN_SECONDS;
+/// [`MAX_GRACE_PERIOD_SECONDS`] after the handover, stop and app-shutdown margins (1780).
+pub const MAX_PRESTOP_AND_DRAIN_SECONDS: u32 = MAX_GRACE_PERIOD_SECONDS
+    - HANDOVER_MARGIN_SECONDS
+    - DRAIN_STOP_MARGIN_SECONDS
+    - APP_SHUTDOWN_MARGIN_SECONDS;
+/// The largest `preStopDelaySeconds + requestSeconds` a spec may ask for (1790).
+pub const MAX_PRESTOP_AND_REQUEST_SECONDS: u32 =
+    MAX_GRACE_PERIOD_SECONDS - DRAIN_STOP_MARGIN_SECONDS - APP_SHUTDOWN_MARGIN_SECONDS;
 /// The largest `preStopDelaySeconds` a spec may ask for (the preStop subcommand's default timeout,
 /// [`PRESTOP_DEFAULT_TIMEOUT_SECONDS`], is longer).
 pub const MAX_PRESTOP_DELAY_SECONDS: u32 = 300;
 
-/// The pod's `terminationGracePeriodSeconds`: preStop hold, drain window, handover, app shutdown.
-/// The sidecar uses the same sum to know its own deadline.
-pub fn termination_grace_period_seconds(prestop_delay_seconds: u32, drain_seconds: u32) -> u32 {
-    app_prestop_sleep_seconds(prestop_delay_seconds, drain_seconds) + APP_SHUTDOWN_MARGIN_SECONDS
-}
-
-/// How long the app container's native `sleep` preStop lasts, so the app keeps serving until the
-/// sidecar has closed every client stream and handed every session over.
-pub fn app_prestop_sleep_seconds(prestop_delay_seconds: u32, drain_seconds: u32) -> u32 {
-    prestop_delay_seconds + drain_seconds + HANDOVER_MARGIN_SECONDS
+/// The pod's `terminationGracePeriodSeconds`: preStop hold; then the longer of the drain window
+/// with its handover margin (resumable streams) and the request deadline (request and session
+/// streams finishing in place); the drain's stop; the app's shutdown. Only an upper bound: the
+/// sidecar releases the app and exits as soon as its last stream is done.
+pub fn termination_grace_period_seconds(
+    prestop_delay_seconds: u32,
+    drain_seconds: u32,
+    request_seconds: u32,
+) -> u32 {
+    prestop_delay_seconds
+        + (drain_seconds + HANDOVER_MARGIN_SECONDS).max(request_seconds)
+        + DRAIN_STOP_MARGIN_SECONDS
+        + APP_SHUTDOWN_MARGIN_SECONDS
 }
 
 /// The defaults the sidecar's flags and the CRD's fields share (the operator renders every one of
@@ -99,6 +110,8 @@ pub mod defaults {
     pub const PRESTOP_DELAY_SECONDS: u32 = 5;
     /// `--drain-seconds` / `spec.drain.drainSeconds`.
     pub const DRAIN_SECONDS: u32 = 20;
+    /// `--request-seconds` / `spec.drain.requestSeconds`: long enough for an LLM's answer.
+    pub const REQUEST_SECONDS: u32 = 120;
     /// `--reconnect-delay-millis` / `spec.drain.reconnectDelayMillis`.
     pub const RECONNECT_DELAY_MILLIS: u32 = 1000;
     /// `--session-ttl-seconds` / `spec.sessions.ttlSeconds`.
@@ -120,6 +133,10 @@ pub mod paths {
     pub const PRESTOP: &str = "/prestop";
     /// Sidecar-to-sidecar forwarding of a request to the pod that owns its session.
     pub const FORWARD: &str = "/internal/forward";
+    /// The app container's preStop hook (`httpGet` on the admin port): answers once the drain
+    /// no longer needs the app (nothing captures its streams), so the app gets its SIGTERM then
+    /// and not a fixed time later. It only waits: calling it changes nothing.
+    pub const APP_PRESTOP: &str = "/app-prestop";
 }
 
 /// Environment variables the operator sets from Secrets and the downward API (never as flags:
@@ -214,14 +231,24 @@ mod tests {
     }
 
     #[test]
-    fn grace_period_covers_prestop_drain_handover_and_app() {
-        assert_eq!(app_prestop_sleep_seconds(5, 20), 35);
-        assert_eq!(termination_grace_period_seconds(5, 20), 40);
-        assert_eq!(MAX_PRESTOP_AND_DRAIN_SECONDS, 1785);
+    fn grace_period_covers_prestop_the_longer_deadline_stop_and_app() {
+        assert_eq!(termination_grace_period_seconds(5, 20, 0), 45);
+        assert_eq!(termination_grace_period_seconds(5, 20, 120), 135);
+        assert_eq!(MAX_PRESTOP_AND_DRAIN_SECONDS, 1780);
+        assert_eq!(MAX_PRESTOP_AND_REQUEST_SECONDS, 1790);
         assert_eq!(
             termination_grace_period_seconds(
                 MAX_PRESTOP_DELAY_SECONDS,
-                MAX_PRESTOP_AND_DRAIN_SECONDS - MAX_PRESTOP_DELAY_SECONDS
+                MAX_PRESTOP_AND_DRAIN_SECONDS - MAX_PRESTOP_DELAY_SECONDS,
+                0
+            ),
+            MAX_GRACE_PERIOD_SECONDS
+        );
+        assert_eq!(
+            termination_grace_period_seconds(
+                MAX_PRESTOP_DELAY_SECONDS,
+                0,
+                MAX_PRESTOP_AND_REQUEST_SECONDS - MAX_PRESTOP_DELAY_SECONDS
             ),
             MAX_GRACE_PERIOD_SECONDS
         );

@@ -20,6 +20,7 @@ use hyper::body::{Body, Frame};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::http::kind::{KindCell, StreamKind};
 use crate::http::streams::{StreamGuard, Streams};
 
 /// Any error a body can fail with.
@@ -68,6 +69,7 @@ pub struct ClientTx {
     tx: mpsc::Sender<Bytes>,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
+    kind: KindCell,
 }
 
 /// Bytes charged against the budget for a chunk: at most the whole budget, so one chunk larger
@@ -77,6 +79,12 @@ fn charge(len: usize, budget_bytes: usize) -> u32 {
 }
 
 impl ClientTx {
+    /// The stream's kind, shared with its registry entry (a recorder upgrades it when the app
+    /// announces a session).
+    pub fn kind(&self) -> &KindCell {
+        &self.kind
+    }
+
     /// Queue a chunk without waiting (the live path: never held up by a client).
     pub fn try_send(&self, chunk: Bytes) -> Result<(), Cut> {
         let n = charge(chunk.len(), self.budget_bytes);
@@ -169,7 +177,7 @@ pub struct ClientBody {
     closing: bool,
     done: bool,
     retry_hint: Bytes,
-    _guard: StreamGuard,
+    guard: StreamGuard,
 }
 
 /// Where client streams are opened: a slot under the stream bound, a queue of a byte budget, and
@@ -191,9 +199,9 @@ impl ClientQueues {
         }
     }
 
-    /// A new client stream, or `None` when the stream bound is reached.
-    pub fn open(&self) -> Option<(ClientTx, ClientBody)> {
-        let guard = self.streams.open()?;
+    /// A new client stream of `kind`, or `None` when the stream bound is reached.
+    pub fn open(&self, kind: KindCell) -> Option<(ClientTx, ClientBody)> {
+        let guard = self.streams.open(kind)?;
         Some(client_channel(guard, self.budget_bytes, self.retry_millis))
     }
 
@@ -220,6 +228,7 @@ pub fn client_channel(
             tx,
             budget: budget.clone(),
             budget_bytes,
+            kind: guard.kind_cell(),
         },
         ClientBody {
             prefix: VecDeque::new(),
@@ -230,7 +239,7 @@ pub fn client_channel(
             closing: false,
             done: false,
             retry_hint: Bytes::from(hint),
-            _guard: guard,
+            guard,
         },
     )
 }
@@ -288,6 +297,11 @@ impl Body for ClientBody {
             Err(_) => {
                 this.rx.close();
                 this.done = true;
+                // A request stream's client does not reconnect; a bare `retry:` event is only
+                // noise to it (SDKs try to parse it as a message).
+                if this.guard.kind() == StreamKind::Request {
+                    return Poll::Ready(None);
+                }
                 Poll::Ready(Some(Ok(Frame::data(this.retry_hint.clone()))))
             }
         }
@@ -311,7 +325,7 @@ mod tests {
     #[tokio::test]
     async fn prefix_then_queue_then_end() {
         let streams = Streams::new(4, Arc::new(Metrics::new()));
-        let (tx, mut body) = client_channel(streams.open().unwrap(), 1024, 500);
+        let (tx, mut body) = client_channel(streams.open(KindCell::default()).unwrap(), 1024, 500);
         body.set_prefix(VecDeque::from([
             Bytes::from_static(b"p1"),
             Bytes::from_static(b"p2"),
@@ -334,13 +348,13 @@ mod tests {
     #[tokio::test]
     async fn the_byte_budget_refuses_a_client_that_does_not_read_and_reading_frees_it() {
         let streams = Streams::new(4, Arc::new(Metrics::new()));
-        let (tx, mut body) = client_channel(streams.open().unwrap(), 10, 500);
+        let (tx, mut body) = client_channel(streams.open(KindCell::default()).unwrap(), 10, 500);
         tx.try_send(Bytes::from_static(b"123456")).unwrap();
         assert_eq!(tx.try_send(Bytes::from_static(b"123456")), Err(Cut::Full));
         assert_eq!(next(&mut body).await.unwrap(), "123456");
         tx.try_send(Bytes::from_static(b"123456")).unwrap();
         // A chunk larger than the whole budget still fits into an empty queue.
-        let (tx2, _body2) = client_channel(streams.open().unwrap(), 4, 500);
+        let (tx2, _body2) = client_channel(streams.open(KindCell::default()).unwrap(), 4, 500);
         tx2.try_send(Bytes::from_static(b"much longer")).unwrap();
         let room = tokio::time::timeout(Duration::from_millis(50), tx2.room(1)).await;
         assert!(room.is_err(), "no room until the client reads");
@@ -349,10 +363,10 @@ mod tests {
     #[tokio::test]
     async fn a_drain_close_delivers_what_is_queued_then_the_retry_hint() {
         let streams = Streams::new(4, Arc::new(Metrics::new()));
-        let (tx, mut body) = client_channel(streams.open().unwrap(), 1024, 750);
+        let (tx, mut body) = client_channel(streams.open(KindCell::default()).unwrap(), 1024, 750);
         tx.try_send(Bytes::from_static(b"a")).unwrap();
         tx.try_send(Bytes::from_static(b"b")).unwrap();
-        streams.close_all_spread(Duration::ZERO);
+        streams.close_resumable_spread(Duration::ZERO);
         tokio::time::sleep(Duration::from_millis(20)).await;
         let mut got = Vec::new();
         while let Some(b) = next(&mut body).await {
@@ -361,5 +375,19 @@ mod tests {
         assert_eq!(got, vec!["a", "b", "retry: 750\n\n"]);
         assert!(tx.is_closed(), "the producer sees the client gone");
         assert_eq!(tx.try_send(Bytes::from_static(b"c")), Err(Cut::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_request_stream_cut_at_the_deadline_ends_without_a_retry_event() {
+        let streams = Streams::new(4, Arc::new(Metrics::new()));
+        let kind = KindCell::new(StreamKind::Request);
+        let (tx, mut body) = client_channel(streams.open(kind).unwrap(), 1024, 750);
+        tx.try_send(Bytes::from_static(b"a")).unwrap();
+        streams.close_all();
+        let mut got = Vec::new();
+        while let Some(b) = next(&mut body).await {
+            got.push(b);
+        }
+        assert_eq!(got, vec!["a"]);
     }
 }

@@ -5,5 +5,6 @@
 pub mod body;
 pub mod client;
 pub mod headers;
+pub mod kind;
 pub mod session_key;
 pub mod streams;

@@ -1,13 +1,15 @@
 //! The registry of open client streams: the concurrency bound, the `active_streams` gauge, and
-//! the handles the drain uses to close every stream with a `retry:` hint.
+//! the handles the drain uses to close the resumable ones with a `retry:` hint (see
+//! [`crate::http::kind`] for the streams it leaves open).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::http::kind::{KindCell, StreamKind};
 use crate::metrics::Metrics;
 
 /// Open client streams. Touched when a stream opens or closes, never per event.
@@ -15,18 +17,21 @@ pub struct Streams {
     open: Mutex<Open>,
     max: usize,
     draining: AtomicBool,
+    /// When the drain window closing the resumable streams ends.
+    window_end: Mutex<Option<Instant>>,
     metrics: Arc<Metrics>,
 }
 
 struct Open {
     next_id: u64,
-    tokens: HashMap<u64, CancellationToken>,
+    tokens: HashMap<u64, (CancellationToken, KindCell)>,
 }
 
 /// Keeps a stream registered while the response body lives; its token closes the stream.
 pub struct StreamGuard {
     id: u64,
     token: CancellationToken,
+    kind: KindCell,
     streams: Arc<Streams>,
 }
 
@@ -34,6 +39,16 @@ impl StreamGuard {
     /// The token the drain cancels to close this stream.
     pub fn token(&self) -> CancellationToken {
         self.token.clone()
+    }
+
+    /// The stream's kind.
+    pub fn kind(&self) -> StreamKind {
+        self.kind.get()
+    }
+
+    /// The shared cell holding the stream's kind.
+    pub fn kind_cell(&self) -> KindCell {
+        self.kind.clone()
     }
 }
 
@@ -56,13 +71,15 @@ impl Streams {
             }),
             max,
             draining: AtomicBool::new(false),
+            window_end: Mutex::new(None),
             metrics,
         })
     }
 
-    /// Register a new stream, or `None` when the bound is reached (the caller answers 503).
-    /// A stream opened while draining is closed at once (it still gets its replay and the hint).
-    pub fn open(self: &Arc<Self>) -> Option<StreamGuard> {
+    /// Register a new stream of `kind`, or `None` when the bound is reached (the caller answers
+    /// 503). A resumable stream opened while draining is served and closed at a random moment in
+    /// what is left of the drain window (at once after it); the other kinds are left open.
+    pub fn open(self: &Arc<Self>, kind: KindCell) -> Option<StreamGuard> {
         let token = CancellationToken::new();
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.tokens.len() >= self.max {
@@ -70,15 +87,23 @@ impl Streams {
         }
         let id = open.next_id;
         open.next_id += 1;
-        open.tokens.insert(id, token.clone());
+        open.tokens.insert(id, (token.clone(), kind.clone()));
         drop(open);
         self.metrics.active_streams.inc();
         if self.draining.load(Ordering::Acquire) {
-            token.cancel();
+            let left = self
+                .window_end
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map_or(Duration::ZERO, |end| {
+                    end.saturating_duration_since(Instant::now())
+                });
+            close_resumable_after(token.clone(), kind.clone(), jitter(left));
         }
         Some(StreamGuard {
             id,
             token,
+            kind,
             streams: self.clone(),
         })
     }
@@ -97,11 +122,24 @@ impl Streams {
         self.len() == 0
     }
 
-    /// Close every open stream at a random moment within `window` (no reconnect storm), and
-    /// every stream opened from now on at once.
-    pub fn close_all_spread(&self, window: Duration) {
+    /// How many open streams are of `kind`.
+    pub fn count(&self, kind: StreamKind) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tokens
+            .values()
+            .filter(|(_, k)| k.get() == kind)
+            .count()
+    }
+
+    /// Close every resumable stream at a random moment within `window` (no reconnect storm),
+    /// and those opened from now on within what is left of it. Request and session streams are
+    /// left open (the drain ends them).
+    pub fn close_resumable_spread(&self, window: Duration) {
+        *self.window_end.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + window);
         self.draining.store(true, Ordering::Release);
-        let tokens: Vec<CancellationToken> = self
+        let open: Vec<(CancellationToken, KindCell)> = self
             .open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -109,14 +147,41 @@ impl Streams {
             .values()
             .cloned()
             .collect();
-        for token in tokens {
-            let delay = jitter(window);
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                token.cancel();
-            });
+        for (token, kind) in open {
+            close_resumable_after(token, kind, jitter(window));
         }
     }
+
+    /// Close every open stream now, whatever its kind (the request deadline).
+    pub fn close_all(&self) {
+        for (token, _) in self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tokens
+            .values()
+        {
+            token.cancel();
+        }
+    }
+}
+
+/// Close the stream after `delay` if it is still resumable then (it may have announced a
+/// session meanwhile).
+fn close_resumable_after(token: CancellationToken, kind: KindCell, delay: Duration) {
+    if kind.get() != StreamKind::Resumable {
+        return;
+    }
+    if delay.is_zero() {
+        token.cancel();
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        if kind.get() == StreamKind::Resumable {
+            token.cancel();
+        }
+    });
 }
 
 /// A uniformly random delay in `[0, window)`, leaving the last 10% of the window free so the
@@ -138,9 +203,9 @@ mod tests {
     fn bound_and_gauge_follow_guards() {
         let metrics = Arc::new(Metrics::new());
         let streams = Streams::new(2, metrics.clone());
-        let a = streams.open().unwrap();
-        let b = streams.open().unwrap();
-        assert!(streams.open().is_none());
+        let a = streams.open(KindCell::default()).unwrap();
+        let b = streams.open(KindCell::default()).unwrap();
+        assert!(streams.open(KindCell::default()).is_none());
         assert_eq!(metrics.active_streams.get(), 2);
         drop(a);
         assert_eq!(streams.len(), 1);
@@ -158,14 +223,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn draining_closes_new_streams_at_once() {
+    async fn the_drain_closes_resumable_streams_and_leaves_the_others_open() {
         let streams = Streams::new(10, Arc::new(Metrics::new()));
-        let old = streams.open().unwrap();
-        streams.close_all_spread(Duration::from_millis(20));
-        let new = streams.open().unwrap();
-        assert!(new.token().is_cancelled());
+        let old = streams.open(KindCell::default()).unwrap();
+        let request = streams.open(KindCell::new(StreamKind::Request)).unwrap();
+        let session = streams.open(KindCell::new(StreamKind::Session)).unwrap();
+        let announced = KindCell::default();
+        let later_session = streams.open(announced.clone()).unwrap();
+        announced.announce_session();
+        streams.close_resumable_spread(Duration::from_millis(200));
+        let new = streams.open(KindCell::default()).unwrap();
+        let new_request = streams.open(KindCell::new(StreamKind::Request)).unwrap();
+        assert!(
+            !new.token().is_cancelled(),
+            "a stream opened while draining is served, not closed at once"
+        );
         tokio::time::timeout(Duration::from_secs(2), old.token().cancelled())
             .await
             .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), new.token().cancelled())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for g in [&request, &session, &later_session, &new_request] {
+            assert!(!g.token().is_cancelled(), "{:?} left open", g.kind());
+        }
+        assert_eq!(streams.count(StreamKind::Request), 2);
+        assert_eq!(streams.count(StreamKind::Session), 2);
+        streams.close_all();
+        assert!(request.token().is_cancelled() && session.token().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn after_the_window_a_new_resumable_stream_is_closed_at_once() {
+        let streams = Streams::new(10, Arc::new(Metrics::new()));
+        streams.close_resumable_spread(Duration::ZERO);
+        assert!(
+            streams
+                .open(KindCell::default())
+                .unwrap()
+                .token()
+                .is_cancelled()
+        );
     }
 }

@@ -25,6 +25,7 @@ use crate::http::headers::{
     LAST_EVENT_ID, accepts_event_stream, append_forwarded_for, is_event_stream, last_event_id,
     last_event_id_value, strip_hop_by_hop,
 };
+use crate::http::kind::{KindCell, StreamKind};
 use crate::http::session_key;
 use crate::metrics::{ErrorKind, ForwardOutcome, ResumeOutcome, Route};
 use crate::routing::forward;
@@ -299,9 +300,11 @@ async fn respond(
         return Response::from_parts(parts, boxed(body));
     }
 
-    let Some((tx, client_body)) = shared.clients.open() else {
+    let kind = KindCell::new(StreamKind::classify(&req.method, key.is_some()));
+    let Some((tx, client_body)) = shared.clients.open(kind.clone()) else {
         return too_many_streams(&shared.metrics);
     };
+    shared.metrics.stream_opened(kind.get());
     parts.headers.remove(CONTENT_LENGTH);
     let (session, next_seq, reservation) = stream_session(shared, key).await;
     recorder::spawn(
@@ -313,6 +316,7 @@ async fn respond(
             sticky,
             overlap: Overlap::default(),
             client: Some(tx),
+            kind,
             claim: None,
             learn_endpoint: true,
         },
@@ -382,6 +386,9 @@ async fn to_owner(
     owner: &str,
 ) -> Response<ProxyBody> {
     let shared = &router.sessions;
+    // A relayed GET stream is resumable even when keyed: its cursors lead a reconnecting client
+    // back to the owner, which keeps the session; a relayed request stream finishes in place.
+    let kind = StreamKind::classify(&parts.method, false);
     let Some(key) = router.settings.forward_key.as_deref() else {
         return status(StatusCode::BAD_GATEWAY, "forwarding disabled\n");
     };
@@ -411,7 +418,7 @@ async fn to_owner(
                 return Response::from_parts(parts, boxed(body));
             }
             // A stream the owner serves: relay it so this pod's drain can close it too.
-            let Some((tx, client_body)) = shared.clients.open() else {
+            let Some((tx, client_body)) = shared.clients.open(KindCell::new(kind)) else {
                 return too_many_streams(&shared.metrics);
             };
             tokio::spawn(relay(boxed(body), tx));

@@ -1,7 +1,9 @@
 //! The admin port: probes, metrics, and forwarded requests from other sidecars.
 //!
-//! Not the preStop hook: anything that reaches this port could then drain the pod, so `/prestop`
-//! is refused here (counted) and served on the lifecycle socket only (see [`crate::runtime::lifecycle`]).
+//! Not the sidecar's preStop hook: anything that reaches this port could then drain the pod, so
+//! `/prestop` is refused here (counted) and served on the lifecycle socket only (see
+//! [`crate::runtime::lifecycle`]). The *app's* preStop hook is served here (`/app-prestop`): it
+//! only waits until the drain is done with the app, so calling it changes nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +45,7 @@ pub async fn handle(
             );
             r
         }
+        (&Method::GET, paths::APP_PRESTOP) => app_prestop(&shared).await,
         (_, paths::PRESTOP) => {
             tracing::debug!(%peer, "refused /prestop on the admin port");
             shared
@@ -57,6 +60,21 @@ pub async fn handle(
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The app container's preStop hook: answered once the drain no longer needs the app, so the
+/// kubelet sends the app its SIGTERM then. A bounded number of callers wait at once.
+async fn app_prestop(shared: &Sidecar) -> Response<ProxyBody> {
+    let Ok(_waiting) = shared.app_prestop_waiters.clone().try_acquire_owned() else {
+        shared
+            .router
+            .sessions
+            .metrics
+            .admin_refused(AdminRefusal::AppPrestopBusy);
+        return text(StatusCode::TOO_MANY_REQUESTS, "too many waiting\n");
+    };
+    shared.lifecycle.app_released().await;
+    text(StatusCode::OK, "the drain is done with the app\n")
 }
 
 /// Live while the heartbeat beats (see [`crate::runtime::health::Heartbeat`]).

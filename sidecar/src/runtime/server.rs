@@ -124,6 +124,7 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
     let timing = drain::Timing {
         drain: settings.drain,
         handover_margin: settings.handover_margin,
+        request: settings.request_deadline,
     };
     let shared = Arc::new(Inspect {
         metrics,
@@ -139,6 +140,9 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
         app_probe,
         heartbeat,
         settings,
+        app_prestop_waiters: Arc::new(tokio::sync::Semaphore::new(
+            crate::runtime::state::APP_PRESTOP_WAITERS,
+        )),
     });
     let admin_task = tokio::spawn(serve_admin(sidecar, admin_listener, admin_stop.clone()));
     let terminate = CancellationToken::new();

@@ -20,4 +20,10 @@ pub struct Sidecar {
     pub heartbeat: Arc<Heartbeat>,
     /// Runtime settings.
     pub settings: Settings,
+    /// Callers of the app's preStop endpoint waiting at once: bounded, since anyone who reaches
+    /// the admin port can call it.
+    pub app_prestop_waiters: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many callers may wait on the app's preStop endpoint at once (the kubelet is one).
+pub const APP_PRESTOP_WAITERS: usize = 8;

@@ -92,6 +92,8 @@ pub struct Tuning {
     pub client_stall: Duration,
     /// The stream bound (a recorder whose client left gets no resume window above it).
     pub max_streams: usize,
+    /// How long a drained session keeps being captured after its handover, for its new owner.
+    pub handover_margin: Duration,
 }
 
 impl Tuning {
@@ -108,6 +110,7 @@ impl Tuning {
             resume_window: s.resume_window,
             client_stall: s.client_stall,
             max_streams: s.max_streams,
+            handover_margin: s.handover_margin,
         }
     }
 }

@@ -95,6 +95,13 @@ impl Gates {
         })
     }
 
+    /// Whether no request for these keys is in flight (open or closed).
+    pub fn idle(&self, keys: &[SessionId]) -> bool {
+        let map = self.lock();
+        keys.iter()
+            .all(|k| map.get(k).is_none_or(|g| g.inflight == 0))
+    }
+
     /// Forget closed keys whose requests are gone (their recorder ended; the app has let the
     /// session go). Requests still in flight keep their entry until they leave.
     pub fn forget(&self, keys: &[SessionId]) {
@@ -134,10 +141,12 @@ mod tests {
         let gates = Arc::new(Gates::default());
         let k = key("abc");
         let pass = gates.enter(&k).expect("open key passes");
+        assert!(!gates.idle(std::slice::from_ref(&k)));
         gates.close(std::slice::from_ref(&k));
         assert!(gates.enter(&k).is_none(), "closed key refuses");
         assert!(!gates.quiet(std::slice::from_ref(&k), Duration::ZERO));
         drop(pass);
+        assert!(gates.idle(std::slice::from_ref(&k)));
         assert!(gates.quiet(std::slice::from_ref(&k), Duration::ZERO));
         assert!(!gates.quiet(std::slice::from_ref(&k), Duration::from_secs(60)));
         gates.forget(std::slice::from_ref(&k));

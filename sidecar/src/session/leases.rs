@@ -443,6 +443,7 @@ impl LeaseBook {
     }
 
     /// Whether no lease is held.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

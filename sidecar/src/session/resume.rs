@@ -27,6 +27,7 @@ use crate::cursor::{Cursor, SessionId};
 use crate::http::body::{ClientBody, ClientTx, ProxyBody, full};
 use crate::http::client::RequestTemplate;
 use crate::http::headers::is_event_stream;
+use crate::http::kind::KindCell;
 use crate::metrics::{ErrorKind, Metrics, ResumeOutcome, TakeoverOutcome};
 use crate::session::Sessions;
 use crate::session::recorder::{self, AttachReply, StreamStart};
@@ -72,8 +73,9 @@ pub fn too_many_streams(metrics: &Metrics) -> Response<ProxyBody> {
     r
 }
 
+/// A resumed stream is resumable again (its client reconnects with `Last-Event-ID`).
 fn channel(shared: &Sessions) -> Option<(ClientTx, ClientBody)> {
-    shared.clients.open()
+    shared.clients.open(KindCell::default())
 }
 
 /// Answer a request carrying a valid cursor.
@@ -600,6 +602,7 @@ impl Follower {
                 next_seq,
                 sticky: app_last_id,
                 overlap: Overlap::from_delivered(&rest),
+                kind: self.client.kind().clone(),
                 client: Some(self.client),
                 claim: Some(claim),
                 // The app's fresh stream announces a new session (MCP: a new `endpoint`), which

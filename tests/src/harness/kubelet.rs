@@ -3,6 +3,7 @@
 //! deadline (counted from the start of termination) gets SIGKILL. The report says when each step
 //! happened, so a test can assert that nothing needed the SIGKILL.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -25,6 +26,14 @@ pub enum PreStop {
         program: PathBuf,
         /// Its arguments.
         args: Vec<String>,
+    },
+    /// The `httpGet` action: a GET the kubelet waits on (no timeout but the grace deadline); an
+    /// error or a status outside 2xx/3xx is the hook failing.
+    HttpGet {
+        /// The pod's address and the hook's port.
+        addr: SocketAddr,
+        /// The path.
+        path: String,
     },
 }
 
@@ -55,27 +64,41 @@ pub struct TerminationPlan {
 
 impl TerminationPlan {
     /// The plan the operator renders for `pod`: [`TerminationPlan::sidecar_pod`] with the pod's
-    /// own sidecar hook, or [`TerminationPlan::plain_pod`] without a sidecar.
+    /// own hooks, or [`TerminationPlan::plain_pod`] without a sidecar.
     pub fn for_pod(pod: &Pod, prestop_delay_seconds: u32, drain_seconds: u32) -> Self {
-        match &pod.sidecar_prestop {
-            Some(hook) => Self::sidecar_pod(hook.clone(), prestop_delay_seconds, drain_seconds),
-            None => Self::plain_pod(prestop_delay_seconds, drain_seconds),
+        match (&pod.sidecar_prestop, pod.admin_addr()) {
+            (Some(hook), Some(admin)) => Self::sidecar_pod(
+                hook.clone(),
+                admin,
+                prestop_delay_seconds,
+                drain_seconds,
+                pod.request_seconds.unwrap_or(0),
+            ),
+            _ => Self::plain_pod(prestop_delay_seconds, drain_seconds),
         }
     }
 
-    /// The plan the operator renders for a sidecar pod: the app sleeps
-    /// `contract::app_prestop_sleep_seconds`, the sidecar's hook is `sidecar_hook` (see
-    /// [`PreStop::sidecar`]), and the grace period is `contract::termination_grace_period_seconds`.
+    /// The plan the operator renders for a sidecar pod: the app's hook waits on the sidecar's
+    /// admin port (`admin`) until the drain is done with it, the sidecar's hook is `sidecar_hook`
+    /// (see [`PreStop::sidecar`]), and the grace period is
+    /// `contract::termination_grace_period_seconds`.
     pub fn sidecar_pod(
         sidecar_hook: PreStop,
+        admin: SocketAddr,
         prestop_delay_seconds: u32,
         drain_seconds: u32,
+        request_seconds: u32,
     ) -> Self {
-        let sleep = contract::app_prestop_sleep_seconds(prestop_delay_seconds, drain_seconds);
-        let grace =
-            contract::termination_grace_period_seconds(prestop_delay_seconds, drain_seconds);
+        let grace = contract::termination_grace_period_seconds(
+            prestop_delay_seconds,
+            drain_seconds,
+            request_seconds,
+        );
         Self {
-            app: PreStop::Sleep(Duration::from_secs(sleep.into())),
+            app: PreStop::HttpGet {
+                addr: admin,
+                path: contract::paths::APP_PRESTOP.into(),
+            },
             sidecar: Some(sidecar_hook),
             grace: Duration::from_secs(grace.into()),
         }
@@ -85,7 +108,7 @@ impl TerminationPlan {
     /// endpoint can go away, then SIGTERM, within the same grace period.
     pub fn plain_pod(prestop_delay_seconds: u32, drain_seconds: u32) -> Self {
         let grace =
-            contract::termination_grace_period_seconds(prestop_delay_seconds, drain_seconds);
+            contract::termination_grace_period_seconds(prestop_delay_seconds, drain_seconds, 0);
         Self {
             app: PreStop::Sleep(Duration::from_secs(prestop_delay_seconds.into())),
             sidecar: None,
@@ -174,6 +197,28 @@ async fn run_hook(hook: &PreStop, deadline: tokio::time::Instant) -> Option<Stri
         PreStop::Sleep(d) => {
             tokio::time::sleep((*d).min(left)).await;
             None
+        }
+        PreStop::HttpGet { addr, path } => {
+            let reply = ssekeeper_testkit::client::request(
+                *addr,
+                None,
+                http::Method::GET,
+                path,
+                &[],
+                bytes::Bytes::new(),
+                left,
+                64 * 1024,
+            )
+            .await;
+            match reply {
+                Ok(r) if r.status.is_success() || r.status.is_redirection() => None,
+                Ok(r) => Some(format!(
+                    "GET {path}: {} {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body).trim()
+                )),
+                Err(e) => Some(format!("GET {path}: {e}")),
+            }
         }
         PreStop::Exec { program, args } => {
             let mut cmd = tokio::process::Command::new(program);
@@ -273,6 +318,7 @@ mod tests {
             // Ignores SIGTERM: only the deadline's SIGKILL ends it.
             sidecar: Some(sh("sidecar", "trap '' TERM; exec sleep 30", &dir)),
             sidecar_prestop: None,
+            request_seconds: None,
         };
         let plan = TerminationPlan {
             app: PreStop::Sleep(Duration::from_millis(400)),
@@ -316,6 +362,7 @@ mod tests {
                 &dir,
             )),
             sidecar_prestop: None,
+            request_seconds: None,
         };
         let exec = |script: &str| PreStop::Exec {
             program: "/bin/sh".into(),

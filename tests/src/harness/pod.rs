@@ -94,6 +94,8 @@ pub struct Pod {
     /// The sidecar's preStop hook as the operator renders it (the built binary's `prestop`
     /// subcommand on this pod's lifecycle socket), in sidecar mode.
     pub sidecar_prestop: Option<PreStop>,
+    /// The sidecar's `--request-seconds` (part of the grace period), in sidecar mode.
+    pub request_seconds: Option<u32>,
 }
 
 impl Pod {
@@ -137,6 +139,7 @@ impl Pod {
             app,
             sidecar: None,
             sidecar_prestop: None,
+            request_seconds: None,
         };
         if let Some(s) = sidecar {
             let (sse, admin) = (free_port(ip)?, free_port(ip)?);
@@ -174,6 +177,7 @@ impl Pod {
             pod.admin_port = Some(admin);
             pod.sidecar = Some(proc);
             pod.sidecar_prestop = Some(PreStop::sidecar(&s.binary, &config));
+            pod.request_seconds = Some(config.request_seconds);
             let ready = SocketAddr::new(ip, admin);
             if !wait_http_ok(ready, contract::paths::READY, READY_TIMEOUT).await {
                 let log = pod

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use ssekeeper_operator::api::SseService;
@@ -209,7 +210,11 @@ async fn examples_render_children_that_follow_the_spec() {
     assert_eq!(dep.spec.as_ref().unwrap().replicas, Some(3));
     assert_eq!(
         pod.termination_grace_period_seconds,
-        Some(i64::from(contract::termination_grace_period_seconds(3, 6)))
+        Some(i64::from(contract::termination_grace_period_seconds(
+            3,
+            6,
+            contract::defaults::REQUEST_SECONDS
+        )))
     );
     let sidecar = pod
         .containers
@@ -225,20 +230,19 @@ async fn examples_render_children_that_follow_the_spec() {
             .contains(&"--store=redis".to_string())
     );
     let app = pod.containers.iter().find(|c| c.name == "app").unwrap();
-    let sleep = app
+    // The app's preStop waits on the sidecar's admin port until the drain is done with it.
+    let hook = app
         .lifecycle
         .as_ref()
         .unwrap()
         .pre_stop
         .as_ref()
         .unwrap()
-        .sleep
+        .http_get
         .as_ref()
         .unwrap();
-    assert_eq!(
-        sleep.seconds,
-        i64::from(contract::app_prestop_sleep_seconds(3, 6))
-    );
+    assert_eq!(hook.path.as_deref(), Some(contract::paths::APP_PRESTOP));
+    assert_eq!(hook.port, IntOrString::Int(i32::from(contract::ADMIN_PORT)));
     assert_eq!(dep.owner_references()[0].kind, "SseService");
 
     // Service: ClientIP affinity, targets the sidecar.
@@ -362,7 +366,11 @@ async fn examples_render_children_that_follow_the_spec() {
     )
     .await
     .unwrap();
-    let grace = i64::from(contract::termination_grace_period_seconds(3, 30));
+    let grace = i64::from(contract::termination_grace_period_seconds(
+        3,
+        30,
+        contract::defaults::REQUEST_SECONDS,
+    ));
     eventually("grace period follows drainSeconds", paced(WAIT), || async {
         let d: Deployment = get(&client, &ns.name, "chat").await?;
         (pod_spec(&d).termination_grace_period_seconds == Some(grace)).then_some(())

@@ -218,7 +218,13 @@ mod tests {
 
     fn client(budget: usize) -> (ClientTx, crate::http::body::ClientBody) {
         let streams = Streams::new(10, Arc::new(Metrics::new()));
-        client_channel(streams.open().unwrap(), budget, 1000)
+        client_channel(
+            streams
+                .open(crate::http::kind::KindCell::default())
+                .unwrap(),
+            budget,
+            1000,
+        )
     }
 
     #[test]

@@ -27,6 +27,12 @@ const KEYS_CLOSED_AFTER_EXIT: Duration = Duration::from_secs(5);
 pub(super) enum Phase {
     /// Capturing and serving clients.
     Capturing,
+    /// A session stream in a drain: still serving its keys, until none of its requests is in
+    /// flight (or `until`); then the handover begins.
+    Quieting {
+        reason: HandoverReason,
+        until: Instant,
+    },
     /// Handing over: the session's keys refuse new requests; capturing until the ones accepted
     /// are answered, then `Handover` is recorded.
     HandingOver(HandoverReason),
@@ -63,7 +69,18 @@ impl Handover {
 
     /// Whether the session is still served here (no handover begun).
     pub(super) fn is_capturing(&self) -> bool {
+        matches!(self.phase, Phase::Capturing | Phase::Quieting { .. })
+    }
+
+    /// Whether nothing about a handover was decided yet.
+    pub(super) fn is_untouched(&self) -> bool {
         self.phase == Phase::Capturing
+    }
+
+    /// A session stream's drain: keep serving its keys until none of its requests is in flight,
+    /// at most `until`, then begin the handover as [`Handover::begin`] does.
+    pub(super) fn begin_when_quiet(&mut self, reason: HandoverReason, until: Instant) {
+        self.phase = Phase::Quieting { reason, until };
     }
 
     /// A key learned from the app (the `endpoint` event) that requests for the session carry.
@@ -71,9 +88,9 @@ impl Handover {
         self.keys.push(key);
     }
 
-    /// Whether a begun handover waits for accepted requests.
+    /// Whether a begun handover waits for accepted requests (or for its session to be quiet).
     pub(super) fn is_waiting(&self) -> bool {
-        self.wait_until.is_some()
+        self.wait_until.is_some() || matches!(self.phase, Phase::Quieting { .. })
     }
 
     /// Refuse new requests for the session from now on.
@@ -98,6 +115,12 @@ impl Handover {
         batch_window: Duration,
         now: Instant,
     ) -> Option<HandoverReason> {
+        if let Phase::Quieting { reason, until } = self.phase
+            && (now >= until || gates.idle(&self.keys))
+        {
+            self.begin(reason, gates, now);
+            return None;
+        }
         let Phase::HandingOver(reason) = self.phase else {
             return None;
         };
@@ -118,7 +141,7 @@ impl Handover {
     /// The handover begun but not recorded yet (the recorder stops before the wait was over).
     pub(super) fn unrecorded(&self) -> Option<HandoverReason> {
         match self.phase {
-            Phase::HandingOver(reason) => Some(reason),
+            Phase::HandingOver(reason) | Phase::Quieting { reason, .. } => Some(reason),
             _ => None,
         }
     }
@@ -195,6 +218,52 @@ mod tests {
             h.due(&gates, Duration::ZERO, t0 + WAIT_MAX),
             Some(HandoverReason::ResumeWindow)
         );
+    }
+
+    #[test]
+    fn a_session_stream_serves_its_keys_until_no_request_is_in_flight() {
+        let gates = Arc::new(Gates::default());
+        let mut h = Handover::new(key("s4"));
+        h.add_key(key("mcp-4"));
+        let call = gates.enter(&key("mcp-4")).unwrap();
+        let t0 = Instant::now();
+        h.begin_when_quiet(HandoverReason::Drain, t0 + Duration::from_secs(60));
+        assert!(h.is_capturing() && !h.is_untouched() && h.is_waiting());
+        assert_eq!(h.due(&gates, Duration::ZERO, t0), None);
+        let another = gates.enter(&key("mcp-4"));
+        assert!(
+            another.is_some(),
+            "keys still served while a call is in flight"
+        );
+        drop((call, another));
+        assert_eq!(h.due(&gates, Duration::ZERO, Instant::now()), None);
+        assert!(!h.is_capturing(), "quiet: the handover began");
+        assert!(
+            gates.enter(&key("mcp-4")).is_none(),
+            "now new requests get 404"
+        );
+        std::thread::sleep(SETTLE + Duration::from_millis(20));
+        assert_eq!(
+            h.due(&gates, Duration::ZERO, Instant::now()),
+            Some(HandoverReason::Drain)
+        );
+    }
+
+    #[test]
+    fn a_session_that_never_quiets_hands_over_at_the_deadline() {
+        let gates = Arc::new(Gates::default());
+        let mut h = Handover::new(key("s5"));
+        let _busy = gates.enter(&key("s5")).unwrap();
+        let t0 = Instant::now();
+        h.begin_when_quiet(HandoverReason::Drain, t0 + Duration::from_secs(1));
+        assert_eq!(h.unrecorded(), Some(HandoverReason::Drain));
+        assert_eq!(h.due(&gates, Duration::ZERO, t0), None);
+        assert!(h.is_capturing());
+        assert_eq!(
+            h.due(&gates, Duration::ZERO, t0 + Duration::from_secs(1)),
+            None
+        );
+        assert!(!h.is_capturing());
     }
 
     #[test]

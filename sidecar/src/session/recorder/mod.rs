@@ -29,6 +29,7 @@ use tokio::time::Sleep;
 
 use crate::cursor::SessionId;
 use crate::http::body::{BoxError, ClientTx, ProxyBody};
+use crate::http::kind::{KindCell, StreamKind};
 use crate::http::session_key;
 use crate::metrics::{ErrorKind, HandoverReason};
 use crate::session::Sessions;
@@ -63,6 +64,8 @@ pub struct StreamStart {
     pub overlap: Overlap,
     /// The client to feed, if one is attached.
     pub client: Option<ClientTx>,
+    /// The stream's kind (shared with the client stream), which decides how the drain ends it.
+    pub kind: KindCell,
     /// The lease, if already taken (a takeover); otherwise it is claimed in the background.
     pub claim: Option<Claim>,
     /// Inspect the first `endpoint` event for a session key to register (MCP SSE transport).
@@ -71,7 +74,9 @@ pub struct StreamStart {
 
 /// Start a recorder and register it (replacing any older one of the same session).
 pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
-    let (handle, cmds) = shared.recorders.register(&start.session);
+    let (handle, cmds) = shared
+        .recorders
+        .register(&start.session, start.kind.clone());
     let settings = &shared.settings;
     let recorder = Recorder {
         reader: Reader::new(
@@ -101,6 +106,8 @@ pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
         unrecorded_warned: false,
         paused_for_store: false,
         handover: Handover::new(start.session.clone()),
+        handed_over_at: None,
+        kind: start.kind,
         shared: shared.clone(),
         id: handle.id,
         session: start.session.clone(),
@@ -141,6 +148,11 @@ struct Recorder {
     lease: Holding,
     /// The phase and the session's keys (see [`handover`]).
     handover: Handover,
+    /// When a drain's handover was recorded (capturing goes on for the handover margin).
+    handed_over_at: Option<Instant>,
+    /// How the drain ends this stream (a resumable one becomes a session stream when the app
+    /// announces a session on it).
+    kind: KindCell,
     cmds: mpsc::Receiver<Command>,
 }
 
@@ -262,6 +274,13 @@ impl Recorder {
     async fn housekeeping(&mut self) -> Flow {
         self.fanout
             .check(self.shared.settings.client_stall, &self.session);
+        if self
+            .handed_over_at
+            .is_some_and(|t| t.elapsed() >= self.shared.settings.handover_margin)
+        {
+            tracing::debug!(session = %self.session, "handover margin over: stop capturing");
+            return Flow::Finish;
+        }
         match self.detach_deadline() {
             Some(deadline) if Instant::now() >= deadline => {
                 tracing::debug!(session = %self.session, "resume window over: handing over");
@@ -290,9 +309,15 @@ impl Recorder {
                 let _ = reply.send(answer);
                 Flow::Continue
             }
-            Command::Handover => {
-                if self.handover.is_capturing() {
-                    self.begin_handover(HandoverReason::Drain);
+            Command::Handover { quiet_until } => {
+                match self.kind.get() {
+                    _ if !self.handover.is_untouched() => {}
+                    // Its client cannot resume: it finishes in place (cut at the deadline).
+                    StreamKind::Request => {}
+                    StreamKind::Session => self
+                        .handover
+                        .begin_when_quiet(HandoverReason::Drain, quiet_until),
+                    StreamKind::Resumable => self.begin_handover(HandoverReason::Drain),
                 }
                 Flow::Continue
             }
@@ -363,6 +388,7 @@ impl Recorder {
                     let shared = self.shared.clone();
                     if let Some(key) = register_endpoint_key(&shared, &data).await {
                         self.handover.add_key(key);
+                        self.kind.announce_session();
                     }
                 }
                 Item::OverlapDropped => {
@@ -469,7 +495,10 @@ impl Recorder {
         self.record_handover(reason).await;
         self.handover.recorded();
         if reason == HandoverReason::Drain {
+            // The client's stream ends (a session stream's last, its calls answered); capturing
+            // goes on until the client's new pod takes over, for the handover margin at most.
             self.fanout.release();
+            self.handed_over_at = Some(Instant::now());
             Flow::Continue
         } else {
             Flow::Finish

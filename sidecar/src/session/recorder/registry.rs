@@ -5,12 +5,14 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cursor::SessionId;
 use crate::http::body::ClientTx;
+use crate::http::kind::{KindCell, StreamKind};
 use crate::store::Seq;
 
 /// Commands queued per recorder.
@@ -43,7 +45,11 @@ pub(super) enum Command {
         client: ClientTx,
         reply: oneshot::Sender<AttachReply>,
     },
-    Handover,
+    /// The drain window is over: hand the session over (a session stream once its calls are
+    /// answered, at most at `quiet_until`; a request stream finishes in place).
+    Handover {
+        quiet_until: Instant,
+    },
     Stop,
 }
 
@@ -52,6 +58,8 @@ pub(super) enum Command {
 pub struct RecorderHandle {
     pub(super) id: u64,
     tx: mpsc::Sender<Command>,
+    kind: KindCell,
+    started: Instant,
 }
 
 impl RecorderHandle {
@@ -72,9 +80,21 @@ impl RecorderHandle {
         answer.await.unwrap_or(AttachReply::Lost)
     }
 
-    /// Record a handover now (end of the drain window) and keep capturing until fenced.
-    pub fn handover(&self) {
-        let _ = self.tx.try_send(Command::Handover);
+    /// The drain window is over: record a handover and keep capturing until fenced (a
+    /// resumable stream); end once no call on the session is in flight, by `quiet_until` at the
+    /// latest (a session stream); nothing (a request stream: it finishes in place).
+    pub fn handover(&self, quiet_until: Instant) {
+        let _ = self.tx.try_send(Command::Handover { quiet_until });
+    }
+
+    /// The stream's kind now.
+    pub fn kind(&self) -> StreamKind {
+        self.kind.get()
+    }
+
+    /// How long the recorder has run.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Write what is held, release the session and stop.
@@ -143,6 +163,15 @@ impl Recorders {
         })
     }
 
+    /// Every running recorder of one of `kinds`.
+    pub fn of_kinds(&self, kinds: &[StreamKind]) -> Vec<RecorderHandle> {
+        self.lock()
+            .values()
+            .filter(|h| kinds.contains(&h.kind()))
+            .cloned()
+            .collect()
+    }
+
     /// Every running recorder.
     pub fn all(&self) -> Vec<RecorderHandle> {
         self.lock().values().cloned().collect()
@@ -163,10 +192,16 @@ impl Recorders {
     pub(super) fn register(
         &self,
         session: &SessionId,
+        kind: KindCell,
     ) -> (RecorderHandle, mpsc::Receiver<Command>) {
         let (tx, cmds) = mpsc::channel(COMMAND_QUEUE);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let handle = RecorderHandle { id, tx };
+        let handle = RecorderHandle {
+            id,
+            tx,
+            kind,
+            started: Instant::now(),
+        };
         let mut running = self.lock();
         running.reserved.remove(session);
         running.insert(session.clone(), handle.clone());

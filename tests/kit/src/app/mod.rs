@@ -138,7 +138,8 @@ async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
     ));
     let path = req.uri().path().to_string();
     match (req.method().as_str(), path.as_str()) {
-        ("GET", "/events") => events(&state, &req, lei),
+        // `POST /events`: the same stream as the answer of a request (a request stream).
+        ("GET" | "POST", "/events") => events(&state, &req, lei),
         ("GET", "/plain") => Response::builder()
             .header("x-app-name", state.name.as_str())
             .header("content-length", "6")

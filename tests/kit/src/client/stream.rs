@@ -57,6 +57,38 @@ impl Stream {
         timeout: Duration,
     ) -> Result<Stream, ClientError> {
         let req = build(target, Method::GET, path, headers, Bytes::new());
+        Self::send_request(target, source, req, max_event_bytes, timeout).await
+    }
+
+    /// `POST path` with `body`: the SSE answer of a request (an LLM completion, an MCP call);
+    /// panics without a response head within [`OPEN_TIMEOUT`].
+    pub async fn post(addr: SocketAddr, path: &str, body: &str) -> Stream {
+        let headers = [
+            ("accept", "text/event-stream"),
+            ("content-type", "application/json"),
+        ];
+        let req = build(
+            addr,
+            Method::POST,
+            path,
+            &headers,
+            Bytes::from(body.to_string()),
+        );
+        let open = Self::send_request(addr, None, req, MAX_EVENT_BYTES, OPEN_TIMEOUT);
+        tokio::time::timeout(OPEN_TIMEOUT, open)
+            .await
+            .map_err(|_| ClientError::Timeout(OPEN_TIMEOUT))
+            .and_then(|r| r)
+            .unwrap_or_else(|e| panic!("POST {path} on {addr}: {e}"))
+    }
+
+    async fn send_request(
+        target: SocketAddr,
+        source: Option<IpAddr>,
+        req: http::Request<http_body_util::Full<Bytes>>,
+        max_event_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Stream, ClientError> {
         let (resp, conn) = send(target, source, req, timeout).await?;
         Ok(Stream {
             status: resp.status(),
