@@ -380,16 +380,10 @@ fn default_history() -> u32 {
 }
 
 fn default_session_keys() -> Vec<SessionKey> {
-    vec![
-        SessionKey {
-            query: Some("sessionId".into()),
-            ..SessionKey::default()
-        },
-        SessionKey {
-            header: Some("Mcp-Session-Id".into()),
-            ..SessionKey::default()
-        },
-    ]
+    defaults::session_keys()
+        .into_iter()
+        .map(SessionKey::from_source)
+        .collect()
 }
 
 /// Redis connection settings.
@@ -445,6 +439,25 @@ pub struct SessionKey {
 }
 
 impl SessionKey {
+    /// The CRD's form of a sidecar key source.
+    pub fn from_source(source: contract::SessionKeySource) -> Self {
+        use contract::SessionKeySource as S;
+        match source {
+            S::Query(q) => SessionKey {
+                query: Some(q),
+                ..SessionKey::default()
+            },
+            S::Header(h) => SessionKey {
+                header: Some(h),
+                ..SessionKey::default()
+            },
+            S::Cookie(c) => SessionKey {
+                cookie: Some(c),
+                ..SessionKey::default()
+            },
+        }
+    }
+
     /// The sidecar's form of this key, `None` if no field is set (the CRD refuses that).
     pub fn to_source(&self) -> Option<contract::SessionKeySource> {
         use contract::SessionKeySource as S;

@@ -19,6 +19,16 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// One label named `name`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabel {
+    /// The label value.
+    pub name: String,
+}
+
+/// Distinct names `unrouted_session_keys` reports before the rest are counted as `other`.
+const MAX_UNROUTED_NAMES: usize = 16;
+
 /// One label named `outcome`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -249,6 +259,9 @@ pub struct Metrics {
     /// Clients cut because they did not read fast enough.
     pub slow_consumers: Counter,
     streams_opened: Family<KindLabel, Counter>,
+    unrouted_keys: Family<NameLabel, Counter>,
+    /// The names counted in `unrouted_keys` so far (bounded: clients choose them).
+    unrouted_names: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Request streams (the SSE answer of a `POST` …) still running at the request deadline of
     /// a drain, cut there.
     pub request_streams_cut: Counter,
@@ -291,6 +304,8 @@ impl Metrics {
             resumes: Family::default(),
             slow_consumers: Counter::default(),
             streams_opened: Family::default(),
+            unrouted_keys: Family::default(),
+            unrouted_names: Default::default(),
             request_streams_cut: Counter::default(),
             errors: Family::default(),
             store_calls: Family::default(),
@@ -306,6 +321,11 @@ impl Metrics {
             "streams_opened",
             "SSE streams opened from the app, by kind (resumable, session, request: how the drain ends them)",
             m.streams_opened.clone(),
+        );
+        registry.register(
+            "unrouted_session_keys",
+            "Requests carrying a session-looking query parameter or header that no configured session key matched, by name (16 names at most, then \"other\")",
+            m.unrouted_keys.clone(),
         );
         registry.register(
             "request_streams_cut",
@@ -462,6 +482,32 @@ impl Metrics {
             .inc();
     }
 
+    /// Count a request whose session-looking key `name` no configured source matched; log each
+    /// name the first time (at most [`MAX_UNROUTED_NAMES`] names, then `other`).
+    pub fn unrouted_session_key(&self, name: &str) {
+        let label = {
+            let mut names = self
+                .unrouted_names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if names.contains(name) {
+                name.to_string()
+            } else if names.len() < MAX_UNROUTED_NAMES {
+                names.insert(name.to_string());
+                tracing::warn!(
+                    name,
+                    "requests carry a session-looking key that no configured session key (spec.sessions.key) matches: they are not routed to their session's pod"
+                );
+                name.to_string()
+            } else {
+                "other".to_string()
+            }
+        };
+        self.unrouted_keys
+            .get_or_create(&NameLabel { name: label })
+            .inc();
+    }
+
     /// Count a stream opened from the app, by kind.
     pub fn stream_opened(&self, kind: crate::http::kind::StreamKind) {
         self.streams_opened
@@ -572,5 +618,31 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unrouted_key_names_are_bounded() {
+        let m = Metrics::new();
+        m.unrouted_session_key("query:session_id");
+        m.unrouted_session_key("query:session_id");
+        for i in 0..40 {
+            m.unrouted_session_key(&format!("header:x-session-{i}"));
+        }
+        let text = m.encode();
+        assert!(
+            text.contains(r#"ssekeeper_unrouted_session_keys_total{name="query:session_id"} 2"#),
+            "{text}"
+        );
+        let names = text
+            .lines()
+            .filter(|l| l.starts_with("ssekeeper_unrouted_session_keys_total{"))
+            .count();
+        assert_eq!(names, MAX_UNROUTED_NAMES + 1, "16 names, then other");
+        assert!(text.contains(r#"ssekeeper_unrouted_session_keys_total{name="other"} 25"#));
     }
 }

@@ -118,6 +118,18 @@ pub mod defaults {
     pub const SESSION_TTL_SECONDS: u32 = 300;
     /// `--history-limit` / `spec.sessions.historyLimit`.
     pub const HISTORY_LIMIT: u32 = 1000;
+
+    /// `spec.sessions.key`: where the official MCP SDKs name a session, so both work with no
+    /// configuration — the TypeScript SSE transport's `?sessionId=`, the Python one's
+    /// `?session_id=`, and Streamable HTTP's `Mcp-Session-Id` header.
+    pub fn session_keys() -> Vec<super::SessionKeySource> {
+        use super::SessionKeySource as S;
+        vec![
+            S::Query("sessionId".into()),
+            S::Query("session_id".into()),
+            S::Header("Mcp-Session-Id".into()),
+        ]
+    }
 }
 
 /// HTTP paths served on the admin port (and, for [`paths::PRESTOP`], on the lifecycle socket only).

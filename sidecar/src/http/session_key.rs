@@ -64,6 +64,37 @@ pub fn from_endpoint_data(data: &str, sources: &[SessionKeySource]) -> Option<St
     })
 }
 
+/// The longest name [`unmatched_session_name`] reports (a metric label).
+const MAX_REPORTED_NAME: usize = 40;
+
+/// A query parameter or header of a request that looks like a session key (its name contains
+/// `session`, case-insensitive) while no configured source matched: the first such name,
+/// lowercased and cut to a label's length. It tells a user why a client's requests are not
+/// routed (e.g. a client sending `session_id` when only `sessionId` is configured).
+pub fn unmatched_session_name(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    let looks = |name: &str| name.to_ascii_lowercase().contains("session");
+    let from_query = query.and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split('=').next())
+            .find(|k| looks(k))
+            .map(|k| format!("query:{k}"))
+    });
+    from_query
+        .or_else(|| {
+            headers
+                .keys()
+                .find(|k| looks(k.as_str()))
+                .map(|k| format!("header:{}", k.as_str()))
+        })
+        .map(|n| {
+            n.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.'))
+                .take(MAX_REPORTED_NAME)
+                .collect::<String>()
+                .to_ascii_lowercase()
+        })
+}
+
 /// Whether any configured source is a query parameter (only then are endpoint events inspected).
 pub fn has_query_source(sources: &[SessionKeySource]) -> bool {
     sources
@@ -147,6 +178,25 @@ mod tests {
             from_request(Some("%zz=1"), &HeaderMap::new(), &sources()),
             None
         );
+    }
+
+    #[test]
+    fn a_session_looking_key_no_rule_matched_is_named() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            unmatched_session_name(Some("a=1&session_id=x"), &h).as_deref(),
+            Some("query:session_id")
+        );
+        assert_eq!(unmatched_session_name(Some("room=1"), &h), None);
+        h.insert("x-session-token", HeaderValue::from_static("t"));
+        assert_eq!(
+            unmatched_session_name(None, &h).as_deref(),
+            Some("header:x-session-token")
+        );
+        let long = format!("{}Session<>=1", "a".repeat(60));
+        let name = unmatched_session_name(Some(&long), &HeaderMap::new()).unwrap();
+        assert_eq!(name.len(), MAX_REPORTED_NAME);
+        assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == ':'));
     }
 
     #[test]

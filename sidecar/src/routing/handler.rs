@@ -171,11 +171,16 @@ async fn try_resume(
 
 /// The session a request names, if it names a usable one.
 fn session_key_of(router: &Router, parts: &Parts) -> Option<SessionId> {
-    let k = session_key::from_request(
+    let Some(k) = session_key::from_request(
         parts.uri.query(),
         &parts.headers,
         &router.settings.session_keys,
-    )?;
+    ) else {
+        if let Some(name) = session_key::unmatched_session_name(parts.uri.query(), &parts.headers) {
+            router.sessions.metrics.unrouted_session_key(&name);
+        }
+        return None;
+    };
     match SessionId::from_external(&k) {
         Ok(id) => Some(id),
         Err(_) => {

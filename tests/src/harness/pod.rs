@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ssekeeper_sidecar::contract::{self, SessionKeySource, SidecarArgs, StoreKind};
+use ssekeeper_sidecar::contract::{self, SidecarArgs, StoreKind};
 
 use ssekeeper_testkit::ports::free_port_on as free_port;
 use ssekeeper_testkit::process::{LaunchError, Proc};
@@ -60,10 +60,7 @@ impl SidecarSettings {
         a.sse_port = sse_port;
         a.admin_port = admin_port;
         a.store = StoreKind::Redis;
-        a.session_keys = vec![
-            SessionKeySource::Query("sessionId".into()),
-            SessionKeySource::Header("Mcp-Session-Id".into()),
-        ];
+        a.session_keys = contract::defaults::session_keys();
         a.prestop_delay_seconds = self.prestop_delay_seconds;
         a.drain_seconds = self.drain_seconds;
         a.reconnect_delay_millis = self.reconnect_delay_millis;
