@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 pub use super::haproxy::Balance;
 use super::haproxy::HaProxy;
 use super::kubelet::{self, TerminationPlan, TerminationReport};
-use super::pod::{Pod, SidecarSettings};
+use super::pod::{AppLaunch, Pod, SidecarSettings};
 use ssekeeper_testkit::process::{LaunchError, Proc};
 use ssekeeper_testkit::redis::{RedisOptions, RedisServer};
 use ssekeeper_testkit::tempdir::TestDir;
@@ -55,6 +55,8 @@ pub struct ClusterConfig {
     /// controller and the proxies following it do, a little after termination starts); `None`
     /// leaves it to the health checks alone.
     pub endpoint_removal_delay: Option<Duration>,
+    /// The pods' app: `None` runs the demo app.
+    pub app: Option<AppLaunch>,
 }
 
 impl ClusterConfig {
@@ -72,6 +74,7 @@ impl ClusterConfig {
             publish_rate: None,
             min_ready: Duration::from_millis(500),
             endpoint_removal_delay: Some(Duration::from_millis(300)),
+            app: None,
         }
     }
 }
@@ -226,10 +229,15 @@ impl Cluster {
             .filter(|n| *n <= 240)
             .ok_or_else(|| HarnessError::Missing("out of pod addresses".into()))?;
         let name = format!("pod-{}", self.next_pod);
+        let launch = self
+            .cfg
+            .app
+            .clone()
+            .unwrap_or_else(|| AppLaunch::demo(&self.bins.demo_app));
         let pod = Pod::start(
             &name,
             pod_ip(self.next_pod),
-            &self.bins.demo_app,
+            &launch,
             &self.app_redis.url(),
             self.sidecar.as_ref(),
             self.dir.path(),

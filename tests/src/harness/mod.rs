@@ -12,6 +12,7 @@ pub mod ports;
 
 pub use binaries::Binaries;
 pub use cluster::{Balance, Cluster, ClusterConfig, Mode};
+pub use pod::AppLaunch;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -71,6 +71,49 @@ impl SidecarSettings {
     }
 }
 
+/// How a pod's app process starts: the demo app, or any program (an official SDK's server)
+/// whose arguments name its listen address. In `args`, `{host}`, `{port}`, `{pod}` and `{redis}`
+/// are replaced by the pod's address, the app's port, the pod's name and the app's Redis URL.
+#[derive(Debug, Clone)]
+pub struct AppLaunch {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments, with placeholders.
+    pub args: Vec<String>,
+    /// A path answering `200` once the app serves.
+    pub ready_path: String,
+}
+
+impl AppLaunch {
+    /// The demo app (`demo-app serve`).
+    pub fn demo(demo_app: &Path) -> Self {
+        Self {
+            program: demo_app.to_path_buf(),
+            args: [
+                "serve",
+                "--listen={host}:{port}",
+                "--redis-url={redis}",
+                "--pod-name={pod}",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ready_path: "/healthz".into(),
+        }
+    }
+
+    fn args_for(&self, ip: IpAddr, port: u16, pod: &str, redis: &str) -> Vec<String> {
+        self.args
+            .iter()
+            .map(|a| {
+                a.replace("{host}", &ip.to_string())
+                    .replace("{port}", &port.to_string())
+                    .replace("{pod}", pod)
+                    .replace("{redis}", redis)
+            })
+            .collect()
+    }
+}
+
 /// One running pod.
 #[derive(Debug)]
 pub struct Pod {
@@ -100,26 +143,21 @@ impl Pod {
     pub async fn start(
         name: &str,
         ip: IpAddr,
-        demo_app: &Path,
+        launch: &AppLaunch,
         app_redis_url: &str,
         sidecar: Option<&SidecarSettings>,
         dir: &Path,
     ) -> Result<Self, HarnessError> {
         let app_port = free_port(ip)?;
-        let app_args = vec![
-            "serve".to_string(),
-            format!("--listen={}", SocketAddr::new(ip, app_port)),
-            format!("--redis-url={app_redis_url}"),
-            format!("--pod-name={name}"),
-        ];
         let app = Proc::spawn(
             &format!("{name}/app"),
-            demo_app,
-            &app_args,
+            &launch.program,
+            &launch.args_for(ip, app_port, name, app_redis_url),
             &[],
             &dir.join(format!("{name}.app.log")),
         )?;
-        if !wait_http_ok(SocketAddr::new(ip, app_port), "/healthz", READY_TIMEOUT).await {
+        let ready = SocketAddr::new(ip, app_port);
+        if !wait_http_ok(ready, &launch.ready_path, READY_TIMEOUT).await {
             return Err(LaunchError::NotReady {
                 what: format!("{name}/app"),
                 timeout: READY_TIMEOUT,
