@@ -190,6 +190,9 @@ labels! {
         Forged => "forged",
         /// A `Last-Event-ID` that is not a cursor (the app's own id).
         Foreign => "foreign",
+        /// A keyed stream reconnecting without `Last-Event-ID`, attached to the recording of
+        /// its session here instead of opening a second upstream.
+        Reattached => "reattached",
     }
 }
 

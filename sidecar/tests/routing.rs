@@ -226,3 +226,33 @@ async fn keyed_streams_use_the_key_and_are_relayed_from_the_owner() {
     second.read_to_end(&mut log2, T).await;
     assert_eq!(log2.retries.last(), Some(&100));
 }
+
+/// A keyed stream reconnecting without `Last-Event-ID` while the recorder still holds its
+/// session's app stream (MCP Streamable HTTP's notification `GET` with `Mcp-Session-Id`) is
+/// attached to that recording: the app sees one `GET`, never a second one it would refuse.
+#[tokio::test]
+async fn a_keyed_stream_reconnecting_attaches_to_its_recording() {
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    let a = start_sidecar(args(app.addr, "pod-a"), memory_store()).await;
+    let path = "/events?feed=r&interval_ms=10&sessionId=key-9";
+    let mut first = Stream::open(a.sse, path, None).await;
+    let mut log = Log::default();
+    first.read_until(&mut log, 3, T).await;
+    drop(first);
+    // The recorder notices the client left (its housekeeping runs every 500 ms).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut again = Stream::open(a.sse, path, None).await;
+    let mut log2 = Log::default();
+    again.read_until(&mut log2, 3, T).await;
+    let c = ssekeeper_sidecar::cursor::Cursor::parse(log2.last_id.as_deref().unwrap()).unwrap();
+    assert_eq!(c.session.as_str(), "key-9", "the same session's recording");
+    let gets = app
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.contains("sessionId=key-9"))
+        .count();
+    assert_eq!(gets, 1, "one upstream for the session");
+    assert_eq!(a.count("resumes", "reattached"), 1);
+}

@@ -119,6 +119,11 @@ where
     // `202`, then the reply as an event): refused once that session is being handed over here,
     // and counted while in flight so the handover waits for its reply to be captured.
     let opens_stream = parts.method == Method::GET && accepts_event_stream(&parts.headers);
+    if let (Some(k), true) = (&key, opens_stream)
+        && let Some(r) = resume::attach_live(shared, k).await
+    {
+        return r;
+    }
     let _pass = match (&key, opens_stream) {
         (Some(k), false) => match shared.gates.enter(k) {
             Some(pass) => Some(pass),

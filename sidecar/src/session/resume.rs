@@ -78,6 +78,30 @@ fn channel(shared: &Sessions) -> Option<(ClientTx, ClientBody)> {
     shared.clients.open(KindCell::default())
 }
 
+/// A keyed stream reconnecting without `Last-Event-ID` (an MCP Streamable HTTP notification
+/// `GET` with its `Mcp-Session-Id`) while this pod's recorder still holds the session's app
+/// stream: attach to that recording from now on instead of opening a second upstream (which an
+/// app allowing one stream per session refuses). `None` when no recorder of it runs here.
+pub async fn attach_live(
+    shared: &Arc<Sessions>,
+    session: &SessionId,
+) -> Option<Response<ProxyBody>> {
+    let handle = shared.recorders.get(session)?;
+    let Some((tx, body)) = shared
+        .clients
+        .open(KindCell::new(crate::http::kind::StreamKind::Session))
+    else {
+        return Some(too_many_streams(&shared.metrics));
+    };
+    match handle.attach(crate::session::recorder::LIVE, tx).await {
+        AttachReply::Attached(_) | AttachReply::Lost => {
+            shared.metrics.resume(ResumeOutcome::Reattached);
+            Some(sse_response(body))
+        }
+        AttachReply::Refused(_) | AttachReply::Forged => None,
+    }
+}
+
 /// Answer a request carrying a valid cursor.
 pub async fn resume(shared: &Arc<Sessions>, template: RequestTemplate, cursor: Cursor) -> Resumed {
     let Cursor {

@@ -142,6 +142,11 @@ impl Fanout {
     }
 
     /// When the resume window of a client that left is over.
+    /// Whether a client is attached and still reading.
+    pub(super) fn has_live_client(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
     pub(super) fn detached_until(&self) -> Option<Instant> {
         Some(self.detached_at? + self.window)
     }

@@ -48,7 +48,7 @@ use self::handover::{Handover, Phase};
 use self::lease::Holding;
 use self::reader::{Item, Reader};
 use self::registry::Command;
-pub use self::registry::{AttachReply, RecorderHandle, Recorders, Reservation};
+pub use self::registry::{AttachReply, LIVE, RecorderHandle, Recorders, Reservation};
 
 /// What a recorder starts from.
 pub struct StreamStart {
@@ -327,6 +327,12 @@ impl Recorder {
 
     fn on_attach(&mut self, after: Seq, client: ClientTx) -> AttachReply {
         let last = self.reader.last_seq();
+        // A live attach takes over a recording whose client left; a second stream of one key
+        // while the first still reads gets a session of its own (refused here).
+        if after == LIVE && self.fanout.has_live_client() {
+            return AttachReply::Refused(client);
+        }
+        let after = if after == LIVE { last } else { after };
         if !self.handover.is_capturing() {
             return AttachReply::Refused(client);
         }

@@ -15,6 +15,10 @@ use crate::http::body::ClientTx;
 use crate::http::kind::{KindCell, StreamKind};
 use crate::store::Seq;
 
+/// The `after` of an attach that wants only what comes next (a keyed stream reconnecting
+/// without `Last-Event-ID`).
+pub const LIVE: Seq = Seq::MAX;
+
 /// Commands queued per recorder.
 const COMMAND_QUEUE: usize = 16;
 
