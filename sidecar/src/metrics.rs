@@ -265,6 +265,10 @@ pub struct Metrics {
     unrouted_keys: Family<NameLabel, Counter>,
     /// The names counted in `unrouted_keys` so far (bounded: clients choose them).
     unrouted_names: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Protocol upgrades (WebSocket) tunnelled to the app.
+    pub tunnels: Counter,
+    /// Tunnels open right now.
+    pub active_tunnels: Gauge,
     /// Request streams (the SSE answer of a `POST` …) still running at the request deadline of
     /// a drain, cut there.
     pub request_streams_cut: Counter,
@@ -310,6 +314,8 @@ impl Metrics {
             unrouted_keys: Family::default(),
             unrouted_names: Default::default(),
             request_streams_cut: Counter::default(),
+            tunnels: Counter::default(),
+            active_tunnels: Gauge::default(),
             errors: Family::default(),
             store_calls: Family::default(),
             admin_refused: Family::default(),
@@ -329,6 +335,16 @@ impl Metrics {
             "unrouted_session_keys",
             "Requests carrying a session-looking query parameter or header that no configured session key matched, by name (16 names at most, then \"other\")",
             m.unrouted_keys.clone(),
+        );
+        registry.register(
+            "tunnels",
+            "Protocol upgrades (WebSocket) tunnelled byte for byte to the app",
+            m.tunnels.clone(),
+        );
+        registry.register(
+            "active_tunnels",
+            "Tunnels open right now (closed only at a drain's request deadline)",
+            m.active_tunnels.clone(),
         );
         registry.register(
             "request_streams_cut",

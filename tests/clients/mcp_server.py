@@ -65,17 +65,18 @@ def build_app(pod_name: str) -> Starlette:
     shttp = StreamableHTTPASGIApp(manager)
 
     class ModernOnly:
-        """ASGI app (a class instance, so Starlette's Route passes every method through)."""
+        """ASGI app for /mcp-modern (a class instance, so Starlette's Route passes every method on).
+
+        The session manager dispatches on MCP-Protocol-Version: a modern revision goes to the
+        SDK's stateless single-exchange handler, anything else to the handshake-era transport.
+        This path admits only the former.
+        """
 
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            await modern_only(scope, receive, send)
-
-    async def modern_only(scope: Scope, receive: Receive, send: Send) -> None:
-        # The session manager dispatches on MCP-Protocol-Version: a modern revision goes to the
-        # SDK's stateless single-exchange handler, anything else to the handshake-era transport.
-        # This path admits only the former.
-        version = Request(scope).headers.get("mcp-protocol-version")
-        if version not in MODERN_PROTOCOL_VERSIONS:
+            version = Request(scope).headers.get("mcp-protocol-version")
+            if version in MODERN_PROTOCOL_VERSIONS:
+                await shttp(scope, receive, send)
+                return
             body = {
                 "jsonrpc": "2.0",
                 "id": None,
@@ -85,11 +86,8 @@ def build_app(pod_name: str) -> Starlette:
                     "(MCP-Protocol-Version header); use /mcp or /sse for handshake-era sessions",
                 },
             }
-            await Response(json.dumps(body), status_code=400, media_type="application/json")(
-                scope, receive, send
-            )
-            return
-        await shttp(scope, receive, send)
+            response = Response(json.dumps(body), status_code=400, media_type="application/json")
+            await response(scope, receive, send)
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok")

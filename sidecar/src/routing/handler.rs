@@ -30,6 +30,7 @@ use crate::http::session_key;
 use crate::metrics::{ErrorKind, ForwardOutcome, ResumeOutcome, Route};
 use crate::routing::forward;
 use crate::routing::owner::{self as routing, Location};
+use crate::routing::tunnel;
 use crate::session::Sessions;
 use crate::session::recorder::{self, Reservation, StreamStart};
 use crate::session::replay::Overlap;
@@ -84,14 +85,20 @@ where
     B::Error: Into<crate::http::body::BoxError>,
 {
     let shared = &router.sessions;
-    let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    append_forwarded_for(&mut parts.headers, peer.ip());
-    let path = parts
-        .uri
+    let path = req
+        .uri()
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
+    // A protocol upgrade (WebSocket) is tunnelled, not parsed.
+    if origin == Origin::Client && tunnel::is_upgrade(req.headers()) {
+        let mut req = req;
+        append_forwarded_for(req.headers_mut(), peer.ip());
+        return tunnel::handle(shared, req, &path).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    append_forwarded_for(&mut parts.headers, peer.ip());
 
     if accepts_event_stream(&parts.headers) || parts.headers.contains_key(LAST_EVENT_ID) {
         // A compressed event stream could not be parsed (nor resumed): ask for it plain.

@@ -4,3 +4,4 @@
 pub mod forward;
 pub mod handler;
 pub mod owner;
+pub mod tunnel;

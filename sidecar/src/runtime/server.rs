@@ -13,7 +13,6 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -232,7 +231,6 @@ async fn serve_clients(
     max_header_bytes: usize,
     listener: TcpListener,
 ) {
-    let graceful = GracefulShutdown::new();
     let builder = http1_builder(max_header_bytes);
     loop {
         let (stream, peer) = tokio::select! {
@@ -257,16 +255,27 @@ async fn serve_clients(
                 Ok::<_, Infallible>(proxy::handle(router, req, peer, Origin::Client).await)
             })
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let watched = graceful.watch(conn);
+        // With upgrades (WebSocket tunnels); once accepting stops, the connection closes after
+        // its current response instead of keeping alive.
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
         });
     }
     drop(listener);
-    tokio::spawn(graceful.shutdown());
 }
 
 async fn serve_admin(shared: Arc<Sidecar>, listener: TcpListener, stop: CancellationToken) {

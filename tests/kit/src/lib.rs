@@ -26,3 +26,5 @@ pub mod sse;
 pub mod tempdir;
 
 pub use eventually::{Patience, eventually, eventually_true, poll};
+/// The WebSocket client (and server) the tunnel tests use: a real implementation, not ours.
+pub use tokio_tungstenite;

@@ -124,6 +124,47 @@ fn not_found(text: &'static str) -> Response<Body> {
         .unwrap()
 }
 
+/// `GET /ws`: a WebSocket echo (each text message back as `name: text`), served next to the SSE
+/// routes as many apps do; anything but a valid handshake gets `400`.
+fn websocket_echo(state: &AppState, mut req: Request<Incoming>) -> Response<Body> {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key, protocol::Role};
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body(body("not a websocket handshake\n"))
+            .unwrap();
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    let name = state.name.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            let reply = match msg {
+                Message::Text(t) => Message::text(format!("{name}: {t}")),
+                Message::Close(_) => return,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .body(body(""))
+        .unwrap()
+}
+
 async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
     let lei = req
         .headers()
@@ -137,6 +178,9 @@ async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
         lei.clone().unwrap_or_default()
     ));
     let path = req.uri().path().to_string();
+    if path == "/ws" {
+        return websocket_echo(&state, req);
+    }
     match (req.method().as_str(), path.as_str()) {
         // `POST /events`: the same stream as the answer of a request (a request stream).
         ("GET" | "POST", "/events") => events(&state, &req, lei),
