@@ -138,6 +138,18 @@ labels! {
 }
 
 labels! {
+    /// `takeover_overlap{outcome}`: how a takeover met the old owner's record.
+    OverlapOutcome {
+        /// The fresh stream's first event was in the record before the old owner was fenced.
+        Overlapped => "overlapped",
+        /// The record did not reach it in time (or the owner was gone): taken over without.
+        NotReached => "not_reached",
+        /// The fresh stream's first event has no id: it cannot be matched.
+        NoId => "no_id",
+    }
+}
+
+labels! {
     /// `handovers{reason}`.
     HandoverReason {
         /// The pod drains.
@@ -256,6 +268,7 @@ pub struct Metrics {
     /// Resumes whose history had a hole (trimmed, or lost while the store was down).
     pub replay_gaps: Counter,
     takeovers: Family<OutcomeLabel, Counter>,
+    takeover_overlap: Family<OutcomeLabel, Counter>,
     handovers: Family<ReasonLabel, Counter>,
     forwards: Family<OutcomeLabel, Counter>,
     resumes: Family<OutcomeLabel, Counter>,
@@ -265,6 +278,9 @@ pub struct Metrics {
     unrouted_keys: Family<NameLabel, Counter>,
     /// The names counted in `unrouted_keys` so far (bounded: clients choose them).
     unrouted_names: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Entries a recorder captured but the store refused because another pod had taken the
+    /// session over (fenced): the new owner's fresh upstream has to cover them.
+    pub fenced_entries: Counter,
     /// Protocol upgrades (WebSocket) tunnelled to the app.
     pub tunnels: Counter,
     /// Tunnels open right now.
@@ -306,6 +322,7 @@ impl Metrics {
             oversized_events: Counter::default(),
             replay_gaps: Counter::default(),
             takeovers: Family::default(),
+            takeover_overlap: Family::default(),
             handovers: Family::default(),
             forwards: Family::default(),
             resumes: Family::default(),
@@ -314,6 +331,7 @@ impl Metrics {
             unrouted_keys: Family::default(),
             unrouted_names: Default::default(),
             request_streams_cut: Counter::default(),
+            fenced_entries: Counter::default(),
             tunnels: Counter::default(),
             active_tunnels: Gauge::default(),
             errors: Family::default(),
@@ -335,6 +353,11 @@ impl Metrics {
             "unrouted_session_keys",
             "Requests carrying a session-looking query parameter or header that no configured session key matched, by name (16 names at most, then \"other\")",
             m.unrouted_keys.clone(),
+        );
+        registry.register(
+            "fenced_entries",
+            "Entries captured after another pod took the session over, refused by the store (the new owner's upstream covers them)",
+            m.fenced_entries.clone(),
         );
         registry.register(
             "tunnels",
@@ -410,6 +433,11 @@ impl Metrics {
             "takeovers",
             "Session takeovers, by outcome",
             m.takeovers.clone(),
+        );
+        registry.register(
+            "takeover_overlap",
+            "How takeovers met the old owner's record: overlapped (nothing lost even for apps that ignore Last-Event-ID), not_reached, no_id",
+            m.takeover_overlap.clone(),
         );
         registry.register(
             "handovers",
@@ -534,6 +562,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Count how a takeover met the old owner's record.
+    pub fn takeover_overlap(&self, outcome: OverlapOutcome) {
+        self.takeover_overlap
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
     /// Count a recorded handover by reason.
     pub fn handover(&self, reason: HandoverReason) {
         self.handovers
@@ -593,6 +630,7 @@ impl Metrics {
     pub fn count(&self, family: &str, label: &'static str) -> u64 {
         let fam = match family {
             "takeovers" => &self.takeovers,
+            "takeover_overlap" => &self.takeover_overlap,
             "forwards" => &self.forwards,
             "resumes" => &self.resumes,
             _ => return self.other_count(family, label),

@@ -215,6 +215,57 @@ async fn drain_hands_the_session_over_without_gap_or_duplicate() {
     assert_eq!(first_id.session, last_id.session);
 }
 
+/// Takeover by overlap: an app that ignores `Last-Event-ID` and streams a shared sequence (many
+/// real apps do) at 500 events/s. The new owner's fresh stream starts at "now"; the old owner
+/// must not be fenced before what it records reaches that point, or the events in between are
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_from_an_app_that_ignores_last_event_id_loses_nothing() {
+    for round in 0..3 {
+        let feeds = Arc::new(Feeds::default());
+        let app_a = TestApp::start("app-a", feeds.clone()).await;
+        let app_b = TestApp::start("app-b", feeds.clone()).await;
+        let store = memory_store();
+        let mut args_a = args(app_a.addr, "pod-a");
+        args_a.drain_seconds = 1;
+        args_a.handover_margin_seconds = 5;
+        let a = start_sidecar(args_a, store.clone()).await;
+        let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
+        let path = "/events?feed=i&interval_ms=2&ignore_lei=1";
+        let mut log = Log::default();
+        let mut s = Stream::open(a.sse, path, None).await;
+        s.read_until(&mut log, 50, T).await;
+        a.terminate();
+        assert!(s.read_until(&mut log, usize::MAX, T).await);
+        let mut s = Stream::open(b.sse, path, log.last_id.as_deref()).await;
+        let target = log.events.len() + 1500; // ~3 s: well past the handover
+        s.read_until(&mut log, target, T).await;
+        let nums: Vec<u64> = log
+            .data()
+            .iter()
+            .map(|d| d.strip_prefix("event ").unwrap().parse().unwrap())
+            .collect();
+        let breaks: Vec<(u64, u64)> = nums
+            .windows(2)
+            .filter(|w| w[1] != w[0] + 1)
+            .map(|w| (w[0], w[1]))
+            .collect();
+        assert!(
+            breaks.is_empty(),
+            "round {round}: gaps or duplicates at {breaks:?}"
+        );
+        let first = nums[0];
+        println!(
+            "round {round}: {} events from event {first} without gap or duplicate across the takeover; overlap dropped {}, fenced entries on A {}",
+            log.events.len(),
+            b.shared.metrics.overlap_dropped.get(),
+            a.shared.metrics.fenced_entries.get()
+        );
+        assert_eq!(b.count("takeovers", "ok"), 1);
+        assert_eq!(b.count("takeover_overlap", "overlapped"), 1);
+    }
+}
+
 #[tokio::test]
 async fn a_crashed_owner_is_taken_over_after_its_lease_expires() {
     let feeds = Arc::new(Feeds::default());

@@ -3,7 +3,8 @@
 //! The data plane is tested against real parts: `demo` is the SSE app put behind the sidecar,
 //! `mcp` is a client of its MCP transport, `verify` checks what clients received, `harness` runs
 //! real Redis, HAProxy and sidecar + app "pods" terminated in the kubelet's order, and `scenario`
-//! holds what several tests share (a crowd of chat clients, metric reading). What is not about the
+//! holds what several tests share (a crowd of chat clients, metric reading); `sdk` runs the official
+//! SDKs (`openai`, `mcp`) as clients and servers. What is not about the
 //! demo app (the HTTP and EventSource client, the Redis launcher, bounded waits, child processes)
 //! is the workspace's one test kit, `ssekeeper_testkit`.
 //!
@@ -25,4 +26,5 @@ pub mod demo;
 pub mod harness;
 pub mod mcp;
 pub mod scenario;
+pub mod sdk;
 pub mod verify;

@@ -13,6 +13,7 @@ use ssekeeper_tests::harness::{
     Balance, Binaries, Cluster, ClusterConfig, Mode, bounded, kubelet::TerminationReport,
 };
 use ssekeeper_tests::scenario::serial;
+use ssekeeper_tests::sdk;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 fn binaries() -> Binaries {
@@ -51,18 +52,6 @@ struct Answers {
     answers: Vec<Answer>,
 }
 
-/// The interpreter with the official SDKs (`tests/clients/setup.sh`: a cached venv).
-fn python() -> String {
-    let setup = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/setup.sh");
-    let out = std::process::Command::new("bash")
-        .arg(setup)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("bash runs");
-    assert!(out.status.success(), "tests/clients/setup.sh failed");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// Start the answers through the balancer, terminate the pod mid-answer, collect what the SDK
 /// delivered and how the termination went.
 async fn answers_through_a_termination(mode: Mode) -> (Vec<Answer>, TerminationReport) {
@@ -70,9 +59,8 @@ async fn answers_through_a_termination(mode: Mode) -> (Vec<Answer>, TerminationR
     let mut cluster = Cluster::start(binaries(), cfg)
         .await
         .expect("cluster starts");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/openai_completions.py");
-    let mut child = tokio::process::Command::new(python())
-        .arg(script)
+    let mut child = tokio::process::Command::new(sdk::python())
+        .arg(sdk::script("openai_completions.py"))
         .arg(format!("http://{}/v1", cluster.frontend()))
         .arg(ANSWERS.to_string())
         .arg(TOKENS.to_string())

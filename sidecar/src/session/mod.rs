@@ -2,6 +2,7 @@
 //! replay from the store, the leases this pod holds, and the gates of keyed requests.
 
 mod context;
+mod fresh;
 pub mod gates;
 pub mod leases;
 pub mod recorder;

@@ -28,14 +28,20 @@ use crate::http::body::{ClientBody, ClientTx, ProxyBody, full};
 use crate::http::client::RequestTemplate;
 use crate::http::headers::is_event_stream;
 use crate::http::kind::KindCell;
-use crate::metrics::{ErrorKind, Metrics, ResumeOutcome, TakeoverOutcome};
+use crate::metrics::{ErrorKind, Metrics, OverlapOutcome, ResumeOutcome, TakeoverOutcome};
 use crate::session::Sessions;
+use crate::session::fresh::Fresh;
 use crate::session::recorder::{self, AttachReply, StreamStart};
 use crate::session::replay::{Overlap, entry_bytes};
 use crate::store::{Entry, Epoch, LeaseState, Recorded, Seq, SessionStore as _, StoreError};
 
 /// Entries read from the store per call.
 const READ_BATCH: usize = 256;
+/// Longest a takeover waits for the fresh stream's first event, and then for the old owner's
+/// record to reach it (overlap), before it takes over without.
+const OVERLAP_WAIT: Duration = Duration::from_millis(1500);
+/// How often the overlap wait reads the store.
+const OVERLAP_POLL: Duration = Duration::from_millis(5);
 /// How long one tail read blocks waiting for the owner's next batch.
 const TAIL_BLOCK: Duration = Duration::from_millis(1000);
 /// How long a resuming client may keep the replay waiting before it is cut.
@@ -297,8 +303,9 @@ async fn read_range(
 enum Step {
     Next,
     Stop,
-    /// Take the session over from this epoch (the one the decision was based on).
-    Takeover(Epoch),
+    /// Take the session over from this epoch (the one the decision was based on); `true` when
+    /// the owner is alive (draining) and still records, so the takeover can wait for overlap.
+    Takeover(Epoch, bool),
 }
 
 /// Who holds a session now, as a tail sees it.
@@ -342,7 +349,7 @@ impl Follower {
                 match self.on_entry(r).await {
                     Step::Next => {}
                     Step::Stop => return,
-                    Step::Takeover(epoch) => match self.takeover(epoch).await {
+                    Step::Takeover(epoch, alive) => match self.takeover(epoch, alive).await {
                         // Another pod took the session first: follow it from the store.
                         Some(me) => {
                             self = me;
@@ -365,14 +372,14 @@ impl Follower {
                     Holder::Live => errors = 0,
                     Holder::Draining(epoch) if self.handover_seen => {
                         errors = 0;
-                        match self.takeover(epoch).await {
+                        match self.takeover(epoch, true).await {
                             Some(me) => self = me,
                             None => return,
                         }
                     }
                     Holder::Draining(_) => errors = 0,
                     Holder::Unknown => errors += 1,
-                    Holder::Gone(epoch) => match self.takeover(epoch).await {
+                    Holder::Gone(epoch) => match self.takeover(epoch, false).await {
                         Some(me) => self = me,
                         None => return,
                     },
@@ -456,7 +463,8 @@ impl Follower {
                         self.handover_seen = true;
                         Step::Next
                     }
-                    Holder::Draining(epoch) | Holder::Gone(epoch) => Step::Takeover(epoch),
+                    Holder::Draining(epoch) => Step::Takeover(epoch, true),
+                    Holder::Gone(epoch) => Step::Takeover(epoch, false),
                 }
             }
             Entry::Event { app_id, .. } => {
@@ -551,7 +559,34 @@ impl Follower {
         }
     }
 
-    async fn takeover(mut self, expected: Epoch) -> Option<Self> {
+    /// Deliver what the still-recording old owner stores until it reaches the fresh stream's
+    /// first event (`first_id`), at most [`OVERLAP_WAIT`]: `Ok(true)` once the two overlap.
+    async fn await_overlap(
+        &mut self,
+        first_id: &str,
+        delivered: &mut Vec<Recorded>,
+    ) -> Result<bool, TakeoverOutcome> {
+        let deadline = Instant::now() + OVERLAP_WAIT;
+        loop {
+            let reached = |d: &[Recorded]| {
+                d.iter().any(
+                    |r| matches!(&r.entry, Entry::Event { app_id: Some(id), .. } if id == first_id),
+                )
+            };
+            if reached(delivered) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            match self.catch_up(delivered).await? {
+                true => tokio::time::sleep(OVERLAP_POLL).await,
+                false => return Err(TakeoverOutcome::Ended),
+            }
+        }
+    }
+
+    async fn takeover(mut self, expected: Epoch, owner_alive: bool) -> Option<Self> {
         let started = Instant::now();
         let shared = self.shared.clone();
         let base = shared.store.last_app_id(&self.session).await;
@@ -577,6 +612,38 @@ impl Follower {
                 return None;
             }
         };
+        // Overlap first: the old owner, still recording, is fenced only once what it stored
+        // reaches the fresh stream's first event (an app that ignores `Last-Event-ID` starts it
+        // at "now"; fencing earlier would lose what lies between).
+        let fresh = Fresh::read_ahead(
+            upstream.into_body(),
+            OVERLAP_WAIT,
+            shared.settings.max_event_bytes,
+        )
+        .await;
+        // The last event delivered before the open counts too: an app may repeat it.
+        let mut delivered: Vec<Recorded> = ignored.pop().into_iter().collect();
+        if let Some(first_id) = fresh.first_id().map(str::to_string) {
+            let overlapped = if owner_alive {
+                match self.await_overlap(&first_id, &mut delivered).await {
+                    Ok(o) => o,
+                    Err(why) => {
+                        shared.metrics.takeover(why);
+                        return None;
+                    }
+                }
+            } else {
+                false
+            };
+            if !overlapped && owner_alive {
+                tracing::info!(session = %self.session, first_id, "takeover: the fresh stream does not overlap the record in time; taking over without overlap");
+                shared.metrics.takeover_overlap(OverlapOutcome::NotReached);
+            } else if overlapped {
+                shared.metrics.takeover_overlap(OverlapOutcome::Overlapped);
+            }
+        } else {
+            shared.metrics.takeover_overlap(OverlapOutcome::NoId);
+        }
         let claim = match shared.book.take_over(&self.session, expected).await {
             Ok(c) => c,
             Err(StoreError::Fenced { current }) => {
@@ -594,7 +661,7 @@ impl Follower {
             }
         };
         // The old owner is fenced now: what it recorded so far is all it ever will.
-        let mut rest = Vec::new();
+        let mut rest = delivered;
         match self.catch_up(&mut rest).await {
             Ok(true) => {}
             Ok(false) => {
@@ -622,7 +689,7 @@ impl Follower {
             &shared,
             StreamStart {
                 session: self.session,
-                upstream: crate::http::body::boxed(upstream.into_body()),
+                upstream: fresh.into_body(),
                 next_seq,
                 sticky: app_last_id,
                 overlap: Overlap::from_delivered(&rest),

@@ -443,7 +443,11 @@ impl Recorder {
                 Flow::Continue
             }
             Err(StoreError::Fenced { current }) => {
-                tracing::info!(session = %self.session, current, "session taken over by another pod: stop capturing");
+                // What this pod captured after the takeover is the new owner's to deliver; counted,
+                // so a loss at a takeover is visible, not only logged.
+                let refused = done.batch.len() + self.batcher.pending();
+                self.shared.metrics.fenced_entries.inc_by(refused as u64);
+                tracing::info!(session = %self.session, current, refused, "session taken over by another pod: stop capturing");
                 self.lease.fenced(&self.shared.book, &self.session);
                 Flow::Fenced
             }

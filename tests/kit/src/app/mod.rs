@@ -306,7 +306,8 @@ async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
 
 /// `/events?feed=F&interval_ms=I&total=N`: event `k` (`id: k`, `data: event k`) is due at
 /// `t0(F) + k*I`. Without `Last-Event-ID` the stream starts at the next due event; with
-/// `Last-Event-ID: k` it replays from `k+1` at once. After event `N` the response ends.
+/// `Last-Event-ID: k` it replays from `k+1` at once (unless `ignore_lei=1`). After event `N` the
+/// response ends.
 fn events(state: &AppState, req: &Request<Incoming>, lei: Option<String>) -> Response<Body> {
     let feed = query_param(req, "feed").unwrap_or("default");
     let interval = Duration::from_millis(
@@ -317,7 +318,14 @@ fn events(state: &AppState, req: &Request<Incoming>, lei: Option<String>) -> Res
     let total: Option<u64> = query_param(req, "total").and_then(|v| v.parse().ok());
     let t0 = state.feeds.t0(feed);
     let current = (t0.elapsed().as_nanos() / interval.as_nanos().max(1)) as u64;
-    let start = match lei.as_deref().and_then(|v| v.parse::<u64>().ok()) {
+    // `ignore_lei=1`: like many real apps, a shared sequence that starts at "now" whatever the
+    // client had.
+    let honours_lei = query_param(req, "ignore_lei") != Some("1");
+    let start = match lei
+        .as_deref()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|_| honours_lei)
+    {
         Some(k) => k + 1,
         None => current + 1,
     };

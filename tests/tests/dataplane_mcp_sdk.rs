@@ -1,0 +1,163 @@
+//! MCP with the official SDK on both ends: the `mcp` Python SDK's own server as the app (its
+//! sessions live in one process's memory, as every MCP server's do) on three pods behind HAProxy
+//! round robin (no affinity at all), and the SDK's own clients on each transport (the legacy
+//! HTTP+SSE transport, stateful Streamable HTTP, the 2026-07-28 generation), with default session
+//! keys and a rolling restart of every pod mid-run. No call may hang; a session whose pod goes
+//! away may see at most one fast, explicit failure (then the client re-initialises).
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use ssekeeper_tests::harness::{
+    AppLaunch, Balance, Binaries, Cluster, ClusterConfig, Mode, bounded,
+};
+use ssekeeper_tests::scenario::serial;
+use ssekeeper_tests::sdk;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+fn binaries() -> Binaries {
+    Binaries::locate(env!("CARGO_BIN_EXE_demo-app")).expect("test programs present")
+}
+
+const SESSIONS: usize = 4;
+const CALLS: usize = 150;
+const DELAY_MS: u32 = 40;
+/// The client's bound on one call: beyond it the call counts as hung.
+const CALL_TIMEOUT_S: u32 = 8;
+
+#[derive(Debug, Deserialize)]
+struct Call {
+    session: usize,
+    outcome: String,
+    error: Option<String>,
+    ms: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionReport {
+    session: usize,
+    reinits: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct Report {
+    calls: Vec<Call>,
+    sessions: Vec<SessionReport>,
+}
+
+/// The SDK's server as the pods' app.
+fn mcp_server() -> AppLaunch {
+    AppLaunch {
+        program: sdk::python(),
+        args: vec![
+            sdk::script("mcp_server.py").display().to_string(),
+            "--host={host}".into(),
+            "--port={port}".into(),
+            "--pod-name={pod}".into(),
+        ],
+        ready_path: "/healthz".into(),
+    }
+}
+
+/// Run the SDK client's sessions on `transport` through a rolling restart of every pod.
+async fn through_a_rollout(transport: &str) -> Report {
+    let mut cfg = ClusterConfig::new("mcp-sdk", Mode::Sidecar, Balance::RoundRobin, 3);
+    cfg.app = Some(mcp_server());
+    cfg.sidecar_tweak = |a| a.handover_margin_seconds = 2;
+    let mut cluster = Cluster::start(binaries(), cfg)
+        .await
+        .expect("cluster starts");
+    let mut child = tokio::process::Command::new(sdk::python())
+        .arg(sdk::script("mcp_calls.py"))
+        .arg(format!("http://{}", cluster.frontend()))
+        .arg(transport)
+        .arg(SESSIONS.to_string())
+        .arg(CALLS.to_string())
+        .arg(DELAY_MS.to_string())
+        .arg(CALL_TIMEOUT_S.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the sessions open in time")
+        .expect("stdout readable");
+    assert_eq!(first.as_deref(), Some("ready"), "{first:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rolled = Instant::now();
+    for r in cluster.rolling_restart().await.expect("rolling restart") {
+        println!("{transport}: terminated {r}");
+        assert!(r.clean(), "every container exits by itself: {r}");
+    }
+    println!(
+        "{transport}: rolled 3 pods in {:.1}s",
+        rolled.elapsed().as_secs_f64()
+    );
+    let json = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+        .await
+        .expect("the calls end in time")
+        .expect("stdout readable")
+        .expect("a result line");
+    let _ = child.wait().await;
+    serde_json::from_str(&json).expect("the client's JSON")
+}
+
+fn tally(transport: &str, r: &Report) -> BTreeMap<String, usize> {
+    let mut by: BTreeMap<String, usize> = BTreeMap::new();
+    for c in &r.calls {
+        *by.entry(c.outcome.clone()).or_default() += 1;
+    }
+    let mut ms: Vec<f64> = r.calls.iter().filter_map(|c| c.ms).collect();
+    ms.sort_by(f64::total_cmp);
+    let p99 = ms.get(ms.len() * 99 / 100).copied().unwrap_or(0.0);
+    let reinits: usize = r.sessions.iter().map(|s| s.reinits).sum();
+    println!(
+        "{transport}: {} calls in {} sessions through a rolling restart: {by:?}, re-initialised \
+         {reinits}, call p99 {p99:.0} ms",
+        r.calls.len(),
+        r.sessions.len()
+    );
+    for c in r.calls.iter().filter(|c| c.outcome != "answered") {
+        println!("  session {}: {} {:?}", c.session, c.outcome, c.error);
+    }
+    by
+}
+
+async fn check(transport: &str) {
+    let report = through_a_rollout(transport).await;
+    let by = tally(transport, &report);
+    assert_eq!(report.calls.len(), SESSIONS * CALLS);
+    assert_eq!(by.get("hung"), None, "{transport}: no call hangs");
+    for s in &report.sessions {
+        let failed = report
+            .calls
+            .iter()
+            .filter(|c| c.session == s.session && c.outcome != "answered")
+            .count();
+        assert!(
+            failed <= 3,
+            "{transport}: session {} failed {failed} calls (one pod going away each time at most)",
+            s.session
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_sdk_sessions_survive_a_rolling_restart() {
+    let _turn = serial().await;
+    bounded(
+        Duration::from_secs(420),
+        "MCP SDK through rollouts",
+        async {
+            for transport in ["streamable", "sse", "modern"] {
+                check(transport).await;
+            }
+        },
+    )
+    .await;
+}
