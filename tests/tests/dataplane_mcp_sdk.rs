@@ -92,7 +92,10 @@ async fn through_a_rollout(transport: &str) -> Report {
     let rolled = Instant::now();
     for r in cluster.rolling_restart().await.expect("rolling restart") {
         println!("{transport}: terminated {r}");
-        assert!(r.clean(), "every container exits by itself: {r}");
+        // uvicorn re-raises SIGTERM after its graceful shutdown (a signal exit, not 0): the app's
+        // business; it must not need the deadline's SIGKILL, and the sidecar must exit 0.
+        let sidecar_clean = r.sidecar.as_ref().is_some_and(|s| s.clean());
+        assert!(!r.app.killed && sidecar_clean, "exited by themselves: {r}");
     }
     println!(
         "{transport}: rolled 3 pods in {:.1}s",
