@@ -232,16 +232,28 @@ async fn request_streams_finish_in_place_and_only_the_deadline_cuts_them() {
     // 125 events at 20 ms: ends by itself ~2.5 s after it began, after the drain window.
     let mut finishing = Stream::post(sc.sse, "/events?feed=f&interval_ms=20&total=125", "{}").await;
     let mut endless = Stream::post(sc.sse, "/events?feed=e&interval_ms=20", "{}").await;
+    // MCP 2026-07-28's long-lived notification stream: a session stream, not a request stream.
+    let listen_header = [("mcp-method", "subscriptions/listen")];
+    let mut listen = Stream::post_with(
+        sc.sse,
+        "/events?feed=l&interval_ms=20",
+        "{}",
+        &listen_header,
+    )
+    .await;
     let (mut lr, mut lf, mut le) = (Log::default(), Log::default(), Log::default());
+    let mut ll = Log::default();
     resumable.read_until(&mut lr, 2, T).await;
     finishing.read_until(&mut lf, 2, T).await;
     endless.read_until(&mut le, 2, T).await;
+    listen.read_until(&mut ll, 2, T).await;
     assert_eq!(sc.count("streams_opened", "request"), 2);
     assert_eq!(sc.count("streams_opened", "resumable"), 1);
+    assert_eq!(sc.count("streams_opened", "session"), 1);
 
     let t = Instant::now();
     sc.terminate();
-    let (r, f, e) = tokio::join!(
+    let (r, f, e, l) = tokio::join!(
         async {
             resumable.read_to_end(&mut lr, T).await;
             t.elapsed()
@@ -252,6 +264,10 @@ async fn request_streams_finish_in_place_and_only_the_deadline_cuts_them() {
         },
         async {
             endless.read_to_end(&mut le, T).await;
+            t.elapsed()
+        },
+        async {
+            listen.read_to_end(&mut ll, T).await;
             t.elapsed()
         },
     );
@@ -275,5 +291,11 @@ async fn request_streams_finish_in_place_and_only_the_deadline_cuts_them() {
         "cut at the request deadline: {e:?}"
     );
     assert_eq!(sc.shared.metrics.request_streams_cut.get(), 1);
+    println!("listen stream ended {l:?} after SIGTERM");
+    assert!(
+        l >= Duration::from_secs(1) && l < Duration::from_millis(2500),
+        "a listen stream ends cleanly after the window, not at the deadline: {l:?}"
+    );
+    assert!(ll.retries.is_empty(), "a clean close");
     assert!(took < Duration::from_secs(8), "{took:?}");
 }

@@ -7,13 +7,18 @@
 //!   Streamable HTTP `POST`) is never closed by the drain: closing it means *cancel* to its client,
 //!   so it finishes in place and is cut only at the request deadline;
 //! - a **session** stream (a `GET` that carries a session key, or that announces one in an MCP
-//!   `endpoint` event) stays open until the calls in flight on its session are answered, and ends
-//!   last.
+//!   `endpoint` event, or an MCP 2026-07-28 `subscriptions/listen` request) stays open until the
+//!   calls in flight on its session are answered, and ends last with a clean close.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use http::Method;
+
+/// The header MCP 2026-07-28 clients name each request's method in, for intermediaries.
+const MCP_METHOD: &str = "mcp-method";
+/// The long-lived request whose stream carries a session's notifications (MCP 2026-07-28).
+const LISTEN_METHOD: &str = "subscriptions/listen";
 
 /// How the drain treats a stream (see the module doc for the rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +41,21 @@ impl StreamKind {
             StreamKind::Session
         } else {
             StreamKind::Resumable
+        }
+    }
+
+    /// The kind of the stream answering this request: as [`StreamKind::classify`], except that
+    /// an MCP 2026-07-28 `subscriptions/listen` request (named in its `Mcp-Method` header) opens
+    /// a session stream: long-lived, it ends with a clean close once the drain window is over
+    /// (its client re-issues it elsewhere) instead of holding the pod to the request deadline.
+    pub fn of_request(method: &Method, headers: &http::HeaderMap, keyed: bool) -> Self {
+        let listen = headers
+            .get(MCP_METHOD)
+            .is_some_and(|v| v.as_bytes() == LISTEN_METHOD.as_bytes());
+        if listen {
+            StreamKind::Session
+        } else {
+            Self::classify(method, keyed)
         }
     }
 
@@ -121,6 +141,28 @@ mod tests {
                 "{method} keyed={keyed}"
             );
         }
+    }
+
+    #[test]
+    fn an_mcp_listen_request_opens_a_session_stream() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(
+            StreamKind::of_request(&Method::POST, &h, false),
+            StreamKind::Request
+        );
+        h.insert(MCP_METHOD, http::HeaderValue::from_static("tools/call"));
+        assert_eq!(
+            StreamKind::of_request(&Method::POST, &h, false),
+            StreamKind::Request
+        );
+        h.insert(
+            MCP_METHOD,
+            http::HeaderValue::from_static("subscriptions/listen"),
+        );
+        assert_eq!(
+            StreamKind::of_request(&Method::POST, &h, false),
+            StreamKind::Session
+        );
     }
 
     #[test]

@@ -317,7 +317,11 @@ async fn respond(
         return Response::from_parts(parts, boxed(body));
     }
 
-    let kind = KindCell::new(StreamKind::classify(&req.method, key.is_some()));
+    let kind = KindCell::new(StreamKind::of_request(
+        &req.method,
+        &req.headers,
+        key.is_some(),
+    ));
     let Some((tx, client_body)) = shared.clients.open(kind.clone()) else {
         return too_many_streams(&shared.metrics);
     };

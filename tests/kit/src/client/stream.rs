@@ -63,10 +63,21 @@ impl Stream {
     /// `POST path` with `body`: the SSE answer of a request (an LLM completion, an MCP call);
     /// panics without a response head within [`OPEN_TIMEOUT`].
     pub async fn post(addr: SocketAddr, path: &str, body: &str) -> Stream {
-        let headers = [
+        Self::post_with(addr, path, body, &[]).await
+    }
+
+    /// [`Stream::post`] with more headers (e.g. MCP's `Mcp-Method`).
+    pub async fn post_with(
+        addr: SocketAddr,
+        path: &str,
+        body: &str,
+        extra: &[(&str, &str)],
+    ) -> Stream {
+        let mut headers = vec![
             ("accept", "text/event-stream"),
             ("content-type", "application/json"),
         ];
+        headers.extend_from_slice(extra);
         let req = build(
             addr,
             Method::POST,
