@@ -335,6 +335,26 @@ impl From<StoreType> for contract::StoreKind {
     }
 }
 
+/// What a resuming client is told about a hole in its history.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryGapSignal {
+    /// An `ssekeeper-gap` event where the hole is.
+    #[default]
+    Event,
+    /// Nothing.
+    None,
+}
+
+impl From<HistoryGapSignal> for contract::HistoryGap {
+    fn from(s: HistoryGapSignal) -> Self {
+        match s {
+            HistoryGapSignal::Event => contract::HistoryGap::Event,
+            HistoryGapSignal::None => contract::HistoryGap::None,
+        }
+    }
+}
+
 /// Session recording and naming.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -353,6 +373,12 @@ pub struct SessionsConfig {
     #[serde(default = "default_history")]
     #[schemars(range(min = 1, max = 1000000))]
     pub history_limit: u32,
+    /// What a client resuming across a hole in its history (trimmed past its cursor, expired,
+    /// unrecorded during a store outage) is told: `event` — an event of type `ssekeeper-gap` where
+    /// the hole is (data: `{"reason", "after"}`; browsers ignore it unless they listen for it) —
+    /// or `none` (the stream just goes on; counted in `ssekeeper_replay_gaps_total` either way).
+    #[serde(default)]
+    pub on_history_gap: HistoryGapSignal,
     /// How a request names its session; the first match wins.
     #[serde(default = "default_session_keys")]
     #[schemars(length(max = 8))]
@@ -366,6 +392,7 @@ impl Default for SessionsConfig {
             redis: None,
             ttl_seconds: default_ttl(),
             history_limit: default_history(),
+            on_history_gap: HistoryGapSignal::default(),
             key: default_session_keys(),
         }
     }

@@ -71,6 +71,8 @@ pub struct Settings {
     pub max_record_lag: usize,
     /// Events kept per session in the store (the store trims to it).
     pub history_limit: usize,
+    /// Whether a resume across a hole in the history gets the gap event.
+    pub gap_event: bool,
     /// Wait for the app's response head.
     pub upstream_timeout: Duration,
     /// Wait for an owner's response head when forwarding.
@@ -135,6 +137,7 @@ impl Settings {
             max_unrecorded: batch_max_entries * 16,
             max_record_lag: batch_max_entries * 4,
             history_limit: args.history_limit as usize,
+            gap_event: args.on_history_gap == crate::contract::HistoryGap::Event,
             upstream_timeout: millis(args.upstream_timeout_millis.max(1)),
             forward_timeout: millis(args.forward_timeout_millis.max(1)),
             store_timeout: millis(args.store_timeout_millis.max(1)),

@@ -82,8 +82,19 @@ async fn a_same_pod_resume_past_the_stored_history_does_not_spin_on_the_store() 
         "the trimmed part is a gap"
     );
     assert!(calls < 30, "{calls} store calls for one resume");
-    // What the recorder remembers still follows, in order.
-    assert_contiguous(&resumed.data());
+    // Not silently glued: the client is told where the hole is, then what the recorder
+    // remembers follows, in order.
+    let gap = &resumed.events[0];
+    assert_eq!(
+        gap.event.as_deref(),
+        Some(ssekeeper_sidecar::contract::GAP_EVENT_TYPE)
+    );
+    assert_eq!(gap.id, None, "the client's last event id is left as it was");
+    assert_eq!(
+        gap.data,
+        format!(r#"{{"after":"{cursor}","reason":"missing"}}"#)
+    );
+    assert_contiguous(&resumed.data()[1..]);
 }
 
 #[tokio::test]
@@ -317,10 +328,19 @@ async fn forged_foreign_and_unknown_cursors_get_defined_answers() {
     let known = Cursor::parse(log.last_id.as_deref().unwrap()).unwrap();
     drop(s);
 
-    // A well-formed cursor of a session nobody knows: a fresh stream under a new session.
+    // A well-formed cursor of a session nobody knows (expired): a fresh stream under a new
+    // session, begun with the event that says so.
     let mut s = Stream::open(sc.sse, path, Some("nosuchsession.5")).await;
     let mut log = Log::default();
-    s.read_until(&mut log, 1, T).await;
+    s.read_until(&mut log, 2, T).await;
+    assert_eq!(
+        log.events[0].event.as_deref(),
+        Some(ssekeeper_sidecar::contract::GAP_EVENT_TYPE)
+    );
+    assert_eq!(
+        log.events[0].data,
+        r#"{"after":"nosuchsession.5","reason":"expired"}"#
+    );
     let c = Cursor::parse(log.last_id.as_deref().unwrap()).unwrap();
     assert_ne!(c.session.as_str(), "nosuchsession");
     assert_eq!(sc.count("resumes", "unknown"), 1);

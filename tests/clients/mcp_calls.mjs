@@ -192,9 +192,11 @@ class Runner {
     };
     const handle = { client, transport };
     try {
+      // The initialize request has the SDK's timeout; the whole connect (SSE: the GET and its
+      // `endpoint` event first) is bounded by TIMEOUT_S as well.
       await bounded(
         client.connect(transport, { timeout: this.timeoutMs }),
-        this.timeoutMs + this.graceMs,
+        this.timeoutMs,
         `connect timed out after ${this.timeoutMs / 1000}s`,
       );
     } catch (err) {

@@ -1,7 +1,8 @@
-//! MCP with the official SDK on both ends: the `mcp` Python SDK's own server as the app (its
+//! MCP with the official SDKs on both ends: the `mcp` Python SDK's own server as the app (its
 //! sessions live in one process's memory, as every MCP server's do) on three pods behind HAProxy
-//! round robin (no affinity at all), and the SDK's own clients on each transport (the legacy
-//! HTTP+SSE transport, stateful Streamable HTTP, the 2026-07-28 generation), with default session
+//! round robin (no affinity at all), and the SDKs' own clients on each transport (Python: the
+//! legacy HTTP+SSE transport, stateful Streamable HTTP, the 2026-07-28 generation; TypeScript
+//! `@modelcontextprotocol/sdk`: HTTP+SSE and Streamable HTTP), with default session
 //! keys and a rolling restart of every pod mid-run. No call may hang; a session whose pod goes
 //! away may see at most one fast, explicit failure (then the client re-initialises).
 
@@ -61,16 +62,34 @@ fn mcp_server() -> AppLaunch {
     }
 }
 
+/// Which SDK's client.
+#[derive(Debug, Clone, Copy)]
+enum Sdk {
+    Python,
+    TypeScript,
+}
+
 /// Run the SDK client's sessions on `transport` through a rolling restart of every pod.
-async fn through_a_rollout(transport: &str) -> Report {
+async fn through_a_rollout(sdk_client: Sdk, transport: &str) -> Report {
     let mut cfg = ClusterConfig::new("mcp-sdk", Mode::Sidecar, Balance::RoundRobin, 3);
     cfg.app = Some(mcp_server());
     cfg.sidecar_tweak = |a| a.handover_margin_seconds = 2;
     let mut cluster = Cluster::start(binaries(), cfg)
         .await
         .expect("cluster starts");
-    let mut child = tokio::process::Command::new(sdk::python())
-        .arg(sdk::script("mcp_calls.py"))
+    let mut command = match sdk_client {
+        Sdk::Python => {
+            let mut c = tokio::process::Command::new(sdk::python());
+            c.arg(sdk::script("mcp_calls.py"));
+            c
+        }
+        Sdk::TypeScript => {
+            let mut c = tokio::process::Command::new("node");
+            c.arg(sdk::node_mcp_calls());
+            c
+        }
+    };
+    let mut child = command
         .arg(format!("http://{}", cluster.frontend()))
         .arg(transport)
         .arg(SESSIONS.to_string())
@@ -131,8 +150,9 @@ fn tally(transport: &str, r: &Report) -> BTreeMap<String, usize> {
     by
 }
 
-async fn check(transport: &str) {
-    let report = through_a_rollout(transport).await;
+async fn check(sdk_client: Sdk, transport: &str) {
+    let report = through_a_rollout(sdk_client, transport).await;
+    let transport = &format!("{sdk_client:?} {transport}");
     let by = tally(transport, &report);
     assert_eq!(report.calls.len(), SESSIONS * CALLS);
     assert_eq!(by.get("hung"), None, "{transport}: no call hangs");
@@ -154,11 +174,14 @@ async fn check(transport: &str) {
 async fn mcp_sdk_sessions_survive_a_rolling_restart() {
     let _turn = serial().await;
     bounded(
-        Duration::from_secs(420),
+        Duration::from_secs(600),
         "MCP SDK through rollouts",
         async {
             for transport in ["streamable", "sse", "modern"] {
-                check(transport).await;
+                check(Sdk::Python, transport).await;
+            }
+            for transport in ["streamable", "sse"] {
+                check(Sdk::TypeScript, transport).await;
             }
         },
     )

@@ -114,6 +114,7 @@ pub fn sidecar_args(svc: &SseService, namespace: &str, name: &str) -> SidecarArg
     args.store = spec.sessions.store.into();
     args.session_ttl_seconds = spec.sessions.ttl_seconds;
     args.history_limit = spec.sessions.history_limit;
+    args.on_history_gap = spec.sessions.on_history_gap.into();
     args.session_keys = spec
         .sessions
         .key

@@ -34,6 +34,30 @@ impl StoreKind {
     }
 }
 
+/// What a client resuming across a hole in its session's history is told (the history was
+/// trimmed past its cursor, expired, or not recorded while the store was down).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryGap {
+    /// An event of type [`crate::GAP_EVENT_TYPE`] where the hole is (browsers ignore it unless
+    /// they listen for that type; an app's client can re-sync on it).
+    Event,
+    /// Nothing: the stream continues after the hole (counted in `replay_gaps_total` only).
+    None,
+}
+
+impl HistoryGap {
+    /// The value as written on the command line and in the CRD.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryGap::Event => "event",
+            HistoryGap::None => "none",
+        }
+    }
+}
+
 /// Where a request names its session. The first source that matches wins.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SessionKeySource {
@@ -130,6 +154,9 @@ pub struct SidecarArgs {
     /// Events kept per session for replay.
     #[arg(long, env = "SSEKEEPER_HISTORY_LIMIT", default_value_t = defaults::HISTORY_LIMIT)]
     pub history_limit: u32,
+    /// What a client resuming across a hole in its history is told.
+    #[arg(long, env = "SSEKEEPER_ON_HISTORY_GAP", value_enum, default_value_t = HistoryGap::Event)]
+    pub on_history_gap: HistoryGap,
     /// Where a request names its session, in order (`query:NAME`, `header:NAME`, `cookie:NAME`).
     #[arg(
         long = "session-key",
@@ -240,6 +267,7 @@ impl SidecarArgs {
             format!("--service-namespace={}", self.service_namespace),
             format!("--service-name={}", self.service_name),
             format!("--store={}", self.store.as_str()),
+            format!("--on-history-gap={}", self.on_history_gap.as_str()),
             format!("--session-ttl-seconds={}", self.session_ttl_seconds),
             format!("--history-limit={}", self.history_limit),
             format!("--lifecycle-socket={}", self.lifecycle_socket.display()),

@@ -10,8 +10,8 @@ pub mod keys;
 pub mod redis;
 
 pub use self::args::{
-    InvalidSessionKeySource, LogFormat, PrestopArgs, SessionKeySource, SidecarArgs, StoreKind,
-    prestop_command,
+    HistoryGap, InvalidSessionKeySource, LogFormat, PrestopArgs, SessionKeySource, SidecarArgs,
+    StoreKind, prestop_command,
 };
 
 /// Name of the injected container; the operator refuses a template that already uses it.
@@ -131,6 +131,14 @@ pub mod defaults {
         ]
     }
 }
+
+/// The `event:` type of the event a resuming client gets where its history has a hole (see
+/// [`HistoryGap`]); its data is JSON: `{"reason": "missing" | "expired", "after": "<the cursor it
+/// sent>"}` — `missing`: events between the cursor and the next stored one are gone (trimmed past
+/// `historyLimit`, or unrecorded during a store outage); `expired`: the whole session is gone
+/// (its TTL ran out), and a fresh stream from the app follows. It carries no `id:`, so the
+/// client's last event id stays what it was.
+pub const GAP_EVENT_TYPE: &str = "ssekeeper-gap";
 
 /// HTTP paths served on the admin port (and, for [`paths::PRESTOP`], on the lifecycle socket only).
 pub mod paths {

@@ -106,9 +106,11 @@ where
     }
 
     // 1. Resume.
-    if let Some(r) = try_resume(shared, &mut parts, &path).await {
-        return r;
-    }
+    let prefix = match try_resume(shared, &mut parts, &path).await {
+        Some(Resume::Answered(r)) => return r,
+        Some(Resume::ToApp { prefix }) => Some(prefix),
+        None => None,
+    };
 
     // 2. Route by session key.
     let key = session_key_of(&router, &parts);
@@ -147,17 +149,13 @@ where
         Origin::Client => Route::Local,
         Origin::Forwarded => Route::ForwardedIn,
     });
-    to_app(&router, parts, &path, boxed(body), key).await
+    to_app(&router, parts, &path, boxed(body), key, prefix).await
 }
 
 /// A request with a `Last-Event-ID`: answered from the session when it is one of our cursors
 /// (`Some`); otherwise it goes on to the app, carrying the app's own last id if the session has
 /// one.
-async fn try_resume(
-    shared: &Arc<Sessions>,
-    parts: &mut Parts,
-    path: &str,
-) -> Option<Response<ProxyBody>> {
+async fn try_resume(shared: &Arc<Sessions>, parts: &mut Parts, path: &str) -> Option<Resume> {
     parts.headers.get(LAST_EVENT_ID)?;
     let Some(Ok(cursor)) = last_event_id(&parts.headers).map(Cursor::parse) else {
         shared.metrics.resume(ResumeOutcome::Foreign);
@@ -170,15 +168,28 @@ async fn try_resume(
         path: path.to_string(),
         headers: parts.headers.clone(),
     };
+    let sent = cursor.to_string();
     match resume::resume(shared, template, cursor).await {
-        Resumed::Respond(r) => Some(r),
+        Resumed::Respond(r) => Some(Resume::Answered(r)),
         Resumed::Fresh(app_id) => {
             if let Some(v) = app_id.as_deref().and_then(last_event_id_value) {
                 parts.headers.insert(LAST_EVENT_ID, v);
             }
             None
         }
+        // A fresh stream from the app, begun with the event saying the history is gone.
+        Resumed::Expired => Some(Resume::ToApp {
+            prefix: crate::sse::encode_gap("expired", &sent),
+        }),
     }
+}
+
+/// What a resume decided, when it is not "go on to the app as if there were none".
+enum Resume {
+    /// Answered here (replay, tail, refusal).
+    Answered(Response<ProxyBody>),
+    /// On to the app, the client's stream begun with `prefix`.
+    ToApp { prefix: bytes::Bytes },
 }
 
 /// The session a request names, if it names a usable one.
@@ -252,6 +263,7 @@ async fn to_app(
     path: &str,
     body: ProxyBody,
     key: Option<SessionId>,
+    prefix: Option<bytes::Bytes>,
 ) -> Response<ProxyBody> {
     let shared = &router.sessions;
     let sticky = last_event_id(&parts.headers)
@@ -265,7 +277,7 @@ async fn to_app(
         shared.app.addr(),
     );
     match shared.app.send(upstream_req).await {
-        Ok(resp) => respond(router, &parts, resp, key, sticky).await,
+        Ok(resp) => respond(router, &parts, resp, key, sticky, prefix).await,
         Err(e) => upstream_failed(shared, e),
     }
 }
@@ -287,6 +299,7 @@ async fn respond(
     resp: Response<Incoming>,
     key: Option<SessionId>,
     sticky: Option<String>,
+    prefix: Option<bytes::Bytes>,
 ) -> Response<ProxyBody> {
     let shared = &router.sessions;
     let (mut parts, body) = resp.into_parts();
@@ -322,9 +335,12 @@ async fn respond(
         &req.headers,
         key.is_some(),
     ));
-    let Some((tx, client_body)) = shared.clients.open(kind.clone()) else {
+    let Some((tx, mut client_body)) = shared.clients.open(kind.clone()) else {
         return too_many_streams(&shared.metrics);
     };
+    if let Some(p) = prefix {
+        client_body.set_prefix(std::collections::VecDeque::from([p]));
+    }
     shared.metrics.stream_opened(kind.get());
     parts.headers.remove(CONTENT_LENGTH);
     let (session, next_seq, reservation) = stream_session(shared, key).await;

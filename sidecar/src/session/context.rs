@@ -94,6 +94,8 @@ pub struct Tuning {
     pub max_streams: usize,
     /// How long a drained session keeps being captured after its handover, for its new owner.
     pub handover_margin: Duration,
+    /// Whether a resume across a hole in the history gets the gap event.
+    pub gap_event: bool,
 }
 
 impl Tuning {
@@ -111,6 +113,7 @@ impl Tuning {
             client_stall: s.client_stall,
             max_streams: s.max_streams,
             handover_margin: s.handover_margin,
+            gap_event: s.gap_event,
         }
     }
 }

@@ -57,6 +57,8 @@ pub enum Resumed {
     Respond(Response<ProxyBody>),
     /// Open a new stream from the app, sending it this `Last-Event-ID` (if any).
     Fresh(Option<String>),
+    /// The session is gone (expired): a new stream from the app, begun with the gap event.
+    Expired,
 }
 
 /// The head of an SSE response the sidecar produces itself (replay and tail).
@@ -233,6 +235,12 @@ async fn from_store(
             shared.metrics.resume(ResumeOutcome::Ended);
             Err(Resumed::Fresh(app_id.ok().flatten()))
         }
+        Some(ResumeOutcome::Unknown) if shared.settings.gap_event => {
+            tracing::info!(session = %session, after, "session expired: fresh stream, told so");
+            shared.metrics.resume(ResumeOutcome::Unknown);
+            shared.metrics.replay_gaps.inc();
+            Err(Resumed::Expired)
+        }
         Some(outcome) => {
             tracing::info!(session = %session, after, outcome = outcome.label(), "cursor the store cannot continue: fresh stream");
             shared.metrics.resume(outcome);
@@ -296,6 +304,13 @@ async fn read_range(
     if cursor < upto {
         shared.metrics.replay_gaps.inc();
         tracing::warn!(session = %session, from, upto, reached = cursor, "same-pod resume: part of the history is missing");
+        if shared.settings.gap_event {
+            let after = Cursor {
+                session: session.clone(),
+                seq: from,
+            };
+            out.push_back(crate::sse::encode_gap("missing", &after.to_string()));
+        }
     }
     out
 }
@@ -446,6 +461,16 @@ impl Follower {
             self.gap_seen = true;
             self.shared.metrics.replay_gaps.inc();
             tracing::warn!(session = %self.session, after = self.cursor, next = r.seq, "history has a hole (trimmed or unrecorded)");
+            if self.shared.settings.gap_event {
+                let after = Cursor {
+                    session: self.session.clone(),
+                    seq: self.cursor,
+                };
+                let gap = crate::sse::encode_gap("missing", &after.to_string());
+                if self.client.send(gap, SEND_PATIENCE).await.is_err() {
+                    return Step::Stop;
+                }
+            }
         }
         match &r.entry {
             Entry::End => {
@@ -776,16 +801,17 @@ mod tests {
     fn fresh(r: &Resumed) -> Option<Option<String>> {
         match r {
             Resumed::Fresh(id) => Some(id.clone()),
-            Resumed::Respond(_) => None,
+            Resumed::Respond(_) | Resumed::Expired => None,
         }
     }
 
     #[tokio::test]
-    async fn an_unknown_session_starts_fresh() {
+    async fn an_unknown_session_starts_fresh_and_is_told_so() {
         let (sh, _) = sessions();
         let r = resume(&sh, template(), cursor(&SessionId::random(), 4)).await;
-        assert_eq!(fresh(&r), Some(None));
+        assert!(matches!(r, Resumed::Expired), "the gap event, then the app");
         assert_eq!(sh.metrics.count("resumes", "unknown"), 1);
+        assert_eq!(sh.metrics.replay_gaps.get(), 1);
     }
 
     #[tokio::test]

@@ -130,6 +130,20 @@ impl<'a> Iterator for Lines<'a> {
     }
 }
 
+/// The event a resuming client gets where its history has a hole
+/// ([`crate::contract::GAP_EVENT_TYPE`]): `reason` is `missing` or `expired`, `after` the cursor
+/// it resumed from. No `id:` line, so the client's last event id is left as it was.
+pub fn encode_gap(reason: &str, after: &str) -> bytes::Bytes {
+    let data = serde_json::json!({ "reason": reason, "after": after }).to_string();
+    let mut out = String::with_capacity(data.len() + 40);
+    out.push_str("event: ");
+    out.push_str(crate::contract::GAP_EVENT_TYPE);
+    out.push_str("\ndata: ");
+    out.push_str(&data);
+    out.push_str("\n\n");
+    bytes::Bytes::from(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +206,19 @@ mod tests {
         assert_eq!(encoded(|out| encode_retry(1500, out)), "retry: 1500\n\n");
         assert_eq!(encoded(|out| encode_set_id("", out)), "id:\n\n");
         assert_eq!(encoded(|out| encode_frame(&Frame::Oversized, out)), "");
+    }
+
+    #[test]
+    fn the_gap_event_parses_back_without_an_id() {
+        let wire = encode_gap("trimmed", "abc.7");
+        let mut parser = crate::sse::SseParser::new(1024);
+        let mut frames = Vec::new();
+        parser.push(&wire, &mut frames);
+        let [crate::sse::Frame::Event(e)] = frames.as_slice() else {
+            panic!("one event: {frames:?}");
+        };
+        assert_eq!(e.event.as_deref(), Some(crate::contract::GAP_EVENT_TYPE));
+        assert_eq!(e.id, None, "the client's last event id stays");
+        assert_eq!(e.data, r#"{"after":"abc.7","reason":"trimmed"}"#);
     }
 }

@@ -34,8 +34,8 @@ mod encode;
 mod parser;
 
 pub use encode::{
-    encode_comment, encode_event, encode_event_parts, encode_frame, encode_retry, encode_set_id,
-    event_bytes,
+    encode_comment, encode_event, encode_event_parts, encode_frame, encode_gap, encode_retry,
+    encode_set_id, event_bytes,
 };
 pub use parser::SseParser;
 
