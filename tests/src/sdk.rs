@@ -34,3 +34,50 @@ pub fn script(name: &str) -> PathBuf {
         .join("clients")
         .join(name)
 }
+
+/// A client script of `tests/clients/` running: it prints one line when its work is under way
+/// (`ready`, `streaming`), then one JSON line with what it saw. Killed if dropped.
+pub struct ClientRun {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl ClientRun {
+    /// Start `program args…` with its stdout read line by line.
+    pub fn spawn(program: &std::path::Path, args: &[String]) -> Self {
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} starts: {e}", program.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        ClientRun { child, lines }
+    }
+
+    /// Wait (at most `within`) for the line saying the work is under way.
+    pub async fn expect_line(&mut self, want: &str, within: std::time::Duration) {
+        let line = tokio::time::timeout(within, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no {want:?} within {within:?}"))
+            .expect("stdout readable");
+        assert_eq!(line.as_deref(), Some(want), "the client's first line");
+    }
+
+    /// The JSON report (at most `within`), once the script exits.
+    pub async fn report<T: serde::de::DeserializeOwned>(
+        mut self,
+        within: std::time::Duration,
+    ) -> T {
+        let json = tokio::time::timeout(within, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no report within {within:?}"))
+            .expect("stdout readable")
+            .expect("a report line");
+        let status = self.child.wait().await.expect("the client exits");
+        assert!(status.success(), "the client script failed: {status}");
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("the client's JSON ({e}): {json}"))
+    }
+}

@@ -4,7 +4,6 @@
 //! through the sidecar every answer must arrive whole too (a request stream is never closed by the
 //! drain), and the pod must still go as soon as the last answer is done, not at the deadline.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -14,7 +13,6 @@ use ssekeeper_tests::harness::{
 };
 use ssekeeper_tests::scenario::serial;
 use ssekeeper_tests::sdk;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 fn binaries() -> Binaries {
     Binaries::locate(env!("CARGO_BIN_EXE_demo-app")).expect("test programs present")
@@ -59,35 +57,24 @@ async fn answers_through_a_termination(mode: Mode) -> (Vec<Answer>, TerminationR
     let mut cluster = Cluster::start(binaries(), cfg)
         .await
         .expect("cluster starts");
-    let mut child = tokio::process::Command::new(sdk::python())
-        .arg(sdk::script("openai_completions.py"))
-        .arg(format!("http://{}/v1", cluster.frontend()))
-        .arg(ANSWERS.to_string())
-        .arg(TOKENS.to_string())
-        .arg(INTERVAL_MS.to_string())
-        .arg("60")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the answers start in time")
-        .expect("stdout readable");
-    assert_eq!(first.as_deref(), Some("streaming"), "{first:?}");
+    let mut client = sdk::ClientRun::spawn(
+        &sdk::python(),
+        &[
+            sdk::script("openai_completions.py").display().to_string(),
+            format!("http://{}/v1", cluster.frontend()),
+            ANSWERS.to_string(),
+            TOKENS.to_string(),
+            INTERVAL_MS.to_string(),
+            "60".into(),
+        ],
+    );
+    client
+        .expect_line("streaming", Duration::from_secs(60))
+        .await;
     tokio::time::sleep(TERMINATE_AFTER).await;
     let pod = cluster.pod_names().remove(0);
     let report = cluster.terminate(&pod).await.expect("the pod was running");
-    let json = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the answers end in time")
-        .expect("stdout readable")
-        .expect("a result line");
-    let status = child.wait().await.expect("python exits");
-    assert!(status.success(), "the client script failed: {status}");
-    let answers: Answers = serde_json::from_str(&json).expect("the script's JSON");
+    let answers: Answers = client.report(Duration::from_secs(60)).await;
     (answers.answers, report)
 }
 

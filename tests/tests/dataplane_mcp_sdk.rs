@@ -7,7 +7,6 @@
 //! away may see at most one fast, explicit failure (then the client re-initialises).
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -16,7 +15,6 @@ use ssekeeper_tests::harness::{
 };
 use ssekeeper_tests::scenario::serial;
 use ssekeeper_tests::sdk;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 fn binaries() -> Binaries {
     Binaries::locate(env!("CARGO_BIN_EXE_demo-app")).expect("test programs present")
@@ -77,36 +75,23 @@ async fn through_a_rollout(sdk_client: Sdk, transport: &str) -> Report {
     let mut cluster = Cluster::start(binaries(), cfg)
         .await
         .expect("cluster starts");
-    let mut command = match sdk_client {
-        Sdk::Python => {
-            let mut c = tokio::process::Command::new(sdk::python());
-            c.arg(sdk::script("mcp_calls.py"));
-            c
-        }
-        Sdk::TypeScript => {
-            let mut c = tokio::process::Command::new("node");
-            c.arg(sdk::node_mcp_calls());
-            c
-        }
+    let (program, script) = match sdk_client {
+        Sdk::Python => (sdk::python(), sdk::script("mcp_calls.py")),
+        Sdk::TypeScript => ("node".into(), sdk::node_mcp_calls()),
     };
-    let mut child = command
-        .arg(format!("http://{}", cluster.frontend()))
-        .arg(transport)
-        .arg(SESSIONS.to_string())
-        .arg(CALLS.to_string())
-        .arg(DELAY_MS.to_string())
-        .arg(CALL_TIMEOUT_S.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the sessions open in time")
-        .expect("stdout readable");
-    assert_eq!(first.as_deref(), Some("ready"), "{first:?}");
+    let mut client = sdk::ClientRun::spawn(
+        &program,
+        &[
+            script.display().to_string(),
+            format!("http://{}", cluster.frontend()),
+            transport.to_string(),
+            SESSIONS.to_string(),
+            CALLS.to_string(),
+            DELAY_MS.to_string(),
+            CALL_TIMEOUT_S.to_string(),
+        ],
+    );
+    client.expect_line("ready", Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rolled = Instant::now();
     for r in cluster.rolling_restart().await.expect("rolling restart") {
@@ -120,13 +105,7 @@ async fn through_a_rollout(sdk_client: Sdk, transport: &str) -> Report {
         "{transport}: rolled 3 pods in {:.1}s",
         rolled.elapsed().as_secs_f64()
     );
-    let json = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-        .await
-        .expect("the calls end in time")
-        .expect("stdout readable")
-        .expect("a result line");
-    let _ = child.wait().await;
-    serde_json::from_str(&json).expect("the client's JSON")
+    client.report(Duration::from_secs(120)).await
 }
 
 fn tally(transport: &str, r: &Report) -> BTreeMap<String, usize> {
