@@ -67,9 +67,15 @@ enum Sdk {
     TypeScript,
 }
 
-/// Run the SDK client's sessions on `transport` through a rolling restart of every pod.
-async fn through_a_rollout(sdk_client: Sdk, transport: &str) -> Report {
-    let mut cfg = ClusterConfig::new("mcp-sdk", Mode::Sidecar, Balance::RoundRobin, 3);
+/// Run the SDK client's sessions on `transport` through a rolling restart of every pod: through
+/// the sidecars behind round robin, or (`Mode::Direct`) as people deploy MCP servers today,
+/// plain pods behind client-IP affinity (`balance source`).
+async fn through_a_rollout(mode: Mode, sdk_client: Sdk, transport: &str) -> Report {
+    let balance = match mode {
+        Mode::Sidecar => Balance::RoundRobin,
+        Mode::Direct => Balance::Source,
+    };
+    let mut cfg = ClusterConfig::new("mcp-sdk", mode, balance, 3);
     cfg.app = Some(mcp_server());
     cfg.sidecar_tweak = |a| a.handover_margin_seconds = 2;
     let mut cluster = Cluster::start(binaries(), cfg)
@@ -98,7 +104,7 @@ async fn through_a_rollout(sdk_client: Sdk, transport: &str) -> Report {
         println!("{transport}: terminated {r}");
         // uvicorn re-raises SIGTERM after its graceful shutdown (a signal exit, not 0): the app's
         // business; it must not need the deadline's SIGKILL, and the sidecar must exit 0.
-        let sidecar_clean = r.sidecar.as_ref().is_some_and(|s| s.clean());
+        let sidecar_clean = r.sidecar.as_ref().is_none_or(|s| s.clean());
         assert!(!r.app.killed && sidecar_clean, "exited by themselves: {r}");
     }
     println!(
@@ -130,7 +136,7 @@ fn tally(transport: &str, r: &Report) -> BTreeMap<String, usize> {
 }
 
 async fn check(sdk_client: Sdk, transport: &str) {
-    let report = through_a_rollout(sdk_client, transport).await;
+    let report = through_a_rollout(Mode::Sidecar, sdk_client, transport).await;
     let transport = &format!("{sdk_client:?} {transport}");
     let by = tally(transport, &report);
     assert_eq!(report.calls.len(), SESSIONS * CALLS);
@@ -153,7 +159,7 @@ async fn check(sdk_client: Sdk, transport: &str) {
 async fn mcp_sdk_sessions_survive_a_rolling_restart() {
     let _turn = serial().await;
     bounded(
-        Duration::from_secs(600),
+        Duration::from_secs(900),
         "MCP SDK through rollouts",
         async {
             for transport in ["streamable", "sse", "modern"] {
@@ -161,6 +167,22 @@ async fn mcp_sdk_sessions_survive_a_rolling_restart() {
             }
             for transport in ["streamable", "sse"] {
                 check(Sdk::TypeScript, transport).await;
+            }
+            // The same clients without ssekeeper, for the README's comparison (reported only:
+            // what plain pods do is not ours to assert).
+            for (sdk_client, transport) in [
+                (Sdk::Python, "streamable"),
+                (Sdk::Python, "sse"),
+                (Sdk::TypeScript, "streamable"),
+                (Sdk::TypeScript, "sse"),
+            ] {
+                let report = through_a_rollout(Mode::Direct, sdk_client, transport).await;
+                tally(
+                    &format!(
+                        "baseline (plain pods, client-IP affinity) {sdk_client:?} {transport}"
+                    ),
+                    &report,
+                );
             }
         },
     )
