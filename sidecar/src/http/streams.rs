@@ -3,7 +3,6 @@
 //! [`crate::http::kind`] for the streams it leaves open).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,8 +15,7 @@ use crate::metrics::Metrics;
 pub struct Streams {
     open: Mutex<Open>,
     max: usize,
-    draining: AtomicBool,
-    /// When the drain window closing the resumable streams ends.
+    /// When the drain window closing the resumable streams ends (`None`: not draining).
     window_end: Mutex<Option<Instant>>,
     metrics: Arc<Metrics>,
 }
@@ -70,7 +68,6 @@ impl Streams {
                 tokens: HashMap::new(),
             }),
             max,
-            draining: AtomicBool::new(false),
             window_end: Mutex::new(None),
             metrics,
         })
@@ -90,14 +87,9 @@ impl Streams {
         open.tokens.insert(id, (token.clone(), kind.clone()));
         drop(open);
         self.metrics.active_streams.inc();
-        if self.draining.load(Ordering::Acquire) {
-            let left = self
-                .window_end
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .map_or(Duration::ZERO, |end| {
-                    end.saturating_duration_since(Instant::now())
-                });
+        let window_end = *self.window_end.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(end) = window_end {
+            let left = end.saturating_duration_since(Instant::now());
             close_resumable_after(token.clone(), kind.clone(), jitter(left));
         }
         Some(StreamGuard {
@@ -122,14 +114,14 @@ impl Streams {
         self.len() == 0
     }
 
-    /// How many open streams are of `kind`.
-    pub fn count(&self, kind: StreamKind) -> usize {
+    /// How many open streams are of one of `kinds`.
+    pub fn count(&self, kinds: &[StreamKind]) -> usize {
         self.open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .tokens
             .values()
-            .filter(|(_, k)| k.get() == kind)
+            .filter(|(_, k)| kinds.contains(&k.get()))
             .count()
     }
 
@@ -138,7 +130,6 @@ impl Streams {
     /// left open (the drain ends them).
     pub fn close_resumable_spread(&self, window: Duration) {
         *self.window_end.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + window);
-        self.draining.store(true, Ordering::Release);
         let open: Vec<(CancellationToken, KindCell)> = self
             .open
             .lock()
@@ -248,8 +239,8 @@ mod tests {
         for g in [&request, &session, &later_session, &new_request] {
             assert!(!g.token().is_cancelled(), "{:?} left open", g.kind());
         }
-        assert_eq!(streams.count(StreamKind::Request), 2);
-        assert_eq!(streams.count(StreamKind::Session), 2);
+        assert_eq!(streams.count(&[StreamKind::Request]), 2);
+        assert_eq!(streams.count(&[StreamKind::Session]), 2);
         streams.close_all();
         assert!(request.token().is_cancelled() && session.token().is_cancelled());
     }

@@ -47,8 +47,8 @@ pub async fn run(shared: Arc<Sessions>, lifecycle: Arc<Lifecycle>, s: Timing) {
     let deadline = started + s.request.max(s.drain);
     tracing::info!(
         streams = streams.len(),
-        request_streams = streams.count(StreamKind::Request),
-        session_streams = streams.count(StreamKind::Session),
+        request_streams = streams.count(&[StreamKind::Request]),
+        session_streams = streams.count(&[StreamKind::Session]),
         recorders = shared.recorders.len(),
         drain_secs = s.drain.as_secs(),
         request_secs = s.request.as_secs(),
@@ -69,9 +69,7 @@ pub async fn run(shared: Arc<Sessions>, lifecycle: Arc<Lifecycle>, s: Timing) {
     let window_end = started + s.drain;
     let handed = [StreamKind::Resumable, StreamKind::Session];
     while Instant::now() < window_end {
-        let resumable_left =
-            streams.count(StreamKind::Resumable) + streams.count(StreamKind::Session);
-        if resumable_left == 0
+        if streams.count(&handed) == 0
             && shared.recorders.of_kinds(&handed).is_empty()
             && shared.book.len() <= shared.recorders.len()
         {
@@ -104,7 +102,10 @@ pub async fn run(shared: Arc<Sessions>, lifecycle: Arc<Lifecycle>, s: Timing) {
     stop(&left).await;
 
     // Request and session streams: until they are done, or the deadline.
-    while Instant::now() < deadline && !(shared.recorders.is_empty() && in_place(streams) == 0) {
+    let in_place = [StreamKind::Request, StreamKind::Session];
+    while Instant::now() < deadline
+        && !(shared.recorders.is_empty() && streams.count(&in_place) == 0)
+    {
         tokio::time::sleep(POLL).await;
     }
     let late = shared.recorders.all();
@@ -128,12 +129,6 @@ pub async fn run(shared: Arc<Sessions>, lifecycle: Arc<Lifecycle>, s: Timing) {
         took_ms = started.elapsed().as_millis() as u64,
         "drain complete"
     );
-}
-
-/// Streams that end in place: request streams (also those relayed from another owner) and
-/// session streams.
-fn in_place(streams: &crate::http::streams::Streams) -> usize {
-    streams.count(StreamKind::Request) + streams.count(StreamKind::Session)
 }
 
 /// Stop these recorders and wait (bounded) until they wrote what they hold.

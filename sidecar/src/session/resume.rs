@@ -27,7 +27,7 @@ use crate::cursor::{Cursor, SessionId};
 use crate::http::body::{ClientBody, ClientTx, ProxyBody, full};
 use crate::http::client::RequestTemplate;
 use crate::http::headers::is_event_stream;
-use crate::http::kind::KindCell;
+use crate::http::kind::{KindCell, StreamKind};
 use crate::metrics::{ErrorKind, Metrics, OverlapOutcome, ResumeOutcome, TakeoverOutcome};
 use crate::session::Sessions;
 use crate::session::fresh::Fresh;
@@ -95,10 +95,7 @@ pub async fn attach_live(
     session: &SessionId,
 ) -> Option<Response<ProxyBody>> {
     let handle = shared.recorders.get(session)?;
-    let Some((tx, body)) = shared
-        .clients
-        .open(KindCell::new(crate::http::kind::StreamKind::Session))
-    else {
+    let Some((tx, body)) = shared.clients.open(KindCell::new(StreamKind::Session)) else {
         return Some(too_many_streams(&shared.metrics));
     };
     match handle.attach(crate::session::recorder::LIVE, tx).await {
@@ -260,6 +257,15 @@ fn judge_empty(after: Seq, leased: bool, last: Option<Seq>, slack: u64) -> Optio
     }
 }
 
+/// The gap event for a resume after `after` whose next stored entries are missing.
+fn missing_gap(session: &SessionId, after: Seq) -> Bytes {
+    let cursor = Cursor {
+        session: session.clone(),
+        seq: after,
+    };
+    crate::sse::encode_gap("missing", &cursor.to_string())
+}
+
 /// Entries `(from, upto]` as wire bytes, waiting briefly for those still on their way.
 async fn read_range(
     shared: &Sessions,
@@ -305,11 +311,7 @@ async fn read_range(
         shared.metrics.replay_gaps.inc();
         tracing::warn!(session = %session, from, upto, reached = cursor, "same-pod resume: part of the history is missing");
         if shared.settings.gap_event {
-            let after = Cursor {
-                session: session.clone(),
-                seq: from,
-            };
-            out.push_back(crate::sse::encode_gap("missing", &after.to_string()));
+            out.push_back(missing_gap(session, from));
         }
     }
     out
@@ -462,11 +464,7 @@ impl Follower {
             self.shared.metrics.replay_gaps.inc();
             tracing::warn!(session = %self.session, after = self.cursor, next = r.seq, "history has a hole (trimmed or unrecorded)");
             if self.shared.settings.gap_event {
-                let after = Cursor {
-                    session: self.session.clone(),
-                    seq: self.cursor,
-                };
-                let gap = crate::sse::encode_gap("missing", &after.to_string());
+                let gap = missing_gap(&self.session, self.cursor);
                 if self.client.send(gap, SEND_PATIENCE).await.is_err() {
                     return Step::Stop;
                 }
@@ -592,15 +590,16 @@ impl Follower {
         delivered: &mut Vec<Recorded>,
     ) -> Result<bool, TakeoverOutcome> {
         let deadline = Instant::now() + OVERLAP_WAIT;
+        // Entries before this index were looked at already.
+        let mut checked = 0;
         loop {
-            let reached = |d: &[Recorded]| {
-                d.iter().any(
-                    |r| matches!(&r.entry, Entry::Event { app_id: Some(id), .. } if id == first_id),
-                )
-            };
-            if reached(delivered) {
+            let reached = delivered[checked..].iter().any(
+                |r| matches!(&r.entry, Entry::Event { app_id: Some(id), .. } if id == first_id),
+            );
+            if reached {
                 return Ok(true);
             }
+            checked = delivered.len();
             if Instant::now() >= deadline {
                 return Ok(false);
             }
