@@ -356,8 +356,11 @@ impl From<HistoryGapSignal> for contract::HistoryGap {
 }
 
 /// Session recording and naming.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.historyMaxEntries >= self.historyLimit")
+    .message("sessions.historyMaxEntries must be at least sessions.historyLimit: it is the most a session keeps")
+    .field_path(".historyMaxEntries"))]
 pub struct SessionsConfig {
     /// `redis` (any number of replicas) or `memory` (one replica).
     #[serde(default)]
@@ -369,10 +372,22 @@ pub struct SessionsConfig {
     #[serde(default = "default_ttl")]
     #[schemars(range(min = 10, max = 86400))]
     pub ttl_seconds: u32,
-    /// Events kept per session for replay.
+    /// Events kept per session for replay, whatever their age.
     #[serde(default = "default_history")]
     #[schemars(range(min = 1, max = 1000000))]
     pub history_limit: u32,
+    /// Events younger than this are kept too, however many, so that every client a drain moves
+    /// finds its events when it resumes, whatever the stream's rate. Unset: the drain window +
+    /// 10 s handover margin + the reconnect delay + 5 s. `historyMaxEntries` bounds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 86400))]
+    pub history_seconds: Option<u32>,
+    /// Events kept per session at most, whatever `historySeconds` or a drain wants: the memory
+    /// bound (about 150 bytes each in Redis for a 100-byte event). When it cuts into the time
+    /// floor, `ssekeeper_history_floor_cuts_total` counts it and the sidecar logs a warning.
+    #[serde(default = "default_history_max")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub history_max_entries: u32,
     /// What a client resuming across a hole in its history (trimmed past its cursor, expired,
     /// unrecorded during a store outage) is told: `event` — an event of type `ssekeeper-gap` where
     /// the hole is (data: `{"reason", "after"}`; browsers ignore it unless they listen for it) —
@@ -392,6 +407,8 @@ impl Default for SessionsConfig {
             redis: None,
             ttl_seconds: default_ttl(),
             history_limit: default_history(),
+            history_seconds: None,
+            history_max_entries: default_history_max(),
             on_history_gap: HistoryGapSignal::default(),
             key: default_session_keys(),
         }
@@ -404,6 +421,10 @@ fn default_ttl() -> u32 {
 
 fn default_history() -> u32 {
     defaults::HISTORY_LIMIT
+}
+
+fn default_history_max() -> u32 {
+    defaults::HISTORY_MAX_ENTRIES
 }
 
 fn default_session_keys() -> Vec<SessionKey> {

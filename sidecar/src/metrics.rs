@@ -281,6 +281,9 @@ pub struct Metrics {
     /// Entries a recorder captured but the store refused because another pod had taken the
     /// session over (fenced): the new owner's fresh upstream has to cover them.
     pub fenced_entries: Counter,
+    /// Appends whose trim, at the history cap (`historyMaxEntries`), removed entries the time
+    /// floor (`historySeconds`) or a drain wanted kept: resumes may find holes.
+    pub history_floor_cuts: Counter,
     /// Protocol upgrades (WebSocket) tunnelled to the app.
     pub tunnels: Counter,
     /// Tunnels open right now.
@@ -332,6 +335,7 @@ impl Metrics {
             unrouted_names: Default::default(),
             request_streams_cut: Counter::default(),
             fenced_entries: Counter::default(),
+            history_floor_cuts: Counter::default(),
             tunnels: Counter::default(),
             active_tunnels: Gauge::default(),
             errors: Family::default(),
@@ -358,6 +362,11 @@ impl Metrics {
             "fenced_entries",
             "Entries captured after another pod took the session over, refused by the store (the new owner's upstream covers them)",
             m.fenced_entries.clone(),
+        );
+        registry.register(
+            "history_floor_cuts",
+            "Appends whose trim at historyMaxEntries removed events younger than historySeconds (or of a draining session): resumes may find holes",
+            m.history_floor_cuts.clone(),
         );
         registry.register(
             "tunnels",

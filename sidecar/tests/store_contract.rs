@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use ssekeeper_sidecar::cursor::SessionId;
 use ssekeeper_sidecar::store::{
-    Entry, Lease, LeaseState, MemoryStore, Owner, Recorded, RedisStore, SessionStore, StoreError,
+    Entry, Lease, LeaseState, MemoryStore, Owner, Recorded, RedisConfig, RedisStore, Retention,
+    SessionStore, StoreError,
 };
 use ssekeeper_testkit::Patience;
 use ssekeeper_testkit::redis::{RedisCluster, RedisSentinel, RedisServer};
@@ -22,13 +23,23 @@ enum Backend {
 
 impl Backend {
     async fn store(&self, history_limit: u32, session_ttl: Duration) -> Arc<dyn SessionStore> {
+        self.store_with(Retention::count(history_limit), session_ttl)
+            .await
+    }
+
+    async fn store_with(
+        &self,
+        retention: Retention,
+        session_ttl: Duration,
+    ) -> Arc<dyn SessionStore> {
         match self {
-            Backend::Memory => Arc::new(MemoryStore::new(history_limit as usize, session_ttl)),
-            Backend::Redis(url) => Arc::new(
-                RedisStore::connect(url, "test-ns", "chat", history_limit, session_ttl)
-                    .await
-                    .expect("connect"),
-            ),
+            Backend::Memory => Arc::new(MemoryStore::with_retention(retention, session_ttl)),
+            Backend::Redis(url) => {
+                let mut cfg =
+                    RedisConfig::new(url, "test-ns", "chat", retention.limit, session_ttl);
+                cfg.retention = retention;
+                Arc::new(RedisStore::with_config(cfg).await.expect("connect"))
+            }
         }
     }
 
@@ -267,7 +278,7 @@ async fn fencing_is_atomic_under_concurrency(b: &Backend) {
             while Instant::now() < deadline {
                 let batch: Vec<Recorded> = (next..next + BATCH).map(|q| ev(q, None)).collect();
                 match st.append(&s, a.epoch, &batch).await {
-                    Ok(()) => {
+                    Ok(_) => {
                         last_ok = next + BATCH - 1;
                         next += BATCH;
                         progress.store(last_ok, Ordering::Relaxed);
@@ -388,6 +399,103 @@ async fn history_is_trimmed(b: &Backend) {
     );
     assert_eq!(st.last_app_id(&s).await.unwrap().as_deref(), Some("500"));
     println!("history limit {LIMIT}: kept {n} of 500");
+}
+
+/// Appends `from..=to` in batches of 10; whether any append said the cap cut into the floor.
+async fn append_range(
+    st: &dyn SessionStore,
+    s: &SessionId,
+    epoch: u64,
+    from: u64,
+    to: u64,
+) -> bool {
+    let mut cut = false;
+    for chunk in (from..=to).collect::<Vec<_>>().chunks(10) {
+        let batch: Vec<Recorded> = chunk.iter().map(|q| ev(*q, Some(&q.to_string()))).collect();
+        cut |= st.append(s, epoch, &batch).await.unwrap().cut_into_floor;
+    }
+    cut
+}
+
+async fn history_keeps_a_time_floor_beyond_the_limit(b: &Backend) {
+    let r = Retention {
+        limit: 10,
+        floor: Duration::from_secs(2),
+        cap: 100_000,
+    };
+    let st = b.store_with(r, LONG).await;
+    let s = sid("sess-floor");
+    let l = st.acquire(&s, &owner("pod-a", 1), LONG).await.unwrap();
+    assert!(!append_range(&*st, &s, l.epoch, 1, 2000).await);
+    let kept = st.read_after(&s, 0, 10_000).await.unwrap();
+    assert_eq!(
+        kept.len(),
+        2000,
+        "every entry younger than the floor is kept"
+    );
+    // Older than the floor (Redis judges to the second): back to the count.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    append_range(&*st, &s, l.epoch, 2001, 2010).await;
+    let n = st.read_after(&s, 0, 10_000).await.unwrap().len();
+    assert!(
+        n >= 10 && n <= 10 + b.trim_slack(),
+        "past the floor only the limit is kept: {n}"
+    );
+}
+
+async fn the_cap_bounds_the_floor_and_says_so(b: &Backend) {
+    let r = Retention {
+        limit: 10,
+        floor: Duration::from_secs(60),
+        cap: 300,
+    };
+    let st = b.store_with(r, LONG).await;
+    let s = sid("sess-cap");
+    let l = st.acquire(&s, &owner("pod-a", 1), LONG).await.unwrap();
+    assert!(
+        append_range(&*st, &s, l.epoch, 1, 1000).await,
+        "the cut is reported"
+    );
+    let kept = st.read_after(&s, 0, 10_000).await.unwrap();
+    assert!(
+        kept.len() >= 300 && kept.len() <= 300 + b.trim_slack(),
+        "the cap holds: {}",
+        kept.len()
+    );
+    assert_eq!(kept.last().unwrap().seq, 1000);
+}
+
+async fn a_draining_session_is_not_trimmed_until_taken_over(b: &Backend) {
+    let r = Retention {
+        limit: 10,
+        floor: Duration::ZERO,
+        cap: 100_000,
+    };
+    let st = b.store_with(r, LONG).await;
+    let s = sid("sess-drain");
+    let a = st.acquire(&s, &owner("pod-a", 1), LONG).await.unwrap();
+    append_range(&*st, &s, a.epoch, 1, 100).await;
+    st.renew(&s, a.epoch, LeaseState::Draining, LONG)
+        .await
+        .unwrap();
+    append_range(&*st, &s, a.epoch, 101, 1000).await;
+    st.append(&s, a.epoch, &[at(1001, Entry::Handover)])
+        .await
+        .unwrap();
+    let kept = st.read_after(&s, 0, 10_000).await.unwrap();
+    assert!(
+        kept.len() >= 900,
+        "what the drain recorded stays for the new owner: {}",
+        kept.len()
+    );
+    assert_eq!(kept.last().unwrap().entry, Entry::Handover);
+    // The new owner's appends trim by the rule again (once a second has passed: Redis judges
+    // the floor to the second).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let b2 = st.acquire(&s, &owner("pod-b", 2), LONG).await.unwrap();
+    append_range(&*st, &s, b2.epoch, 1002, 1011).await;
+    let n = st.read_after(&s, 0, 10_000).await.unwrap().len();
+    assert!(n <= 10 + b.trim_slack(), "trimmed after the takeover: {n}");
 }
 
 async fn ttl_expires_and_slides(b: &Backend) {
@@ -520,6 +628,9 @@ contract!(
     fencing_is_atomic_under_concurrency,
     wait_after_wakes_and_times_out,
     history_is_trimmed,
+    history_keeps_a_time_floor_beyond_the_limit,
+    the_cap_bounds_the_floor_and_says_so,
+    a_draining_session_is_not_trimmed_until_taken_over,
     ttl_expires_and_slides,
     lease_expires_by_time,
     release_only_by_the_holder,

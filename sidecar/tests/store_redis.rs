@@ -180,7 +180,10 @@ async fn a_hung_server_times_out_instead_of_hanging() {
         std::panic::resume_unwind(p);
     }
     let batch = [ev(1)];
-    until_ok(Duration::from_secs(10), || st.append(&s, l.epoch, &batch)).await;
+    until_ok(Duration::from_secs(10), || async {
+        st.append(&s, l.epoch, &batch).await.map(drop)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -199,8 +202,8 @@ async fn seed(url: &str, ns: &str, name: &str, sessions: usize) -> u64 {
         let l = st.acquire(&s, &owner(), LONG).await.unwrap();
         st.append(&s, l.epoch, &[ev(1)]).await.unwrap();
     }
-    // events, epoch, lease, appid per session.
-    4 * sessions as u64
+    // events, epoch, lease, appid, marks per session.
+    5 * sessions as u64
 }
 
 #[tokio::test]
@@ -288,7 +291,7 @@ async fn garbage_in_the_store_is_malformed_not_a_panic() {
     server.cli(&["set", &key("g1", "epoch"), "not-a-number"]);
     let s = sid("g1");
     malformed("acquire", st.acquire(&s, &owner(), LONG).await.map(drop));
-    malformed("append", st.append(&s, 1, &[ev(1)]).await);
+    malformed("append", st.append(&s, 1, &[ev(1)]).await.map(drop));
     malformed(
         "renew",
         st.renew(&s, 1, store::LeaseState::Live, LONG).await,
@@ -312,7 +315,7 @@ async fn garbage_in_the_store_is_malformed_not_a_panic() {
     );
     malformed("last", st.last(&s).await.map(drop));
     let l = st.acquire(&s, &owner(), LONG).await.unwrap();
-    malformed("append", st.append(&s, l.epoch, &[ev(1)]).await);
+    malformed("append", st.append(&s, l.epoch, &[ev(1)]).await.map(drop));
 
     // A foreign stream entry (auto id, unknown fields).
     server.cli(&["xadd", &key("g3", "events"), "*", "foo", "bar"]);

@@ -114,6 +114,7 @@ pub fn sidecar_args(svc: &SseService, namespace: &str, name: &str) -> SidecarArg
     args.store = spec.sessions.store.into();
     args.session_ttl_seconds = spec.sessions.ttl_seconds;
     args.history_limit = spec.sessions.history_limit;
+    args.history_max_entries = spec.sessions.history_max_entries;
     args.on_history_gap = spec.sessions.on_history_gap.into();
     args.session_keys = spec
         .sessions
@@ -125,6 +126,12 @@ pub fn sidecar_args(svc: &SseService, namespace: &str, name: &str) -> SidecarArg
     args.drain_seconds = spec.drain.drain_seconds;
     args.request_seconds = spec.drain.request_seconds;
     args.reconnect_delay_millis = spec.drain.reconnect_delay_millis;
+    // Explicit, derived from the drain above when unset (as the sidecar would derive it).
+    args.history_seconds = Some(
+        spec.sessions
+            .history_seconds
+            .unwrap_or_else(|| args.history_floor_seconds()),
+    );
     args
 }
 

@@ -151,9 +151,16 @@ pub struct SidecarArgs {
     /// Seconds a disconnected session stays resumable (sliding).
     #[arg(long, env = "SSEKEEPER_SESSION_TTL_SECONDS", default_value_t = defaults::SESSION_TTL_SECONDS)]
     pub session_ttl_seconds: u32,
-    /// Events kept per session for replay.
+    /// Events kept per session for replay, whatever their age.
     #[arg(long, env = "SSEKEEPER_HISTORY_LIMIT", default_value_t = defaults::HISTORY_LIMIT)]
     pub history_limit: u32,
+    /// Events younger than this many seconds are kept too, so a handoff's resumes find them at
+    /// any rate (default: derived from the drain, see `history_floor_seconds`).
+    #[arg(long, env = "SSEKEEPER_HISTORY_SECONDS")]
+    pub history_seconds: Option<u32>,
+    /// Events kept per session at most, whatever the time floor or a drain wants (memory bound).
+    #[arg(long, env = "SSEKEEPER_HISTORY_MAX_ENTRIES", default_value_t = defaults::HISTORY_MAX_ENTRIES)]
+    pub history_max_entries: u32,
     /// What a client resuming across a hole in its history is told.
     #[arg(long, env = "SSEKEEPER_ON_HISTORY_GAP", value_enum, default_value_t = HistoryGap::Event)]
     pub on_history_gap: HistoryGap,
@@ -270,6 +277,8 @@ impl SidecarArgs {
             format!("--on-history-gap={}", self.on_history_gap.as_str()),
             format!("--session-ttl-seconds={}", self.session_ttl_seconds),
             format!("--history-limit={}", self.history_limit),
+            format!("--history-seconds={}", self.history_floor_seconds()),
+            format!("--history-max-entries={}", self.history_max_entries),
             format!("--lifecycle-socket={}", self.lifecycle_socket.display()),
         ];
         args.extend(
@@ -309,6 +318,19 @@ impl SidecarArgs {
             ),
         ]);
         args
+    }
+
+    /// The history's time floor: `--history-seconds`, or by default long enough for every client
+    /// a drain moves to resume — the drain window, the handover margin, the reconnect delay, and
+    /// [`crate::HISTORY_FLOOR_SLACK_SECONDS`] for a slow reconnect.
+    pub fn history_floor_seconds(&self) -> u32 {
+        self.history_seconds.unwrap_or_else(|| {
+            crate::history_floor_seconds(
+                self.drain_seconds,
+                self.handover_margin_seconds,
+                self.reconnect_delay_millis,
+            )
+        })
     }
 
     /// A configuration with every default, for the given app port and SseService. The operator

@@ -103,6 +103,25 @@ pub fn termination_grace_period_seconds(
         + APP_SHUTDOWN_MARGIN_SECONDS
 }
 
+/// Seconds of history kept beyond the drain, handover margin and reconnect delay by default: a
+/// client that reconnects late (a browser's backoff, a slow network) still finds its events.
+pub const HISTORY_FLOOR_SLACK_SECONDS: u32 = 5;
+
+/// The default time floor of a session's history (`spec.sessions.historySeconds` unset): every
+/// event a client moved by a drain can still be missing when it resumes. A client is closed at
+/// the latest at the end of the drain window, waits its reconnect delay, and a session recorder
+/// keeps capturing for the handover margin after the window.
+pub fn history_floor_seconds(
+    drain_seconds: u32,
+    handover_margin_seconds: u32,
+    reconnect_delay_millis: u32,
+) -> u32 {
+    drain_seconds
+        + handover_margin_seconds
+        + reconnect_delay_millis.div_ceil(1000)
+        + HISTORY_FLOOR_SLACK_SECONDS
+}
+
 /// The defaults the sidecar's flags and the CRD's fields share (the operator renders every one of
 /// them explicitly, so a changed default reaches running pods only through a new rollout).
 pub mod defaults {
@@ -118,6 +137,9 @@ pub mod defaults {
     pub const SESSION_TTL_SECONDS: u32 = 300;
     /// `--history-limit` / `spec.sessions.historyLimit`.
     pub const HISTORY_LIMIT: u32 = 1000;
+    /// `--history-max-entries` / `spec.sessions.historyMaxEntries`: 20 s at 5,000 events/s;
+    /// about 15 MB of a 100-byte stream in Redis.
+    pub const HISTORY_MAX_ENTRIES: u32 = 100_000;
 
     /// `spec.sessions.key`: where the official MCP SDKs name a session, so both work with no
     /// configuration — the TypeScript SSE transport's `?sessionId=`, the Python one's
@@ -248,6 +270,15 @@ mod tests {
         for bad in ["sessionId", "path:x", "query:", "header:a b"] {
             assert!(bad.parse::<SessionKeySource>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_default_history_floor_covers_the_drain_margin_and_reconnect() {
+        assert_eq!(history_floor_seconds(20, 10, 1000), 36);
+        assert_eq!(history_floor_seconds(2, 10, 200), 18);
+        let a = SidecarArgs::defaults(8080, "ns", "chat");
+        assert_eq!(a.history_floor_seconds(), 36);
+        assert!(a.to_args().contains(&"--history-seconds=36".to_string()));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Epoch, Lease, LeaseState, Owner, Recorded, Seq, SessionStore, StoreError, StoreResult,
+    Appended, Epoch, Lease, LeaseState, Owner, Recorded, Seq, SessionStore, StoreError, StoreResult,
 };
 use crate::cursor::SessionId;
 use crate::metrics::{ErrorKind, Metrics};
@@ -352,7 +352,7 @@ impl SessionStore for GuardedStore {
         session: &'a SessionId,
         epoch: Epoch,
         entries: &'a [Recorded],
-    ) -> BoxFuture<'a, StoreResult<()>> {
+    ) -> BoxFuture<'a, StoreResult<Appended>> {
         Box::pin(self.call(
             StoreOp::Append,
             self.timeout,
@@ -469,7 +469,7 @@ mod tests {
             _: &'a SessionId,
             _: Epoch,
             _: &'a [Recorded],
-        ) -> BoxFuture<'a, StoreResult<()>> {
+        ) -> BoxFuture<'a, StoreResult<Appended>> {
             Box::pin(futures::future::pending())
         }
         fn read_after<'a>(

@@ -20,7 +20,8 @@ use tokio::time::Instant;
 
 use super::batch::unstored;
 use super::{
-    Entry, Epoch, Lease, LeaseState, Owner, Recorded, Seq, SessionStore, StoreError, StoreResult,
+    Appended, Entry, Epoch, Lease, LeaseState, Owner, Recorded, Retention, Seq, SessionStore,
+    StoreError, StoreResult,
 };
 use crate::cursor::SessionId;
 
@@ -32,10 +33,14 @@ const SWEEP_BATCH: usize = 256;
 /// sweep on each was a measurable share of a fan-out's CPU.
 const SWEEP_EVERY: Duration = Duration::from_millis(1);
 
+/// Appends within this long of the last mark share it (the floor then keeps up to this much more):
+/// a fast stream appends every millisecond, and one mark each would cost more than the entries.
+const MARK_EVERY: Duration = Duration::from_millis(100);
+
 /// In-process session store for a single replica.
 pub struct MemoryStore {
     inner: Mutex<Inner>,
-    history_limit: usize,
+    retention: Retention,
     session_ttl: Duration,
 }
 
@@ -54,6 +59,9 @@ struct Inner {
 
 struct Session {
     events: VecDeque<Recorded>,
+    /// When each append landed and the first seq it stored, oldest first: what the time floor
+    /// is judged by. Marks older than the floor are dropped as soon as they are judged.
+    marks: VecDeque<(Instant, Seq)>,
     epoch: Epoch,
     lease: Option<StoredLease>,
     last_app_id: Option<String>,
@@ -69,12 +77,23 @@ struct StoredLease {
 }
 
 impl MemoryStore {
-    /// A store keeping about `history_limit` entries per session (at least 1) for `session_ttl`
-    /// after the session's last write.
+    /// A store keeping `history_limit` entries per session (at least 1), no time floor, for
+    /// `session_ttl` after the session's last write.
     pub fn new(history_limit: usize, session_ttl: Duration) -> Self {
+        let limit = u32::try_from(history_limit).unwrap_or(u32::MAX).max(1);
+        Self::with_retention(Retention::count(limit), session_ttl)
+    }
+
+    /// A store keeping history by `retention` (at least 1 entry, a cap at least the limit).
+    pub fn with_retention(retention: Retention, session_ttl: Duration) -> Self {
+        let limit = retention.limit.max(1);
         Self {
             inner: Mutex::new(Inner::default()),
-            history_limit: history_limit.max(1),
+            retention: Retention {
+                limit,
+                cap: retention.cap.max(limit),
+                ..retention
+            },
             session_ttl,
         }
     }
@@ -115,6 +134,7 @@ impl MemoryStore {
             .entry(id.to_string())
             .or_insert_with(|| Session {
                 events: VecDeque::new(),
+                marks: VecDeque::new(),
                 epoch: 0,
                 lease: None,
                 last_app_id: None,
@@ -124,6 +144,7 @@ impl MemoryStore {
             // Expired but not yet swept: a new session starts from scratch, as in Redis.
             *s = Session {
                 events: VecDeque::new(),
+                marks: VecDeque::new(),
                 epoch: 0,
                 lease: None,
                 last_app_id: None,
@@ -216,12 +237,12 @@ impl MemoryStore {
         })
     }
 
-    fn append_now(&self, id: &str, epoch: Epoch, entries: &[Recorded]) -> StoreResult<()> {
+    fn append_now(&self, id: &str, epoch: Epoch, entries: &[Recorded]) -> StoreResult<Appended> {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.sweep(now);
         let session_ttl = self.session_ttl;
-        let limit = self.history_limit;
+        let retention = self.retention;
         let Some(s) = inner.live_mut(id, now) else {
             return Err(StoreError::Fenced { current: 0 });
         };
@@ -229,22 +250,25 @@ impl MemoryStore {
             return Err(StoreError::Fenced { current: s.epoch });
         }
         let entries = unstored(s.events.back().map(|r| r.seq), entries)?;
+        if let Some(first) = entries.first()
+            && s.marks.back().is_none_or(|(at, _)| now >= *at + MARK_EVERY)
+        {
+            s.marks.push_back((now, first.seq));
+        }
         for r in entries {
             if let Entry::Event { app_id, .. } = &r.entry {
                 s.last_app_id.clone_from(app_id);
             }
             s.events.push_back(r.clone());
         }
-        while s.events.len() > limit {
-            s.events.pop_front();
-        }
+        let appended = s.trim(&retention, now);
         s.expires_at = now + session_ttl;
         if !entries.is_empty()
             && let Some(n) = inner.waiters.get(id)
         {
             n.notify_waiters();
         }
-        Ok(())
+        Ok(appended)
     }
 
     fn read_now(&self, id: &str, after: Seq, limit: usize) -> Vec<Recorded> {
@@ -322,6 +346,28 @@ struct WaiterGuard<'a> {
 impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         self.store.forget_waiter(self.id);
+    }
+}
+
+impl Session {
+    /// Trim by `retention` (the Redis store's rule, with exact times instead of seconds).
+    fn trim(&mut self, retention: &Retention, now: Instant) -> Appended {
+        if let Some(cutoff) = now.checked_sub(retention.floor) {
+            while self.marks.front().is_some_and(|(at, _)| *at < cutoff) {
+                self.marks.pop_front();
+            }
+        }
+        let floor_from = self.marks.front().map_or(Seq::MAX, |(_, seq)| *seq);
+        let floor_kept = self.events.len() - self.events.partition_point(|r| r.seq < floor_from);
+        let draining = self
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.epoch == self.epoch && l.state == LeaseState::Draining);
+        let (keep, cut_into_floor) = retention.keep(self.events.len(), floor_kept, draining);
+        while self.events.len() > keep {
+            self.events.pop_front();
+        }
+        Appended { cut_into_floor }
     }
 }
 
@@ -430,7 +476,7 @@ impl SessionStore for MemoryStore {
         session: &'a SessionId,
         epoch: Epoch,
         entries: &'a [Recorded],
-    ) -> BoxFuture<'a, StoreResult<()>> {
+    ) -> BoxFuture<'a, StoreResult<Appended>> {
         Box::pin(async move { self.append_now(session.as_str(), epoch, entries) })
     }
 

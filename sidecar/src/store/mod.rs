@@ -82,6 +82,66 @@ pub struct Lease {
     pub state: LeaseState,
 }
 
+/// How much of a session's history a store keeps (`spec.sessions.historyLimit`, `historySeconds`,
+/// `historyMaxEntries`).
+///
+/// A count alone fails fast streams: 1,000 entries are 0.2 s at 5,000 events/s, while a client
+/// moved by a drain reconnects a second or more behind, so its resume found a hole. The time floor
+/// keeps what a handoff needs at any rate; the cap keeps one runaway stream from exhausting the
+/// store's memory, and says so (see [`Appended::cut_into_floor`]) when it cuts into the floor.
+/// While the owner drains, only the cap trims: the entries and the `Handover`/`End` markers of a
+/// session being handed over stay until the new owner takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest entries kept whatever their age.
+    pub limit: u32,
+    /// Entries younger than this are kept too (to about a second in Redis).
+    pub floor: Duration,
+    /// Entries kept at most, whatever the floor or a drain wants. At least `limit`.
+    pub cap: u32,
+}
+
+impl Retention {
+    /// Keep the newest `limit` entries, nothing more (no time floor).
+    pub fn count(limit: u32) -> Self {
+        Self {
+            limit,
+            floor: Duration::ZERO,
+            cap: limit,
+        }
+    }
+
+    /// From the sidecar's flags.
+    pub fn from_args(args: &SidecarArgs) -> Self {
+        let limit = args.history_limit.max(1);
+        Self {
+            limit,
+            floor: Duration::from_secs(u64::from(args.history_floor_seconds())),
+            cap: args.history_max_entries.max(limit),
+        }
+    }
+
+    /// How many of `len` stored entries to keep, and whether that cuts into what the floor (or a
+    /// drain) wants. `floor_kept` is how many of the newest entries are younger than the floor.
+    pub fn keep(&self, len: usize, floor_kept: usize, draining: bool) -> (usize, bool) {
+        let want = if draining {
+            len
+        } else {
+            floor_kept.max(self.limit as usize).min(len)
+        };
+        let keep = want.min(self.cap as usize);
+        (keep, keep < want)
+    }
+}
+
+/// What an append did beyond storing its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Appended {
+    /// The cap (`historyMaxEntries`) trimmed entries the time floor or a drain would have kept:
+    /// a resume may now find a hole. Counted and logged by the recorder.
+    pub cut_into_floor: bool,
+}
+
 /// Identity of this pod as an owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -173,13 +233,13 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Append entries (their `seq`s strictly increasing) atomically with the epoch check: all or
     /// nothing; `Fenced` if `epoch` is not the current one. Entries at or below the newest stored
     /// seq are skipped (a retry of a write that was applied but timed out), the rest stored.
-    /// Trims history to about `historyLimit` entries and slides the TTL.
+    /// Trims history by the store's [`Retention`] and slides the TTL.
     fn append<'a>(
         &'a self,
         session: &'a SessionId,
         epoch: Epoch,
         entries: &'a [Recorded],
-    ) -> BoxFuture<'a, StoreResult<()>>;
+    ) -> BoxFuture<'a, StoreResult<Appended>>;
 
     /// Up to `limit` entries with seq > `after`, oldest first.
     fn read_after<'a>(
@@ -230,21 +290,44 @@ pub enum OpenError {
 pub async fn open(args: &SidecarArgs) -> Result<Arc<dyn SessionStore>, OpenError> {
     let ttl = Duration::from_secs(u64::from(args.session_ttl_seconds));
     match args.store {
-        StoreKind::Memory => Ok(Arc::new(MemoryStore::new(args.history_limit as usize, ttl))),
+        StoreKind::Memory => Ok(Arc::new(MemoryStore::with_retention(
+            Retention::from_args(args),
+            ttl,
+        ))),
         StoreKind::Redis => {
             let url = args
                 .redis_url
                 .as_deref()
                 .ok_or(OpenError::MissingRedisUrl)?;
-            let store = RedisStore::connect(
+            let mut cfg = RedisConfig::new(
                 url,
                 &args.service_namespace,
                 &args.service_name,
                 args.history_limit,
                 ttl,
-            )
-            .await?;
-            Ok(Arc::new(store))
+            );
+            cfg.retention = Retention::from_args(args);
+            Ok(Arc::new(RedisStore::with_config(cfg).await?))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_keeps_the_larger_of_count_and_floor_within_the_cap() {
+        let r = Retention {
+            limit: 10,
+            floor: Duration::from_secs(30),
+            cap: 100,
+        };
+        assert_eq!(r.keep(5, 5, false), (5, false), "nothing to trim");
+        assert_eq!(r.keep(50, 3, false), (10, false), "old entries: the count");
+        assert_eq!(r.keep(50, 40, false), (40, false), "young entries: the floor");
+        assert_eq!(r.keep(500, 400, false), (100, true), "the cap cuts the floor");
+        assert_eq!(r.keep(80, 0, true), (80, false), "a drain keeps all");
+        assert_eq!(r.keep(500, 0, true), (100, true), "within the cap");
     }
 }

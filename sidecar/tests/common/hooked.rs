@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use ssekeeper_sidecar::cursor::SessionId;
 use ssekeeper_sidecar::store::{
-    Epoch, Lease, LeaseState, Owner, Recorded, Seq, SessionStore, StoreResult,
+    Appended, Epoch, Lease, LeaseState, Owner, Recorded, Seq, SessionStore, StoreResult,
 };
 
 /// The store call about to run.
@@ -118,7 +118,7 @@ impl<H: StoreHook> SessionStore for Hooked<H> {
         s: &'a SessionId,
         e: Epoch,
         entries: &'a [Recorded],
-    ) -> BoxFuture<'a, StoreResult<()>> {
+    ) -> BoxFuture<'a, StoreResult<Appended>> {
         Box::pin(async move {
             self.before(Op::Append, Some(s)).await?;
             self.inner.append(s, e, entries).await

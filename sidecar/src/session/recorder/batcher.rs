@@ -16,14 +16,16 @@ use tokio::task::JoinHandle;
 
 use crate::cursor::SessionId;
 use crate::session::leases::{Claim, LeaseBook};
-use crate::store::{Epoch, GuardedStore, Recorded, SessionStore as _, StoreError, StoreResult};
+use crate::store::{
+    Appended, Epoch, GuardedStore, Recorded, SessionStore as _, StoreError, StoreResult,
+};
 
 /// How one batch went.
 pub(super) struct FlushDone {
     /// The entries it carried.
     pub batch: Vec<Recorded>,
     /// The store's answer.
-    pub result: StoreResult<()>,
+    pub result: StoreResult<Appended>,
     /// The lease, when this write had to claim it first.
     pub claim: Option<StoreResult<Claim>>,
     /// How long it took.
@@ -215,7 +217,7 @@ pub(super) async fn write_batch(
         },
     };
     let epoch_now = || book.epoch(session, id).unwrap_or(epoch);
-    let mut result = Ok(());
+    let mut result = Ok(Appended::default());
     // A few attempts: a recovery when the store lost the session, a retry when another task of
     // this pod recovered it first.
     for _ in 0..3 {

@@ -104,6 +104,7 @@ pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
         ),
         items: Vec::with_capacity(8),
         unrecorded_warned: false,
+        floor_cut_warned: false,
         paused_for_store: false,
         handover: Handover::new(start.session.clone()),
         handed_over_at: None,
@@ -142,6 +143,8 @@ struct Recorder {
     fanout: Fanout,
     batcher: Batcher,
     unrecorded_warned: bool,
+    /// Whether this recorder logged that the history cap cut into the time floor (once each).
+    floor_cut_warned: bool,
     /// Whether the upstream is paused for the store (to count each pause once).
     paused_for_store: bool,
     /// The lease's claim and fencing signal (see [`lease`]).
@@ -432,9 +435,16 @@ impl Recorder {
             self.lease.adopt(claim);
         }
         match done.result {
-            Ok(()) => {
+            Ok(appended) => {
                 self.batcher.written();
                 self.unrecorded_warned = false;
+                if appended.cut_into_floor {
+                    self.shared.metrics.history_floor_cuts.inc();
+                    if !self.floor_cut_warned {
+                        self.floor_cut_warned = true;
+                        tracing::warn!(session = %self.session, "history cap (historyMaxEntries) reached: events younger than historySeconds were trimmed, a resume may find a hole (counted in history_floor_cuts)");
+                    }
+                }
                 if !done.batch.is_empty() {
                     let m = &self.shared.metrics;
                     m.events_recorded.inc_by(done.batch.len() as u64);

@@ -163,19 +163,25 @@ pub(crate) fn parse_xread(v: &Value) -> StoreResult<Vec<Recorded>> {
 /// What the append/renew/release scripts answer.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Done.
-    Ok,
+    /// Done; for an append, whether the history cap cut into the time floor (third element).
+    Ok {
+        /// The append's trim removed entries the floor or a drain wanted.
+        cut_into_floor: bool,
+    },
     /// Another epoch owns the session (0: the session no longer exists).
     Fenced(Epoch),
     /// A stream id this version does not write (in the stream or in the batch).
     BadId(String),
 }
 
-/// `{status, detail}`: 1 ok, 0 fenced (detail = current epoch), 2 a foreign id (detail = it).
+/// `{status, detail[, cut]}`: 1 ok, 0 fenced (detail = current epoch), 2 a foreign id
+/// (detail = it); an append's ok carries `cut` (1: the cap cut into the time floor).
 pub(crate) fn parse_verdict(v: &Value) -> StoreResult<Verdict> {
     let parts = items(v)?.ok_or_else(|| malformed("script: nil reply"))?;
-    let [status, detail] = parts else {
-        return Err(malformed("script: expected {status, detail}"));
+    let (status, detail, cut) = match parts {
+        [status, detail] => (status, detail, None),
+        [status, detail, cut] => (status, detail, Some(cut)),
+        _ => return Err(malformed("script: expected {status, detail}")),
     };
     let num = |v: &Value| -> StoreResult<u64> {
         match v {
@@ -186,7 +192,9 @@ pub(crate) fn parse_verdict(v: &Value) -> StoreResult<Verdict> {
         }
     };
     match num(status)? {
-        1 => Ok(Verdict::Ok),
+        1 => Ok(Verdict::Ok {
+            cut_into_floor: cut.map(num).transpose()? == Some(1),
+        }),
         0 => Ok(Verdict::Fenced(num(detail)?)),
         2 => Ok(Verdict::BadId(text(detail, "stream id")?.to_string())),
         _ => Err(malformed("script: unknown status")),
@@ -379,7 +387,16 @@ mod tests {
         let v = |a: Value, b: Value| Value::Array(vec![a, b]);
         assert_eq!(
             parse_verdict(&v(Value::Int(1), bs("4"))).unwrap(),
-            Verdict::Ok
+            Verdict::Ok {
+                cut_into_floor: false
+            }
+        );
+        let cut = Value::Array(vec![Value::Int(1), bs("4"), Value::Int(1)]);
+        assert_eq!(
+            parse_verdict(&cut).unwrap(),
+            Verdict::Ok {
+                cut_into_floor: true
+            }
         );
         assert_eq!(
             parse_verdict(&v(Value::Int(0), bs("9"))).unwrap(),

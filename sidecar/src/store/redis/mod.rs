@@ -39,7 +39,8 @@ use self::errors::{from_redis, timed_out};
 use self::scripts::Scripts;
 use super::batch::check_order;
 use super::{
-    Entry, Epoch, Lease, LeaseState, Owner, Recorded, Seq, SessionStore, StoreError, StoreResult,
+    Appended, Entry, Epoch, Lease, LeaseState, Owner, Recorded, Retention, Seq, SessionStore,
+    StoreError, StoreResult,
 };
 use crate::contract::keys;
 use crate::contract::redis::conn::{AnyConn, Connector, Timeouts, is_connection_fault};
@@ -54,8 +55,8 @@ pub struct RedisConfig {
     pub namespace: String,
     /// Name of the SseService (second half of the key prefix).
     pub name: String,
-    /// Entries kept per session (approximately: `MAXLEN ~`). At least 1.
-    pub history_limit: u32,
+    /// How much history each session keeps (approximately: trims are `~`).
+    pub retention: Retention,
     /// How long a session outlives its last write.
     pub session_ttl: Duration,
     /// Deadline of every ordinary call and of establishing a connection.
@@ -74,7 +75,7 @@ impl std::fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("namespace", &self.namespace)
             .field("name", &self.name)
-            .field("history_limit", &self.history_limit)
+            .field("retention", &self.retention)
             .field("session_ttl", &self.session_ttl)
             .field("op_timeout", &self.op_timeout)
             .field("max_blocking", &self.max_blocking)
@@ -97,7 +98,7 @@ impl RedisConfig {
             url: url.to_string(),
             namespace: namespace.to_string(),
             name: name.to_string(),
-            history_limit,
+            retention: Retention::count(history_limit),
             session_ttl,
             op_timeout: Duration::from_secs(1),
             max_blocking: 256,
@@ -127,19 +128,21 @@ pub struct RedisStore {
     pool: BlockingPool,
     namespace: String,
     name: String,
-    history_limit: u32,
+    retention: Retention,
     session_ttl: Duration,
     op_timeout: Duration,
     max_block: Duration,
     scripts: Scripts,
 }
 
-/// The four keys of one session.
+/// The five keys of one session.
 struct SessionKeys {
     events: String,
     epoch: String,
     lease: String,
     appid: String,
+    /// When entries were written, to the second (the time floor of [`Retention`]).
+    marks: String,
 }
 
 impl RedisStore {
@@ -165,10 +168,17 @@ impl RedisStore {
 
     /// Like [`RedisStore::connect`] with every knob.
     pub async fn with_config(cfg: RedisConfig) -> Result<Self, ConnectError> {
-        if cfg.history_limit == 0 {
+        let retention = cfg.retention;
+        if retention.limit == 0 {
             return Err(ConnectError::Invalid(
                 "history limit must be at least 1".into(),
             ));
+        }
+        if retention.cap < retention.limit {
+            return Err(ConnectError::Invalid(format!(
+                "history cap {} is below the history limit {}",
+                retention.cap, retention.limit
+            )));
         }
         if cfg.session_ttl < Duration::from_millis(1) || cfg.op_timeout < Duration::from_millis(1) {
             return Err(ConnectError::Invalid(
@@ -189,7 +199,7 @@ impl RedisStore {
             pool: BlockingPool::new(cfg.max_blocking, cfg.idle_blocking),
             namespace: cfg.namespace,
             name: cfg.name,
-            history_limit: cfg.history_limit,
+            retention,
             session_ttl: cfg.session_ttl,
             op_timeout: cfg.op_timeout,
             max_block: cfg.max_block,
@@ -210,12 +220,17 @@ impl RedisStore {
             epoch: k("epoch"),
             lease: k("lease"),
             appid: k("appid"),
+            marks: k("marks"),
         }
     }
 
     fn script<'s>(&self, script: &'s ::redis::Script, k: &SessionKeys) -> ScriptInvocation<'s> {
         let mut inv = script.prepare_invoke();
-        inv.key(&k.events).key(&k.epoch).key(&k.lease).key(&k.appid);
+        inv.key(&k.events)
+            .key(&k.epoch)
+            .key(&k.lease)
+            .key(&k.appid)
+            .key(&k.marks);
         inv
     }
 
@@ -277,7 +292,7 @@ impl RedisStore {
         s: &SessionId,
         epoch: Epoch,
         entries: &[Recorded],
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Appended> {
         check_order(None, entries)?;
         let k = self.keys(s);
         // The newest event's app id: set it, or clear it when the app reset it (empty `id:`).
@@ -292,11 +307,13 @@ impl RedisStore {
         };
         let mut inv = self.script(&self.scripts.append, &k);
         inv.arg(epoch)
-            .arg(self.history_limit)
+            .arg(self.retention.limit)
             .arg(Self::ms(self.session_ttl))
             .arg(app_id)
             .arg(app_id_mode)
-            .arg(entries.len());
+            .arg(entries.len())
+            .arg(u64::try_from(self.retention.floor.as_millis()).unwrap_or(u64::MAX))
+            .arg(self.retention.cap);
         for r in entries {
             let fields = encode(&r.entry);
             inv.arg(stream_id(r.seq)).arg(fields.len() * 2);
@@ -305,7 +322,7 @@ impl RedisStore {
             }
         }
         match parse_verdict(&self.invoke("append", &inv).await?)? {
-            Verdict::Ok => Ok(()),
+            Verdict::Ok { cut_into_floor } => Ok(Appended { cut_into_floor }),
             Verdict::Fenced(current) => Err(StoreError::Fenced { current }),
             Verdict::BadId(id) => Err(StoreError::Malformed(format!(
                 "append: stream id {id:?} is not one this version writes"
@@ -496,7 +513,7 @@ fn count(limit: usize) -> u64 {
 
 fn verdict_unit(v: &Value) -> StoreResult<()> {
     match parse_verdict(v)? {
-        Verdict::Ok => Ok(()),
+        Verdict::Ok { .. } => Ok(()),
         Verdict::Fenced(current) => Err(StoreError::Fenced { current }),
         Verdict::BadId(_) => Err(StoreError::Malformed("unexpected script verdict".into())),
     }
@@ -553,7 +570,7 @@ impl SessionStore for RedisStore {
         session: &'a SessionId,
         epoch: Epoch,
         entries: &'a [Recorded],
-    ) -> BoxFuture<'a, StoreResult<()>> {
+    ) -> BoxFuture<'a, StoreResult<Appended>> {
         Box::pin(self.do_append(session, epoch, entries))
     }
 

@@ -1,6 +1,6 @@
 //! The Lua scripts that make fencing atomic.
 //!
-//! Each runs on one session's keys only (`KEYS` = events, epoch, lease, appid, all carrying the
+//! Each runs on one session's keys only (`KEYS` = events, epoch, lease, appid, marks, all carrying the
 //! session's hash tag, so one Cluster slot), sent as `EVALSHA` with a fallback to loading the
 //! script after a `NOSCRIPT` (a restarted or failed-over server). Redis runs a script without
 //! interleaving other commands, which is what makes "check the epoch, then write" one step.
@@ -12,7 +12,7 @@
 //!   session no longer exists), 2 out of order (detail = the stream's newest id);
 //! - lease liveness is the `until` field (server milliseconds from `TIME`), not the key's TTL, so
 //!   a lease that lapsed while its owner was slow can be renewed as long as nobody took over;
-//! - every write (append, acquire, renew) slides the TTL of all four keys (`PEXPIRE`), so a
+//! - every write (append, acquire, renew) slides the TTL of all five keys (`PEXPIRE`), so a
 //!   session expires as a whole.
 
 use ::redis::Script;
@@ -33,22 +33,29 @@ local function now_ms()
 end
 "#;
 
-/// `append(epoch, maxlen, ttl_ms, appid, appid_mode, n, [id, nargs, field, value, …] × n)`;
-/// `appid_mode`: 1 set the newest app id, 2 clear it (the app reset it), 0 leave it.
+/// `append(epoch, limit, ttl_ms, appid, appid_mode, n, floor_ms, cap, [id, nargs, field, value,
+/// …] × n)`; `appid_mode`: 1 set the newest app id, 2 clear it (the app reset it), 0 leave it.
 ///
 /// Refuses (0) unless `epoch` is current. Entries at or below the stream's newest id are skipped
 /// (a retried batch whose first attempt was applied but timed out) and the rest added, so a retry
 /// never loses the new entries; the caller checked the batch itself is increasing. Every id is
 /// checked before anything is written (2: an id this version does not write), so every `XADD`
-/// below succeeds and the batch lands whole or not at all. Only the last `XADD` trims
-/// (`MAXLEN ~`: whole radix-tree nodes, so the history keeps at least `maxlen` and at most about
-/// 100 more). The newest event's app id is kept in its own key so `last_app_id` is one `GET`
-/// even after trimming.
+/// below succeeds and the batch lands whole or not at all. The newest event's app id is kept in
+/// its own key so `last_app_id` is one `GET` even after trimming.
+///
+/// Retention (`Retention` in `store/mod.rs`, same rule): the marks list (`KEYS[5]`, entries
+/// `"<second>:<first seq appended in it>"`) says when entries were written, to the second, and
+/// is cut to the time floor on each append. Keep the newest `limit` entries or, when more are
+/// younger than `floor_ms`, those (`MINID`); while the lease is `draining`, everything; never
+/// more than `cap` (`MAXLEN`), and the reply's third element is 1 when the cap removed entries
+/// the floor or the drain wanted. Trims are `~` (whole radix-tree nodes: up to ~100 more kept).
+/// Seqs are far below 2^53, so Lua's doubles hold them exactly.
 const APPEND: &str = r#"
 local cur = epoch_of(KEYS[2])
 if type(cur) == 'table' then return cur end
 if cur ~= ARGV[1] then return {0, cur} end
 local n = tonumber(ARGV[6])
+local cut = 0
 if n > 0 then
   local ts = nil
   local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -61,7 +68,7 @@ if n > 0 then
     return ts ~= nil and (#fs < #ts or (#fs == #ts and fs <= ts))
   end
   local starts, first = {}, n + 1
-  local pos = 7
+  local pos = 9
   for j = 1, n do
     local fs = string.match(ARGV[pos], '^(%d+)-0$')
     if not fs then return {2, ARGV[pos]} end
@@ -71,23 +78,51 @@ if n > 0 then
   end
   for j = first, n do
     local p = starts[j]
-    local args = {'XADD', KEYS[1]}
-    if j == n then
-      args[#args + 1] = 'MAXLEN'
-      args[#args + 1] = '~'
-      args[#args + 1] = ARGV[2]
-    end
-    args[#args + 1] = ARGV[p]
+    local args = {'XADD', KEYS[1], ARGV[p]}
     for a = p + 2, p + 1 + tonumber(ARGV[p + 1]) do args[#args + 1] = ARGV[a] end
     redis.call(unpack(args))
   end
   if first <= n then
     if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[4])
     elseif ARGV[5] == '2' then redis.call('DEL', KEYS[4]) end
+    local now = now_ms()
+    local sec = math.floor(now / 1000)
+    local function mark(raw)
+      if not raw then return nil end
+      local ms, mq = string.match(raw, '^(%d+):(%d+)$')
+      return tonumber(ms), tonumber(mq)
+    end
+    local tail = mark(redis.call('LINDEX', KEYS[5], -1))
+    if not tail or tail < sec then
+      redis.call('RPUSH', KEYS[5], sec .. ':' .. string.match(ARGV[starts[first]], '^(%d+)'))
+    end
+    local cutoff = math.floor((now - tonumber(ARGV[7])) / 1000)
+    local floor_from = nil
+    while true do
+      local hs, hq = mark(redis.call('LINDEX', KEYS[5], 0))
+      if not hs then redis.call('DEL', KEYS[5]); break end
+      if hs >= cutoff then floor_from = hq; break end
+      redis.call('LPOP', KEYS[5])
+    end
+    local newest = tonumber(string.match(ARGV[starts[n]], '^(%d+)'))
+    local limit, cap = tonumber(ARGV[2]), tonumber(ARGV[8])
+    local want = limit
+    if redis.call('HGET', KEYS[3], 'state') == 'draining' then
+      want = cap + 1
+    elseif floor_from and newest - floor_from + 1 > limit then
+      want = newest - floor_from + 1
+    end
+    if want > cap then
+      if redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', cap) > 0 then cut = 1 end
+    elseif want > limit then
+      redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%.0f-0', floor_from))
+    else
+      redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', limit)
+    end
   end
 end
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
-return {1, cur}
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+return {1, cur, cut}
 "#;
 
 /// `acquire(owner, addr, lease_ttl_ms, key_ttl_ms)` → the new epoch.
@@ -102,7 +137,7 @@ local untl = string.format('%.0f', now_ms() + tonumber(ARGV[3]))
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[3], 'owner', ARGV[1], 'addr', ARGV[2], 'epoch', tostring(e),
   'state', 'live', 'until', untl)
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return e
 "#;
 
@@ -120,7 +155,7 @@ local untl = string.format('%.0f', now_ms() + tonumber(ARGV[3]))
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[3], 'owner', ARGV[1], 'addr', ARGV[2], 'epoch', tostring(e),
   'state', 'live', 'until', untl)
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return {1, tostring(e)}
 "#;
 
@@ -133,7 +168,7 @@ if cur ~= ARGV[1] then return {0, cur} end
 if redis.call('EXISTS', KEYS[3]) == 0 then return {0, cur} end
 local untl = string.format('%.0f', now_ms() + tonumber(ARGV[3]))
 redis.call('HSET', KEYS[3], 'state', ARGV[2], 'until', untl)
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return {1, cur}
 "#;
 
