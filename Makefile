@@ -70,8 +70,10 @@ test-unit: ## unit and golden-file tests (no cluster needed)
 	$(CARGO) test --no-fail-fast --workspace --exclude ssekeeper-tests
 	$(CARGO) test --no-fail-fast -p ssekeeper-tests --lib --bins
 
-test-load: ## the recording promise under load (50,000 events/s into real Redis), in release so the load is real
+test-load: ## the recording promise under load (50,000 events/s into real Redis) and rolling restarts at 5,000 and 20,000 events/s, in release so the load is real
 	$(CARGO) test --no-fail-fast --release -p ssekeeper-sidecar --test recording -- --include-ignored --test-threads=1 --nocapture
+	$(CARGO) build -q --release -p ssekeeper-sidecar -p ssekeeper-tests --bins
+	$(CARGO) test --no-fail-fast --release -p ssekeeper-tests --test load_rolling -- --test-threads=1 --nocapture
 
 FUZZ_SECONDS ?= 20
 test-fuzz: ## fuzz the SSE parser, the cursor and session-key extraction, $(FUZZ_SECONDS) s each, from the checked-in corpus (nightly + cargo-fuzz)

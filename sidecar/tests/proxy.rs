@@ -201,12 +201,21 @@ async fn a_slow_consumer_is_cut_and_memory_stays_bounded() {
     let last = log.last_id.clone().expect("received some events");
     // It resumes from its cursor on the same pod and continues where it stopped.
     let mut r = Stream::open(sc.sse, "/firehose?size=1000", Some(&last)).await;
+    let mut told_gap = false;
     let next = loop {
         match r.next(T).await.expect("resumed stream has events") {
+            // The recorder went on at full speed: what the 1,000-entry history no longer holds
+            // is announced, not glued over.
+            Frame::Event(e)
+                if e.event.as_deref() == Some(ssekeeper_sidecar::contract::GAP_EVENT_TYPE) =>
+            {
+                told_gap = true;
+            }
             Frame::Event(e) => break e,
             _ => continue,
         }
     };
+    assert_eq!(told_gap, sc.shared.metrics.replay_gaps.get() > 0);
     let (a, b) = (
         Cursor::parse(&last).unwrap(),
         Cursor::parse(next.id.as_deref().unwrap()).unwrap(),

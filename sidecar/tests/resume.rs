@@ -51,6 +51,56 @@ async fn reconnect_to_the_same_pod_misses_nothing() {
     assert_eq!(asked, 1);
 }
 
+/// The time floor: a fast stream (1,000 events/s) whose client is away for a second resumes
+/// whole although the count alone (100 entries, 0.1 s) would have trimmed its cursor away; the
+/// same resume with no floor finds the hole. The floor, not luck, is what keeps the history.
+#[tokio::test]
+async fn a_fast_streams_resume_after_a_second_away_finds_its_history_through_the_time_floor() {
+    for floor in [Duration::from_secs(10), Duration::ZERO] {
+        let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+        let retention = ssekeeper_sidecar::store::Retention {
+            limit: 100,
+            floor,
+            cap: 100_000,
+        };
+        let store = Arc::new(ssekeeper_sidecar::store::MemoryStore::with_retention(
+            retention,
+            Duration::from_secs(300),
+        ));
+        let mut a = args(app.addr, "pod-a");
+        a.resume_buffer_events = 5;
+        let sc = start_sidecar(a, store).await;
+        let path = "/events?feed=fast&interval_ms=1&ignore_lei=1";
+        let mut log = Log::default();
+        let mut s = Stream::open(sc.sse, path, None).await;
+        s.read_until(&mut log, 50, T).await;
+        drop(s);
+        tokio::time::sleep(Duration::from_secs(1)).await; // ~1,000 events meanwhile
+        let mut s = Stream::open(sc.sse, path, log.last_id.as_deref()).await;
+        let mut resumed = Log::default();
+        s.read_until(&mut resumed, 1500, T).await;
+        let gap = resumed
+            .events
+            .iter()
+            .any(|e| e.event.as_deref() == Some(ssekeeper_sidecar::contract::GAP_EVENT_TYPE));
+        println!(
+            "floor {floor:?}: resumed after 1 s away at 1,000 events/s with a 100-entry limit: gap {gap}, replay gaps {}; left at {:?}, resumed at {:?}",
+            sc.shared.metrics.replay_gaps.get(),
+            log.data().last(),
+            resumed.data().first()
+        );
+        if floor.is_zero() {
+            assert!(gap, "without a floor the count trimmed the cursor away");
+        } else {
+            assert!(!gap, "the floor kept the history");
+            let mut all = log.data();
+            all.extend(resumed.data());
+            assert_contiguous(&all);
+            assert_eq!(sc.shared.metrics.replay_gaps.get(), 0);
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_same_pod_resume_past_the_stored_history_does_not_spin_on_the_store() {
     let app = TestApp::start("app", Arc::new(Feeds::default())).await;

@@ -90,6 +90,26 @@ impl ChatCrowd {
     }
 }
 
+impl ChatCrowd {
+    /// Stop every client and judge each against its own first..=last event: for streams with no
+    /// common end (a clock that never stops), where each client stops wherever it was.
+    pub async fn finish_each(self) -> Vec<ClientVerdict> {
+        let mut verdicts = Vec::new();
+        for c in self.clients {
+            let report = c.stop().await;
+            let to = report
+                .events
+                .iter()
+                .filter_map(chat_event)
+                .map(|e| e.seq)
+                .max()
+                .unwrap_or(0);
+            verdicts.push(ClientVerdict::judge(report, None, to));
+        }
+        verdicts
+    }
+}
+
 /// One client's verdict.
 #[derive(Debug)]
 pub struct ClientVerdict {

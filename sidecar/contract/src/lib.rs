@@ -137,9 +137,9 @@ pub mod defaults {
     pub const SESSION_TTL_SECONDS: u32 = 300;
     /// `--history-limit` / `spec.sessions.historyLimit`.
     pub const HISTORY_LIMIT: u32 = 1000;
-    /// `--history-max-entries` / `spec.sessions.historyMaxEntries`: 20 s at 5,000 events/s;
-    /// about 15 MB of a 100-byte stream in Redis.
-    pub const HISTORY_MAX_ENTRIES: u32 = 100_000;
+    /// `--history-max-entries` / `spec.sessions.historyMaxEntries`: the default floor (36 s) at
+    /// 5,000 events/s, and a margin.
+    pub const HISTORY_MAX_ENTRIES: u32 = 250_000;
 
     /// `spec.sessions.key`: where the official MCP SDKs name a session, so both work with no
     /// configuration — the TypeScript SSE transport's `?sessionId=`, the Python one's

@@ -276,6 +276,18 @@ async fn read_range(
     let mut out = VecDeque::new();
     let mut cursor = from;
     let mut buf = String::new();
+    let mut holed = false;
+    // Counted once per resume; the gap event goes where the hole is.
+    let mut hole = |out: &mut VecDeque<Bytes>, reached: Seq| {
+        if std::mem::replace(&mut holed, true) {
+            return;
+        }
+        shared.metrics.replay_gaps.inc();
+        tracing::warn!(session = %session, from, upto, reached, "same-pod resume: part of the history is missing");
+        if shared.settings.gap_event {
+            out.push_back(missing_gap(session, from));
+        }
+    };
     let deadline = Instant::now() + RANGE_WAIT;
     while cursor < upto && Instant::now() < deadline {
         let want = (upto - cursor).min(READ_BATCH as u64) as usize;
@@ -298,6 +310,10 @@ async fn read_range(
                 past_range = true;
                 break;
             }
+            if e.seq > cursor + 1 {
+                // Trimmed (or never recorded) between the cursor and the oldest entry kept.
+                hole(&mut out, cursor);
+            }
             if let Some(b) = entry_bytes(session, e, &mut buf) {
                 out.push_back(b);
             }
@@ -308,11 +324,7 @@ async fn read_range(
         }
     }
     if cursor < upto {
-        shared.metrics.replay_gaps.inc();
-        tracing::warn!(session = %session, from, upto, reached = cursor, "same-pod resume: part of the history is missing");
-        if shared.settings.gap_event {
-            out.push_back(missing_gap(session, from));
-        }
+        hole(&mut out, cursor);
     }
     out
 }

@@ -325,8 +325,16 @@ mod tests {
         };
         assert_eq!(r.keep(5, 5, false), (5, false), "nothing to trim");
         assert_eq!(r.keep(50, 3, false), (10, false), "old entries: the count");
-        assert_eq!(r.keep(50, 40, false), (40, false), "young entries: the floor");
-        assert_eq!(r.keep(500, 400, false), (100, true), "the cap cuts the floor");
+        assert_eq!(
+            r.keep(50, 40, false),
+            (40, false),
+            "young entries: the floor"
+        );
+        assert_eq!(
+            r.keep(500, 400, false),
+            (100, true),
+            "the cap cuts the floor"
+        );
         assert_eq!(r.keep(80, 0, true), (80, false), "a drain keeps all");
         assert_eq!(r.keep(500, 0, true), (100, true), "within the cap");
     }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use ssekeeper_testkit::app::serve::{Body, last_event_id, query_param, sse, text};
 
-use super::{answer, completions, events, mcp};
+use super::{answer, clock, completions, events, mcp};
 
 /// What every request handler may need, shared by all connections.
 pub struct AppState {
@@ -42,6 +42,7 @@ async fn route(req: Request<Incoming>, state: Arc<AppState>) -> Response<Body> {
         (&Method::GET, "/sse") => mcp::open(&state),
         (&Method::POST, "/messages") => mcp::post(req, &state).await,
         (&Method::GET, "/answer") => answer::handle(&req, &state),
+        (&Method::GET, "/clock") => clock::handle(&req, &state),
         (&Method::POST, "/v1/chat/completions") => completions::handle(req, &state).await,
         (&Method::GET, path) if path.starts_with("/testing/") => testing::handle(&req),
         _ => text(StatusCode::NOT_FOUND, "not found"),
