@@ -398,6 +398,14 @@ pub struct SessionsConfig {
     #[serde(default = "default_session_keys")]
     #[schemars(length(max = 8))]
     pub key: Vec<SessionKey>,
+    /// Whose a session is: the request values its cursors are bound to (a keyed hash of them,
+    /// never the values). A resume — replay, attach or takeover — must present the same values
+    /// on the same path, or it is treated as a new stream and the app decides. Default: the
+    /// `Authorization` and `Cookie` headers. Name a stable credential (e.g. `cookie: sid`) if a
+    /// token rotates while a stream is open; `[]` binds cursors to the path only.
+    #[serde(default = "default_identity")]
+    #[schemars(length(max = 8))]
+    pub identity: Vec<SessionKey>,
 }
 
 impl Default for SessionsConfig {
@@ -411,6 +419,7 @@ impl Default for SessionsConfig {
             history_max_entries: default_history_max(),
             on_history_gap: HistoryGapSignal::default(),
             key: default_session_keys(),
+            identity: default_identity(),
         }
     }
 }
@@ -425,6 +434,14 @@ fn default_history() -> u32 {
 
 fn default_history_max() -> u32 {
     defaults::HISTORY_MAX_ENTRIES
+}
+
+fn default_identity() -> Vec<SessionKey> {
+    contract::IdentitySources::default()
+        .0
+        .into_iter()
+        .map(SessionKey::from_source)
+        .collect()
 }
 
 fn default_session_keys() -> Vec<SessionKey> {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::contract::{SessionKeySource, SidecarArgs, StoreKind};
+use crate::cursor::CursorKey;
 use crate::store::Owner;
 
 /// Everything the sidecar's tasks need to know, in the units they use.
@@ -30,6 +31,11 @@ pub struct Settings {
     pub store: StoreKind,
     /// Where requests name their session, in order.
     pub session_keys: Vec<SessionKeySource>,
+    /// The request values a stream's cursors are bound to.
+    pub identity: Vec<SessionKeySource>,
+    /// Signs cursors and derives keyed session ids: from the forwarding secret, so every pod of
+    /// the SseService agrees; random (this pod only) without one.
+    pub cursor_key: CursorKey,
     /// Lease lifetime without renewal.
     pub lease_ttl: Duration,
     /// How often held leases are renewed.
@@ -117,6 +123,12 @@ impl Settings {
             service: format!("{}/{}", args.service_namespace, args.service_name),
             store: args.store,
             session_keys: args.session_keys.clone(),
+            identity: args.identity.0.clone(),
+            cursor_key: args
+                .forward_key
+                .as_deref()
+                .filter(|k| !k.is_empty())
+                .map_or_else(CursorKey::random, |k| CursorKey::derive(k.as_bytes())),
             lease_ttl,
             renew_every: lease_ttl / 3,
             session_ttl: secs(args.session_ttl_seconds.max(1)),

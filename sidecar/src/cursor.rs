@@ -1,9 +1,17 @@
-//! The resumable cursor `<session>.<seq>` the sidecar writes as every event's `id:`.
+//! The resumable cursor `<session>.<seq>.<tag>` the sidecar writes as every event's `id:`.
 //!
 //! A reconnecting EventSource sends the last id it saw as `Last-Event-ID`, so the cursor is all
 //! any pod needs to find the session in the store and replay what came after `seq`. It arrives
 //! from the network, so parsing treats it as hostile: bounded length, a strict alphabet, and a
 //! typed error for anything else, never a panic.
+//!
+//! The `tag` makes a cursor unforgeable and binds it to whoever opened the stream: SipHash-2-4
+//! under a per-SseService key ([`CursorKey`], derived from the forwarding secret every pod of the
+//! SseService shares) over the session, the seq and the stream's [`Binding`] (a keyed hash of the
+//! credentials the SseService names and of the path). A cursor another client sends (stolen,
+//! edited, or for another path) does not verify and is treated as an unknown one. Session ids of
+//! keyed streams are keyed hashes of the key ([`CursorKey::session_for_key`]), so no cookie or
+//! header value ever appears in an event id, a store key or a log line.
 //!
 //! Session ids never contain `.`, `{` or `}`: the cursor splits unambiguously and a session is
 //! safe inside a Redis Cluster hash tag (`contract::keys::session_key`).
@@ -11,7 +19,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use sha2::{Digest as _, Sha256};
+use hmac::{Hmac, Mac as _};
+use sha2::Sha256;
+use siphasher::sip::SipHasher24;
+use std::hash::Hasher as _;
 
 /// Longest session id: a random id is 32 characters, an app's own key is hashed if longer.
 pub const MAX_SESSION_LEN: usize = 128;
@@ -19,13 +30,14 @@ pub const MAX_SESSION_LEN: usize = 128;
 pub const MAX_EXTERNAL_KEY_LEN: usize = 256;
 /// Decimal digits of `u64::MAX`: the longest `seq`.
 const MAX_SEQ_DIGITS: usize = 20;
+/// Hex digits of a cursor's tag (64 bits).
+const TAG_DIGITS: usize = 16;
 /// Longest cursor on the wire; longer input is refused before it is scanned.
-pub const MAX_CURSOR_LEN: usize = MAX_SESSION_LEN + 1 + MAX_SEQ_DIGITS;
-/// Prefix of a session id derived by hashing an app's key. Keys that already start with it are
-/// hashed too, so a kept key and a hashed key can never name the same session.
-const HASHED_PREFIX: &str = "h_";
-/// Bytes of SHA-256 kept in a hashed session id (128 bits, as many as a random id has).
-const HASHED_BYTES: usize = 16;
+pub const MAX_CURSOR_LEN: usize = MAX_SESSION_LEN + 1 + MAX_SEQ_DIGITS + 1 + TAG_DIGITS;
+/// Prefix of a session id derived from an app's key.
+const KEYED_PREFIX: &str = "k_";
+/// Bytes of the keyed hash kept in a key-derived session id (128 bits, as many as a random id).
+const KEYED_BYTES: usize = 16;
 
 /// Why a session id, app key or cursor was refused. Messages never echo the input (it may be
 /// forged and end up in logs); they say what rule it broke.
@@ -52,9 +64,12 @@ pub enum CursorError {
     /// The cursor is longer than [`MAX_CURSOR_LEN`].
     #[error("cursor of {0} bytes is longer than {MAX_CURSOR_LEN}")]
     CursorTooLong(usize),
-    /// The cursor has no `.` between session and sequence number.
-    #[error("cursor has no '.' separator")]
+    /// The cursor is not `<session>.<seq>.<tag>`.
+    #[error("cursor is not <session>.<seq>.<tag>")]
     MissingSeparator,
+    /// The tag is not 16 lowercase hex digits.
+    #[error("cursor tag is not 16 lowercase hex digits")]
+    InvalidTag,
     /// The sequence number is not a canonical decimal `u64` (digits only, no sign, no leading
     /// zero, not too large).
     #[error("cursor sequence number is not a canonical decimal u64")]
@@ -76,31 +91,6 @@ impl SessionId {
     /// unguessable so a client cannot resume someone else's stream.
     pub fn random() -> SessionId {
         SessionId(format!("{:032x}", rand::random::<u128>()))
-    }
-
-    /// The session for a key the app chose (an MCP `sessionId`, a header, a cookie), which may
-    /// hold any visible ASCII. A key that is already a valid id (and does not start with the
-    /// hashed prefix `h_`) is kept, so ids stay readable in the store; any other is replaced by
-    /// `h_` and 32 hex digits of its SHA-256. The mapping is deterministic, so every pod finds the
-    /// same session, and one-to-one up to SHA-256 collisions.
-    pub fn from_external(key: &str) -> Result<SessionId, CursorError> {
-        if key.is_empty() {
-            return Err(CursorError::EmptyKey);
-        }
-        if key.len() > MAX_EXTERNAL_KEY_LEN {
-            return Err(CursorError::KeyTooLong(key.len()));
-        }
-        if let Some(at) = key.bytes().position(|b| !b.is_ascii_graphic()) {
-            return Err(CursorError::KeyCharacter(at));
-        }
-        if !key.starts_with(HASHED_PREFIX) && validate_session(key).is_ok() {
-            return Ok(SessionId(key.to_string()));
-        }
-        let digest = Sha256::digest(key.as_bytes());
-        Ok(SessionId(format!(
-            "{HASHED_PREFIX}{}",
-            hex::encode(&digest[..HASHED_BYTES])
-        )))
     }
 
     /// The id as text (for store keys and logs).
@@ -129,50 +119,43 @@ impl FromStr for SessionId {
     }
 }
 
-/// A position in a session's event history: the event numbered `seq` (the first event recorded
-/// in a session is 1, so `seq` 0 means "nothing delivered yet").
+/// A position in a session's event history as the client holds it: the event numbered `seq`
+/// (the first event recorded in a session is 1, so `seq` 0 means "nothing delivered yet") and
+/// the tag that proves this sidecar fleet wrote it for this client.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Cursor {
     /// The session the events belong to.
     pub session: SessionId,
     /// The sequence number of the last event the client has.
     pub seq: u64,
+    /// SipHash of session, seq and binding under the [`CursorKey`]; see [`CursorKey::verify`].
+    pub tag: u64,
 }
 
 impl Cursor {
-    /// The cursor at `seq` in `session`.
-    pub fn new(session: SessionId, seq: u64) -> Cursor {
-        Cursor { session, seq }
-    }
-
-    /// Parse a wire cursor (a `Last-Event-ID` header): split at the last `.`, validate the session,
-    /// read `seq` as a canonical decimal `u64`.
+    /// Parse a wire cursor (a `Last-Event-ID` header): three `.`-separated parts, the session
+    /// validated, `seq` a canonical decimal `u64`, the tag 16 lowercase hex digits. Parsing says
+    /// nothing about authenticity: that is [`CursorKey::verify`].
     pub fn parse(text: &str) -> Result<Cursor, CursorError> {
         if text.len() > MAX_CURSOR_LEN {
             return Err(CursorError::CursorTooLong(text.len()));
         }
-        let (session, seq) = text.rsplit_once('.').ok_or(CursorError::MissingSeparator)?;
+        let (rest, tag) = text.rsplit_once('.').ok_or(CursorError::MissingSeparator)?;
+        let (session, seq) = rest.rsplit_once('.').ok_or(CursorError::MissingSeparator)?;
         let seq = parse_seq(seq)?;
+        let session = SessionId::parse(session)?;
         Ok(Cursor {
-            session: SessionId::parse(session)?,
+            session,
             seq,
-        })
-    }
-
-    /// The cursor of the following event; `None` once `seq` is `u64::MAX` (a forged cursor can
-    /// carry it), so the caller refuses it instead of repeating a number.
-    pub fn next(&self) -> Option<Cursor> {
-        Some(Cursor {
-            session: self.session.clone(),
-            seq: self.seq.checked_add(1)?,
+            tag: parse_tag(tag)?,
         })
     }
 }
 
 impl fmt::Display for Cursor {
-    /// The wire form `<session>.<seq>`, which [`Cursor::parse`] reads back.
+    /// The wire form `<session>.<seq>.<tag>`, which [`Cursor::parse`] reads back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.session, self.seq)
+        write!(f, "{}.{}.{:016x}", self.session, self.seq, self.tag)
     }
 }
 
@@ -181,6 +164,136 @@ impl FromStr for Cursor {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         Cursor::parse(text)
+    }
+}
+
+/// What a stream's cursors are bound to: a keyed hash of the identity values of the request that
+/// opened it (`--identity`: by default its `Authorization` and `Cookie` headers) and of its path.
+/// A resume verifies the cursor against the binding of the resuming request, so only a client
+/// presenting the same credentials for the same path continues the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Binding(u64);
+
+/// The per-SseService secret behind cursor tags, bindings and key-derived session ids. Every pod
+/// of one SseService derives the same one from the shared forwarding secret, so any pod verifies
+/// any pod's cursors.
+#[derive(Clone)]
+pub struct CursorKey {
+    sip: (u64, u64),
+    ids: [u8; 32],
+}
+
+impl fmt::Debug for CursorKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CursorKey(..)")
+    }
+}
+
+/// One HMAC-SHA256 output under `secret` for `label` (key separation).
+fn derive(secret: &[u8], label: &str) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256>>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(label.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+impl CursorKey {
+    /// Derived from the SseService's shared secret (`--forward-key`).
+    pub fn derive(secret: &[u8]) -> Self {
+        let sip = derive(secret, "ssekeeper cursor tag v1");
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        Self {
+            sip: (word(&sip[..8]), word(&sip[8..16])),
+            ids: derive(secret, "ssekeeper session id v1"),
+        }
+    }
+
+    /// A key of this process only (no shared secret): cursors verify on this pod alone.
+    pub fn random() -> Self {
+        Self::derive(&rand::random::<[u8; 32]>())
+    }
+
+    fn hasher(&self, domain: u8) -> SipHasher24 {
+        let mut h = SipHasher24::new_with_keys(self.sip.0, self.sip.1);
+        h.write_u8(domain);
+        h
+    }
+
+    /// The binding of a request: each identity value (or its absence) in order, then the path.
+    pub fn binding<'a>(
+        &self,
+        identity: impl IntoIterator<Item = Option<&'a str>>,
+        path: &str,
+    ) -> Binding {
+        let mut h = self.hasher(b'b');
+        for value in identity {
+            match value {
+                Some(v) => {
+                    h.write_u8(1);
+                    h.write_usize(v.len());
+                    h.write(v.as_bytes());
+                }
+                None => h.write_u8(0),
+            }
+        }
+        h.write_usize(path.len());
+        h.write(path.as_bytes());
+        Binding(h.finish())
+    }
+
+    fn tag(&self, session: &SessionId, seq: u64, binding: Binding) -> u64 {
+        let mut h = self.hasher(b'c');
+        h.write_usize(session.0.len());
+        h.write(session.0.as_bytes());
+        h.write_u64(seq);
+        h.write_u64(binding.0);
+        h.finish()
+    }
+
+    /// The cursor of event `seq` of `session` for a client bound by `binding`.
+    pub fn cursor(&self, session: &SessionId, seq: u64, binding: Binding) -> Cursor {
+        Cursor {
+            session: session.clone(),
+            seq,
+            tag: self.tag(session, seq, binding),
+        }
+    }
+
+    /// Whether `cursor` was written by this fleet for a client bound by `binding` (constant
+    /// time is not needed: the tag is compared once per resume, never in a loop an attacker can
+    /// time finely, and a mismatch costs a fresh stream).
+    pub fn verify(&self, cursor: &Cursor, binding: Binding) -> bool {
+        self.tag(&cursor.session, cursor.seq, binding) == cursor.tag
+    }
+
+    /// Write the wire cursor of event `seq` into `buf` (cleared first), reusing its allocation:
+    /// the per-event path.
+    pub fn write(&self, buf: &mut String, session: &SessionId, seq: u64, binding: Binding) {
+        use std::fmt::Write as _;
+        buf.clear();
+        let tag = self.tag(session, seq, binding);
+        buf.push_str(session.as_str());
+        // Writing into a String cannot fail.
+        let _ = write!(buf, ".{seq}.{tag:016x}");
+    }
+
+    /// The session for a key the app chose (an MCP `sessionId`, a header, a cookie), which may
+    /// hold any visible ASCII: `k_` and 32 hex digits of its keyed hash. Deterministic for one
+    /// SseService, so every pod finds the same session; the key itself is never stored or shown.
+    pub fn session_for_key(&self, key: &str) -> Result<SessionId, CursorError> {
+        if key.is_empty() {
+            return Err(CursorError::EmptyKey);
+        }
+        if key.len() > MAX_EXTERNAL_KEY_LEN {
+            return Err(CursorError::KeyTooLong(key.len()));
+        }
+        if let Some(at) = key.bytes().position(|b| !b.is_ascii_graphic()) {
+            return Err(CursorError::KeyCharacter(at));
+        }
+        let mac = derive(&self.ids, key);
+        Ok(SessionId(format!(
+            "{KEYED_PREFIX}{}",
+            hex::encode(&mac[..KEYED_BYTES])
+        )))
     }
 }
 
@@ -200,6 +313,60 @@ fn validate_session(text: &str) -> Result<(), CursorError> {
     }
 }
 
+/// What writes one stream's cursors: the fleet's key and the stream's binding.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    /// The fleet's key.
+    pub key: CursorKey,
+    /// The stream's binding.
+    pub binding: Binding,
+}
+
+impl Signer {
+    /// Write the wire cursor of event `seq` of `session` into `buf` (see [`CursorKey::write`]).
+    pub fn write(&self, buf: &mut String, session: &SessionId, seq: u64) {
+        self.key.write(buf, session, seq, self.binding);
+    }
+}
+
+/// A signer with a fixed key and the binding of an anonymous request for `/`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_signer() -> Signer {
+    let key = CursorKey::derive(b"unit tests");
+    let binding = key.binding([None], "/");
+    Signer { key, binding }
+}
+
+/// `text` with the tag cut from every `id:` line's cursor, for comparing wire bytes in tests.
+#[cfg(test)]
+pub(crate) fn untag(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| match line.strip_prefix("id: ") {
+            Some(v) if v.matches('.').count() == 2 => {
+                let cut = v.rfind('.').expect("two dots");
+                format!(
+                    "id: {}{}",
+                    &v[..cut],
+                    if line.ends_with('\n') { "\n" } else { "" }
+                )
+            }
+            _ => line.to_string(),
+        })
+        .collect()
+}
+
+/// Exactly 16 lowercase hex digits (one wire form per tag).
+fn parse_tag(text: &str) -> Result<u64, CursorError> {
+    let canonical = text.len() == TAG_DIGITS
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !canonical {
+        return Err(CursorError::InvalidTag);
+    }
+    u64::from_str_radix(text, 16).map_err(|_| CursorError::InvalidTag)
+}
+
 /// Digits only, no sign, no leading zero (one wire form per cursor), fits in a `u64`.
 fn parse_seq(text: &str) -> Result<u64, CursorError> {
     let canonical = !text.is_empty()
@@ -217,6 +384,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn key() -> CursorKey {
+        CursorKey::derive(b"per-service secret")
+    }
+
+    fn alice() -> Binding {
+        key().binding([Some("Bearer alice"), None], "/events")
+    }
+
     #[test]
     fn random_ids_are_valid_and_distinct() {
         let a = SessionId::random();
@@ -228,40 +403,69 @@ mod tests {
 
     #[test]
     fn cursor_wire_form() {
-        let cursor = Cursor::parse("abc_-9.42").unwrap();
-        assert_eq!(cursor.session.as_str(), "abc_-9");
-        assert_eq!(cursor.seq, 42);
-        assert_eq!(cursor.to_string(), "abc_-9.42");
-        assert_eq!(cursor.next().unwrap().to_string(), "abc_-9.43");
-        assert_eq!(Cursor::parse("s.0").unwrap().seq, 0);
-        assert_eq!(
-            Cursor::parse("s.18446744073709551615").unwrap().next(),
-            None
+        let s = SessionId::parse("abc_-9").unwrap();
+        let c = key().cursor(&s, 42, alice());
+        let text = c.to_string();
+        assert!(text.starts_with("abc_-9.42."), "{text}");
+        assert_eq!(text.len(), "abc_-9.42.".len() + 16);
+        assert_eq!(Cursor::parse(&text), Ok(c.clone()));
+        let mut buf = String::from("junk");
+        key().write(&mut buf, &s, 42, alice());
+        assert_eq!(buf, text);
+        assert_eq!(Cursor::parse("s.0.0000000000000000").unwrap().seq, 0);
+    }
+
+    #[test]
+    fn only_the_binding_that_opened_a_stream_verifies_its_cursors() {
+        let k = key();
+        let s = SessionId::random();
+        let c = k.cursor(&s, 7, alice());
+        assert!(k.verify(&c, alice()));
+        let bob = k.binding([Some("Bearer bob"), None], "/events");
+        assert!(!k.verify(&c, bob), "another client's credentials");
+        let other_path = k.binding([Some("Bearer alice"), None], "/admin");
+        assert!(!k.verify(&c, other_path), "another path");
+        let anonymous = k.binding([None, None], "/events");
+        assert!(!k.verify(&c, anonymous));
+        // An edited seq (replay everything: `.0`) does not verify.
+        let edited = Cursor {
+            seq: 0,
+            ..c.clone()
+        };
+        assert!(!k.verify(&edited, alice()));
+        // Another fleet's key does not verify it either.
+        assert!(!CursorKey::derive(b"another service").verify(&c, alice()));
+        // A value moved between identity sources is another identity.
+        assert_ne!(
+            k.binding([Some("x"), None], "/p"),
+            k.binding([None, Some("x")], "/p")
         );
     }
 
     #[test]
     fn forged_cursors_are_typed_errors() {
         use CursorError::*;
-        let cases: &[(&str, CursorError)] = &[
-            ("", MissingSeparator),
-            ("abc", MissingSeparator),
-            (".1", EmptySession),
-            ("a.b.1", SessionCharacter(1)),
-            ("a{b}.1", SessionCharacter(1)),
-            ("s.", InvalidSeq),
-            ("s.+1", InvalidSeq),
-            ("s.-1", InvalidSeq),
-            ("s.01", InvalidSeq),
-            ("s.1 ", InvalidSeq),
-            ("s.18446744073709551616", InvalidSeq),
-            ("s.١", InvalidSeq),
-            ("é.1", SessionCharacter(0)),
+        let tag = ".0123456789abcdef";
+        let cases: Vec<(String, CursorError)> = vec![
+            (String::new(), MissingSeparator),
+            ("abc".into(), MissingSeparator),
+            ("s.1".into(), MissingSeparator),
+            (format!(".1{tag}"), EmptySession),
+            (format!("a.b.1{tag}"), SessionCharacter(1)),
+            (format!("a{{b}}.1{tag}"), SessionCharacter(1)),
+            (format!("s.{tag}"), InvalidSeq),
+            (format!("s.+1{tag}"), InvalidSeq),
+            (format!("s.01{tag}"), InvalidSeq),
+            (format!("s.18446744073709551616{tag}"), InvalidSeq),
+            (format!("é.1{tag}"), SessionCharacter(0)),
+            ("s.1.0123456789ABCDEF".into(), InvalidTag),
+            ("s.1.0123456789abcde".into(), InvalidTag),
+            ("s.1.".into(), InvalidTag),
         ];
         for (input, error) in cases {
-            assert_eq!(Cursor::parse(input), Err(error.clone()), "{input:?}");
+            assert_eq!(Cursor::parse(&input), Err(error.clone()), "{input:?}");
         }
-        let long = format!("{}.1", "a".repeat(MAX_SESSION_LEN + 1));
+        let long = format!("{}.1{tag}", "a".repeat(MAX_SESSION_LEN + 1));
         assert_eq!(
             Cursor::parse(&long),
             Err(SessionTooLong(MAX_SESSION_LEN + 1))
@@ -271,36 +475,27 @@ mod tests {
     }
 
     #[test]
-    fn external_keys_are_kept_or_hashed() {
+    fn keys_become_keyed_hashes_never_themselves() {
+        let k = key();
         let uuid = "0b9f6f8e-4c1a-4bb2-9a8e-2f1f6b0c9d11";
-        assert_eq!(SessionId::from_external(uuid).unwrap().as_str(), uuid);
-        let odd = SessionId::from_external("user{1}.chat").unwrap();
-        assert!(odd.as_str().starts_with("h_"));
-        assert_eq!(odd.as_str().len(), 2 + 32);
-        assert_eq!(SessionId::from_external("user{1}.chat").unwrap(), odd);
-        // A key that looks like a hashed id is hashed as well, so it cannot take over `odd`.
-        let mimic = SessionId::from_external(odd.as_str()).unwrap();
-        assert_ne!(mimic, odd);
-        assert!(mimic.as_str().starts_with("h_"));
-        // A valid key longer than a session id is hashed rather than refused.
-        let long = "k".repeat(200);
-        assert!(
-            SessionId::from_external(&long)
-                .unwrap()
-                .as_str()
-                .starts_with("h_")
+        let id = k.session_for_key(uuid).unwrap();
+        assert!(id.as_str().starts_with("k_"));
+        assert_eq!(id.as_str().len(), 2 + 32);
+        assert!(!id.as_str().contains(uuid));
+        assert_eq!(k.session_for_key(uuid).unwrap(), id, "deterministic");
+        assert_ne!(
+            CursorKey::derive(b"other").session_for_key(uuid).unwrap(),
+            id,
+            "per SseService"
         );
-        assert_eq!(SessionId::from_external(""), Err(CursorError::EmptyKey));
+        assert_eq!(k.session_for_key(""), Err(CursorError::EmptyKey));
         assert_eq!(
-            SessionId::from_external(&"k".repeat(257)),
+            k.session_for_key(&"k".repeat(257)),
             Err(CursorError::KeyTooLong(257))
         );
+        assert_eq!(k.session_for_key("a b"), Err(CursorError::KeyCharacter(1)));
         assert_eq!(
-            SessionId::from_external("a b"),
-            Err(CursorError::KeyCharacter(1))
-        );
-        assert_eq!(
-            SessionId::from_external("a\u{7f}"),
+            k.session_for_key("a\u{7f}"),
             Err(CursorError::KeyCharacter(1))
         );
     }
@@ -311,13 +506,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn display_then_parse_is_identity(session in session_strategy(), seq in any::<u64>()) {
-            let cursor = Cursor::new(session, seq);
+        fn display_then_parse_is_identity(session in session_strategy(), seq in any::<u64>(), tag in any::<u64>()) {
+            let cursor = Cursor { session, seq, tag };
             prop_assert_eq!(Cursor::parse(&cursor.to_string()), Ok(cursor));
         }
 
         #[test]
-        fn parse_never_panics_and_accepted_input_displays_back(text in "\\PC{0,160}") {
+        fn parse_never_panics_and_accepted_input_displays_back(text in "\\PC{0,180}") {
             if let Ok(cursor) = Cursor::parse(&text) {
                 prop_assert_eq!(cursor.to_string(), text);
             }
@@ -327,23 +522,25 @@ mod tests {
         fn parse_near_valid_input(
             session in "[A-Za-z0-9_.{}+-]{0,130}",
             seq in "[0-9+-]{0,22}",
+            tag in "[0-9a-fA-F]{0,17}",
         ) {
-            let text = format!("{session}.{seq}");
+            let text = format!("{session}.{seq}.{tag}");
             if let Ok(cursor) = Cursor::parse(&text) {
                 prop_assert_eq!(cursor.to_string(), text);
             }
         }
 
         #[test]
-        fn external_keys_map_to_valid_ids_deterministically(key in "[!-~]{1,256}") {
-            let id = SessionId::from_external(&key).unwrap();
+        fn keys_map_to_valid_ids_deterministically(key in "[!-~]{1,256}") {
+            let k = super::tests::key();
+            let id = k.session_for_key(&key).unwrap();
             prop_assert_eq!(SessionId::parse(id.as_str()), Ok(id.clone()));
-            prop_assert_eq!(SessionId::from_external(&key), Ok(id));
+            prop_assert_eq!(k.session_for_key(&key), Ok(id));
         }
 
         #[test]
-        fn from_external_never_panics(key in "\\PC{0,300}") {
-            if let Ok(id) = SessionId::from_external(&key) {
+        fn session_for_key_never_panics(key in "\\PC{0,300}") {
+            if let Ok(id) = super::tests::key().session_for_key(&key) {
                 prop_assert!(SessionId::parse(id.as_str()).is_ok());
             }
         }

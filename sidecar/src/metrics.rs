@@ -205,6 +205,9 @@ labels! {
         /// A keyed stream reconnecting without `Last-Event-ID`, attached to the recording of
         /// its session here instead of opening a second upstream.
         Reattached => "reattached",
+        /// A cursor (or a keyed reattach) not made for this client: other credentials, another
+        /// path, an edited seq, another SseService. Treated as an unknown session.
+        Unverified => "unverified",
     }
 }
 

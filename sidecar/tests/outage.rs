@@ -121,7 +121,9 @@ async fn a_key_learned_during_an_outage_is_routed_once_the_store_is_back() {
         a.shared.metrics.store_up.get() == 1 && b.shared.metrics.store_up.get() == 1
     })
     .await;
-    let id = ssekeeper_sidecar::cursor::SessionId::from_external(&session).unwrap();
+    let id = ssekeeper_sidecar::cursor::CursorKey::derive(common::FORWARD_KEY.as_bytes())
+        .session_for_key(&session)
+        .unwrap();
     eventually(
         "the key was registered after the outage",
         Duration::from_secs(4),

@@ -403,7 +403,8 @@ async fn forged_foreign_and_unknown_cursors_get_defined_answers() {
 
     // A well-formed cursor of a session nobody knows (expired): a fresh stream under a new
     // session, begun with the event that says so.
-    let mut s = Stream::open(sc.sse, path, Some("nosuchsession.5")).await;
+    let unknown = common::cursor_for("nosuchsession", 5, path);
+    let mut s = Stream::open(sc.sse, path, Some(&unknown)).await;
     let mut log = Log::default();
     s.read_until(&mut log, 2, T).await;
     assert_eq!(
@@ -412,7 +413,7 @@ async fn forged_foreign_and_unknown_cursors_get_defined_answers() {
     );
     assert_eq!(
         log.events[0].data,
-        r#"{"after":"nosuchsession.5","reason":"expired"}"#
+        format!(r#"{{"after":"{unknown}","reason":"expired"}}"#)
     );
     let c = Cursor::parse(log.last_id.as_deref().unwrap()).unwrap();
     assert_ne!(c.session.as_str(), "nosuchsession");
@@ -423,7 +424,7 @@ async fn forged_foreign_and_unknown_cursors_get_defined_answers() {
         sc.shared.metrics.events_recorded.get() >= 1
     })
     .await;
-    let forged = format!("{}.{}", known.session, u64::MAX - 1);
+    let forged = common::cursor_for(known.session.as_str(), u64::MAX - 1, path);
     let mut s = Stream::open(sc.sse, path, Some(&forged)).await;
     let mut log = Log::default();
     s.read_until(&mut log, 1, T).await;
@@ -534,7 +535,7 @@ async fn takeover_delivers_the_old_owners_late_writes_once_and_drops_the_overlap
     let mut s = Stream::open(
         b.sse,
         "/events?feed=ov&interval_ms=10",
-        Some("planted-session.5"),
+        Some(&common::cursor_for("planted-session", 5, "/events")),
     )
     .await;
     let mut log = Log::default();

@@ -206,8 +206,8 @@ async fn keyed_streams_use_the_key_and_are_relayed_from_the_owner() {
     first.read_until(&mut log, 3, T).await;
     let c = ssekeeper_sidecar::cursor::Cursor::parse(log.last_id.as_deref().unwrap()).unwrap();
     assert_eq!(
-        c.session.as_str(),
-        "key-1",
+        c.session,
+        common::keyed("key-1"),
         "the stream records under its key"
     );
 
@@ -217,7 +217,7 @@ async fn keyed_streams_use_the_key_and_are_relayed_from_the_owner() {
     let mut log2 = Log::default();
     second.read_until(&mut log2, 3, T).await;
     let c2 = ssekeeper_sidecar::cursor::Cursor::parse(log2.last_id.as_deref().unwrap()).unwrap();
-    assert_ne!(c2.session.as_str(), "key-1");
+    assert_ne!(c2.session, common::keyed("key-1"));
     assert_eq!(b.count("forwards", "ok"), 1);
     assert!(app_b.seen.lock().unwrap().is_empty());
 
@@ -245,7 +245,11 @@ async fn a_keyed_stream_reconnecting_attaches_to_its_recording() {
     let mut log2 = Log::default();
     again.read_until(&mut log2, 3, T).await;
     let c = ssekeeper_sidecar::cursor::Cursor::parse(log2.last_id.as_deref().unwrap()).unwrap();
-    assert_eq!(c.session.as_str(), "key-9", "the same session's recording");
+    assert_eq!(
+        c.session,
+        common::keyed("key-9"),
+        "the same session's recording"
+    );
     let gets = app
         .seen
         .lock()

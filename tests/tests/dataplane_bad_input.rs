@@ -135,12 +135,17 @@ async fn forged_last_event_ids_get_their_defined_answers() {
         let r = read_stream(front, path, Some("3")).await;
         assert_eq!(tokens(&r), vec![4, 5], "the app's own id reaches the app");
 
-        // A well-formed cursor of a session nobody knows: a fresh stream.
-        let unknown = format!("{:032x}.7", rand::random::<u128>());
+        // A well-formed cursor of a session nobody knows (its tag made up): a fresh stream.
+        let unknown = format!(
+            "{:032x}.7.{:016x}",
+            rand::random::<u128>(),
+            rand::random::<u64>()
+        );
         let r = read_stream(front, path, Some(&unknown)).await;
         assert_eq!(tokens(&r), all, "unknown session: fresh stream");
 
-        // A real session's cursor pushed far beyond its history: a fresh stream.
+        // A real session's cursor edited (pushed far beyond its history): its tag no longer
+        // verifies, a fresh stream.
         let real = read_stream(front, path, None).await;
         let last = real
             .events
@@ -149,7 +154,11 @@ async fn forged_last_event_ids_get_their_defined_answers() {
             .find_map(|e| e.id.as_deref().and_then(|id| Cursor::parse(id).ok()))
             .expect("a real stream carries cursors");
         for seq in [last.seq + 1_000_000, u64::MAX] {
-            let forged = Cursor::new(last.session.clone(), seq).to_string();
+            let forged = Cursor {
+                seq,
+                ..last.clone()
+            }
+            .to_string();
             let started = Instant::now();
             let r = read_stream(front, path, Some(&forged)).await;
             println!(
@@ -160,7 +169,15 @@ async fn forged_last_event_ids_get_their_defined_answers() {
             assert_eq!(tokens(&r), all, "cursor beyond the history: fresh stream");
         }
         let mut outcomes = Vec::new();
-        for label in ["foreign", "unknown", "forged", "store", "local", "ended"] {
+        for label in [
+            "foreign",
+            "unknown",
+            "unverified",
+            "forged",
+            "store",
+            "local",
+            "ended",
+        ] {
             let want = format!("outcome=\"{label}\"");
             let n = metric_total(&c, "ssekeeper_resumes_total", Some(&want)).await;
             outcomes.push(format!("{label} {n}"));

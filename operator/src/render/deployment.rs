@@ -122,6 +122,13 @@ pub fn sidecar_args(svc: &SseService, namespace: &str, name: &str) -> SidecarArg
         .iter()
         .filter_map(|k| k.to_source())
         .collect();
+    args.identity = contract::IdentitySources(
+        spec.sessions
+            .identity
+            .iter()
+            .filter_map(|k| k.to_source())
+            .collect(),
+    );
     args.prestop_delay_seconds = spec.drain.pre_stop_delay_seconds;
     args.drain_seconds = spec.drain.drain_seconds;
     args.request_seconds = spec.drain.request_seconds;

@@ -34,6 +34,43 @@ impl StoreKind {
     }
 }
 
+/// The request values a stream's cursors are bound to (`--identity`): whoever resumes must
+/// present the same ones. A comma-separated list of `header:NAME`, `cookie:NAME` or
+/// `query:NAME`; empty binds cursors to the path only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentitySources(pub Vec<SessionKeySource>);
+
+impl Default for IdentitySources {
+    /// `Authorization` (bearer tokens: SDKs, `fetch`-based clients) and the whole `Cookie`
+    /// header (browsers' `EventSource` can send nothing else).
+    fn default() -> Self {
+        IdentitySources(vec![
+            SessionKeySource::Header("Authorization".into()),
+            SessionKeySource::Header("Cookie".into()),
+        ])
+    }
+}
+
+impl FromStr for IdentitySources {
+    type Err = InvalidSessionKeySource;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(IdentitySources)
+    }
+}
+
+impl fmt::Display for IdentitySources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
 /// What a client resuming across a hole in its session's history is told (the history was
 /// trimmed past its cursor, expired, or not recorded while the store was down).
 #[derive(
@@ -171,6 +208,9 @@ pub struct SidecarArgs {
         value_delimiter = ','
     )]
     pub session_keys: Vec<SessionKeySource>,
+    /// What a stream's cursors are bound to (see [`IdentitySources`]).
+    #[arg(long, env = "SSEKEEPER_IDENTITY", default_value_t = IdentitySources::default())]
+    pub identity: IdentitySources,
     /// Unix socket the preStop hook (`ssekeeper-sidecar prestop`) reaches this sidecar on; a stale
     /// socket file is replaced at start-up, the new one is made `0600`.
     #[arg(long, env = LIFECYCLE_SOCKET_ENV, default_value = LIFECYCLE_SOCKET_PATH)]
@@ -280,6 +320,7 @@ impl SidecarArgs {
             format!("--history-seconds={}", self.history_floor_seconds()),
             format!("--history-max-entries={}", self.history_max_entries),
             format!("--lifecycle-socket={}", self.lifecycle_socket.display()),
+            format!("--identity={}", self.identity),
         ];
         args.extend(
             self.session_keys

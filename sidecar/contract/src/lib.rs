@@ -10,8 +10,8 @@ pub mod keys;
 pub mod redis;
 
 pub use self::args::{
-    HistoryGap, InvalidSessionKeySource, LogFormat, PrestopArgs, SessionKeySource, SidecarArgs,
-    StoreKind, prestop_command,
+    HistoryGap, IdentitySources, InvalidSessionKeySource, LogFormat, PrestopArgs, SessionKeySource,
+    SidecarArgs, StoreKind, prestop_command,
 };
 
 /// Name of the injected container; the operator refuses a template that already uses it.

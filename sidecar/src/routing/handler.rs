@@ -105,8 +105,12 @@ where
         parts.headers.remove(ACCEPT_ENCODING);
     }
 
+    // What this request's cursors are bound to (its credentials and path): computed before the
+    // resume strips anything.
+    let binding = shared.settings.binding(&parts.headers, &parts.uri);
+
     // 1. Resume.
-    let prefix = match try_resume(shared, &mut parts, &path).await {
+    let prefix = match try_resume(shared, &mut parts, &path, binding).await {
         Some(Resume::Answered(r)) => return r,
         Some(Resume::ToApp { prefix }) => Some(prefix),
         None => None,
@@ -129,7 +133,7 @@ where
     // and counted while in flight so the handover waits for its reply to be captured.
     let opens_stream = parts.method == Method::GET && accepts_event_stream(&parts.headers);
     if let (Some(k), true) = (&key, opens_stream)
-        && let Some(r) = resume::attach_live(shared, k).await
+        && let Some(r) = resume::attach_live(shared, k, binding).await
     {
         return r;
     }
@@ -149,13 +153,18 @@ where
         Origin::Client => Route::Local,
         Origin::Forwarded => Route::ForwardedIn,
     });
-    to_app(&router, parts, &path, boxed(body), key, prefix).await
+    to_app(&router, parts, &path, boxed(body), key, prefix, binding).await
 }
 
 /// A request with a `Last-Event-ID`: answered from the session when it is one of our cursors
 /// (`Some`); otherwise it goes on to the app, carrying the app's own last id if the session has
 /// one.
-async fn try_resume(shared: &Arc<Sessions>, parts: &mut Parts, path: &str) -> Option<Resume> {
+async fn try_resume(
+    shared: &Arc<Sessions>,
+    parts: &mut Parts,
+    path: &str,
+    binding: crate::cursor::Binding,
+) -> Option<Resume> {
     parts.headers.get(LAST_EVENT_ID)?;
     let Some(Ok(cursor)) = last_event_id(&parts.headers).map(Cursor::parse) else {
         shared.metrics.resume(ResumeOutcome::Foreign);
@@ -169,7 +178,7 @@ async fn try_resume(shared: &Arc<Sessions>, parts: &mut Parts, path: &str) -> Op
         headers: parts.headers.clone(),
     };
     let sent = cursor.to_string();
-    match resume::resume(shared, template, cursor).await {
+    match resume::resume(shared, template, cursor, binding).await {
         Resumed::Respond(r) => Some(Resume::Answered(r)),
         Resumed::Fresh(app_id) => {
             if let Some(v) = app_id.as_deref().and_then(last_event_id_value) {
@@ -204,7 +213,7 @@ fn session_key_of(router: &Router, parts: &Parts) -> Option<SessionId> {
         }
         return None;
     };
-    match SessionId::from_external(&k) {
+    match router.sessions.settings.cursor_key.session_for_key(&k) {
         Ok(id) => Some(id),
         Err(_) => {
             router.sessions.metrics.error(ErrorKind::InvalidSessionKey);
@@ -264,6 +273,7 @@ async fn to_app(
     body: ProxyBody,
     key: Option<SessionId>,
     prefix: Option<bytes::Bytes>,
+    binding: crate::cursor::Binding,
 ) -> Response<ProxyBody> {
     let shared = &router.sessions;
     let sticky = last_event_id(&parts.headers)
@@ -277,7 +287,7 @@ async fn to_app(
         shared.app.addr(),
     );
     match shared.app.send(upstream_req).await {
-        Ok(resp) => respond(router, &parts, resp, key, sticky, prefix).await,
+        Ok(resp) => respond(router, &parts, resp, key, sticky, prefix, binding).await,
         Err(e) => upstream_failed(shared, e),
     }
 }
@@ -300,12 +310,13 @@ async fn respond(
     key: Option<SessionId>,
     sticky: Option<String>,
     prefix: Option<bytes::Bytes>,
+    binding: crate::cursor::Binding,
 ) -> Response<ProxyBody> {
     let shared = &router.sessions;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(learned) = session_key::from_response(&parts.headers, &router.settings.session_keys)
-        .and_then(|k| SessionId::from_external(&k).ok())
+        .and_then(|k| shared.settings.cursor_key.session_for_key(&k).ok())
         && key.as_ref() != Some(&learned)
     {
         // Own the key before the client can use it, so its next request is routed here.
@@ -356,6 +367,7 @@ async fn respond(
             kind,
             claim: None,
             learn_endpoint: true,
+            binding,
         },
     );
     if let Some(r) = reservation {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::config::Settings;
 use crate::contract::SessionKeySource;
+use crate::cursor::{Binding, CursorKey};
 use crate::http::body::ClientQueues;
 use crate::http::client::App;
 use crate::http::streams::Streams;
@@ -69,6 +70,25 @@ impl Sessions {
     }
 }
 
+impl Tuning {
+    /// The binding of a request (see [`Binding`]): its identity values and its path.
+    pub fn binding(&self, headers: &http::HeaderMap, uri: &http::Uri) -> Binding {
+        let values: Vec<Option<String>> = self
+            .identity
+            .iter()
+            .map(|source| {
+                crate::http::session_key::from_request(
+                    uri.query(),
+                    headers,
+                    std::slice::from_ref(source),
+                )
+            })
+            .collect();
+        self.cursor_key
+            .binding(values.iter().map(Option::as_deref), uri.path())
+    }
+}
+
 /// The settings of recording, replay and resumes.
 #[derive(Debug, Clone)]
 pub struct Tuning {
@@ -96,6 +116,10 @@ pub struct Tuning {
     pub handover_margin: Duration,
     /// Whether a resume across a hole in the history gets the gap event.
     pub gap_event: bool,
+    /// The request values a stream's cursors are bound to.
+    pub identity: Vec<SessionKeySource>,
+    /// Signs and verifies cursors; derives keyed session ids.
+    pub cursor_key: CursorKey,
 }
 
 impl Tuning {
@@ -114,6 +138,8 @@ impl Tuning {
             max_streams: s.max_streams,
             handover_margin: s.handover_margin,
             gap_event: s.gap_event,
+            identity: s.identity.clone(),
+            cursor_key: s.cursor_key.clone(),
         }
     }
 }

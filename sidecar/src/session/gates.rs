@@ -133,7 +133,9 @@ mod tests {
     use super::*;
 
     fn key(s: &str) -> SessionId {
-        SessionId::from_external(s).unwrap()
+        crate::cursor::CursorKey::derive(b"k")
+            .session_for_key(s)
+            .unwrap()
     }
 
     #[test]

@@ -2,29 +2,24 @@
 //! and the overlap filter that drops what a new upstream repeats.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use bytes::Bytes;
 
-use crate::cursor::SessionId;
+use crate::cursor::{SessionId, Signer};
 use crate::sse;
-use crate::store::{Entry, Recorded, Seq};
-
-/// Write the cursor `<session>.<seq>` into `buf` (cleared first), reusing its allocation.
-pub fn write_cursor(buf: &mut String, session: &SessionId, seq: Seq) {
-    buf.clear();
-    buf.push_str(session.as_str());
-    buf.push('.');
-    // Writing into a String cannot fail.
-    let _ = write!(buf, "{seq}");
-}
+use crate::store::{Entry, Recorded};
 
 /// The bytes a client receives for a stored entry: events with their cursor, retry hints as
 /// they were; markers (`End`, `Handover`) have no wire form.
-pub fn entry_bytes(session: &SessionId, recorded: &Recorded, cursor: &mut String) -> Option<Bytes> {
+pub fn entry_bytes(
+    signer: &Signer,
+    session: &SessionId,
+    recorded: &Recorded,
+    cursor: &mut String,
+) -> Option<Bytes> {
     match &recorded.entry {
         Entry::Event { event, data, .. } => {
-            write_cursor(cursor, session, recorded.seq);
+            signer.write(cursor, session, recorded.seq);
             let mut out = Vec::with_capacity(data.len() + cursor.len() + 32);
             sse::encode_event_parts(event.as_deref(), data, Some(cursor), &mut out);
             Some(Bytes::from(out))
@@ -103,6 +98,8 @@ impl Overlap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cursor::{test_signer, untag};
+    use crate::store::Seq;
 
     fn ev(seq: Seq, id: Option<&str>, data: &str) -> Recorded {
         Recorded {
@@ -119,21 +116,29 @@ mod tests {
     fn entries_encode_with_their_cursor() {
         let s = SessionId::parse("abc").unwrap();
         let mut buf = String::new();
-        let b = entry_bytes(&s, &ev(7, Some("app-9"), "x\ny"), &mut buf).unwrap();
-        assert_eq!(&b[..], b"id: abc.7\ndata: x\ndata: y\n\n");
+        let signer = test_signer();
+        let b = entry_bytes(&signer, &s, &ev(7, Some("app-9"), "x\ny"), &mut buf).unwrap();
+        let wire = std::str::from_utf8(&b).unwrap();
+        assert_eq!(untag(wire), "id: abc.7\ndata: x\ndata: y\n\n");
+        let id = wire.lines().next().unwrap().strip_prefix("id: ").unwrap();
+        let cursor = crate::cursor::Cursor::parse(id).unwrap();
+        assert!(
+            signer.key.verify(&cursor, signer.binding),
+            "a cursor that verifies"
+        );
         let r = Recorded {
             seq: 8,
             entry: Entry::Retry(250),
         };
         assert_eq!(
-            &entry_bytes(&s, &r, &mut buf).unwrap()[..],
+            &entry_bytes(&signer, &s, &r, &mut buf).unwrap()[..],
             b"retry: 250\n\n"
         );
         let end = Recorded {
             seq: 9,
             entry: Entry::End,
         };
-        assert!(entry_bytes(&s, &end, &mut buf).is_none());
+        assert!(entry_bytes(&signer, &s, &end, &mut buf).is_none());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::cursor::{Cursor, SessionId};
+use crate::cursor::{Binding, Cursor, SessionId, Signer};
 use crate::http::body::{ClientBody, ClientTx, ProxyBody, full};
 use crate::http::client::RequestTemplate;
 use crate::http::headers::is_event_stream;
@@ -93,8 +93,15 @@ fn channel(shared: &Sessions) -> Option<(ClientTx, ClientBody)> {
 pub async fn attach_live(
     shared: &Arc<Sessions>,
     session: &SessionId,
+    binding: Binding,
 ) -> Option<Response<ProxyBody>> {
     let handle = shared.recorders.get(session)?;
+    if handle.binding() != binding {
+        // Another client's recording (other credentials or path): it gets its own stream from
+        // the app, which decides whether to serve it, and never a byte of this one.
+        shared.metrics.resume(ResumeOutcome::Unverified);
+        return None;
+    }
     let Some((tx, body)) = shared.clients.open(KindCell::new(StreamKind::Session)) else {
         return Some(too_many_streams(&shared.metrics));
     };
@@ -107,13 +114,35 @@ pub async fn attach_live(
     }
 }
 
-/// Answer a request carrying a valid cursor.
-pub async fn resume(shared: &Arc<Sessions>, template: RequestTemplate, cursor: Cursor) -> Resumed {
+/// Answer a request carrying a well-formed cursor, made with the request's `binding`. A cursor
+/// that does not verify for this request (another client's, edited, another path's, another
+/// SseService's) is treated as one of an unknown session, before anything is read for it.
+pub async fn resume(
+    shared: &Arc<Sessions>,
+    template: RequestTemplate,
+    cursor: Cursor,
+    binding: Binding,
+) -> Resumed {
+    if !shared.settings.cursor_key.verify(&cursor, binding) {
+        tracing::info!(session = %cursor.session, "cursor not made for this client: fresh stream");
+        shared.metrics.resume(ResumeOutcome::Unverified);
+        return if shared.settings.gap_event {
+            shared.metrics.replay_gaps.inc();
+            Resumed::Expired
+        } else {
+            Resumed::Fresh(None)
+        };
+    }
+    let signer = Signer {
+        key: shared.settings.cursor_key.clone(),
+        binding,
+    };
     let Cursor {
         session,
         seq: after,
+        ..
     } = cursor;
-    let carried = match resume_here(shared, &session, after).await {
+    let carried = match resume_here(shared, &signer, &session, after).await {
         Local::Answered(r) => return r,
         Local::Refused(pair) => Some(pair),
         Local::Absent => None,
@@ -128,6 +157,7 @@ pub async fn resume(shared: &Arc<Sessions>, template: RequestTemplate, cursor: C
     shared.metrics.resume(ResumeOutcome::Store);
     let follower = Follower {
         shared: shared.clone(),
+        signer,
         session,
         client_after: after,
         cursor: after,
@@ -154,7 +184,12 @@ enum Local {
 
 /// Attach to the session's recorder if it runs here (a network blip): it hands over its recent
 /// events, anything older comes from the store.
-async fn resume_here(shared: &Arc<Sessions>, session: &SessionId, after: Seq) -> Local {
+async fn resume_here(
+    shared: &Arc<Sessions>,
+    signer: &Signer,
+    session: &SessionId,
+    after: Seq,
+) -> Local {
     let Some(handle) = shared.recorders.get(session) else {
         return Local::Absent;
     };
@@ -165,7 +200,7 @@ async fn resume_here(shared: &Arc<Sessions>, session: &SessionId, after: Seq) ->
         AttachReply::Attached(attached) => {
             shared.metrics.resume(ResumeOutcome::Local);
             let mut prefix = match attached.from_store {
-                Some((from, upto)) => read_range(shared, session, from, upto).await,
+                Some((from, upto)) => read_range(shared, signer, session, from, upto).await,
                 None => VecDeque::new(),
             };
             shared
@@ -257,18 +292,17 @@ fn judge_empty(after: Seq, leased: bool, last: Option<Seq>, slack: u64) -> Optio
     }
 }
 
-/// The gap event for a resume after `after` whose next stored entries are missing.
-fn missing_gap(session: &SessionId, after: Seq) -> Bytes {
-    let cursor = Cursor {
-        session: session.clone(),
-        seq: after,
-    };
+/// The gap event for a resume after `after` whose next stored entries are missing (naming the
+/// client's cursor at the hole).
+fn missing_gap(signer: &Signer, session: &SessionId, after: Seq) -> Bytes {
+    let cursor = signer.key.cursor(session, after, signer.binding);
     crate::sse::encode_gap("missing", &cursor.to_string())
 }
 
 /// Entries `(from, upto]` as wire bytes, waiting briefly for those still on their way.
 async fn read_range(
     shared: &Sessions,
+    signer: &Signer,
     session: &SessionId,
     from: Seq,
     upto: Seq,
@@ -285,7 +319,7 @@ async fn read_range(
         shared.metrics.replay_gaps.inc();
         tracing::warn!(session = %session, from, upto, reached, "same-pod resume: part of the history is missing");
         if shared.settings.gap_event {
-            out.push_back(missing_gap(session, from));
+            out.push_back(missing_gap(signer, session, from));
         }
     };
     let deadline = Instant::now() + RANGE_WAIT;
@@ -314,7 +348,7 @@ async fn read_range(
                 // Trimmed (or never recorded) between the cursor and the oldest entry kept.
                 hole(&mut out, cursor);
             }
-            if let Some(b) = entry_bytes(session, e, &mut buf) {
+            if let Some(b) = entry_bytes(signer, session, e, &mut buf) {
                 out.push_back(b);
             }
             cursor = e.seq;
@@ -355,6 +389,8 @@ enum Holder {
 /// Feeds one resumed client from the store, and takes the session over when the owner leaves.
 struct Follower {
     shared: Arc<Sessions>,
+    /// Writes the client's cursors (its binding was verified with the cursor it sent).
+    signer: Signer,
     session: SessionId,
     /// The client's own cursor (a crash may have shown it entries the store never got).
     client_after: Seq,
@@ -476,7 +512,7 @@ impl Follower {
             self.shared.metrics.replay_gaps.inc();
             tracing::warn!(session = %self.session, after = self.cursor, next = r.seq, "history has a hole (trimmed or unrecorded)");
             if self.shared.settings.gap_event {
-                let gap = missing_gap(&self.session, self.cursor);
+                let gap = missing_gap(&self.signer, &self.session, self.cursor);
                 if self.client.send(gap, SEND_PATIENCE).await.is_err() {
                     return Step::Stop;
                 }
@@ -512,7 +548,7 @@ impl Follower {
 
     async fn send(&mut self, r: &Recorded) -> Step {
         self.cursor = r.seq;
-        let Some(bytes) = entry_bytes(&self.session, r, &mut self.buf) else {
+        let Some(bytes) = entry_bytes(&self.signer, &self.session, r, &mut self.buf) else {
             return Step::Next;
         };
         match self.client.send(bytes, SEND_PATIENCE).await {
@@ -735,6 +771,7 @@ impl Follower {
                 // The app's fresh stream announces a new session (MCP: a new `endpoint`), which
                 // the client follows: route it here like any stream's first endpoint.
                 learn_endpoint: true,
+                binding: self.signer.binding,
             },
         );
         shared.metrics.takeover(TakeoverOutcome::Ok);
@@ -776,11 +813,17 @@ mod tests {
         }
     }
 
-    fn cursor(session: &SessionId, seq: Seq) -> Cursor {
-        Cursor {
-            session: session.clone(),
-            seq,
-        }
+    /// The binding of [`template`]'s request (anonymous, `/events`).
+    fn binding(sh: &Sessions) -> Binding {
+        sh.settings
+            .binding(&HeaderMap::new(), &"/events".parse().unwrap())
+    }
+
+    /// Resume `session` after `seq` with a cursor made for [`template`]'s request.
+    async fn resume_at(sh: &Arc<Sessions>, session: &SessionId, seq: Seq) -> Resumed {
+        let b = binding(sh);
+        let cursor = sh.settings.cursor_key.cursor(session, seq, b);
+        resume(sh, template(), cursor, b).await
     }
 
     fn event(seq: Seq, app_id: &str) -> Recorded {
@@ -819,7 +862,7 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_session_starts_fresh_and_is_told_so() {
         let (sh, _) = sessions();
-        let r = resume(&sh, template(), cursor(&SessionId::random(), 4)).await;
+        let r = resume_at(&sh, &SessionId::random(), 4).await;
         assert!(matches!(r, Resumed::Expired), "the gap event, then the app");
         assert_eq!(sh.metrics.count("resumes", "unknown"), 1);
         assert_eq!(sh.metrics.replay_gaps.get(), 1);
@@ -833,7 +876,7 @@ mod tests {
             entry: Entry::End,
         };
         let s = owned_elsewhere(&store, &[event(1, "a1"), event(2, "a2"), end]).await;
-        let r = resume(&sh, template(), cursor(&s, 2)).await;
+        let r = resume_at(&sh, &s, 2).await;
         assert_eq!(fresh(&r), Some(Some("a2".into())));
         assert_eq!(sh.metrics.count("resumes", "ended"), 1);
     }
@@ -843,11 +886,11 @@ mod tests {
         let (sh, store) = sessions();
         let s = owned_elsewhere(&store, &[event(1, "a1")]).await;
         let slack = sh.settings.max_unrecorded as u64;
-        let r = resume(&sh, template(), cursor(&s, 2 + slack)).await;
+        let r = resume_at(&sh, &s, 2 + slack).await;
         assert_eq!(fresh(&r), Some(None));
         assert_eq!(sh.metrics.count("resumes", "forged"), 1);
         // Within the slack, the owner may still hold it unwritten: the client tails.
-        let r = resume(&sh, template(), cursor(&s, 1 + slack)).await;
+        let r = resume_at(&sh, &s, 1 + slack).await;
         assert_eq!(fresh(&r), None);
     }
 
@@ -855,7 +898,7 @@ mod tests {
     async fn a_session_owned_elsewhere_is_replayed_from_the_store_with_cursor_ids() {
         let (sh, store) = sessions();
         let s = owned_elsewhere(&store, &[event(1, "a1"), event(2, "a2"), event(3, "a3")]).await;
-        let Resumed::Respond(resp) = resume(&sh, template(), cursor(&s, 1)).await else {
+        let Resumed::Respond(resp) = resume_at(&sh, &s, 1).await else {
             panic!("a replay");
         };
         assert_eq!(sh.metrics.count("resumes", "store"), 1);
@@ -873,13 +916,38 @@ mod tests {
         }
         assert!(!got.contains("event 1"), "the client had event 1: {got}");
         assert!(
-            got.contains(&format!("id: {s}.2\ndata: event 2\n\n")),
+            crate::cursor::untag(&got).contains(&format!("id: {s}.2\ndata: event 2\n\n")),
             "{got}"
         );
         assert!(
-            got.contains(&format!("id: {s}.3\ndata: event 3\n\n")),
+            crate::cursor::untag(&got).contains(&format!("id: {s}.3\ndata: event 3\n\n")),
             "{got}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_cursor_made_for_another_client_reads_nothing_and_starts_fresh() {
+        let (sh, store) = sessions();
+        let s = owned_elsewhere(&store, &[event(1, "a1"), event(2, "a2")]).await;
+        let k = &sh.settings.cursor_key;
+        let alice = k.binding([Some("Bearer alice"), None], "/events");
+        let stolen = k.cursor(&s, 0, alice);
+        // Bob (no credentials) sends Alice's cursor: nothing of her session, a fresh stream.
+        let r = resume(&sh, template(), stolen, binding(&sh)).await;
+        assert!(
+            matches!(r, Resumed::Expired),
+            "treated as an unknown session"
+        );
+        assert_eq!(sh.metrics.count("resumes", "unverified"), 1);
+        assert_eq!(sh.metrics.count("resumes", "store"), 0);
+        // An edited seq of his own cursor does not verify either.
+        let own = k.cursor(&s, 2, binding(&sh));
+        let edited = Cursor { seq: 0, ..own };
+        assert!(matches!(
+            resume(&sh, template(), edited, binding(&sh)).await,
+            Resumed::Expired
+        ));
+        assert_eq!(sh.metrics.count("resumes", "unverified"), 2);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use ssekeeper_sidecar::config::Settings;
 use ssekeeper_sidecar::contract::{SidecarArgs, StoreKind};
-use ssekeeper_sidecar::cursor::SessionId;
+use ssekeeper_sidecar::cursor::{CursorKey, SessionId};
 use ssekeeper_sidecar::server;
 use ssekeeper_sidecar::server::Inspect;
 use ssekeeper_sidecar::store::{MemoryStore, SessionStore, StoreError, StoreResult};
@@ -58,6 +58,27 @@ pub fn args(app: SocketAddr, name: &str) -> SidecarArgs {
     a.lease_ttl_seconds = 2;
     a.resume_window_seconds = 10;
     a
+}
+
+/// The cursor key of the test sidecars (derived from [`FORWARD_KEY`], as every pod derives it).
+pub fn cursor_key() -> CursorKey {
+    CursorKey::derive(FORWARD_KEY.as_bytes())
+}
+
+/// The session the test sidecars record a keyed stream with `key` under.
+#[allow(dead_code)]
+pub fn keyed(key: &str) -> SessionId {
+    cursor_key().session_for_key(key).unwrap()
+}
+
+/// A cursor of `session` at `seq` as the test sidecars would write it for an anonymous client
+/// of `path` (its query is not part of the binding).
+#[allow(dead_code)]
+pub fn cursor_for(session: &str, seq: u64, path: &str) -> String {
+    let k = cursor_key();
+    let path = path.split('?').next().unwrap_or(path);
+    let s = SessionId::parse(session).unwrap();
+    k.cursor(&s, seq, k.binding([None, None], path)).to_string()
 }
 
 /// A memory store shared by the sidecars of one test.

@@ -27,7 +27,7 @@ use hyper::body::Frame as BodyFrame;
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
-use crate::cursor::SessionId;
+use crate::cursor::{Binding, SessionId, Signer};
 use crate::http::body::{BoxError, ClientTx, ProxyBody};
 use crate::http::kind::{KindCell, StreamKind};
 use crate::http::session_key;
@@ -70,17 +70,24 @@ pub struct StreamStart {
     pub claim: Option<Claim>,
     /// Inspect the first `endpoint` event for a session key to register (MCP SSE transport).
     pub learn_endpoint: bool,
+    /// What its cursors are bound to (the opening request's identity and path).
+    pub binding: Binding,
 }
 
 /// Start a recorder and register it (replacing any older one of the same session).
 pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
-    let (handle, cmds) = shared
-        .recorders
-        .register(&start.session, start.kind.clone());
+    let (handle, cmds) =
+        shared
+            .recorders
+            .register(&start.session, start.kind.clone(), start.binding);
     let settings = &shared.settings;
     let recorder = Recorder {
         reader: Reader::new(
             start.session.clone(),
+            Signer {
+                key: settings.cursor_key.clone(),
+                binding: start.binding,
+            },
             settings.max_event_bytes,
             start.next_seq,
             start.sticky,
@@ -164,7 +171,7 @@ struct Recorder {
 /// Returns the key, so the recorder can close it when it hands the stream over.
 async fn register_endpoint_key(shared: &Sessions, data: &str) -> Option<SessionId> {
     let key = session_key::from_endpoint_data(data, &shared.settings.session_keys)?;
-    match SessionId::from_external(&key) {
+    match shared.settings.cursor_key.session_for_key(&key) {
         Ok(id) => {
             if let Err(e) = shared.book.register(&id).await {
                 shared.metrics.error(e.kind());

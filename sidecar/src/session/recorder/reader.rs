@@ -12,8 +12,8 @@
 
 use bytes::Bytes;
 
-use crate::cursor::SessionId;
-use crate::session::replay::{Overlap, apply_id, write_cursor};
+use crate::cursor::{SessionId, Signer};
+use crate::session::replay::{Overlap, apply_id};
 use crate::sse::{self, Frame, SseParser};
 use crate::store::{Entry, Recorded, Seq};
 
@@ -36,6 +36,7 @@ pub(super) enum Item {
 /// The reading half of a recorder.
 pub(super) struct Reader {
     session: SessionId,
+    signer: Signer,
     parser: SseParser,
     frames: Vec<Frame>,
     next_seq: Seq,
@@ -55,6 +56,7 @@ impl Reader {
     /// Numbering from `next_seq`, with the app's last id `sticky` and the `overlap` to drop.
     pub(super) fn new(
         session: SessionId,
+        signer: Signer,
         max_event_bytes: usize,
         next_seq: Seq,
         sticky: Option<String>,
@@ -63,6 +65,7 @@ impl Reader {
     ) -> Self {
         Reader {
             session,
+            signer,
             parser: SseParser::new(max_event_bytes),
             frames: Vec::with_capacity(8),
             next_seq: next_seq.max(1),
@@ -173,7 +176,7 @@ impl Reader {
             out.push(Item::Endpoint(event.data.clone()));
         }
         let seq = self.next_seq;
-        write_cursor(&mut self.cursor, &self.session, seq);
+        self.signer.write(&mut self.cursor, &self.session, seq);
         sse::encode_event(&event, Some(&self.cursor), &mut self.wire);
         let sse::Event { event, data, .. } = event;
         let recorded = self.number(Entry::Event {
@@ -191,14 +194,25 @@ mod tests {
 
     fn reader(next_seq: Seq, overlap: Overlap, learn: bool) -> Reader {
         let session = SessionId::parse("s1").unwrap();
-        Reader::new(session, 1 << 16, next_seq, None, overlap, learn)
+        Reader::new(
+            session,
+            crate::cursor::test_signer(),
+            1 << 16,
+            next_seq,
+            None,
+            overlap,
+            learn,
+        )
     }
 
     fn entries(items: &[Item]) -> Vec<(Seq, String)> {
         items
             .iter()
             .filter_map(|i| match i {
-                Item::Entry(r, wire) => Some((r.seq, String::from_utf8(wire.to_vec()).unwrap())),
+                Item::Entry(r, wire) => Some((
+                    r.seq,
+                    crate::cursor::untag(std::str::from_utf8(wire).unwrap()),
+                )),
                 _ => None,
             })
             .collect()
@@ -237,7 +251,7 @@ mod tests {
         r.feed(b"data: a\n\n: ping\n\nretry: 5\n\ndata: b\n\n", &mut out);
         let wire = r.take_wire().expect("bytes for the client");
         assert_eq!(
-            std::str::from_utf8(&wire).unwrap(),
+            crate::cursor::untag(std::str::from_utf8(&wire).unwrap()),
             "id: s1.1\ndata: a\n\n: ping\nretry: 5\n\nid: s1.3\ndata: b\n\n"
         );
         let joined: Vec<u8> = out

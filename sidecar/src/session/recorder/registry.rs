@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cursor::SessionId;
+use crate::cursor::{Binding, SessionId};
 use crate::http::body::ClientTx;
 use crate::http::kind::{KindCell, StreamKind};
 use crate::store::Seq;
@@ -64,6 +64,7 @@ pub struct RecorderHandle {
     tx: mpsc::Sender<Command>,
     kind: KindCell,
     started: Instant,
+    binding: Binding,
 }
 
 impl RecorderHandle {
@@ -89,6 +90,11 @@ impl RecorderHandle {
     /// latest (a session stream); nothing (a request stream: it finishes in place).
     pub fn handover(&self, quiet_until: Instant) {
         let _ = self.tx.try_send(Command::Handover { quiet_until });
+    }
+
+    /// What the stream's cursors are bound to: only a request with the same binding may attach.
+    pub fn binding(&self) -> Binding {
+        self.binding
     }
 
     /// The stream's kind now.
@@ -197,6 +203,7 @@ impl Recorders {
         &self,
         session: &SessionId,
         kind: KindCell,
+        binding: Binding,
     ) -> (RecorderHandle, mpsc::Receiver<Command>) {
         let (tx, cmds) = mpsc::channel(COMMAND_QUEUE);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -205,6 +212,7 @@ impl Recorders {
             tx,
             kind,
             started: Instant::now(),
+            binding,
         };
         let mut running = self.lock();
         running.reserved.remove(session);

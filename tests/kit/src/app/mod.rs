@@ -184,6 +184,23 @@ async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
     match (req.method().as_str(), path.as_str()) {
         // `POST /events`: the same stream as the answer of a request (a request stream).
         ("GET" | "POST", "/events") => events(&state, &req, lei),
+        // `/private/<user>`: the same stream, for the client whose `Authorization` is `<user>`
+        // only (an app that authorises every request; the thief's is refused with 401). The
+        // stream's events name the user, so a leak is visible.
+        ("GET", p) if p.starts_with("/private/") => {
+            let user = &p["/private/".len()..];
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if auth != Some(user) {
+                return Response::builder()
+                    .status(StatusCode::UNAUTHORIZED)
+                    .body(body("who are you?\n"))
+                    .unwrap();
+            }
+            events(&state, &req, lei)
+        }
         ("GET", "/plain") => Response::builder()
             .header("x-app-name", state.name.as_str())
             .header("content-length", "6")
