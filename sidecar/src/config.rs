@@ -56,6 +56,14 @@ pub struct Settings {
     pub reconnect_delay_millis: u64,
     /// Most concurrent client streams.
     pub max_streams: usize,
+    /// Most client connections at once (lowered at start to what the fd limit holds).
+    pub max_connections: usize,
+    /// Most client connections from one address (0: no bound).
+    pub max_connections_per_ip: usize,
+    /// Time a client has to send a request head.
+    pub header_timeout: Duration,
+    /// Most recorders capturing for a client that left.
+    pub max_detached: usize,
     /// Parser bound on one event.
     pub max_event_bytes: usize,
     /// Bytes queued per client; when full, the app's stream is paused.
@@ -139,6 +147,10 @@ impl Settings {
             request_deadline: secs(args.request_seconds),
             reconnect_delay_millis: u64::from(args.reconnect_delay_millis),
             max_streams: args.max_streams as usize,
+            max_connections: args.max_connections.max(1) as usize,
+            max_connections_per_ip: args.max_connections_per_ip as usize,
+            header_timeout: millis(args.header_timeout_millis),
+            max_detached: args.max_detached as usize,
             max_event_bytes: args.max_event_bytes as usize,
             client_buffer_bytes: args.client_buffer_bytes as usize,
             client_stall: millis(args.client_stall_millis.max(1)),

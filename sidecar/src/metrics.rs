@@ -212,6 +212,18 @@ labels! {
 }
 
 labels! {
+    /// `connections_refused{reason}`: client connections answered 503 and closed at accept.
+    ConnRefusal {
+        /// `--max-connections` held.
+        Total => "total",
+        /// `--max-connections-per-ip` held by the connection's address.
+        PerAddress => "per_address",
+        /// The process had no descriptor left for it (accept failed).
+        Descriptors => "descriptors",
+    }
+}
+
+labels! {
     /// `admin_refused{reason}`.
     AdminRefusal {
         /// `/prestop` on the network.
@@ -297,6 +309,11 @@ pub struct Metrics {
     errors: Family<KindLabel, Counter>,
     store_calls: Family<StoreCallLabel, Counter>,
     admin_refused: Family<ReasonLabel, Counter>,
+    connections_refused: Family<ReasonLabel, Counter>,
+    /// Client connections held now.
+    pub client_connections: Gauge,
+    /// Recorders capturing for a client that left (or that never had one).
+    pub detached_recorders: Gauge,
     /// 1 while the store answers, 0 while it does not.
     pub store_up: Gauge,
     /// 1 while the app's port accepts connections.
@@ -344,6 +361,9 @@ impl Metrics {
             errors: Family::default(),
             store_calls: Family::default(),
             admin_refused: Family::default(),
+            connections_refused: Family::default(),
+            client_connections: Gauge::default(),
+            detached_recorders: Gauge::default(),
             store_up: Gauge::default(),
             app_up: Gauge::default(),
             drain_phase: Gauge::default(),
@@ -478,6 +498,21 @@ impl Metrics {
             m.store_calls.clone(),
         );
         registry.register(
+            "connections_refused",
+            "Client connections answered 503 and closed at accept, by reason (total, per_address, descriptors)",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "client_connections",
+            "Client connections held now",
+            m.client_connections.clone(),
+        );
+        registry.register(
+            "detached_recorders",
+            "Recorders capturing an app stream for a client that left (its resume window), or that never had one",
+            m.detached_recorders.clone(),
+        );
+        registry.register(
             "admin_refused",
             "Admin-port requests refused, by reason (prestop: the preStop hook is not served on the network)",
             m.admin_refused.clone(),
@@ -519,6 +554,15 @@ impl Metrics {
     pub fn error(&self, kind: ErrorKind) {
         self.errors
             .get_or_create(&KindLabel { kind: kind.label() })
+            .inc();
+    }
+
+    /// Count a client connection refused at accept.
+    pub fn connection_refused(&self, reason: ConnRefusal) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
             .inc();
     }
 
@@ -662,6 +706,11 @@ impl Metrics {
             "streams_opened" => self
                 .streams_opened
                 .get(&KindLabel { kind: label })
+                .map(|c| c.get())
+                .unwrap_or(0),
+            "connections_refused" => self
+                .connections_refused
+                .get(&ReasonLabel { reason: label })
                 .map(|c| c.get())
                 .unwrap_or(0),
             "admin_refused" => self

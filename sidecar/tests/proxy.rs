@@ -127,9 +127,17 @@ async fn limits_refuse_too_many_streams_and_huge_heads() {
     assert_eq!(first.status, 200);
     let mut log = Log::default();
     first.read_until(&mut log, 1, T).await;
-    let second = Stream::open(sc.sse, "/events?feed=l", None).await;
+    let second = Stream::open(sc.sse, "/events?feed=l2", None).await;
     assert_eq!(second.status, 503);
     assert_eq!(sc.count("errors", "too_many_streams"), 1);
+    let asked = app
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.contains("feed=l2"))
+        .count();
+    assert_eq!(asked, 0, "refused before the app opened a stream for nobody");
 
     let big = "x".repeat(64 * 1024);
     let (status, _, _) = fetch(sc.sse, "GET", "/plain", &[("x-big", &big)], None).await;

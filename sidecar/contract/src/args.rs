@@ -254,6 +254,22 @@ pub struct SidecarArgs {
     /// Most concurrent client streams; more are refused with 503.
     #[arg(long, env = "SSEKEEPER_MAX_STREAMS", default_value_t = 10_000)]
     pub max_streams: u32,
+    /// Most client connections at once (streams, requests and idle keep-alives alike); more are
+    /// answered 503 and closed at accept. Sized for the default 128 Mi memory limit (about
+    /// 40 KiB a connection at worst); lowered at start when `RLIMIT_NOFILE` cannot hold it.
+    #[arg(long, env = "SSEKEEPER_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
+    pub max_connections: u32,
+    /// Most client connections from one address (0: no per-address bound). Behind an ingress or a
+    /// load balancer that rewrites source addresses every client shares one: leave it 0 there.
+    #[arg(long, env = "SSEKEEPER_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: u32,
+    /// Milliseconds a client has to send a whole request head.
+    #[arg(long, env = "SSEKEEPER_HEADER_TIMEOUT_MILLIS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(100..))]
+    pub header_timeout_millis: u32,
+    /// Most recorders kept capturing after their client left (for its resume); a client that
+    /// leaves beyond it gets no resume window, so connect-and-leave cannot pile up app streams.
+    #[arg(long, env = "SSEKEEPER_MAX_DETACHED", default_value_t = defaults::MAX_DETACHED)]
+    pub max_detached: u32,
     /// Largest event the parser accepts from the app; bigger ones are dropped (metric).
     #[arg(long, env = "SSEKEEPER_MAX_EVENT_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(64..))]
     pub max_event_bytes: u32,
@@ -336,6 +352,10 @@ impl SidecarArgs {
             format!("--lease-ttl-seconds={}", self.lease_ttl_seconds),
             format!("--resume-window-seconds={}", self.resume_window_seconds),
             format!("--max-streams={}", self.max_streams),
+            format!("--max-connections={}", self.max_connections),
+            format!("--max-connections-per-ip={}", self.max_connections_per_ip),
+            format!("--header-timeout-millis={}", self.header_timeout_millis),
+            format!("--max-detached={}", self.max_detached),
             format!("--max-event-bytes={}", self.max_event_bytes),
             format!("--client-buffer-bytes={}", self.client_buffer_bytes),
             format!("--client-stall-millis={}", self.client_stall_millis),

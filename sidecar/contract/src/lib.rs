@@ -135,6 +135,11 @@ pub mod defaults {
     pub const RECONNECT_DELAY_MILLIS: u32 = 1000;
     /// `--session-ttl-seconds` / `spec.sessions.ttlSeconds`.
     pub const SESSION_TTL_SECONDS: u32 = 300;
+    /// `--max-connections`: about 80 MiB of connections at their worst (a full 16 KiB head
+    /// each, and hyper's buffers), inside the default 128 Mi limit with the streams' own memory.
+    pub const MAX_CONNECTIONS: u32 = 2048;
+    /// `--max-detached`: recorders capturing for a client that left.
+    pub const MAX_DETACHED: u32 = 256;
     /// `--history-limit` / `spec.sessions.historyLimit`.
     pub const HISTORY_LIMIT: u32 = 1000;
     /// `--history-max-entries` / `spec.sessions.historyMaxEntries`: the default floor (36 s) at

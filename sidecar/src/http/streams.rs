@@ -100,6 +100,11 @@ impl Streams {
         })
     }
 
+    /// Whether the bound is reached: a request for a stream is refused before the app is asked.
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.max
+    }
+
     /// How many streams are open.
     pub fn len(&self) -> usize {
         self.open

@@ -148,7 +148,11 @@ where
         _ => None,
     };
 
-    // 3. Proxy to the app.
+    // 3. Proxy to the app. A stream over the bound is refused before the app opens one for
+    // nobody (a client flooding the pod costs the app nothing).
+    if accepts_event_stream(&parts.headers) && shared.clients.streams().is_full() {
+        return too_many_streams(&shared.metrics);
+    }
     shared.metrics.request(match origin {
         Origin::Client => Route::Local,
         Origin::Forwarded => Route::ForwardedIn,

@@ -2,6 +2,8 @@
 //! follows the kubelet's termination order.
 
 pub mod admin;
+pub mod admission;
+pub mod descriptors;
 pub mod drain;
 pub mod health;
 pub mod lifecycle;

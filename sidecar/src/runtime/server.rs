@@ -20,11 +20,14 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::http::client::HttpClient;
 use crate::http::streams::Streams;
+use crate::metrics::ConnRefusal;
 use crate::metrics::Metrics;
 use crate::phase::Lifecycle;
 use crate::routing::handler::{self as proxy, Origin};
 use crate::routing::handler::{RouteSettings, Router};
 use crate::runtime::admin;
+use crate::runtime::admission::{Admission, REFUSAL};
+use crate::runtime::descriptors;
 use crate::runtime::drain;
 use crate::runtime::health::{AppProbe, HEARTBEAT_EVERY, HEARTBEAT_STALE, Heartbeat};
 use crate::runtime::lifecycle;
@@ -87,6 +90,7 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
     if settings.owner.addr.port() == 0 {
         settings.owner.addr.set_port(admin_addr.port());
     }
+    fit_descriptors(&mut settings);
 
     let metrics = Arc::new(Metrics::new());
     let background = CancellationToken::new();
@@ -107,10 +111,16 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
     );
 
     let admin_stop = CancellationToken::new();
+    let admission = Admission::new(
+        settings.max_connections,
+        settings.max_connections_per_ip,
+        metrics.clone(),
+    );
     let sse_task = tokio::spawn(serve_clients(
         router.clone(),
         lifecycle.stop_accepting.clone(),
-        settings.max_header_bytes,
+        http1_builder(settings.max_header_bytes, settings.header_timeout),
+        admission,
         sse,
     ));
     let lifecycle_task = tokio::spawn(lifecycle::serve(
@@ -215,12 +225,81 @@ fn spawn_heartbeat(sessions: &Arc<Sessions>, background: &CancellationToken) -> 
     heartbeat
 }
 
-fn http1_builder(max_header_bytes: usize) -> http1::Builder {
+/// Raise the descriptor limit and fit the connection bound to it, saying what to change when
+/// the bound had to be lowered.
+fn fit_descriptors(settings: &mut Settings) {
+    let Some(fit) = descriptors::fit_process(settings.max_connections, settings.max_detached)
+    else {
+        tracing::warn!("cannot read RLIMIT_NOFILE: the connection bound is not checked against it");
+        return;
+    };
+    if fit.max_connections < settings.max_connections {
+        tracing::warn!(
+            limit = fit.limit,
+            needed = fit.needed,
+            max_connections = fit.max_connections,
+            configured = settings.max_connections,
+            "RLIMIT_NOFILE cannot hold --max-connections (two descriptors each, plus --max-detached and a reserve): \
+             lowered to what fits; raise the container's nofile limit or lower --max-connections"
+        );
+        settings.max_connections = fit.max_connections;
+    }
+}
+
+fn http1_builder(max_header_bytes: usize, header_timeout: Duration) -> http1::Builder {
     let mut b = http1::Builder::new();
     b.max_buf_size(max_header_bytes.max(8192))
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(header_timeout);
     b
+}
+
+/// Refused connections answered at once; beyond them a refused connection is just closed.
+const REFUSERS: usize = 64;
+/// How long a refused connection's request is waited for (so the `503` is read, not reset).
+const REFUSAL_READ: Duration = Duration::from_millis(200);
+
+/// Answer a connection over the bounds with `503` and close it: its request head is read
+/// first (briefly, into a small buffer) so the answer is not lost to a reset; under a flood,
+/// beyond [`REFUSERS`] at once, it is closed without a word.
+fn refuse(stream: tokio::net::TcpStream, refusals: &Arc<tokio::sync::Semaphore>) {
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let _permit = permit;
+        let mut stream = stream;
+        let mut buf = [0u8; 1024];
+        let _ = tokio::time::timeout(REFUSAL_READ, stream.read(&mut buf)).await;
+        let _ = tokio::time::timeout(REFUSAL_READ, async {
+            let _ = stream.write_all(REFUSAL).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    });
+}
+
+/// At most one warning per this interval for failing accepts (the rest are counted in it).
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A warning that repeats at most once per interval, with how many it stood for.
+struct Throttled {
+    last: Option<tokio::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttled {
+    /// Whether to log now, and how many were suppressed since the last one.
+    fn due(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|t| now < t + ACCEPT_WARN_EVERY) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 /// Accept clients until the drain stops accepting; then ask every connection to close after its
@@ -228,21 +307,33 @@ fn http1_builder(max_header_bytes: usize) -> http1::Builder {
 async fn serve_clients(
     router: Arc<Router>,
     stop: CancellationToken,
-    max_header_bytes: usize,
+    builder: http1::Builder,
+    admission: Arc<Admission>,
     listener: TcpListener,
 ) {
-    let builder = http1_builder(max_header_bytes);
+    let mut warn = Throttled {
+        last: None,
+        suppressed: 0,
+    };
+    let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSERS));
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    router.sessions.metrics.connection_refused(ConnRefusal::Descriptors);
+                    if let Some(suppressed) = warn.due() {
+                        tracing::warn!(error = %e, suppressed, held = admission.held(), "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
+        };
+        let Ok(admitted) = admission.admit(peer.ip()) else {
+            refuse(stream, &refusals);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
@@ -262,6 +353,7 @@ async fn serve_clients(
             .with_upgrades();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _admitted = admitted;
             tokio::pin!(conn);
             let ended = tokio::select! {
                 r = conn.as_mut() => r,
@@ -279,7 +371,10 @@ async fn serve_clients(
 }
 
 async fn serve_admin(shared: Arc<Sidecar>, listener: TcpListener, stop: CancellationToken) {
-    let builder = http1_builder(shared.settings.max_header_bytes);
+    let builder = http1_builder(
+        shared.settings.max_header_bytes,
+        shared.settings.header_timeout,
+    );
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,

@@ -112,6 +112,8 @@ pub struct Tuning {
     pub client_stall: Duration,
     /// The stream bound (a recorder whose client left gets no resume window above it).
     pub max_streams: usize,
+    /// Recorders capturing for a client that left, at most (beyond: no resume window).
+    pub max_detached: usize,
     /// How long a drained session keeps being captured after its handover, for its new owner.
     pub handover_margin: Duration,
     /// Whether a resume across a hole in the history gets the gap event.
@@ -136,6 +138,7 @@ impl Tuning {
             resume_window: s.resume_window,
             client_stall: s.client_stall,
             max_streams: s.max_streams,
+            max_detached: s.max_detached,
             handover_margin: s.handover_margin,
             gap_event: s.gap_event,
             identity: s.identity.clone(),

@@ -22,6 +22,8 @@ pub(super) struct Settings {
     pub resume_window: Duration,
     /// Above this many recorders a client that leaves gets no resume window.
     pub max_streams: usize,
+    /// At this many recorders whose client left, a client that leaves gets no resume window.
+    pub max_detached: usize,
 }
 
 /// The client side of a recorder.
@@ -38,11 +40,22 @@ pub(super) struct Fanout {
     /// The resume window granted when the client left (see `window_on_detach`).
     window: Duration,
     ring: VecDeque<(Seq, Bytes)>,
+    /// Whether any entry was handed to a client: a stream that never delivered one gets no
+    /// resume window (nobody holds a cursor of it).
+    delivered_any: bool,
+    /// Counted in `detached_recorders` (its client left, or it never had one).
+    counted_detached: bool,
+}
+
+impl Drop for Fanout {
+    fn drop(&mut self) {
+        self.count_detached(false);
+    }
 }
 
 impl Fanout {
     pub(super) fn new(settings: Settings, metrics: Arc<Metrics>, client: Option<ClientTx>) -> Self {
-        Fanout {
+        let mut f = Fanout {
             detached_at: client.is_none().then(Instant::now),
             window: settings.resume_window,
             settings,
@@ -52,6 +65,22 @@ impl Fanout {
             stalled_since: None,
             // Grown on demand: thousands of mostly idle sessions must not each preallocate.
             ring: VecDeque::new(),
+            delivered_any: false,
+            counted_detached: false,
+        };
+        f.count_detached(f.client.is_none());
+        f
+    }
+
+    /// Keep `detached_recorders` in step with this recorder's state.
+    fn count_detached(&mut self, detached: bool) {
+        if detached != self.counted_detached {
+            self.counted_detached = detached;
+            if detached {
+                self.metrics.detached_recorders.inc();
+            } else {
+                self.metrics.detached_recorders.dec();
+            }
         }
     }
 
@@ -93,6 +122,7 @@ impl Fanout {
             self.backlog.push_back((bytes, entries));
             return;
         }
+        self.delivered_any |= entries > 0;
         match c.try_send(bytes.clone()) {
             Ok(()) => {
                 self.metrics.events_forwarded.inc_by(entries);
@@ -162,6 +192,7 @@ impl Fanout {
         if self.client.take().is_some() {
             self.detached_at = Some(Instant::now());
             self.window = self.window_on_detach();
+            self.count_detached(true);
         }
     }
 
@@ -169,9 +200,16 @@ impl Fanout {
     /// when this pod already runs more recorders than it admits streams. Clients that connect
     /// and leave must not pile up captured upstreams (each an open connection to the app)
     /// beyond the stream bound; a later resume takes the session over from the store instead.
+    ///
+    /// Nor when `max_detached` recorders already capture for a client that left, nor when the
+    /// stream never delivered an entry: connect-and-leave costs the app nothing past the leave.
     fn window_on_detach(&self) -> Duration {
         let running = usize::try_from(self.metrics.recorders.get()).unwrap_or(0);
-        if running > self.settings.max_streams {
+        let detached = usize::try_from(self.metrics.detached_recorders.get()).unwrap_or(0);
+        if running > self.settings.max_streams
+            || detached >= self.settings.max_detached
+            || !self.delivered_any
+        {
             Duration::ZERO
         } else {
             self.settings.resume_window
@@ -183,6 +221,7 @@ impl Fanout {
     pub(super) fn attach(&mut self, after: Seq, last: Seq, client: ClientTx) -> Attached {
         self.client = Some(client);
         self.detached_at = None;
+        self.count_detached(false);
         let first_in_ring = self.ring.front().map(|(s, _)| *s);
         let (from_store, ring_from) = if after == last {
             (None, Seq::MAX)
@@ -215,6 +254,7 @@ mod tests {
                 ring,
                 resume_window: Duration::from_secs(30),
                 max_streams: 100,
+                max_detached: 2,
             },
             Arc::new(Metrics::new()),
             client,
@@ -265,5 +305,53 @@ mod tests {
         f.check(Duration::from_secs(60), &"s");
         assert!(!f.has_client() && !f.is_backlogged());
         assert!(f.detached_until().unwrap() > Instant::now() + Duration::from_secs(29));
+    }
+
+    #[test]
+    fn connect_and_leave_gets_no_resume_window() {
+        let metrics = Arc::new(Metrics::new());
+        let settings = || Settings {
+            ring: 0,
+            resume_window: Duration::from_secs(30),
+            max_streams: 100,
+            max_detached: 2,
+        };
+        let window = |f: &Fanout| {
+            f.detached_until()
+                .map(|t| t.saturating_duration_since(Instant::now()))
+        };
+        // Left before any entry: nobody holds a cursor of it.
+        let (tx, body) = client(1 << 16);
+        let mut silent = Fanout::new(settings(), metrics.clone(), Some(tx));
+        drop(body);
+        silent.check(Duration::from_secs(60), &"s");
+        assert_eq!(window(&silent), Some(Duration::ZERO));
+        assert_eq!(metrics.detached_recorders.get(), 1);
+        // Two that delivered and left fill the detached bound; the next gets no window.
+        let mut left = Vec::new();
+        for i in 0..2 {
+            let (tx, body) = client(1 << 16);
+            let mut f = Fanout::new(settings(), metrics.clone(), Some(tx));
+            f.send(Bytes::from("e"), 1);
+            drop(body);
+            f.check(Duration::from_secs(60), &"s");
+            if i == 0 {
+                assert!(window(&f).unwrap() > Duration::from_secs(29));
+            }
+            left.push(f);
+        }
+        assert_eq!(
+            window(&left[1]),
+            Some(Duration::ZERO),
+            "the bound was reached"
+        );
+        assert_eq!(metrics.detached_recorders.get(), 3);
+        drop(left);
+        drop(silent);
+        assert_eq!(
+            metrics.detached_recorders.get(),
+            0,
+            "ended recorders are not counted"
+        );
     }
 }

@@ -105,6 +105,7 @@ pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
                 ring: settings.resume_buffer_events,
                 resume_window: settings.resume_window,
                 max_streams: settings.max_streams,
+                max_detached: settings.max_detached,
             },
             shared.metrics.clone(),
             start.client,
