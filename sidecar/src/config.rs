@@ -94,7 +94,7 @@ pub struct Settings {
     /// Budget of a store call on a request's path.
     pub store_timeout: Duration,
     /// Validity of a forwarding signature.
-    pub forward_max_skew: Duration,
+    pub forward_max_age: Duration,
     /// Key authenticating forwarding; `None` disables forwarding both ways.
     pub forward_key: Option<Vec<u8>>,
 }
@@ -165,7 +165,7 @@ impl Settings {
             upstream_timeout: millis(args.upstream_timeout_millis.max(1)),
             forward_timeout: millis(args.forward_timeout_millis.max(1)),
             store_timeout: millis(args.store_timeout_millis.max(1)),
-            forward_max_skew: secs(args.forward_max_skew_seconds.max(1)),
+            forward_max_age: secs(args.forward_max_age_seconds.max(1)),
             forward_key: args
                 .forward_key
                 .as_ref()

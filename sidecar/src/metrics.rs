@@ -180,8 +180,12 @@ labels! {
         Missing => "missing",
         /// A forwarded request whose signature is too old or too new.
         Expired => "expired",
-        /// A forwarded request with a bad signature.
+        /// A forwarded request with a bad signature (or addressed to another pod).
         Forged => "forged",
+        /// A forwarded request whose nonce was seen already.
+        Replayed => "replayed",
+        /// A keyed request whose body is over the forward bound: `413` at the sender.
+        TooLarge => "too_large",
     }
 }
 

@@ -137,7 +137,10 @@ async fn limits_refuse_too_many_streams_and_huge_heads() {
         .iter()
         .filter(|r| r.contains("feed=l2"))
         .count();
-    assert_eq!(asked, 0, "refused before the app opened a stream for nobody");
+    assert_eq!(
+        asked, 0,
+        "refused before the app opened a stream for nobody"
+    );
 
     let big = "x".repeat(64 * 1024);
     let (status, _, _) = fetch(sc.sse, "GET", "/plain", &[("x-big", &big)], None).await;

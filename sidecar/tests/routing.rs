@@ -81,80 +81,156 @@ async fn streamable_http_session_header_is_learned_and_routed() {
     }
 }
 
+/// A forward as pod-b would send it to pod-a: signed over `body` and `auth` at `ts_ms`.
+fn forward_headers(
+    key: &[u8],
+    body: &str,
+    auth: &str,
+    ts_ms: u64,
+    to: &str,
+) -> Vec<(String, String)> {
+    let names = forward::signed_headers(
+        &[
+            "query:sessionId".parse().unwrap(),
+            "header:Mcp-Session-Id".parse().unwrap(),
+        ],
+        &ssekeeper_sidecar::contract::IdentitySources::default().0,
+    );
+    let mut h = http::HeaderMap::new();
+    h.insert("authorization", auth.parse().unwrap());
+    let nonce = forward::nonce();
+    let s = forward::Signed {
+        method: "POST",
+        path: "/echo",
+        ts_ms,
+        nonce: &nonce,
+        to,
+        body_sha256: forward::body_digest(body.as_bytes()),
+    };
+    let sig = forward::sign(key, &s, &h, &names);
+    vec![
+        ("authorization".into(), auth.into()),
+        ("x-ssekeeper-forward-ts".into(), ts_ms.to_string()),
+        ("x-ssekeeper-forward-nonce".into(), nonce),
+        ("x-ssekeeper-forward-to".into(), to.into()),
+        ("x-ssekeeper-forward-sig".into(), sig),
+    ]
+}
+
+async fn send_forward(
+    admin: std::net::SocketAddr,
+    headers: &[(String, String)],
+    body: &str,
+) -> u16 {
+    let h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    fetch(admin, "POST", "/internal/forward/echo", &h, Some(body))
+        .await
+        .0
+        .as_u16()
+}
+
+/// Tried as an attacker on the pod network would: unsigned, forged, stale, re-addressed, and a
+/// captured forward replayed as it was or with another body or other credentials.
 #[tokio::test]
-async fn forged_and_expired_forwards_are_refused() {
+async fn forged_stale_readdressed_and_replayed_forwards_are_refused() {
     let app = TestApp::start("app", Arc::new(Feeds::default())).await;
     let sc = start_sidecar(args(app.addr, "pod-a"), memory_store()).await;
-    let path = "/echo";
-    let now = forward::unix_now();
+    let key = FORWARD_KEY.as_bytes();
+    let now = forward::unix_millis();
 
-    let (status, _, _) = fetch(sc.admin, "POST", "/internal/forward/echo", &[], Some("x")).await;
-    assert_eq!(status, 403);
-    let forged = forward::sign(b"not-the-key", "POST", path, now);
-    let ts = now.to_string();
-    let (status, _, _) = fetch(
-        sc.admin,
-        "POST",
-        "/internal/forward/echo",
-        &[
-            ("x-ssekeeper-forward-ts", &ts),
-            ("x-ssekeeper-forward-sig", &forged),
-        ],
-        Some("x"),
-    )
-    .await;
-    assert_eq!(status, 403);
-    let old = now - 3600;
-    let stale = forward::sign(FORWARD_KEY.as_bytes(), "POST", path, old);
-    let old_ts = old.to_string();
-    let (status, _, _) = fetch(
-        sc.admin,
-        "POST",
-        "/internal/forward/echo",
-        &[
-            ("x-ssekeeper-forward-ts", &old_ts),
-            ("x-ssekeeper-forward-sig", &stale),
-        ],
-        Some("x"),
-    )
-    .await;
-    assert_eq!(status, 403);
-    // Signed for another path: refused.
-    let other = forward::sign(FORWARD_KEY.as_bytes(), "POST", "/plain", now);
-    let (status, _, _) = fetch(
-        sc.admin,
-        "POST",
-        "/internal/forward/echo",
-        &[
-            ("x-ssekeeper-forward-ts", &ts),
-            ("x-ssekeeper-forward-sig", &other),
-        ],
-        Some("x"),
-    )
-    .await;
-    assert_eq!(status, 403);
-    assert_eq!(sc.count("forwards", "missing"), 1);
-    assert_eq!(sc.count("forwards", "forged"), 2);
-    assert_eq!(sc.count("forwards", "expired"), 1);
+    assert_eq!(send_forward(sc.admin, &[], "x").await, 403, "unsigned");
+    let forged = forward_headers(b"not-the-key", "x", "alice", now, "pod-a");
+    assert_eq!(
+        send_forward(sc.admin, &forged, "x").await,
+        403,
+        "another key"
+    );
+    let stale = forward_headers(key, "x", "alice", now - 60_000, "pod-a");
+    assert_eq!(
+        send_forward(sc.admin, &stale, "x").await,
+        403,
+        "a minute old"
+    );
+    let future = forward_headers(key, "x", "alice", now + 60_000, "pod-a");
+    assert_eq!(
+        send_forward(sc.admin, &future, "x").await,
+        403,
+        "from the future"
+    );
+    let elsewhere = forward_headers(key, "x", "alice", now, "pod-c");
+    assert_eq!(
+        send_forward(sc.admin, &elsewhere, "x").await,
+        403,
+        "addressed to another pod"
+    );
     assert!(
         app.seen.lock().unwrap().is_empty(),
         "nothing reached the app"
     );
 
-    // A valid signature is accepted and the app sees no forwarding headers.
-    let good = forward::sign(FORWARD_KEY.as_bytes(), "POST", path, now);
+    // A valid forward is accepted once, and the app sees no forwarding headers.
+    let captured = forward_headers(key, "signed", "alice", forward::unix_millis(), "pod-a");
     let (status, _, body) = fetch(
         sc.admin,
         "POST",
         "/internal/forward/echo",
-        &[
-            ("x-ssekeeper-forward-ts", &ts),
-            ("x-ssekeeper-forward-sig", &good),
-        ],
+        &captured
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
         Some("signed"),
     )
     .await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "signed"));
+    // Replayed: as it was, with another body, with other credentials.
+    assert_eq!(
+        send_forward(sc.admin, &captured, "signed").await,
+        403,
+        "replayed as captured"
+    );
+    let mut other_body = forward_headers(key, "signed", "alice", forward::unix_millis(), "pod-a");
+    assert_eq!(
+        send_forward(sc.admin, &other_body, "rm -rf").await,
+        403,
+        "another body"
+    );
+    other_body[0].1 = "bob".into();
+    assert_eq!(
+        send_forward(sc.admin, &other_body, "signed").await,
+        403,
+        "other credentials"
+    );
+
+    assert_eq!(sc.count("forwards", "missing"), 1);
+    assert_eq!(sc.count("forwards", "forged"), 4);
+    assert_eq!(sc.count("forwards", "expired"), 2);
+    assert_eq!(sc.count("forwards", "replayed"), 1);
+    assert_eq!(sc.count("forwards", "accepted"), 1);
+    let seen = app.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one request reached the app: {seen:?}");
+}
+
+/// A client cannot pose as a sidecar: `x-ssekeeper-*` headers it sends never reach the app.
+#[tokio::test]
+async fn client_sent_sidecar_headers_are_stripped() {
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    let sc = start_sidecar(args(app.addr, "pod-a"), memory_store()).await;
+    let (status, _, body) = fetch(
+        sc.sse,
+        "GET",
+        "/headers",
+        &[
+            ("x-ssekeeper-forwarded-by", "pod-evil"),
+            ("x-ssekeeper-anything", "1"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(!body.to_ascii_lowercase().contains("x-ssekeeper"), "{body}");
 }
 
 #[tokio::test]

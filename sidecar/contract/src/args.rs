@@ -312,9 +312,10 @@ pub struct SidecarArgs {
     /// Milliseconds a store call on a request's path may take before the sidecar serves without it.
     #[arg(long, env = "SSEKEEPER_STORE_TIMEOUT_MILLIS", default_value_t = 1_000)]
     pub store_timeout_millis: u32,
-    /// Seconds a forwarding signature stays valid (either side of the receiver's clock).
-    #[arg(long, env = "SSEKEEPER_FORWARD_MAX_SKEW_SECONDS", default_value_t = 30)]
-    pub forward_max_skew_seconds: u32,
+    /// Seconds a forwarding signature stays valid after it was made (one-sided: at most 1 s in
+    /// the receiver's future is accepted, for clock skew); each forward is accepted once.
+    #[arg(long, env = "SSEKEEPER_FORWARD_MAX_AGE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub forward_max_age_seconds: u32,
 }
 
 impl SidecarArgs {
@@ -366,10 +367,7 @@ impl SidecarArgs {
             format!("--upstream-timeout-millis={}", self.upstream_timeout_millis),
             format!("--forward-timeout-millis={}", self.forward_timeout_millis),
             format!("--store-timeout-millis={}", self.store_timeout_millis),
-            format!(
-                "--forward-max-skew-seconds={}",
-                self.forward_max_skew_seconds
-            ),
+            format!("--forward-max-age-seconds={}", self.forward_max_age_seconds),
             format!(
                 "--log-format={}",
                 match self.log_format {

@@ -238,7 +238,7 @@ mod tests {
         cfg.upstream_timeout_millis = 1234;
         cfg.forward_timeout_millis = 2345;
         cfg.store_timeout_millis = 345;
-        cfg.forward_max_skew_seconds = 9;
+        cfg.forward_max_age_seconds = 9;
         cfg.log_format = LogFormat::Pretty;
         cfg.lifecycle_socket = "/tmp/x/life.sock".into();
         let argv = std::iter::once("ssekeeper-sidecar".to_string()).chain(cfg.to_args());

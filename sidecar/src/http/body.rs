@@ -42,6 +42,26 @@ pub fn empty() -> ProxyBody {
         .boxed_unsync()
 }
 
+/// A body read whole, if it is at most `max` bytes (`None`: larger, or it failed). For what
+/// must be hashed before it is sent on (a forward's body).
+pub async fn read_bounded<B>(body: B, max: usize) -> Option<Bytes>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut body = body;
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.ok()?.into_data() else {
+            continue;
+        };
+        if out.len() + data.len() > max {
+            return None;
+        }
+        out.extend_from_slice(&data);
+    }
+    Some(out.freeze())
+}
+
 /// Box any body whose errors convert into [`BoxError`].
 pub fn boxed<B>(body: B) -> ProxyBody
 where

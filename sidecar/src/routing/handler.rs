@@ -71,6 +71,8 @@ pub struct RouteSettings {
     pub forward_key: Option<Vec<u8>>,
     /// This pod's name, sent with what it forwards.
     pub owner_name: String,
+    /// The headers a forward's signature covers (see [`forward::signed_headers`]).
+    pub signed_headers: Vec<http::HeaderName>,
 }
 
 /// Handle one request (from a client, or forwarded by another sidecar).
@@ -98,6 +100,11 @@ where
     }
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if origin == Origin::Client {
+        // Only sidecars speak `x-ssekeeper-*` (a forwarded request had its own removed once
+        // verified): a client must not pose as one to the app.
+        forward::strip(&mut parts.headers);
+    }
     append_forwarded_for(&mut parts.headers, peer.ip());
 
     if accepts_event_stream(&parts.headers) || parts.headers.contains_key(LAST_EVENT_ID) {
@@ -446,20 +453,31 @@ async fn to_owner(
         return status(StatusCode::BAD_GATEWAY, "forwarding disabled\n");
     };
     shared.metrics.request(Route::ForwardedOut);
+    // The body is signed by its digest, so it is read first (keyed requests are small).
+    let body = match crate::http::body::read_bounded(body, forward::MAX_BODY_BYTES).await {
+        Some(bytes) => bytes,
+        None => {
+            shared.metrics.forward(ForwardOutcome::TooLarge);
+            return status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large to forward\n",
+            );
+        }
+    };
     forward::strip(&mut parts.headers);
     forward::add_signature(
         &mut parts.headers,
         key,
-        parts.method.as_str(),
-        path,
-        forward::unix_now(),
+        &router.settings.signed_headers,
+        (parts.method.as_str(), path, forward::body_digest(&body)),
+        owner,
         &router.settings.owner_name,
     );
     let req = outbound(
         parts.method,
         &forward::forward_path(path),
         parts.headers,
-        body,
+        full(body),
         addr,
     );
     match router.peers.send(req).await {

@@ -126,13 +126,30 @@ async fn forwarded(
     let Some(original) = forward::original_path(full_path) else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
+    let (mut parts, body) = req.into_parts();
+    // The signature covers the body's digest: read it first (bounded as the sender bounds it).
+    let Some(body) = crate::http::body::read_bounded(body, forward::MAX_BODY_BYTES).await else {
+        shared
+            .router
+            .sessions
+            .metrics
+            .forward(ForwardOutcome::TooLarge);
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "forwarded body too large\n");
+    };
+    let check = forward::Check {
+        key: shared.settings.forward_key.as_deref(),
+        names: &shared.router.settings.signed_headers,
+        me: &shared.settings.owner.name,
+        now_ms: forward::unix_millis(),
+        max_age_ms: u64::try_from(shared.settings.forward_max_age.as_millis()).unwrap_or(u64::MAX),
+    };
     let verdict = forward::verify(
-        shared.settings.forward_key.as_deref(),
-        req.method().as_str(),
+        &check,
+        parts.method.as_str(),
         &original,
-        req.headers(),
-        forward::unix_now(),
-        shared.settings.forward_max_skew.as_secs(),
+        &parts.headers,
+        forward::body_digest(&body),
+        &shared.forwards_seen,
     );
     if let Err(rejection) = verdict {
         tracing::warn!(%peer, reason = rejection.kind().label(), "forwarded request refused");
@@ -144,7 +161,7 @@ async fn forwarded(
         .sessions
         .metrics
         .forward(ForwardOutcome::Accepted);
-    let (mut parts, body) = req.into_parts();
+    let body = http_body_util::Full::new(body);
     forward::strip(&mut parts.headers);
     parts.uri = match Uri::try_from(original) {
         Ok(uri) => uri,

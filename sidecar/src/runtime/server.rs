@@ -152,6 +152,7 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
         app_prestop_waiters: Arc::new(tokio::sync::Semaphore::new(
             crate::runtime::state::APP_PRESTOP_WAITERS,
         )),
+        forwards_seen: Default::default(),
     });
     let admin_task = tokio::spawn(serve_admin(sidecar, admin_listener, admin_stop.clone()));
     let terminate = CancellationToken::new();
@@ -204,6 +205,10 @@ fn build_router(settings: &Settings, sessions: Arc<Sessions>) -> Arc<Router> {
             session_keys: settings.session_keys.clone(),
             forward_key: settings.forward_key.clone(),
             owner_name: settings.owner.name.clone(),
+            signed_headers: crate::routing::forward::signed_headers(
+                &settings.session_keys,
+                &settings.identity,
+            ),
         },
     })
 }

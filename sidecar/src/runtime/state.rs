@@ -23,6 +23,8 @@ pub struct Sidecar {
     /// Callers of the app's preStop endpoint waiting at once: bounded, since anyone who reaches
     /// the admin port can call it.
     pub app_prestop_waiters: Arc<tokio::sync::Semaphore>,
+    /// Nonces of the forwards accepted within their window (each is accepted once).
+    pub forwards_seen: crate::routing::forward::ReplayCache,
 }
 
 /// How many callers may wait on the app's preStop endpoint at once (the kubelet is one).

@@ -224,6 +224,11 @@ async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
                 .body(body(echoed))
                 .unwrap()
         }
+        // Every header name the app received, one per line: what reached it.
+        ("GET", "/headers") => {
+            let names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+            Response::builder().body(body(names.join("\n"))).unwrap()
+        }
         ("GET", "/mixed") => testing::mixed(),
         ("GET", "/firehose") => testing::firehose(&req),
         ("GET", "/garbage") => testing::garbage(),
