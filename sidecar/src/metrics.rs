@@ -98,6 +98,8 @@ labels! {
         Unavailable => "unavailable",
         /// The app's response is an event stream with a content encoding (passed through).
         SseEncoded => "sse_encoded",
+        /// The app answered in a transfer coding other than chunked (502).
+        UpstreamTransferCoding => "upstream_transfer_coding",
         /// The store lost a session this pod holds (restart, flush).
         StoreStateLost => "store_state_lost",
         /// The store went down (counted once per outage).

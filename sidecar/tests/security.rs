@@ -141,3 +141,83 @@ async fn a_session_key_alone_does_not_attach_to_its_recording() {
     again.read_until(&mut Log::default(), 3, T).await;
     assert_eq!(a.count("resumes", "reattached"), 1);
 }
+
+/// One raw HTTP/1.1 exchange: `request` written as is, the answer read until the server closes
+/// or 2 s pass.
+async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_lowercase()
+}
+
+#[tokio::test]
+async fn requests_a_proxy_must_not_pass_on_get_defined_answers() {
+    let app = TestApp::start("app", Arc::new(Feeds::default())).await;
+    let sc = start_sidecar(args(app.addr, "pod-a"), memory_store()).await;
+    let options = raw(sc.sse, "OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(
+        options.starts_with("http/1.1 200") && options.contains("allow: get"),
+        "{options}"
+    );
+    let connect = raw(
+        sc.sse,
+        "CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert!(connect.starts_with("http/1.1 405"), "{connect}");
+    let coded = raw(
+        sc.sse,
+        "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(coded.starts_with("http/1.1 501"), "{coded}");
+    // An early answer to a keyed request whose body was not read ends the connection, saying so.
+    let gone = raw(
+        sc.sse,
+        "POST /messages?sessionId=nobody HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}",
+    )
+    .await;
+    assert!(
+        gone.starts_with("http/1.1 404") && gone.contains("connection: close"),
+        "{gone}"
+    );
+    let seen = app.seen.lock().unwrap().clone();
+    assert!(seen.is_empty(), "none reached the app: {seen:?}");
+    let (status, _, _) = ssekeeper_testkit::client::fetch(sc.sse, "GET", "/plain", &[], None).await;
+    assert_eq!(status, 200, "and the proxy keeps serving");
+}
+
+#[tokio::test]
+async fn an_app_answer_in_a_foreign_transfer_coding_is_a_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                          transfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    let sc = start_sidecar(args(app_addr, "pod-a"), memory_store()).await;
+    let (status, _, _) = ssekeeper_testkit::client::fetch(
+        sc.sse,
+        "GET",
+        "/events",
+        &[("accept", "text/event-stream")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 502, "not an empty 200");
+    assert_eq!(sc.count("errors", "upstream_transfer_coding"), 1);
+}

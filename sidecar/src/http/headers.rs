@@ -51,6 +51,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a message carries a transfer coding other than `chunked` (e.g. `gzip, chunked`): the
+/// sidecar neither applies nor removes codings, and passing the header's meaning on without the
+/// header (it is hop-by-hop) would hand the other side bytes it cannot read.
+pub fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))
+}
+
+/// Whether a request carries a body (a length above 0, or chunks).
+pub fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
 /// Append the client's address to `X-Forwarded-For` (comma-joined with what earlier proxies set).
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     let joined = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -98,6 +119,20 @@ pub fn accepts_event_stream(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transfer_codings_other_than_chunked_are_foreign() {
+        let te = |v: &str| map(&[("transfer-encoding", v)]);
+        assert!(!has_foreign_transfer_coding(&HeaderMap::new()));
+        assert!(!has_foreign_transfer_coding(&te("chunked")));
+        assert!(!has_foreign_transfer_coding(&te("Chunked")));
+        assert!(has_foreign_transfer_coding(&te("gzip, chunked")));
+        assert!(has_foreign_transfer_coding(&te("deflate")));
+        assert!(has_body(&te("chunked")));
+        assert!(has_body(&map(&[("content-length", "3")])));
+        assert!(!has_body(&map(&[("content-length", "0")])));
+        assert!(!has_body(&HeaderMap::new()));
+    }
 
     #[test]
     fn a_last_event_id_is_utf8_both_ways() {

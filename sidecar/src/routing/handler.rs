@@ -22,8 +22,9 @@ use crate::http::body::{ProxyBody, boxed, full};
 use crate::http::client::HttpClient;
 use crate::http::client::{RequestTemplate, UpstreamError, outbound};
 use crate::http::headers::{
-    LAST_EVENT_ID, accepts_event_stream, append_forwarded_for, is_event_stream, last_event_id,
-    last_event_id_value, strip_hop_by_hop,
+    LAST_EVENT_ID, accepts_event_stream, append_forwarded_for, has_body,
+    has_foreign_transfer_coding, is_event_stream, last_event_id, last_event_id_value,
+    strip_hop_by_hop,
 };
 use crate::http::kind::{KindCell, StreamKind};
 use crate::http::session_key;
@@ -99,6 +100,13 @@ where
         return tunnel::handle(shared, req, &path).await;
     }
     let (mut parts, body) = req.into_parts();
+    if let Some(answer) = refuse_early(&parts) {
+        return answer;
+    }
+    // Answers given before the body is read end the connection: its unread body would
+    // otherwise be taken for the next request (or reset it).
+    let close_early = has_body(&parts.headers);
+    let early = |r: Response<ProxyBody>| if close_early { closing(r) } else { r };
     strip_hop_by_hop(&mut parts.headers);
     if origin == Origin::Client {
         // Only sidecars speak `x-ssekeeper-*` (a forwarded request had its own removed once
@@ -109,7 +117,9 @@ where
 
     if accepts_event_stream(&parts.headers) || parts.headers.contains_key(LAST_EVENT_ID) {
         // A compressed event stream could not be parsed (nor resumed): ask for it plain.
-        parts.headers.remove(ACCEPT_ENCODING);
+        parts
+            .headers
+            .insert(ACCEPT_ENCODING, http::HeaderValue::from_static("identity"));
     }
 
     // What this request's cursors are bound to (its credentials and path): computed before the
@@ -118,7 +128,7 @@ where
 
     // 1. Resume.
     let prefix = match try_resume(shared, &mut parts, &path, binding).await {
-        Some(Resume::Answered(r)) => return r,
+        Some(Resume::Answered(r)) => return early(r),
         Some(Resume::ToApp { prefix }) => Some(prefix),
         None => None,
     };
@@ -131,7 +141,7 @@ where
             Where::Owner { addr, owner } => {
                 return to_owner(&router, parts, &path, boxed(body), addr, &owner).await;
             }
-            Where::Gone => return status(StatusCode::NOT_FOUND, "session not found\n"),
+            Where::Gone => return early(status(StatusCode::NOT_FOUND, "session not found\n")),
         }
     }
 
@@ -142,14 +152,14 @@ where
     if let (Some(k), true) = (&key, opens_stream)
         && let Some(r) = resume::attach_live(shared, k, binding).await
     {
-        return r;
+        return early(r);
     }
     let _pass = match (&key, opens_stream) {
         (Some(k), false) => match shared.gates.enter(k) {
             Some(pass) => Some(pass),
             None => {
                 shared.metrics.request(Route::NotFound);
-                return status(StatusCode::NOT_FOUND, "session not found\n");
+                return early(status(StatusCode::NOT_FOUND, "session not found\n"));
             }
         },
         _ => None,
@@ -158,13 +168,61 @@ where
     // 3. Proxy to the app. A stream over the bound is refused before the app opens one for
     // nobody (a client flooding the pod costs the app nothing).
     if accepts_event_stream(&parts.headers) && shared.clients.streams().is_full() {
-        return too_many_streams(&shared.metrics);
+        return early(too_many_streams(&shared.metrics));
     }
     shared.metrics.request(match origin {
         Origin::Client => Route::Local,
         Origin::Forwarded => Route::ForwardedIn,
     });
     to_app(&router, parts, &path, boxed(body), key, prefix, binding).await
+}
+
+/// Requests the sidecar answers itself, before anything else: `OPTIONS *` (about the server,
+/// not a resource: the app has nothing to say), `CONNECT` (a proxy is not a tunnel to
+/// anywhere), and a body in a transfer coding it would have to decode first.
+fn refuse_early(parts: &Parts) -> Option<Response<ProxyBody>> {
+    let asterisk = parts.uri.path() == "*";
+    if parts.method == Method::OPTIONS && asterisk {
+        let mut r = status(StatusCode::OK, "");
+        r.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return Some(r);
+    }
+    if parts.method == Method::CONNECT {
+        let mut r = closing(status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not served\n",
+        ));
+        r.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return Some(r);
+    }
+    if asterisk {
+        return Some(closing(status(
+            StatusCode::BAD_REQUEST,
+            "* is for OPTIONS only\n",
+        )));
+    }
+    if has_foreign_transfer_coding(&parts.headers) {
+        return Some(closing(status(
+            StatusCode::NOT_IMPLEMENTED,
+            "transfer codings other than chunked are not accepted\n",
+        )));
+    }
+    None
+}
+
+/// `r` with `Connection: close`.
+fn closing(mut r: Response<ProxyBody>) -> Response<ProxyBody> {
+    r.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    r
 }
 
 /// A request with a `Last-Event-ID`: answered from the session when it is one of our cursors
@@ -325,6 +383,15 @@ async fn respond(
 ) -> Response<ProxyBody> {
     let shared = &router.sessions;
     let (mut parts, body) = resp.into_parts();
+    if has_foreign_transfer_coding(&parts.headers) {
+        // Its bytes would reach the client without the coding that makes sense of them.
+        shared.metrics.error(ErrorKind::UpstreamTransferCoding);
+        tracing::warn!("the app answered with a transfer coding other than chunked: 502");
+        return status(
+            StatusCode::BAD_GATEWAY,
+            "app used an unsupported transfer coding\n",
+        );
+    }
     strip_hop_by_hop(&mut parts.headers);
     if let Some(learned) = session_key::from_response(&parts.headers, &router.settings.session_keys)
         .and_then(|k| shared.settings.cursor_key.session_for_key(&k).ok())
@@ -347,8 +414,16 @@ async fn respond(
         .get(CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
     {
-        // Encoded although it was asked plain: pass it on untouched, unrecorded.
+        // Encoded although it was asked plain (`Accept-Encoding: identity`): pass it on
+        // untouched, unrecorded, and say so once: such a stream cannot be resumed.
         shared.metrics.error(ErrorKind::SseEncoded);
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                path = req.uri.path(),
+                "the app compressed an event stream although asked for identity: passed through unrecorded (no resume, no handoff); configure the app not to compress text/event-stream"
+            );
+        }
         return Response::from_parts(parts, boxed(body));
     }
 
