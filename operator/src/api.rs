@@ -100,6 +100,12 @@ pub struct SseServiceSpec {
     /// Optional PodDisruptionBudget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption_budget: Option<DisruptionBudgetConfig>,
+    /// Optional NetworkPolicy for the pods: the sidecar's admin port (forwards between
+    /// sidecars, `/metrics`) only from this SseService's own pods and `metricsFrom`; the client
+    /// port and the app's own ports from anywhere. Defence in depth on top of the signed
+    /// forwards; it needs a CNI that enforces NetworkPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicyConfig>,
     /// Overrides for the injected sidecar (defaults come from the operator's configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarConfig>,
@@ -532,6 +538,29 @@ impl SessionKey {
             .or_else(|| self.header.clone().map(S::Header))
             .or_else(|| self.cookie.clone().map(S::Cookie))
     }
+}
+
+/// The optional NetworkPolicy (see `SseServiceSpec::network_policy`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicyConfig {
+    /// Who else may reach the admin port (a Prometheus, an agent): each entry matches pods by
+    /// labels, in namespaces by labels (an empty `namespaceLabels` means this namespace).
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    pub metrics_from: Vec<PeerSelector>,
+}
+
+/// Pods by labels, optionally in other namespaces by labels.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerSelector {
+    /// Labels of the namespaces (empty: this namespace only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespace_labels: BTreeMap<String, String>,
+    /// Labels of the pods (empty: every pod of those namespaces).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
 }
 
 /// The optional PodDisruptionBudget.

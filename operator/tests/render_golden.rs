@@ -65,6 +65,9 @@ fn to_docs(svc: &SseService, r: &render::Rendered) -> String {
     if let Some(p) = &r.pdb {
         docs.push(serde_yaml::to_string(p).unwrap());
     }
+    if let Some(p) = &r.network_policy {
+        docs.push(serde_yaml::to_string(p).unwrap());
+    }
     docs.join("---\n")
 }
 
@@ -107,6 +110,11 @@ fn golden_ingress() {
 #[test]
 fn golden_pdb() {
     check_golden("pdb");
+}
+
+#[test]
+fn golden_network_policy() {
+    check_golden("network-policy");
 }
 
 #[test]

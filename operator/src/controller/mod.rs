@@ -14,6 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
@@ -141,24 +142,27 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (svcs, deployments, services, ingresses, pdbs, secrets) = match &ctx.settings.namespace {
-        Some(ns) => (
-            Api::<SseService>::namespaced(client.clone(), ns),
-            Api::<Deployment>::namespaced(client.clone(), ns),
-            Api::<Service>::namespaced(client.clone(), ns),
-            Api::<Ingress>::namespaced(client.clone(), ns),
-            Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
+    let (svcs, deployments, services, ingresses, pdbs, policies, secrets) =
+        match &ctx.settings.namespace {
+            Some(ns) => (
+                Api::<SseService>::namespaced(client.clone(), ns),
+                Api::<Deployment>::namespaced(client.clone(), ns),
+                Api::<Service>::namespaced(client.clone(), ns),
+                Api::<Ingress>::namespaced(client.clone(), ns),
+                Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+                Api::<NetworkPolicy>::namespaced(client.clone(), ns),
+                Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     // Debounce: a rollout changes the Deployment's status many times a second; one reconcile per
@@ -169,7 +173,8 @@ pub async fn run(
         .owns(deployments, owned.clone())
         .owns(services, owned.clone())
         .owns(ingresses, owned.clone())
-        .owns(pdbs, owned);
+        .owns(pdbs, owned.clone())
+        .owns(policies, owned);
     // Secrets: metadata only (a cluster's Secrets can be large), both the Secrets we own and the
     // Redis Secrets that SseServices reference, so a Secret that appears or changes heals a
     // Degraded SseService at once.
@@ -437,6 +442,7 @@ async fn apply_all(
     let deployment = kubeapi::apply(client, &ns, &rendered.deployment, uid).await?;
     kubeapi::apply_or_delete(client, &ns, &name, rendered.ingress.as_ref(), uid).await?;
     kubeapi::apply_or_delete(client, &ns, &name, rendered.pdb.as_ref(), uid).await?;
+    kubeapi::apply_or_delete(client, &ns, &name, rendered.network_policy.as_ref(), uid).await?;
     Ok(deployment)
 }
 

@@ -1,4 +1,5 @@
-//! The optional and auxiliary objects: Ingress, PodDisruptionBudget, forwarding-key Secret.
+//! The optional and auxiliary objects: Ingress, PodDisruptionBudget, NetworkPolicy,
+//! forwarding-key Secret.
 
 use std::collections::BTreeMap;
 
@@ -6,7 +7,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, NetworkPolicyIngressRule,
+    NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec, ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -110,6 +112,72 @@ pub(super) fn pdb(ctx: &Ctx<'_>) -> Option<PodDisruptionBudget> {
             ..PodDisruptionBudgetSpec::default()
         }),
         status: None,
+    })
+}
+
+/// The NetworkPolicy of the SseService's pods, when asked for: the admin port only from the
+/// same SseService's pods (forwards) and the configured monitoring peers; the client port and
+/// every port the app's containers declare from anywhere (the policy must not take away what
+/// the pods served before it). Traffic from the node (kubelet probes) is always allowed by
+/// Kubernetes' NetworkPolicy semantics.
+pub(super) fn network_policy(ctx: &Ctx<'_>) -> Option<NetworkPolicy> {
+    let cfg = ctx.svc.spec.network_policy.as_ref()?;
+    let selector = || LabelSelector {
+        match_labels: Some(ctx.selector()),
+        ..LabelSelector::default()
+    };
+    let labels = |m: &BTreeMap<String, String>| LabelSelector {
+        match_labels: (!m.is_empty()).then(|| m.clone()),
+        ..LabelSelector::default()
+    };
+    let port = |p: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some("TCP".into()),
+        ..NetworkPolicyPort::default()
+    };
+    let mut peers = vec![NetworkPolicyPeer {
+        pod_selector: Some(selector()),
+        ..NetworkPolicyPeer::default()
+    }];
+    peers.extend(cfg.metrics_from.iter().map(|p| NetworkPolicyPeer {
+        namespace_selector: (!p.namespace_labels.is_empty()).then(|| labels(&p.namespace_labels)),
+        pod_selector: Some(labels(&p.pod_labels)),
+        ..NetworkPolicyPeer::default()
+    }));
+    let mut open: Vec<i32> = vec![i32::from(contract::SSE_PORT)];
+    let containers = ctx
+        .svc
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    for c in containers {
+        for p in c.ports.iter().flatten() {
+            let n = p.container_port;
+            if n != i32::from(contract::ADMIN_PORT) && !open.contains(&n) {
+                open.push(n);
+            }
+        }
+    }
+    Some(NetworkPolicy {
+        metadata: ctx.meta(ctx.name.clone()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector()),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(peers),
+                    ports: Some(vec![port(i32::from(contract::ADMIN_PORT))]),
+                },
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(open.into_iter().map(port).collect()),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
     })
 }
 

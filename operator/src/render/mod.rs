@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ResourceRequirements, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -65,6 +66,8 @@ pub struct Rendered {
     pub ingress: Option<Ingress>,
     /// Optional PodDisruptionBudget.
     pub pdb: Option<PodDisruptionBudget>,
+    /// Optional NetworkPolicy guarding the admin port.
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 /// Why an SseService could not be rendered (the API server's validation catches the rest).
@@ -83,6 +86,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, RenderError> {
         service: service::render(&ctx),
         ingress: extras::ingress(&ctx),
         pdb: extras::pdb(&ctx),
+        network_policy: extras::network_policy(&ctx),
     })
 }
 

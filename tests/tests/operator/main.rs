@@ -11,6 +11,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -361,7 +362,8 @@ async fn examples_render_children_that_follow_the_spec() {
         &Patch::Merge(serde_json::json!({"spec": {
             "drain": {"drainSeconds": 30},
             "service": {"sessionAffinity": {"enabled": false}},
-            "disruptionBudget": null
+            "disruptionBudget": null,
+            "networkPolicy": {"metricsFrom": [{"podLabels": {"app": "prometheus"}}]}
         }})),
     )
     .await
@@ -384,6 +386,23 @@ async fn examples_render_children_that_follow_the_spec() {
     })
     .await;
     wait_gone::<PodDisruptionBudget>(&client, &ns.name, "chat", "PDB removed").await;
+    // The NetworkPolicy asked for: the admin port from the SseService's pods and Prometheus.
+    let policy: NetworkPolicy = eventually("NetworkPolicy", paced(WAIT), || {
+        get(&client, &ns.name, "chat")
+    })
+    .await;
+    let rules = policy.spec.unwrap().ingress.unwrap();
+    let admin_rule = &rules[0];
+    assert_eq!(
+        admin_rule.ports.as_ref().unwrap()[0].port,
+        Some(
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i32::from(
+                contract::ADMIN_PORT
+            ))
+        )
+    );
+    assert_eq!(admin_rule.from.as_ref().unwrap().len(), 2);
+    assert!(rules[1].from.is_none(), "the client port is open to all");
     wait_event(&client, &ns.name, "chat", "RolloutStarted").await;
     wait_event(&client, &ns.name, "chat", "Updated").await;
 
