@@ -295,7 +295,7 @@ http {
 		_, adm, _ := net.SplitHostPort(adminAddr)
 		args := []string{"--app-host", host, "--app-port", port, "--listen-host", "127.0.0.1",
 			"--sse-port", sse, "--admin-port", adm, "--service-namespace", "bench", "--service-name", "bench",
-			"--pod-name", "bench-0", "--pod-ip", "127.0.0.1", "--max-streams", "30000",
+			"--pod-name", "bench-0", "--pod-ip", "127.0.0.1", "--max-streams", "30000", "--max-connections", "30000",
 			"--lifecycle-socket", filepath.Join(b.dir, "sidecar.sock"), "--log-format", "json"}
 		if peer == "sidecar-redis" {
 			if err := flushRedis(); err != nil {
