@@ -215,43 +215,15 @@ async fn a_finite_stream_ends_on_the_pod_the_client_moved_to() {
     );
 }
 
-/// Two pods sharing one store and one feed: A drains with a 1 s window and a 5 s margin.
-/// (Bind every field: a `..` pattern would drop the apps at once.)
-struct Pair {
-    _app_a: TestApp,
-    app_b: TestApp,
-    a: common::TestSidecar,
-    b: common::TestSidecar,
-}
-
-impl Pair {
-    async fn start() -> Self {
-        let feeds = Arc::new(Feeds::default());
-        let app_a = TestApp::start("app-a", feeds.clone()).await;
-        let app_b = TestApp::start("app-b", feeds.clone()).await;
-        let store = memory_store();
-        let mut args_a = args(app_a.addr, "pod-a");
-        args_a.drain_seconds = 1;
-        args_a.handover_margin_seconds = 5;
-        let a = start_sidecar(args_a, store.clone()).await;
-        let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
-        Pair {
-            _app_a: app_a,
-            app_b,
-            a,
-            b,
-        }
-    }
-}
-
+/// (Bind every field of a [`common::Pair`]: a `..` pattern would drop the apps at once.)
 #[tokio::test]
 async fn drain_hands_the_session_over_without_gap_or_duplicate() {
-    let Pair {
-        _app_a,
+    let common::Pair {
+        app_a: _app_a,
         app_b,
         a,
         b,
-    } = Pair::start().await;
+    } = common::Pair::start().await;
 
     let path = "/events?feed=d&interval_ms=10";
     let mut log = Log::default();
@@ -309,12 +281,12 @@ async fn drain_hands_the_session_over_without_gap_or_duplicate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handover_from_an_app_that_ignores_last_event_id_loses_nothing() {
     for round in 0..3 {
-        let Pair {
-            _app_a,
+        let common::Pair {
+            app_a: _app_a,
             app_b: _app_b,
             a,
             b,
-        } = Pair::start().await;
+        } = common::Pair::start().await;
         let path = "/events?feed=i&interval_ms=2&ignore_lei=1";
         let mut log = Log::default();
         let mut s = Stream::open(a.sse, path, None).await;

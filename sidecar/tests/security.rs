@@ -28,12 +28,7 @@ fn headers<'a>(auth: Option<&'a str>, cursor: Option<&'a str>) -> Vec<(&'a str, 
 
 #[tokio::test]
 async fn a_stolen_cursor_gets_the_thief_nothing_on_any_pod_or_path() {
-    let feeds = Arc::new(Feeds::default());
-    let app_a = TestApp::start("app-a", feeds.clone()).await;
-    let app_b = TestApp::start("app-b", feeds.clone()).await;
-    let store = memory_store();
-    let a = start_sidecar(args(app_a.addr, "pod-a"), store.clone()).await;
-    let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
+    let common::Pair { app_a, app_b, a, b } = common::Pair::start().await;
     let path = "/private/alice?feed=al&interval_ms=10";
 
     let mut alice = Stream::open_with(a.sse, path, &headers(Some("alice"), None)).await;

@@ -21,6 +21,7 @@ use ssekeeper_sidecar::cursor::{CursorKey, SessionId};
 use ssekeeper_sidecar::server;
 use ssekeeper_sidecar::server::Inspect;
 use ssekeeper_sidecar::store::{MemoryStore, SessionStore, StoreError, StoreResult};
+use ssekeeper_testkit::app::{Feeds, TestApp};
 use tokio_util::sync::CancellationToken;
 
 /// The forwarding key every test sidecar shares.
@@ -79,6 +80,32 @@ pub fn cursor_for(session: &str, seq: u64, path: &str) -> String {
     let path = path.split('?').next().unwrap_or(path);
     let s = SessionId::parse(session).unwrap();
     k.cursor(&s, seq, k.binding([None, None], path)).to_string()
+}
+
+/// Two pods sharing a memory store: an app and a sidecar each; A drains in 1 s and captures
+/// 5 s past its window (a handover to B within a test's patience).
+#[allow(dead_code)]
+pub struct Pair {
+    pub app_a: TestApp,
+    pub app_b: TestApp,
+    pub a: TestSidecar,
+    pub b: TestSidecar,
+}
+
+#[allow(dead_code)]
+impl Pair {
+    pub async fn start() -> Self {
+        let feeds = Arc::new(Feeds::default());
+        let app_a = TestApp::start("app-a", feeds.clone()).await;
+        let app_b = TestApp::start("app-b", feeds.clone()).await;
+        let store = memory_store();
+        let mut args_a = args(app_a.addr, "pod-a");
+        args_a.drain_seconds = 1;
+        args_a.handover_margin_seconds = 5;
+        let a = start_sidecar(args_a, store.clone()).await;
+        let b = start_sidecar(args(app_b.addr, "pod-b"), store.clone()).await;
+        Pair { app_a, app_b, a, b }
+    }
 }
 
 /// A memory store shared by the sidecars of one test.

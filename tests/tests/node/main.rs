@@ -522,6 +522,80 @@ async fn prestop_is_not_a_network_endpoint() {
     assert!(body.iter().all(|b| b.starts_with("ready")), "{body:?}");
 }
 
+/// A stolen cursor through the real Service: Bob sends Alice's `Last-Event-ID` with his own
+/// credentials and gets a stream of his own from "now", none of her history; Alice resumes with
+/// the same cursor and gets everything after it, on whichever pod kube-proxy picks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_cursor_gets_the_thief_nothing_through_the_service() {
+    use ssekeeper_sidecar::cursor::Cursor;
+    use ssekeeper_testkit::client::{Log, Stream};
+    use ssekeeper_tests::demo::payload::ChatEvent;
+    let chat = Chat::start("thief", |t| t).await;
+    let seqs = |log: &Log| -> Vec<u64> {
+        log.events
+            .iter()
+            .filter_map(|e| serde_json::from_str::<ChatEvent>(&e.data).ok())
+            .map(|e| e.seq)
+            .collect()
+    };
+    let open = |auth: &'static str, cursor: Option<String>| {
+        let service = chat.service;
+        async move {
+            let mut h = vec![
+                ("accept", "text/event-stream".to_string()),
+                ("authorization", auth.to_string()),
+            ];
+            if let Some(c) = cursor {
+                h.push(("last-event-id", c));
+            }
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            Stream::open_with(service, "/events", &h).await
+        }
+    };
+    let t = Duration::from_secs(30);
+    let mut alice = open("Bearer alice", None).await;
+    let mut hers = Log::default();
+    alice.read_until(&mut hers, 5, t).await;
+    drop(alice);
+    let stolen = hers.events[0].id.clone().expect("a cursor");
+    let her_seqs = seqs(&hers);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut bob = open("Bearer bob", Some(stolen.clone())).await;
+    let mut his = Log::default();
+    bob.read_until(&mut his, 3, t).await;
+    drop(bob);
+    let his_seqs = seqs(&his);
+    let his_session = Cursor::parse(his.events[0].id.as_deref().unwrap())
+        .unwrap()
+        .session;
+    println!("alice read {her_seqs:?}; bob with her cursor got {his_seqs:?}");
+    assert_ne!(
+        his_session,
+        Cursor::parse(&stolen).unwrap().session,
+        "a session of his own"
+    );
+    assert!(
+        his_seqs[0] > her_seqs[1] + 5,
+        "no replay of her history: he starts at now ({his_seqs:?} after {her_seqs:?})"
+    );
+
+    let mut again = open("Bearer alice", Some(stolen)).await;
+    let mut resumed = Log::default();
+    again.read_until(&mut resumed, 5, t).await;
+    assert_eq!(
+        seqs(&resumed)[0],
+        her_seqs[0] + 1,
+        "Alice resumes right after her cursor"
+    );
+    let unverified: f64 = chat_pod_metrics(chat.name())
+        .await
+        .iter()
+        .map(|m| metric_sum(m, "ssekeeper_resumes_total", Some("outcome=\"unverified\"")))
+        .sum();
+    assert!(unverified >= 1.0, "counted: {unverified}");
+}
+
 /// Wait until `pod` is gone and the chat Deployment has its 3 replicas back.
 async fn wait_replaced(ns: &str, pod: &str) {
     k(&[
