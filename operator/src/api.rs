@@ -35,9 +35,37 @@ use ssekeeper_contract::{
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready"),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Pods", type_ = "string", json_path = ".status.ready"),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        description = "The Degraded condition's reason: AsExpected, or what is wrong",
+        json_path = ".status.conditions[?(@.type==\"Degraded\")].reason"
+    ),
     printcolumn(name = "Affinity", type_ = "string", json_path = ".status.affinity"),
+    printcolumn(
+        name = "Store",
+        type_ = "string",
+        priority = 1,
+        json_path = ".spec.sessions.store"
+    ),
+    printcolumn(
+        name = "Service",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.serviceName"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        priority = 1,
+        json_path = ".spec.replicas"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",

@@ -519,9 +519,18 @@ async fn write_status(
     let is = |ty| status::condition(Some(&new), ty).map(|c| (c.status.clone(), c.reason.clone()));
     let true_ = |c: &Option<(String, String)>| c.as_ref().is_some_and(|c| c.0 == "True");
     let (was_degraded, is_degraded) = (was(status::DEGRADED), is(status::DEGRADED));
-    if true_(&is_degraded) && was_degraded != is_degraded {
-        let message = problem.map(|p| p.message.clone()).unwrap_or_default();
-        ctx.publish(svc, EventType::Warning, "Degraded", message)
+    if true_(&is_degraded)
+        && was_degraded != is_degraded
+        && let Some(cond) = status::condition(Some(&new), status::DEGRADED)
+    {
+        // The Event says which problem (its reason is the condition's: RedisSecretInvalid,
+        // NameConflict, ProgressDeadlineExceeded, ...) and always what it is.
+        let note = if cond.message.is_empty() {
+            format!("degraded: {}", cond.reason)
+        } else {
+            cond.message.clone()
+        };
+        ctx.publish(svc, EventType::Warning, &cond.reason, note)
             .await;
     }
     if true_(&was_degraded) && !true_(&is_degraded) {

@@ -332,14 +332,27 @@ async fn examples_render_children_that_follow_the_spec() {
     let table = kubectl_ok(&["get", "ssesvc", "-n", &ns.name]);
     println!("{table}");
     let header = table.lines().next().unwrap();
-    for col in ["NAME", "READY", "REPLICAS", "AFFINITY", "AGE"] {
+    for col in ["NAME", "READY", "PODS", "STATUS", "AFFINITY", "AGE"] {
         assert!(header.contains(col), "column {col} missing in {header:?}");
     }
     let chat_row = table.lines().find(|l| l.starts_with("chat ")).unwrap();
     assert!(
-        chat_row.contains("0/3") && chat_row.contains("ClientIP/10800s"),
+        chat_row.contains("False")
+            && chat_row.contains("0/3")
+            && chat_row.contains("AsExpected")
+            && chat_row.contains("ClientIP/10800s"),
         "{chat_row}"
     );
+    let wide = kubectl_ok(&["get", "ssesvc", "-n", &ns.name, "-o", "wide"]);
+    let header = wide.lines().next().unwrap();
+    for col in ["STORE", "SERVICE", "REPLICAS"] {
+        assert!(
+            header.contains(col),
+            "-o wide column {col} missing in {header:?}"
+        );
+    }
+    let chat_wide = wide.lines().find(|l| l.starts_with("chat ")).unwrap();
+    assert!(chat_wide.contains("redis"), "{chat_wide}");
     let describe = kubectl_ok(&["describe", "ssesvc", "chat", "-n", &ns.name]);
     for needle in [
         "Conditions:",
@@ -452,7 +465,7 @@ async fn missing_redis_secret_degrades_then_heals_when_it_appears() {
 
     let degraded = wait_degraded(&client, &ns.name, "chat", "True").await;
     assert_eq!(degraded.1, "RedisSecretInvalid");
-    let (ty, _, note) = wait_event(&client, &ns.name, "chat", "Degraded").await;
+    let (ty, _, note) = wait_event(&client, &ns.name, "chat", "RedisSecretInvalid").await;
     assert_eq!(ty, "Warning");
     assert!(
         note.contains("chat-redis") && note.contains("not found"),
@@ -527,7 +540,7 @@ async fn an_object_that_is_not_ours_is_never_taken_over() {
 
     let degraded = wait_degraded(&client, &ns.name, "ticker", "True").await;
     assert_eq!(degraded.1, "NameConflict");
-    let (ty, _, note) = wait_event(&client, &ns.name, "ticker", "Degraded").await;
+    let (ty, _, note) = wait_event(&client, &ns.name, "ticker", "NameConflict").await;
     assert_eq!(ty, "Warning");
     assert!(
         note.contains("Service") && note.contains("not owned"),
