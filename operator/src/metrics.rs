@@ -16,6 +16,24 @@ pub struct ErrorLabels {
     pub kind: String,
 }
 
+/// Label set of one SseService's condition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    /// The SseService's namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The condition type (Ready, Progressing, Degraded, SessionStoreReachable).
+    pub condition: String,
+}
+
+/// Label set of `build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// The operator's version.
+    pub version: String,
+}
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -27,6 +45,9 @@ pub struct Metrics {
     pub duration: Histogram,
     /// 1 while this replica holds the leader lease and runs the controller.
     pub leader: Gauge,
+    /// Each SseService's conditions as the leader last wrote them: 1 True, 0 otherwise. What
+    /// alerts ("not Ready for 10 minutes", "Degraded") are written against.
+    pub conditions: Family<ConditionLabels, Gauge>,
 }
 
 impl Metrics {
@@ -37,6 +58,7 @@ impl Metrics {
             errors: Family::default(),
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             leader: Gauge::default(),
+            conditions: Family::default(),
         };
         let sub = registry.sub_registry_with_prefix("ssekeeper_operator");
         sub.register("reconciles", "Reconciles run", metrics.reconciles.clone());
@@ -55,6 +77,18 @@ impl Metrics {
             "1 while this replica is the leader",
             metrics.leader.clone(),
         );
+        sub.register(
+            "sseservice_condition",
+            "Each SseService's conditions (1 True, 0 False or Unknown), as the leader last wrote them",
+            metrics.conditions.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        sub.register("build_info", "The operator's version (always 1)", build);
         metrics
     }
 
@@ -71,6 +105,35 @@ impl Metrics {
     pub fn observe(&self, took: Duration) {
         self.reconciles.inc();
         self.duration.observe(took.as_secs_f64());
+    }
+
+    /// Record an SseService's conditions `(type, status)`.
+    pub fn set_conditions<'a>(
+        &self,
+        namespace: &str,
+        name: &str,
+        conditions: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
+        for (ty, status) in conditions {
+            self.conditions
+                .get_or_create(&ConditionLabels {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    condition: ty.into(),
+                })
+                .set(i64::from(status == "True"));
+        }
+    }
+
+    /// Forget a deleted SseService's conditions (no series for what no longer exists).
+    pub fn forget_conditions(&self, namespace: &str, name: &str) {
+        for ty in ["Ready", "Progressing", "Degraded", "SessionStoreReachable"] {
+            self.conditions.remove(&ConditionLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+                condition: ty.into(),
+            });
+        }
     }
 
     /// Count one error.
@@ -96,6 +159,30 @@ impl Drop for ReconcileTimer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conditions_are_one_series_each_and_go_with_their_sseservice() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        metrics.set_conditions("ns", "chat", [("Ready", "False"), ("Degraded", "True")]);
+        let text = || {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+            out
+        };
+        let t = text();
+        assert!(
+            t.contains(r#"ssekeeper_operator_sseservice_condition{namespace="ns",name="chat",condition="Degraded"} 1"#),
+            "{t}"
+        );
+        assert!(t.contains(r#"condition="Ready"} 0"#), "{t}");
+        assert!(t.contains("ssekeeper_operator_build_info{version="), "{t}");
+        metrics.forget_conditions("ns", "chat");
+        assert!(
+            !text().contains("sseservice_condition{"),
+            "gone with the SseService"
+        );
+    }
 
     #[test]
     fn the_timer_counts_a_reconcile_however_it_ends() {

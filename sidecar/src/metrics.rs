@@ -263,6 +263,39 @@ pub enum DrainPhase {
     Done = 4,
 }
 
+impl DrainPhase {
+    const ALL: [DrainPhase; 5] = [
+        DrainPhase::Serving,
+        DrainPhase::PreStop,
+        DrainPhase::Draining,
+        DrainPhase::Handover,
+        DrainPhase::Done,
+    ];
+
+    /// The `drain_state{state}` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DrainPhase::Serving => "serving",
+            DrainPhase::PreStop => "prestop",
+            DrainPhase::Draining => "draining",
+            DrainPhase::Handover => "handover",
+            DrainPhase::Done => "done",
+        }
+    }
+}
+
+/// Label of `build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: &'static str,
+}
+
+/// Label of the `drain_state` state-set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
 /// Every metric of the sidecar, registered in one registry served on `/metrics`.
 pub struct Metrics {
     registry: Registry,
@@ -326,6 +359,8 @@ pub struct Metrics {
     pub app_up: Gauge,
     /// The current [`DrainPhase`].
     pub drain_phase: Gauge,
+    /// The drain phase as a state-set: 1 for the current state, 0 for the others.
+    drain_state: Family<StateLabel, Gauge>,
     /// Sessions this pod owns (leases held).
     pub leases_held: Gauge,
     /// Recorders capturing an upstream right now.
@@ -373,6 +408,7 @@ impl Metrics {
             store_up: Gauge::default(),
             app_up: Gauge::default(),
             drain_phase: Gauge::default(),
+            drain_state: Family::default(),
             leases_held: Gauge::default(),
             recorders: Gauge::default(),
             registry: Registry::default(),
@@ -539,6 +575,18 @@ impl Metrics {
             m.drain_phase.clone(),
         );
         registry.register(
+            "drain_state",
+            "The drain phase as a state-set: 1 for the current state (serving, prestop, draining, handover, done)",
+            m.drain_state.clone(),
+        );
+        let build: Family<BuildLabel, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The sidecar's version (always 1)", build);
+        registry.register(
             "leases_held",
             "Session leases this pod holds",
             m.leases_held.clone(),
@@ -675,9 +723,14 @@ impl Metrics {
             .unwrap_or(0)
     }
 
-    /// Set the drain phase gauge.
+    /// Set the drain phase gauge and state-set.
     pub fn set_phase(&self, phase: DrainPhase) {
         self.drain_phase.set(phase as i64);
+        for p in DrainPhase::ALL {
+            self.drain_state
+                .get_or_create(&StateLabel { state: p.label() })
+                .set(i64::from(p == phase));
+        }
     }
 
     /// The OpenMetrics text of every metric.
@@ -748,6 +801,28 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_drain_phase_is_a_state_set_and_the_build_is_named() {
+        let m = Metrics::new();
+        m.set_phase(DrainPhase::Draining);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"ssekeeper_drain_state{state="draining"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ssekeeper_drain_state{state="serving"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"ssekeeper_build_info{{version="{}"}} 1"#,
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+    }
 
     #[test]
     fn unrouted_key_names_are_bounded() {

@@ -261,6 +261,7 @@ async fn reconcile(svc: Arc<SseService>, ctx: Arc<Context>) -> Result<Action> {
     if result.is_ok() {
         if deleting {
             ctx.forget(&svc);
+            ctx.metrics.forget_conditions(&ns, &svc.name_any());
         } else {
             ctx.succeeded(&svc);
         }
@@ -511,6 +512,13 @@ async fn write_status(
         store,
         previous,
         &now,
+    );
+    ctx.metrics.set_conditions(
+        &svc.namespace().unwrap_or_default(),
+        &svc.name_any(),
+        new.conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str())),
     );
     if previous == Some(&new) {
         return Ok(());
