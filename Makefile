@@ -31,6 +31,7 @@ crds: ## regenerate the CRD from the Rust types (crds/ and the chart)
 	cp crds/ssekeeper.dev_sseservices.yaml charts/ssekeeper/crds/ssekeeper.dev_sseservices.yaml
 
 chart: k8s-bins ## lint and render the Helm chart
+	python3 charts/tools/values-readme.py --check
 	bin=$$(bash tests/cluster/build.sh) && $$bin/helm lint --strict charts/ssekeeper && $$bin/helm template ssekeeper charts/ssekeeper >/dev/null && echo "chart: lint and template ok"
 
 lint: ## rustfmt and clippy, warnings are errors
@@ -51,7 +52,7 @@ TEST_CLUSTER := SSEKEEPER_RUN_DIR=$(CURDIR)/tests/.run/test SSEKEEPER_APISERVER_
   SSEKEEPER_SCHEDULER_PORT=17259
 HOST_SNAPSHOT := $(CURDIR)/tests/.run/host-before-test.txt
 
-test: deps k8s-bins lint build images ## everything: unit, golden, operator against the real API server, data plane with real Redis + HAProxy, e2e on the real node, the short bench
+test: deps k8s-bins lint chart build images ## everything: unit, golden, operator against the real API server, data plane with real Redis + HAProxy, e2e on the real node, the short bench
 	@mkdir -p tests/.run && $(TEST_CLUSTER) bash tests/cluster/leftovers.sh snapshot $(HOST_SNAPSHOT)
 	@$(TEST_CLUSTER) bash tests/cluster/up.sh >/dev/null
 	@rc=0; \
