@@ -28,7 +28,7 @@ build: ## build every binary of the workspace
 
 crds: ## regenerate the CRD from the Rust types (crds/ and the chart)
 	$(CARGO) run -q -p ssekeeper-operator --bin crdgen > crds/ssekeeper.dev_sseservices.yaml
-	cp crds/ssekeeper.dev_sseservices.yaml charts/ssekeeper/crds/ssekeeper.dev_sseservices.yaml
+	cp crds/ssekeeper.dev_sseservices.yaml charts/ssekeeper/files/ssekeeper.dev_sseservices.yaml
 
 chart: k8s-bins ## lint and render the Helm chart
 	python3 charts/tools/values-readme.py --check

@@ -1,4 +1,4 @@
-//! The checked-in CRD (crds/ and the chart's copy) must be exactly what the Rust types generate;
+//! The checked-in CRD (crds/ and the chart's template source) must be exactly what the Rust types generate;
 //! run `make crds` after changing `operator/src/api.rs`.
 
 use std::path::Path;
@@ -9,7 +9,7 @@ fn checked_in_crds_match_the_rust_types() {
     let generated = ssekeeper_operator::crd::crd_yaml();
     for copy in [
         "crds/ssekeeper.dev_sseservices.yaml",
-        "charts/ssekeeper/crds/ssekeeper.dev_sseservices.yaml",
+        "charts/ssekeeper/files/ssekeeper.dev_sseservices.yaml",
     ] {
         let on_disk = std::fs::read_to_string(root.join(copy))
             .unwrap_or_else(|e| panic!("{copy}: {e}; run `make crds`"));

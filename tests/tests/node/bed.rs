@@ -67,35 +67,62 @@ pub fn operator_installed() {
     DONE.get_or_init(|| {
         let _ = kubectl(&["create", "namespace", OPERATOR_NS]);
         restrict(OPERATOR_NS);
-        let chart = repo().join("charts/ssekeeper");
-        let out = helm(&[
-            "upgrade",
-            "--install",
-            "ssekeeper",
-            chart.to_str().unwrap(),
-            "--namespace",
-            OPERATOR_NS,
-            "--set",
-            "imageRegistry=localhost/ssekeeper",
-            "--set",
-            "image.pullPolicy=Never",
-            "--set",
-            "sidecar.image.pullPolicy=Never",
-            "--wait",
-            "--timeout",
-            "180s",
-        ]);
-        assert!(
-            out.status.success(),
-            "helm install: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            kubectl(&["-n", OPERATOR_NS, "get", "pods,events"])
-                .stdout
-                .iter()
-                .map(|b| *b as char)
-                .collect::<String>()
-        );
+        adopt_crd();
+        install_chart(&repo().join("charts/ssekeeper"));
     });
+}
+
+/// The CRD was applied with kubectl (as the operator tests do, and as installs before the chart
+/// managed it did): hand it to the release, the way the README's upgrade section says.
+pub fn adopt_crd() {
+    let crd = "crd/sseservices.ssekeeper.dev";
+    if !kubectl(&["get", crd]).status.success() {
+        return;
+    }
+    k(&[
+        "label",
+        crd,
+        "app.kubernetes.io/managed-by=Helm",
+        "--overwrite",
+    ]);
+    k(&[
+        "annotate",
+        crd,
+        "meta.helm.sh/release-name=ssekeeper",
+        &format!("meta.helm.sh/release-namespace={OPERATOR_NS}"),
+        "--overwrite",
+    ]);
+}
+
+/// `helm upgrade --install` of `chart` as the test release, with the images built here.
+pub fn install_chart(chart: &std::path::Path) {
+    let out = helm(&[
+        "upgrade",
+        "--install",
+        "ssekeeper",
+        chart.to_str().unwrap(),
+        "--namespace",
+        OPERATOR_NS,
+        "--set",
+        "imageRegistry=localhost/ssekeeper",
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        "sidecar.image.pullPolicy=Never",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    assert!(
+        out.status.success(),
+        "helm install: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        kubectl(&["-n", OPERATOR_NS, "get", "pods,events"])
+            .stdout
+            .iter()
+            .map(|b| *b as char)
+            .collect::<String>()
+    );
 }
 
 /// `helm test` of the installed release: its output.

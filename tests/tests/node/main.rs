@@ -47,6 +47,65 @@ async fn chart_runs_the_operator_in_the_cluster() {
     assert!(out.contains("the SseService API is served"), "{out}");
 }
 
+/// `helm upgrade` upgrades the CRD (it is a template, not a file in crds/ that Helm installs once):
+/// a chart whose CRD has a new field is served with it after the upgrade, SseServices keep it,
+/// and the upgrade back restores the chart under test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_upgrade_upgrades_the_crd() {
+    operator_installed();
+    let dir = ssekeeper_testkit::tempdir::TestDir::new("chart").unwrap();
+    let copy = dir.path().join("ssekeeper");
+    let status = std::process::Command::new("cp")
+        .args([
+            "-r",
+            repo().join("charts/ssekeeper").to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let crd_file = copy.join("files/ssekeeper.dev_sseservices.yaml");
+    let crd = std::fs::read_to_string(&crd_file).unwrap();
+    // A new optional field at the top of spec.properties: what a new version's CRD adds.
+    let spec_properties = "          spec:\n            description:";
+    assert!(
+        crd.contains(spec_properties),
+        "the generated CRD's layout changed"
+    );
+    let field = "              upgradeMarker:\n                description: added by the chart upgrade test\n                type: string\n";
+    let changed = crd.replacen(
+        "            properties:\n",
+        &format!("            properties:\n{field}"),
+        1,
+    );
+    std::fs::write(&crd_file, changed).unwrap();
+    install_chart(&copy);
+    let served = k(&[
+        "get",
+        "crd/sseservices.ssekeeper.dev",
+        "-o",
+        "jsonpath={.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.upgradeMarker.description}",
+    ]);
+    println!("after the upgrade the CRD serves spec.upgradeMarker: {served:?}");
+    assert_eq!(served.trim(), "added by the chart upgrade test");
+    // Back to the chart under test: the field is gone again (the CRD follows the chart).
+    install_chart(&repo().join("charts/ssekeeper"));
+    let served = k(&[
+        "get",
+        "crd/sseservices.ssekeeper.dev",
+        "-o",
+        "jsonpath={.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.upgradeMarker}",
+    ]);
+    assert_eq!(served.trim(), "", "downgraded with the chart");
+    let keep = k(&[
+        "get",
+        "crd/sseservices.ssekeeper.dev",
+        "-o",
+        r#"jsonpath={.metadata.annotations.helm\.sh/resource-policy}"#,
+    ]);
+    assert_eq!(keep.trim(), "keep", "kept on uninstall");
+}
+
 /// ≥ 100 clients through a rolling update of the SseService (a template change): every client
 /// gets the whole sequence once, in order; every container that stopped exited 0 by itself (none
 /// killed at the grace deadline); no preStop hook failed.
