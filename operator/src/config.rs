@@ -50,9 +50,10 @@ pub struct OperatorArgs {
     /// This replica's identity in the Lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// Watch one namespace only (default: all).
-    #[arg(long, env = "SSEKEEPER_WATCH_NAMESPACE")]
-    pub watch_namespace: Option<String>,
+    /// Watch only these namespaces (comma-separated; default: all). With a list the operator
+    /// needs Roles in those namespaces only (the chart renders them).
+    #[arg(long, env = "SSEKEEPER_WATCH_NAMESPACE", value_delimiter = ',')]
+    pub watch_namespace: Vec<String>,
     /// Seconds after deletion during which the finalizer retries purging sessions from Redis.
     #[arg(long, env = "SSEKEEPER_PURGE_TIMEOUT_SECONDS", default_value_t = 60)]
     pub purge_timeout_seconds: u64,
@@ -76,7 +77,12 @@ impl OperatorArgs {
             },
             purge_timeout: Duration::from_secs(self.purge_timeout_seconds),
             resync: Duration::from_secs(self.resync_seconds.max(1)),
-            namespace: self.watch_namespace.clone(),
+            namespaces: self
+                .watch_namespace
+                .iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
         }
     }
 }

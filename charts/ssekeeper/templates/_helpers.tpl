@@ -43,3 +43,10 @@ is a full name of its own. Call with (dict "root" . "image" .Values.image). */}}
 {{- printf "%s:%s" $repo (.image.tag | default .root.Chart.AppVersion) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The watched namespaces as a JSON list: operator.watchNamespaces plus the older single
+operator.watchNamespace; empty means every namespace. */}}
+{{- define "ssekeeper.watchNamespaces" -}}
+{{- $list := concat (.Values.operator.watchNamespaces | default list) (compact (list .Values.operator.watchNamespace)) | uniq -}}
+{{- toJson $list -}}
+{{- end -}}

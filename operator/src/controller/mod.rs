@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -50,8 +50,8 @@ pub struct Settings {
     pub purge_timeout: Duration,
     /// Periodic re-reconcile, even without changes.
     pub resync: Duration,
-    /// Namespace to watch, or all.
-    pub namespace: Option<String>,
+    /// Namespaces to watch; empty watches all.
+    pub namespaces: Vec<String>,
 }
 
 /// Shared state of every reconcile.
@@ -136,14 +136,35 @@ impl Context {
     }
 }
 
-/// Run the controller until `shutdown` resolves.
+/// Run the controller until `shutdown` resolves: one over the whole cluster, or one per watched
+/// namespace (so a namespaced install needs only Roles in those namespaces).
 pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let shutdown = shutdown.shared();
+    if ctx.settings.namespaces.is_empty() {
+        run_scope(ctx, None, shutdown).await;
+        return;
+    }
+    let scopes = ctx
+        .settings
+        .namespaces
+        .clone()
+        .into_iter()
+        .map(|ns| run_scope(ctx.clone(), Some(ns), shutdown.clone()));
+    futures::future::join_all(scopes).await;
+}
+
+/// One controller over `scope` (a namespace, or the cluster).
+async fn run_scope(
+    ctx: Arc<Context>,
+    scope: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let (svcs, deployments, services, ingresses, pdbs, policies, secrets) =
-        match &ctx.settings.namespace {
+        match &scope {
             Some(ns) => (
                 Api::<SseService>::namespaced(client.clone(), ns),
                 Api::<Deployment>::namespaced(client.clone(), ns),

@@ -94,6 +94,27 @@ pub fn adopt_crd() {
     ]);
 }
 
+/// Run helm with the cluster's environment (its stdout, failing the test with stderr on error).
+pub fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl auth can-i VERB RESOURCE --as USER` in `ns` (`None`: every namespace).
+pub fn can_i(user: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", user];
+    match ns {
+        Some(ns) => args.extend(["-n", ns]),
+        None => args.push("-A"),
+    }
+    String::from_utf8_lossy(&kubectl(&args).stdout).trim() == "yes"
+}
+
 /// `helm upgrade --install` of `chart` as the test release, with the images built here.
 pub fn install_chart(chart: &std::path::Path) {
     let out = helm(&[

@@ -106,6 +106,107 @@ async fn helm_upgrade_upgrades_the_crd() {
     assert_eq!(keep.trim(), "keep", "kept on uninstall");
 }
 
+/// Who may do what, asked of the real API server (`kubectl auth can-i`): the cluster-wide
+/// release's operator, a namespaced release's operator (Roles in its two watched namespaces
+/// only), and namespace users holding the built-in `edit` and `view` roles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_matrix_for_both_install_modes_and_namespace_users() {
+    operator_installed();
+    let sse = "sseservices.ssekeeper.dev";
+    let wide = format!("system:serviceaccount:{OPERATOR_NS}:ssekeeper");
+    assert!(can_i(&wide, "list", sse, None), "cluster-wide: every namespace");
+    assert!(can_i(&wide, "get", "secrets", None));
+    assert!(can_i(&wide, "patch", "deployments.apps", Some("default")));
+    assert!(
+        !can_i(&wide, "delete", "deployments.apps", Some("default")),
+        "it never deletes a Deployment"
+    );
+    assert!(!can_i(&wide, "create", sse, Some("default")), "nor creates SseServices");
+
+    let (op_ns, a, b, c) = ("rbac-op", "rbac-a", "rbac-b", "rbac-c");
+    for ns in [op_ns, a, b, c] {
+        let _ = kubectl(&["create", "namespace", ns]);
+    }
+    let chart = repo().join("charts/ssekeeper");
+    helm_ok(&[
+        "upgrade",
+        "--install",
+        "ssekeeper-ns",
+        chart.to_str().unwrap(),
+        "-n",
+        op_ns,
+        "--set",
+        "crds.enabled=false",
+        "--set",
+        "replicaCount=0",
+        "--set",
+        &format!("operator.watchNamespaces={{{a},{b}}}"),
+        "--set",
+        "rbac.aggregateToDefaultRoles=false",
+    ]);
+    let scoped = format!("system:serviceaccount:{op_ns}:ssekeeper-ns");
+    let matrix: Vec<(&str, &str, Option<&str>, bool)> = vec![
+        ("list", sse, Some(a), true),
+        ("patch", "sseservices.ssekeeper.dev/status", Some(b), true),
+        ("get", "secrets", Some(a), true),
+        ("list", sse, Some(c), false),
+        ("get", "secrets", Some(c), false),
+        ("list", sse, None, false),
+        ("get", "secrets", None, false),
+        ("create", "leases.coordination.k8s.io", Some(op_ns), true),
+        ("create", "leases.coordination.k8s.io", Some(a), false),
+    ];
+    for (verb, resource, ns, want) in &matrix {
+        assert_eq!(
+            can_i(&scoped, verb, resource, *ns),
+            *want,
+            "namespaced release: {verb} {resource} in {ns:?}"
+        );
+    }
+
+    // Namespace users with the built-in roles (aggregated by the cluster-wide release).
+    for (user, role) in [("dev", "edit"), ("viewer", "view")] {
+        let _ = kubectl(&["-n", c, "create", "serviceaccount", user]);
+        let _ = kubectl(&[
+            "-n",
+            c,
+            "create",
+            "rolebinding",
+            user,
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={c}:{user}"),
+        ]);
+    }
+    let dev = format!("system:serviceaccount:{c}:dev");
+    let viewer = format!("system:serviceaccount:{c}:viewer");
+    let users: Vec<(&str, &str, &str, Option<&str>, bool)> = vec![
+        (&dev, "create", sse, Some(c), true),
+        (&dev, "delete", sse, Some(c), true),
+        (&dev, "update", "sseservices.ssekeeper.dev/scale", Some(c), true),
+        (&dev, "create", sse, Some(a), false),
+        (&viewer, "get", sse, Some(c), true),
+        (&viewer, "list", sse, Some(c), true),
+        (&viewer, "create", sse, Some(c), false),
+        (&viewer, "delete", sse, Some(c), false),
+    ];
+    for (user, verb, resource, ns, want) in &users {
+        assert_eq!(
+            can_i(user, verb, resource, *ns),
+            *want,
+            "{user}: {verb} {resource} in {ns:?}"
+        );
+    }
+    println!(
+        "RBAC: {} checks of a namespaced release and {} of namespace users hold",
+        matrix.len(),
+        users.len()
+    );
+    helm_ok(&["uninstall", "ssekeeper-ns", "-n", op_ns]);
+    for ns in [op_ns, a, b, c] {
+        let _ = kubectl(&["delete", "namespace", ns, "--wait=false"]);
+    }
+}
+
 /// ≥ 100 clients through a rolling update of the SseService (a template change): every client
 /// gets the whole sequence once, in order; every container that stopped exited 0 by itself (none
 /// killed at the grace deadline); no preStop hook failed.

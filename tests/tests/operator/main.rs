@@ -520,6 +520,36 @@ async fn missing_redis_secret_degrades_then_heals_when_it_appears() {
     wait_event(&client, &ns.name, "chat", "Recovered").await;
 }
 
+/// A namespaced install watches a list of namespaces: their SseServices are reconciled, one
+/// outside the list is left alone.
+#[tokio::test]
+async fn an_operator_watching_two_namespaces_reconciles_those_only() {
+    let client = client().await;
+    let one = TestNamespace::create(&client, "watch-a").await;
+    let two = TestNamespace::create(&client, "watch-b").await;
+    let other = TestNamespace::create(&client, "watch-c").await;
+    let _op = Operator::start(
+        &one.name,
+        "op-w",
+        &[&format!("--watch-namespace={}", two.name)],
+    );
+    for ns in [&one.name, &two.name, &other.name] {
+        let out = apply_text(&manifest("examples/minimal.yaml", ns));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for ns in [&one.name, &two.name] {
+        let _: Deployment = eventually(&format!("Deployment in {ns}"), paced(WAIT), || {
+            get(&client, ns, "ticker")
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        get::<Deployment>(&client, &other.name, "ticker").await.is_none(),
+        "a namespace outside the list is not touched"
+    );
+}
+
 #[tokio::test]
 async fn an_object_that_is_not_ours_is_never_taken_over() {
     let client = client().await;
