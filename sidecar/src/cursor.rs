@@ -240,13 +240,17 @@ impl CursorKey {
         Binding(h.finish())
     }
 
-    fn tag(&self, session: &SessionId, seq: u64, binding: Binding) -> u64 {
+    /// The hash state of every tag of one stream: all but the seq, absorbed once.
+    fn prefix(&self, session: &SessionId, binding: Binding) -> SipHasher24 {
         let mut h = self.hasher(b'c');
         h.write_usize(session.0.len());
         h.write(session.0.as_bytes());
-        h.write_u64(seq);
         h.write_u64(binding.0);
-        h.finish()
+        h
+    }
+
+    fn tag(&self, session: &SessionId, seq: u64, binding: Binding) -> u64 {
+        finish_tag(self.prefix(session, binding), seq)
     }
 
     /// The cursor of event `seq` of `session` for a client bound by `binding`.
@@ -268,12 +272,7 @@ impl CursorKey {
     /// Write the wire cursor of event `seq` into `buf` (cleared first), reusing its allocation:
     /// the per-event path.
     pub fn write(&self, buf: &mut String, session: &SessionId, seq: u64, binding: Binding) {
-        use std::fmt::Write as _;
-        buf.clear();
-        let tag = self.tag(session, seq, binding);
-        buf.push_str(session.as_str());
-        // Writing into a String cannot fail.
-        let _ = write!(buf, ".{seq}.{tag:016x}");
+        write_wire(buf, session.as_str(), seq, self.tag(session, seq, binding));
     }
 
     /// The session for a key the app chose (an MCP `sessionId`, a header, a cookie), which may
@@ -327,6 +326,57 @@ impl Signer {
     pub fn write(&self, buf: &mut String, session: &SessionId, seq: u64) {
         self.key.write(buf, session, seq, self.binding);
     }
+
+    /// The writer of one session's cursors, with what every tag of it shares hashed once: the
+    /// recorder's per-event path.
+    pub fn for_session(&self, session: &SessionId) -> SessionSigner {
+        SessionSigner {
+            prefix: self.key.prefix(session, self.binding),
+            session: session.clone(),
+        }
+    }
+}
+
+/// Writes the cursors of one session for one binding (see [`Signer::for_session`]).
+#[derive(Debug, Clone)]
+pub struct SessionSigner {
+    prefix: SipHasher24,
+    session: SessionId,
+}
+
+impl SessionSigner {
+    /// Write the wire cursor of event `seq` into `buf` (cleared first).
+    pub fn write(&self, buf: &mut String, seq: u64) {
+        write_wire(
+            buf,
+            self.session.as_str(),
+            seq,
+            finish_tag(self.prefix, seq),
+        );
+    }
+}
+
+/// The tag from a stream's hash prefix and the seq.
+fn finish_tag(mut prefix: SipHasher24, seq: u64) -> u64 {
+    prefix.write_u64(seq);
+    prefix.finish()
+}
+
+/// `<session>.<seq>.<tag as 16 lowercase hex digits>` into `buf` (cleared first), without the
+/// formatting machinery: this runs once per event.
+fn write_wire(buf: &mut String, session: &str, seq: u64, tag: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    buf.clear();
+    buf.push_str(session);
+    buf.push('.');
+    buf.push_str(itoa::Buffer::new().format(seq));
+    buf.push('.');
+    let mut hex = [0u8; TAG_DIGITS];
+    for (i, d) in hex.iter_mut().enumerate() {
+        *d = HEX[((tag >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    // Hex digits are ASCII.
+    buf.push_str(std::str::from_utf8(&hex).expect("ASCII"));
 }
 
 /// A signer with a fixed key and the binding of an anonymous request for `/`, for unit tests.
@@ -412,6 +462,16 @@ mod tests {
         let mut buf = String::from("junk");
         key().write(&mut buf, &s, 42, alice());
         assert_eq!(buf, text);
+        let per_session = Signer {
+            key: key(),
+            binding: alice(),
+        }
+        .for_session(&s);
+        per_session.write(&mut buf, 42);
+        assert_eq!(buf, text, "the per-session writer writes the same cursor");
+        per_session.write(&mut buf, u64::MAX);
+        assert_eq!(Cursor::parse(&buf).unwrap().seq, u64::MAX);
+        assert!(key().verify(&Cursor::parse(&buf).unwrap(), alice()));
         assert_eq!(Cursor::parse("s.0.0000000000000000").unwrap().seq, 0);
     }
 

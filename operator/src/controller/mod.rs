@@ -163,27 +163,26 @@ async fn run_scope(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (svcs, deployments, services, ingresses, pdbs, policies, secrets) =
-        match &scope {
-            Some(ns) => (
-                Api::<SseService>::namespaced(client.clone(), ns),
-                Api::<Deployment>::namespaced(client.clone(), ns),
-                Api::<Service>::namespaced(client.clone(), ns),
-                Api::<Ingress>::namespaced(client.clone(), ns),
-                Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
-                Api::<NetworkPolicy>::namespaced(client.clone(), ns),
-                Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        };
+    let (svcs, deployments, services, ingresses, pdbs, policies, secrets) = match &scope {
+        Some(ns) => (
+            Api::<SseService>::namespaced(client.clone(), ns),
+            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
+            Api::<Ingress>::namespaced(client.clone(), ns),
+            Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+            Api::<NetworkPolicy>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     // Debounce: a rollout changes the Deployment's status many times a second; one reconcile per

@@ -114,14 +114,20 @@ async fn rbac_matrix_for_both_install_modes_and_namespace_users() {
     operator_installed();
     let sse = "sseservices.ssekeeper.dev";
     let wide = format!("system:serviceaccount:{OPERATOR_NS}:ssekeeper");
-    assert!(can_i(&wide, "list", sse, None), "cluster-wide: every namespace");
+    assert!(
+        can_i(&wide, "list", sse, None),
+        "cluster-wide: every namespace"
+    );
     assert!(can_i(&wide, "get", "secrets", None));
     assert!(can_i(&wide, "patch", "deployments.apps", Some("default")));
     assert!(
         !can_i(&wide, "delete", "deployments.apps", Some("default")),
         "it never deletes a Deployment"
     );
-    assert!(!can_i(&wide, "create", sse, Some("default")), "nor creates SseServices");
+    assert!(
+        !can_i(&wide, "create", sse, Some("default")),
+        "nor creates SseServices"
+    );
 
     let (op_ns, a, b, c) = ("rbac-op", "rbac-a", "rbac-b", "rbac-c");
     for ns in [op_ns, a, b, c] {
@@ -182,7 +188,13 @@ async fn rbac_matrix_for_both_install_modes_and_namespace_users() {
     let users: Vec<(&str, &str, &str, Option<&str>, bool)> = vec![
         (&dev, "create", sse, Some(c), true),
         (&dev, "delete", sse, Some(c), true),
-        (&dev, "update", "sseservices.ssekeeper.dev/scale", Some(c), true),
+        (
+            &dev,
+            "update",
+            "sseservices.ssekeeper.dev/scale",
+            Some(c),
+            true,
+        ),
         (&dev, "create", sse, Some(a), false),
         (&viewer, "get", sse, Some(c), true),
         (&viewer, "list", sse, Some(c), true),

@@ -535,7 +535,11 @@ async fn an_operator_watching_two_namespaces_reconciles_those_only() {
     );
     for ns in [&one.name, &two.name, &other.name] {
         let out = apply_text(&manifest("examples/minimal.yaml", ns));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     for ns in [&one.name, &two.name] {
         let _: Deployment = eventually(&format!("Deployment in {ns}"), paced(WAIT), || {
@@ -545,7 +549,9 @@ async fn an_operator_watching_two_namespaces_reconciles_those_only() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        get::<Deployment>(&client, &other.name, "ticker").await.is_none(),
+        get::<Deployment>(&client, &other.name, "ticker")
+            .await
+            .is_none(),
         "a namespace outside the list is not touched"
     );
 }

@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 
-use crate::cursor::{SessionId, Signer};
+use crate::cursor::{SessionId, SessionSigner, Signer};
 use crate::session::replay::{Overlap, apply_id};
 use crate::sse::{self, Frame, SseParser};
 use crate::store::{Entry, Recorded, Seq};
@@ -35,8 +35,8 @@ pub(super) enum Item {
 
 /// The reading half of a recorder.
 pub(super) struct Reader {
-    session: SessionId,
-    signer: Signer,
+    /// Writes the session's cursors (its session and binding hashed once).
+    signer: SessionSigner,
     parser: SseParser,
     frames: Vec<Frame>,
     next_seq: Seq,
@@ -64,8 +64,7 @@ impl Reader {
         learn_endpoint: bool,
     ) -> Self {
         Reader {
-            session,
-            signer,
+            signer: signer.for_session(&session),
             parser: SseParser::new(max_event_bytes),
             frames: Vec::with_capacity(8),
             next_seq: next_seq.max(1),
@@ -176,7 +175,7 @@ impl Reader {
             out.push(Item::Endpoint(event.data.clone()));
         }
         let seq = self.next_seq;
-        self.signer.write(&mut self.cursor, &self.session, seq);
+        self.signer.write(&mut self.cursor, seq);
         sse::encode_event(&event, Some(&self.cursor), &mut self.wire);
         let sse::Event { event, data, .. } = event;
         let recorded = self.number(Entry::Event {
