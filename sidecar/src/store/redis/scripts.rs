@@ -43,9 +43,11 @@ end
 /// below succeeds and the batch lands whole or not at all. The newest event's app id is kept in
 /// its own key so `last_app_id` is one `GET` even after trimming.
 ///
-/// Retention (`Retention` in `store/mod.rs`, same rule): the marks list (`KEYS[5]`, entries
-/// `"<second>:<first seq appended in it>"`) says when entries were written, to the second, and
-/// is cut to the time floor on each append. Keep the newest `limit` entries or, when more are
+/// Retention (`Retention` in `store/mod.rs`, same rule), only once the stream holds more than
+/// `limit` entries (below it nothing is trimmed and nothing else is done): the marks list
+/// (`KEYS[5]`, entries `"<second>:<first seq appended in it>"`) says when entries were written,
+/// to the second, and is cut to the time floor on each append; when it starts, every entry kept
+/// counts as written at that second. Keep the newest `limit` entries or, when more are
 /// younger than `floor_ms`, those (`MINID`); while the lease is `draining`, everything; never
 /// more than `cap` (`MAXLEN`), and the reply's third element is 1 when the cap removed entries
 /// the floor or the drain wanted. Trims are `~` (whole radix-tree nodes: up to ~100 more kept).
@@ -85,39 +87,47 @@ if n > 0 then
   if first <= n then
     if ARGV[5] == '1' then redis.call('SET', KEYS[4], ARGV[4])
     elseif ARGV[5] == '2' then redis.call('DEL', KEYS[4]) end
-    local now = now_ms()
-    local sec = math.floor(now / 1000)
-    local function mark(raw)
-      if not raw then return nil end
-      local ms, mq = string.match(raw, '^(%d+):(%d+)$')
-      return tonumber(ms), tonumber(mq)
-    end
-    local tail = mark(redis.call('LINDEX', KEYS[5], -1))
-    if not tail or tail < sec then
-      redis.call('RPUSH', KEYS[5], sec .. ':' .. string.match(ARGV[starts[first]], '^(%d+)'))
-    end
-    local cutoff = math.floor((now - tonumber(ARGV[7])) / 1000)
-    local floor_from = nil
-    while true do
-      local hs, hq = mark(redis.call('LINDEX', KEYS[5], 0))
-      if not hs then redis.call('DEL', KEYS[5]); break end
-      if hs >= cutoff then floor_from = hq; break end
-      redis.call('LPOP', KEYS[5])
-    end
-    local newest = tonumber(string.match(ARGV[starts[n]], '^(%d+)'))
     local limit, cap = tonumber(ARGV[2]), tonumber(ARGV[8])
-    local want = limit
-    if redis.call('HGET', KEYS[3], 'state') == 'draining' then
-      want = cap + 1
-    elseif floor_from and newest - floor_from + 1 > limit then
-      want = newest - floor_from + 1
-    end
-    if want > cap then
-      if redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', cap) > 0 then cut = 1 end
-    elseif want > limit then
-      redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%.0f-0', floor_from))
-    else
-      redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', limit)
+    -- Within the count nothing is trimmed, and no time is kept: the common case costs one XLEN.
+    if redis.call('XLEN', KEYS[1]) > limit then
+      local now = now_ms()
+      local sec = math.floor(now / 1000)
+      local function mark(raw)
+        if not raw then return nil end
+        local ms, mq = string.match(raw, '^(%d+):(%d+)$')
+        return tonumber(ms), tonumber(mq)
+      end
+      local tail = mark(redis.call('LINDEX', KEYS[5], -1))
+      if not tail then
+        -- Marks start now: every entry kept so far counts as written now (kept longer, never
+        -- shorter, than the floor asks).
+        local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+        redis.call('RPUSH', KEYS[5], sec .. ':' .. string.match(oldest[1][1], '^(%d+)'))
+      elseif tail < sec then
+        redis.call('RPUSH', KEYS[5], sec .. ':' .. string.match(ARGV[starts[first]], '^(%d+)'))
+      end
+      local cutoff = math.floor((now - tonumber(ARGV[7])) / 1000)
+      local floor_from = nil
+      while true do
+        local hs, hq = mark(redis.call('LINDEX', KEYS[5], 0))
+        if not hs then redis.call('DEL', KEYS[5]); break end
+        if hs >= cutoff then floor_from = hq; break end
+        redis.call('LPOP', KEYS[5])
+      end
+      local newest = tonumber(string.match(ARGV[starts[n]], '^(%d+)'))
+      local want = limit
+      if redis.call('HGET', KEYS[3], 'state') == 'draining' then
+        want = cap + 1
+      elseif floor_from and newest - floor_from + 1 > limit then
+        want = newest - floor_from + 1
+      end
+      if want > cap then
+        if redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', cap) > 0 then cut = 1 end
+      elseif want > limit then
+        redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%.0f-0', floor_from))
+      else
+        redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', limit)
+      end
     end
   end
 end
