@@ -435,8 +435,10 @@ pub struct SessionsConfig {
     /// Whose a session is: the request values its cursors are bound to (a keyed hash of them,
     /// never the values). A resume — replay, attach or takeover — must present the same values
     /// on the same path, or it is treated as a new stream and the app decides. Default: the
-    /// `Authorization` and `Cookie` headers. Name a stable credential (e.g. `cookie: sid`) if a
-    /// token rotates while a stream is open; `[]` binds cursors to the path only.
+    /// `Authorization` header; a browser app that authenticates with a cookie names it (e.g.
+    /// `cookie: sid`; never the whole `Cookie` header: affinity cookies of load balancers change
+    /// it between reconnects). Name a stable credential if a token rotates while a stream is
+    /// open; `[]` binds cursors to the path only.
     #[serde(default = "default_identity")]
     #[schemars(length(max = 8))]
     pub identity: Vec<SessionKey>,

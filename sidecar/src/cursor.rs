@@ -168,7 +168,7 @@ impl FromStr for Cursor {
 }
 
 /// What a stream's cursors are bound to: a keyed hash of the identity values of the request that
-/// opened it (`--identity`: by default its `Authorization` and `Cookie` headers) and of its path.
+/// opened it (`--identity`: by default its `Authorization` header) and of its path.
 /// A resume verifies the cursor against the binding of the resuming request, so only a client
 /// presenting the same credentials for the same path continues the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -41,13 +41,13 @@ impl StoreKind {
 pub struct IdentitySources(pub Vec<SessionKeySource>);
 
 impl Default for IdentitySources {
-    /// `Authorization` (bearer tokens: SDKs, `fetch`-based clients) and the whole `Cookie`
-    /// header (browsers' `EventSource` can send nothing else).
+    /// `Authorization` (bearer tokens: the SDKs, `fetch`-based clients). Not the whole `Cookie`
+    /// header: load balancers' affinity cookies (ingress-nginx's, AWS ALB's, which rotates on
+    /// every response) and page scripts change it between a stream and its reconnect, and a
+    /// binding that changes turns every resume into a fresh stream. Browser apps that
+    /// authenticate with a cookie name it (`cookie:NAME`).
     fn default() -> Self {
-        IdentitySources(vec![
-            SessionKeySource::Header("Authorization".into()),
-            SessionKeySource::Header("Cookie".into()),
-        ])
+        IdentitySources(vec![SessionKeySource::Header("Authorization".into())])
     }
 }
 

@@ -241,6 +241,8 @@ mod tests {
         cfg.forward_max_age_seconds = 9;
         cfg.log_format = LogFormat::Pretty;
         cfg.lifecycle_socket = "/tmp/x/life.sock".into();
+        // Rendered explicitly, as resolved from the drain when unset.
+        cfg.history_seconds = Some(cfg.history_floor_seconds());
         let argv = std::iter::once("ssekeeper-sidecar".to_string()).chain(cfg.to_args());
         assert_eq!(SidecarArgs::try_parse_from(argv).unwrap(), cfg);
     }

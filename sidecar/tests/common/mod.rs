@@ -73,13 +73,13 @@ pub fn keyed(key: &str) -> SessionId {
 }
 
 /// A cursor of `session` at `seq` as the test sidecars would write it for an anonymous client
-/// of `path` (its query is not part of the binding).
+/// of `path` (its query is not part of the binding; the default identity: one header, absent).
 #[allow(dead_code)]
 pub fn cursor_for(session: &str, seq: u64, path: &str) -> String {
     let k = cursor_key();
     let path = path.split('?').next().unwrap_or(path);
     let s = SessionId::parse(session).unwrap();
-    k.cursor(&s, seq, k.binding([None, None], path)).to_string()
+    k.cursor(&s, seq, k.binding([None], path)).to_string()
 }
 
 /// Two pods sharing a memory store: an app and a sidecar each; A drains in 1 s and captures

@@ -373,6 +373,8 @@ mod tests {
             sidecar: Some(exec("echo no socket >&2; exit 3")),
             grace: Duration::from_secs(5),
         };
+        // Let both shells install their TERM trap first (a SIGTERM before it kills them).
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let r = terminate(&mut pod, &plan).await;
         let sidecar = r.sidecar.clone().expect("sidecar report");
         assert!(r.app.prestop_error.is_none(), "{r}");
