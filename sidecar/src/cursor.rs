@@ -322,17 +322,13 @@ pub struct Signer {
 }
 
 impl Signer {
-    /// Write the wire cursor of event `seq` of `session` into `buf` (see [`CursorKey::write`]).
-    pub fn write(&self, buf: &mut String, session: &SessionId, seq: u64) {
-        self.key.write(buf, session, seq, self.binding);
-    }
-
     /// The writer of one session's cursors, with what every tag of it shares hashed once: the
-    /// recorder's per-event path.
+    /// per-event path of recording and replay.
     pub fn for_session(&self, session: &SessionId) -> SessionSigner {
         SessionSigner {
             prefix: self.key.prefix(session, self.binding),
             session: session.clone(),
+            binding: self.binding,
         }
     }
 }
@@ -342,9 +338,24 @@ impl Signer {
 pub struct SessionSigner {
     prefix: SipHasher24,
     session: SessionId,
+    binding: Binding,
 }
 
 impl SessionSigner {
+    /// The binding its cursors carry (a takeover's recorder keeps it).
+    pub fn binding(&self) -> Binding {
+        self.binding
+    }
+
+    /// The cursor of event `seq`.
+    pub fn cursor(&self, seq: u64) -> Cursor {
+        Cursor {
+            session: self.session.clone(),
+            seq,
+            tag: finish_tag(self.prefix, seq),
+        }
+    }
+
     /// Write the wire cursor of event `seq` into `buf` (cleared first).
     pub fn write(&self, buf: &mut String, seq: u64) {
         write_wire(

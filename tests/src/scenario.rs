@@ -124,6 +124,17 @@ pub struct ClientVerdict {
 }
 
 impl ClientVerdict {
+    /// Each connection attempt's `Last-Event-ID` and result, for a failure message.
+    pub fn attempts(&self) -> String {
+        let a: Vec<_> = self
+            .report
+            .attempts
+            .iter()
+            .map(|a| (&a.last_event_id, &a.result))
+            .collect();
+        format!("{a:?}")
+    }
+
     /// Judge `report` against `from..=to`.
     pub fn judge(report: EventSourceReport, from: Option<u64>, to: u64) -> Self {
         let chat: Vec<(ChatEvent, Instant)> = report
@@ -193,17 +204,7 @@ impl ChatSummary {
             .enumerate()
             .filter(|(_, c)| !c.seq.is_perfect() || c.seq.received == 0)
             .take(n)
-            .map(|(i, c)| {
-                format!(
-                    "client {i}: {} attempts {:?}",
-                    c.seq,
-                    c.report
-                        .attempts
-                        .iter()
-                        .map(|a| (&a.last_event_id, &a.result))
-                        .collect::<Vec<_>>()
-                )
-            })
+            .map(|(i, c)| format!("client {i}: {} attempts {}", c.seq, c.attempts()))
             .collect::<Vec<_>>()
             .join("\n")
     }

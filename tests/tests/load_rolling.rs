@@ -128,13 +128,9 @@ fn assert_whole(run: &RateRun) {
     for (i, c) in run.clients.iter().enumerate() {
         assert!(
             c.seq.received > 0 && c.seq.is_perfect(),
-            "client {i}: {} (attempts {:?})",
+            "client {i}: {} (attempts {})",
             c.seq,
-            c.report
-                .attempts
-                .iter()
-                .map(|a| (&a.last_event_id, &a.result))
-                .collect::<Vec<_>>()
+            c.attempts()
         );
         assert!(
             c.report.reconnects() >= 1 && c.pods.len() >= 2,

@@ -181,13 +181,12 @@ where
 /// not a resource: the app has nothing to say), `CONNECT` (a proxy is not a tunnel to
 /// anywhere), and a body in a transfer coding it would have to decode first.
 fn refuse_early(parts: &Parts) -> Option<Response<ProxyBody>> {
+    const ALLOW: http::HeaderValue =
+        http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
     let asterisk = parts.uri.path() == "*";
     if parts.method == Method::OPTIONS && asterisk {
         let mut r = status(StatusCode::OK, "");
-        r.headers_mut().insert(
-            http::header::ALLOW,
-            http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-        );
+        r.headers_mut().insert(http::header::ALLOW, ALLOW);
         return Some(r);
     }
     if parts.method == Method::CONNECT {
@@ -195,10 +194,7 @@ fn refuse_early(parts: &Parts) -> Option<Response<ProxyBody>> {
             StatusCode::METHOD_NOT_ALLOWED,
             "CONNECT is not served\n",
         ));
-        r.headers_mut().insert(
-            http::header::ALLOW,
-            http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-        );
+        r.headers_mut().insert(http::header::ALLOW, ALLOW);
         return Some(r);
     }
     if asterisk {

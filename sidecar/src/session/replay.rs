@@ -5,21 +5,20 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::cursor::{SessionId, Signer};
+use crate::cursor::SessionSigner;
 use crate::sse;
 use crate::store::{Entry, Recorded};
 
 /// The bytes a client receives for a stored entry: events with their cursor, retry hints as
 /// they were; markers (`End`, `Handover`) have no wire form.
 pub fn entry_bytes(
-    signer: &Signer,
-    session: &SessionId,
+    signer: &SessionSigner,
     recorded: &Recorded,
     cursor: &mut String,
 ) -> Option<Bytes> {
     match &recorded.entry {
         Entry::Event { event, data, .. } => {
-            signer.write(cursor, session, recorded.seq);
+            signer.write(cursor, recorded.seq);
             let mut out = Vec::with_capacity(data.len() + cursor.len() + 32);
             sse::encode_event_parts(event.as_deref(), data, Some(cursor), &mut out);
             Some(Bytes::from(out))
@@ -98,7 +97,7 @@ impl Overlap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cursor::{test_signer, untag};
+    use crate::cursor::{SessionId, test_signer, untag};
     use crate::store::Seq;
 
     fn ev(seq: Seq, id: Option<&str>, data: &str) -> Recorded {
@@ -117,7 +116,8 @@ mod tests {
         let s = SessionId::parse("abc").unwrap();
         let mut buf = String::new();
         let signer = test_signer();
-        let b = entry_bytes(&signer, &s, &ev(7, Some("app-9"), "x\ny"), &mut buf).unwrap();
+        let session_signer = signer.for_session(&s);
+        let b = entry_bytes(&session_signer, &ev(7, Some("app-9"), "x\ny"), &mut buf).unwrap();
         let wire = std::str::from_utf8(&b).unwrap();
         assert_eq!(untag(wire), "id: abc.7\ndata: x\ndata: y\n\n");
         let id = wire.lines().next().unwrap().strip_prefix("id: ").unwrap();
@@ -131,14 +131,14 @@ mod tests {
             entry: Entry::Retry(250),
         };
         assert_eq!(
-            &entry_bytes(&signer, &s, &r, &mut buf).unwrap()[..],
+            &entry_bytes(&session_signer, &r, &mut buf).unwrap()[..],
             b"retry: 250\n\n"
         );
         let end = Recorded {
             seq: 9,
             entry: Entry::End,
         };
-        assert!(entry_bytes(&signer, &s, &end, &mut buf).is_none());
+        assert!(entry_bytes(&session_signer, &end, &mut buf).is_none());
     }
 
     #[test]

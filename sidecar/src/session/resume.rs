@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::cursor::{Binding, Cursor, SessionId, Signer};
+use crate::cursor::{Binding, Cursor, SessionId, SessionSigner, Signer};
 use crate::http::body::{ClientBody, ClientTx, ProxyBody, full};
 use crate::http::client::RequestTemplate;
 use crate::http::headers::is_event_stream;
@@ -125,18 +125,13 @@ pub async fn resume(
 ) -> Resumed {
     if !shared.settings.cursor_key.verify(&cursor, binding) {
         tracing::info!(session = %cursor.session, "cursor not made for this client: fresh stream");
-        shared.metrics.resume(ResumeOutcome::Unverified);
-        return if shared.settings.gap_event {
-            shared.metrics.replay_gaps.inc();
-            Resumed::Expired
-        } else {
-            Resumed::Fresh(None)
-        };
+        return as_unknown(shared, ResumeOutcome::Unverified);
     }
     let signer = Signer {
         key: shared.settings.cursor_key.clone(),
         binding,
-    };
+    }
+    .for_session(&cursor.session);
     let Cursor {
         session,
         seq: after,
@@ -186,7 +181,7 @@ enum Local {
 /// events, anything older comes from the store.
 async fn resume_here(
     shared: &Arc<Sessions>,
-    signer: &Signer,
+    signer: &SessionSigner,
     session: &SessionId,
     after: Seq,
 ) -> Local {
@@ -267,17 +262,27 @@ async fn from_store(
             shared.metrics.resume(ResumeOutcome::Ended);
             Err(Resumed::Fresh(app_id.ok().flatten()))
         }
-        Some(ResumeOutcome::Unknown) if shared.settings.gap_event => {
-            tracing::info!(session = %session, after, "session expired: fresh stream, told so");
-            shared.metrics.resume(ResumeOutcome::Unknown);
-            shared.metrics.replay_gaps.inc();
-            Err(Resumed::Expired)
+        Some(ResumeOutcome::Unknown) => {
+            tracing::info!(session = %session, after, "session expired: fresh stream");
+            Err(as_unknown(shared, ResumeOutcome::Unknown))
         }
         Some(outcome) => {
             tracing::info!(session = %session, after, outcome = outcome.label(), "cursor the store cannot continue: fresh stream");
             shared.metrics.resume(outcome);
             Err(Resumed::Fresh(None))
         }
+    }
+}
+
+/// A fresh stream from the app for a cursor of a session this pod cannot continue for this
+/// client (expired, never existed, or not made for it), told so by the gap event when it is on.
+fn as_unknown(shared: &Sessions, outcome: ResumeOutcome) -> Resumed {
+    shared.metrics.resume(outcome);
+    if shared.settings.gap_event {
+        shared.metrics.replay_gaps.inc();
+        Resumed::Expired
+    } else {
+        Resumed::Fresh(None)
     }
 }
 
@@ -294,15 +299,14 @@ fn judge_empty(after: Seq, leased: bool, last: Option<Seq>, slack: u64) -> Optio
 
 /// The gap event for a resume after `after` whose next stored entries are missing (naming the
 /// client's cursor at the hole).
-fn missing_gap(signer: &Signer, session: &SessionId, after: Seq) -> Bytes {
-    let cursor = signer.key.cursor(session, after, signer.binding);
-    crate::sse::encode_gap("missing", &cursor.to_string())
+fn missing_gap(signer: &SessionSigner, after: Seq) -> Bytes {
+    crate::sse::encode_gap("missing", &signer.cursor(after).to_string())
 }
 
 /// Entries `(from, upto]` as wire bytes, waiting briefly for those still on their way.
 async fn read_range(
     shared: &Sessions,
-    signer: &Signer,
+    signer: &SessionSigner,
     session: &SessionId,
     from: Seq,
     upto: Seq,
@@ -319,7 +323,7 @@ async fn read_range(
         shared.metrics.replay_gaps.inc();
         tracing::warn!(session = %session, from, upto, reached, "same-pod resume: part of the history is missing");
         if shared.settings.gap_event {
-            out.push_back(missing_gap(signer, session, from));
+            out.push_back(missing_gap(signer, from));
         }
     };
     let deadline = Instant::now() + RANGE_WAIT;
@@ -348,7 +352,7 @@ async fn read_range(
                 // Trimmed (or never recorded) between the cursor and the oldest entry kept.
                 hole(&mut out, cursor);
             }
-            if let Some(b) = entry_bytes(signer, session, e, &mut buf) {
+            if let Some(b) = entry_bytes(signer, e, &mut buf) {
                 out.push_back(b);
             }
             cursor = e.seq;
@@ -390,7 +394,7 @@ enum Holder {
 struct Follower {
     shared: Arc<Sessions>,
     /// Writes the client's cursors (its binding was verified with the cursor it sent).
-    signer: Signer,
+    signer: SessionSigner,
     session: SessionId,
     /// The client's own cursor (a crash may have shown it entries the store never got).
     client_after: Seq,
@@ -512,7 +516,7 @@ impl Follower {
             self.shared.metrics.replay_gaps.inc();
             tracing::warn!(session = %self.session, after = self.cursor, next = r.seq, "history has a hole (trimmed or unrecorded)");
             if self.shared.settings.gap_event {
-                let gap = missing_gap(&self.signer, &self.session, self.cursor);
+                let gap = missing_gap(&self.signer, self.cursor);
                 if self.client.send(gap, SEND_PATIENCE).await.is_err() {
                     return Step::Stop;
                 }
@@ -548,7 +552,7 @@ impl Follower {
 
     async fn send(&mut self, r: &Recorded) -> Step {
         self.cursor = r.seq;
-        let Some(bytes) = entry_bytes(&self.signer, &self.session, r, &mut self.buf) else {
+        let Some(bytes) = entry_bytes(&self.signer, r, &mut self.buf) else {
             return Step::Next;
         };
         match self.client.send(bytes, SEND_PATIENCE).await {
@@ -771,7 +775,7 @@ impl Follower {
                 // The app's fresh stream announces a new session (MCP: a new `endpoint`), which
                 // the client follows: route it here like any stream's first endpoint.
                 learn_endpoint: true,
-                binding: self.signer.binding,
+                binding: self.signer.binding(),
             },
         );
         shared.metrics.takeover(TakeoverOutcome::Ok);
