@@ -47,6 +47,12 @@ use ssekeeper_contract::{
         description = "The Degraded condition's reason: AsExpected, or what is wrong",
         json_path = ".status.conditions[?(@.type==\"Degraded\")].reason"
     ),
+    printcolumn(
+        name = "Rollout",
+        type_ = "string",
+        description = "The Progressing condition's reason: RollingOut, RolloutComplete, RolloutQueued (waiting for a fleet slot), RolloutPaused, ProgressDeadlineExceeded",
+        json_path = ".status.conditions[?(@.type==\"Progressing\")].reason"
+    ),
     printcolumn(name = "Affinity", type_ = "string", json_path = ".status.affinity"),
     printcolumn(
         name = "Store",

@@ -60,6 +60,20 @@ pub struct OperatorArgs {
     /// Seconds between periodic re-reconciles of an unchanged SseService.
     #[arg(long, env = "SSEKEEPER_RESYNC_SECONDS", default_value_t = 300)]
     pub resync_seconds: u64,
+    /// At most this many SseServices roll their pods at once for a change that is not their own
+    /// spec's (this operator's new sidecar image or defaults, a rotated Redis Secret); the others
+    /// wait in a queue. 0 rolls everything at once.
+    #[arg(long, env = "SSEKEEPER_MAX_CONCURRENT_ROLLOUTS", default_value_t = 2)]
+    pub max_concurrent_rollouts: usize,
+    /// Seconds the leader Lease is valid without renewal (a crashed leader's successor takes
+    /// over after about this long).
+    #[arg(long, env = "SSEKEEPER_LEASE_DURATION_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(5..))]
+    pub lease_duration_seconds: u64,
+    /// Seconds before the Lease expires that the leader renews it.
+    #[arg(long, env = "SSEKEEPER_LEASE_RENEW_BEFORE_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_renew_before_seconds: u64,
 }
 
 fn parse_resources(text: &str) -> Result<ResourceRequirements, String> {
@@ -67,6 +81,17 @@ fn parse_resources(text: &str) -> Result<ResourceRequirements, String> {
 }
 
 impl OperatorArgs {
+    /// What clap cannot check alone: the flags' relations.
+    pub fn check(&self) -> Result<(), String> {
+        if self.lease_renew_before_seconds >= self.lease_duration_seconds {
+            return Err(format!(
+                "--lease-renew-before-seconds ({}) must be less than --lease-duration-seconds ({}): the leader renews before the Lease expires",
+                self.lease_renew_before_seconds, self.lease_duration_seconds
+            ));
+        }
+        Ok(())
+    }
+
     /// The reconciler's settings.
     pub fn settings(&self) -> Settings {
         Settings {
@@ -83,6 +108,7 @@ impl OperatorArgs {
                 .map(|n| n.trim().to_string())
                 .filter(|n| !n.is_empty())
                 .collect(),
+            max_concurrent_rollouts: self.max_concurrent_rollouts,
         }
     }
 }

@@ -23,6 +23,19 @@ pub struct LeaseConfig {
     pub name: String,
     /// This replica's identity.
     pub identity: String,
+    /// Seconds the Lease is valid without renewal; a crashed leader is replaced after about this
+    /// long.
+    pub duration_seconds: u64,
+    /// Seconds before expiry the holder renews it.
+    pub renew_before_seconds: u64,
+}
+
+impl LeaseConfig {
+    /// How long a leader keeps reconciling without a read that confirms its hold: less than the
+    /// Lease's duration, so it has stepped down before a successor can take over.
+    fn confirm_limit(&self) -> Duration {
+        Duration::from_secs(self.duration_seconds.saturating_sub(3).max(2))
+    }
 }
 
 /// A future that resolves when `rx` turns true. It is `Sync` (the controller's shutdown trigger
@@ -38,9 +51,6 @@ pub fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send
     }
 }
 
-/// Seconds a Lease is valid without renewal; a crashed leader is replaced after about this long.
-const LEASE_SECONDS: u64 = 15;
-
 /// Resolves when this replica must stop acting as leader although the lease manager has not said
 /// so: another holder appears in the Lease, or no read has confirmed our hold for almost a Lease
 /// duration (the manager retries failed renewals forever and never reports them, so a leader cut
@@ -48,7 +58,7 @@ const LEASE_SECONDS: u64 = 15;
 async fn confirm_while_leading(client: Client, lease: LeaseConfig) {
     let api: Api<Lease> = Api::namespaced(client, &lease.namespace);
     let mut confirmed = Instant::now();
-    let limit = Duration::from_secs(LEASE_SECONDS - 3);
+    let limit = lease.confirm_limit();
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         match tokio::time::timeout(Duration::from_secs(2), api.get_opt(&lease.name)).await {
@@ -90,8 +100,8 @@ where
     let manager = LeaseManagerBuilder::new(client.clone(), &lease.name)
         .with_namespace(&lease.namespace)
         .with_identity(&lease.identity)
-        .with_duration(LEASE_SECONDS)
-        .with_grace(5)
+        .with_duration(lease.duration_seconds)
+        .with_grace(lease.renew_before_seconds)
         // The library's default field manager is per identity; that is what makes two replicas'
         // acquisitions conflict. Never set a shared one.
         .build()

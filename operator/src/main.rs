@@ -28,6 +28,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let args = OperatorArgs::parse();
+    if let Err(message) = args.check() {
+        use clap::CommandFactory as _;
+        OperatorArgs::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
     telemetry::init(args.log_format);
 
     let mut registry = Registry::default();
@@ -66,6 +72,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             namespace: args.lease_namespace.clone(),
             name: args.lease_name.clone(),
             identity,
+            duration_seconds: args.lease_duration_seconds,
+            renew_before_seconds: args.lease_renew_before_seconds,
         };
         leader::run_while_leader(client, lease, metrics, stop_rx, move |lost| {
             controller::run(ctx.clone(), lost)

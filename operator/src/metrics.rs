@@ -34,6 +34,13 @@ pub struct BuildLabels {
     pub version: String,
 }
 
+/// Label set of the rollout queue's gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    /// `rolling` (holding a slot), `queued` (waiting for one) or `paused`.
+    pub state: String,
+}
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -48,6 +55,9 @@ pub struct Metrics {
     /// Each SseService's conditions as the leader last wrote them: 1 True, 0 otherwise. What
     /// alerts ("not Ready for 10 minutes", "Degraded") are written against.
     pub conditions: Family<ConditionLabels, Gauge>,
+    /// SseServices in each state of the fleet's rollout queue: how far an operator upgrade has
+    /// got, and whether a stuck rollout holds the rest back.
+    pub rollouts: Family<RolloutLabels, Gauge>,
 }
 
 impl Metrics {
@@ -59,6 +69,7 @@ impl Metrics {
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             leader: Gauge::default(),
             conditions: Family::default(),
+            rollouts: Family::default(),
         };
         let sub = registry.sub_registry_with_prefix("ssekeeper_operator");
         sub.register("reconciles", "Reconciles run", metrics.reconciles.clone());
@@ -82,6 +93,12 @@ impl Metrics {
             "Each SseService's conditions (1 True, 0 False or Unknown), as the leader last wrote them",
             metrics.conditions.clone(),
         );
+        sub.register(
+            "rollouts",
+            "SseServices rolling (holding one of maxConcurrentRollouts), queued or paused",
+            metrics.rollouts.clone(),
+        );
+        metrics.set_rollouts(crate::controller::rollouts::Counts::default());
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -122,6 +139,21 @@ impl Metrics {
                     condition: ty.into(),
                 })
                 .set(i64::from(status == "True"));
+        }
+    }
+
+    /// Record the rollout queue's counts.
+    pub fn set_rollouts(&self, counts: crate::controller::rollouts::Counts) {
+        for (state, n) in [
+            ("rolling", counts.rolling),
+            ("queued", counts.queued),
+            ("paused", counts.paused),
+        ] {
+            self.rollouts
+                .get_or_create(&RolloutLabels {
+                    state: state.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

@@ -217,6 +217,49 @@ pub fn with_store(
     status
 }
 
+/// A pod-template change the rollout queue holds back (reason `RolloutQueued` or
+/// `RolloutPaused`), shown on the Progressing condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// CamelCase reason.
+    pub reason: String,
+    /// What the SseService waits for.
+    pub message: String,
+}
+
+/// Say on the Progressing condition that a template change waits: nothing progresses towards
+/// it (whatever the pods of the current template do, Ready and Degraded say).
+pub fn with_held(
+    mut status: SseServiceStatus,
+    held: Option<&Held>,
+    previous: Option<&SseServiceStatus>,
+    now: &Time,
+) -> SseServiceStatus {
+    let Some(held) = held else {
+        return status;
+    };
+    let old = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    if let Some(c) = status
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == PROGRESSING)
+    {
+        c.status = "False".into();
+        c.reason.clone_from(&held.reason);
+        c.message.clone_from(&held.message);
+        c.last_transition_time = now.clone();
+        *c = keep_transition_time(old, c.clone());
+    }
+    status
+}
+
+/// Whether every pod of the Deployment runs its current template and is available.
+pub fn rollout_complete(deployment: &Deployment, desired: i32) -> bool {
+    rolled_out(&counts(Some(deployment)), desired)
+}
+
 /// `lastTransitionTime` changes only when the status does.
 fn keep_transition_time(old: &[Condition], mut new: Condition) -> Condition {
     if let Some(prev) = old.iter().find(|c| c.type_ == new.type_)

@@ -4,6 +4,7 @@
 //! and a backoff in `error_policy`; every reconcile is timed by a drop guard.
 
 mod kubeapi;
+pub mod rollouts;
 mod secrets;
 
 use std::collections::HashMap;
@@ -32,9 +33,10 @@ use crate::api::{SseService, StoreType};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::render::{self, MANAGER, RenderInput, SidecarDefaults};
-use crate::status::{self, Problem};
+use crate::status::{self, Held, Problem};
 use crate::store_check::{self, StoreCheck};
 use kubeapi::get_opt;
+use rollouts::{Change, RolloutQueue, Verdict};
 
 /// Finalizer that purges the SseService's sessions from Redis before it goes away. Only
 /// SseServices with `store: redis` carry it: with nothing to purge, a finalizer would only make
@@ -52,6 +54,9 @@ pub struct Settings {
     pub resync: Duration,
     /// Namespaces to watch; empty watches all.
     pub namespaces: Vec<String>,
+    /// At most this many SseServices roll at once for changes that are not their own spec's;
+    /// 0 means no limit.
+    pub max_concurrent_rollouts: usize,
 }
 
 /// Shared state of every reconcile.
@@ -69,6 +74,10 @@ pub struct Context {
     /// Redis URL last seen per SseService uid: the finalizer's first choice, since during a
     /// namespace deletion every Secret may already be gone.
     redis_urls: Mutex<HashMap<String, String>>,
+    /// The fleet's rollout queue, shared by every namespace's controller.
+    rollouts: RolloutQueue,
+    /// Every controller's cache of SseServices: which ones still exist, for the queue.
+    stores: Mutex<Vec<Store<SseService>>>,
 }
 
 impl Context {
@@ -78,6 +87,8 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            rollouts: RolloutQueue::new(settings.max_concurrent_rollouts),
+            stores: Mutex::default(),
             settings,
             failures: Mutex::default(),
             redis_urls: Mutex::default(),
@@ -120,6 +131,8 @@ impl Context {
     fn forget(&self, svc: &SseService) {
         self.remember_url(svc, None);
         self.succeeded(svc);
+        self.rollouts.forget(&ObjectRef::from(svc));
+        self.metrics.set_rollouts(self.rollouts.counts());
     }
 
     async fn publish(&self, svc: &SseService, type_: EventType, reason: &str, note: String) {
@@ -143,6 +156,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = shutdown.shared();
+    ctx.rollouts.restart();
+    ctx.stores.lock().expect("stores lock").clear();
     if ctx.settings.namespaces.is_empty() {
         run_scope(ctx, None, shutdown).await;
         return;
@@ -199,6 +214,7 @@ async fn run_scope(
     // Redis Secrets that SseServices reference, so a Secret that appears or changes heals a
     // Degraded SseService at once.
     let store = controller.store();
+    ctx.stores.lock().expect("stores lock").push(store.clone());
     let secret_events = watcher(secrets, watcher::Config::default()).touched_objects();
     controller
         .watches_stream(secret_events, move |secret| {
@@ -337,10 +353,20 @@ fn problem_of(error: &Error) -> Option<Problem> {
 /// The phases, with a failure turned into the Degraded condition and a Warning.
 async fn apply(svc: &SseService, ctx: &Context) -> Result<Action> {
     match apply_phases(svc, ctx).await {
-        Ok(deployment) => {
+        Ok((deployment, held)) => {
             let store = check_store(svc, ctx).await;
-            write_status(ctx, svc, Some(&deployment), None, store.as_ref()).await?;
-            Ok(Action::requeue(next_check(ctx, store.as_ref())))
+            let observed = Observed {
+                deployment: Some(&deployment),
+                problem: None,
+                held: held.as_ref(),
+                store: store.as_ref(),
+            };
+            write_status(ctx, svc, observed).await?;
+            let mut next = next_check(ctx, store.as_ref());
+            if held.is_some_and(|h| h.reason == "RolloutQueued") {
+                next = next.min(rollouts::RECHECK);
+            }
+            Ok(Action::requeue(next))
         }
         Err(error) => {
             if let Some(problem) = problem_of(&error) {
@@ -349,7 +375,13 @@ async fn apply(svc: &SseService, ctx: &Context) -> Result<Action> {
                     .await
                     .ok()
                     .flatten();
-                write_status(ctx, svc, deployment.as_ref(), Some(&problem), None).await?;
+                let observed = Observed {
+                    deployment: deployment.as_ref(),
+                    problem: Some(&problem),
+                    held: None,
+                    store: None,
+                };
+                write_status(ctx, svc, observed).await?;
             }
             Err(error)
         }
@@ -389,20 +421,68 @@ struct Dereferenced {
     forward_key: String,
 }
 
-/// The phases of one apply. Returns the applied Deployment.
-async fn apply_phases(svc: &SseService, ctx: &Context) -> Result<Deployment> {
+/// The phases of one apply. Returns the applied Deployment, and the template change the rollout
+/// queue held back, if it did.
+async fn apply_phases(svc: &SseService, ctx: &Context) -> Result<(Deployment, Option<Held>)> {
     let uid = svc
         .uid()
         .ok_or(Error::Render(render::RenderError::MissingMetadata("uid")))?;
     // Validate what the CRD cannot: ports and volumes of every container.
     crate::validate::validate(svc)?;
     let refs = dereference(svc, ctx).await?;
-    let (rendered, purge_copy) = render_all(svc, ctx, &refs)?;
+    let (mut rendered, purge_copy) = render_all(svc, ctx, &refs)?;
     let ns = svc.namespace().unwrap_or_default();
     let before = get_opt::<Deployment>(&ctx.client, &ns, &svc.name_any()).await?;
+    let held = before
+        .as_ref()
+        .and_then(|live| queue_rollout(ctx, svc, &mut rendered.deployment, live));
     let deployment = apply_all(ctx, svc, &uid, &rendered, purge_copy.as_ref()).await?;
+    if status::rollout_complete(&deployment, svc.spec.replicas) {
+        ctx.rollouts.finished(&ObjectRef::from(svc));
+    }
+    ctx.metrics.set_rollouts(ctx.rollouts.counts());
     publish_changes(ctx, svc, before.as_ref(), &deployment).await;
-    Ok(deployment)
+    Ok((deployment, held))
+}
+
+/// Ask the fleet's rollout queue whether the rendered pod template may replace the live one; if
+/// not, put the live template back into `rendered` and say why.
+fn queue_rollout(
+    ctx: &Context,
+    svc: &SseService,
+    rendered: &mut Deployment,
+    live: &Deployment,
+) -> Option<Held> {
+    let hash = |d: &Deployment| {
+        d.annotations()
+            .get(render::TEMPLATE_HASH_ANNOTATION)
+            .cloned()
+    };
+    let observed = svc.status.as_ref().and_then(|s| s.observed_generation);
+    let change = Change {
+        template_changes: hash(rendered) != hash(live),
+        own_spec_change: observed != svc.metadata.generation,
+        paused: rollouts::paused(svc),
+        rolling_now: rollouts::rolling_now(live),
+    };
+    {
+        let stores = ctx.stores.lock().expect("stores lock");
+        ctx.rollouts
+            .retain(|r| stores.iter().any(|store| store.get(r).is_some()));
+    }
+    let verdict = ctx
+        .rollouts
+        .decide(&ObjectRef::from(svc), change, std::time::Instant::now());
+    match verdict {
+        Verdict::Apply => None,
+        Verdict::Hold { reason, message } => {
+            rollouts::hold_template(rendered, live, render::TEMPLATE_HASH_ANNOTATION);
+            Some(Held {
+                reason: reason.into(),
+                message,
+            })
+        }
+    }
 }
 
 /// Read the Secrets the spec refers to (and make the forwarding key on first use).
@@ -516,23 +596,31 @@ async fn publish_changes(
     }
 }
 
+/// What one reconcile found, for the status.
+struct Observed<'a> {
+    /// The Deployment as applied (or as it is, after a failure).
+    deployment: Option<&'a Deployment>,
+    /// What a person must fix.
+    problem: Option<&'a Problem>,
+    /// The template change the rollout queue holds back.
+    held: Option<&'a Held>,
+    /// The session store's ping.
+    store: Option<&'a StoreCheck>,
+}
+
 /// Compute and write the status if it changed (an unchanged status is not written, so the status
 /// write does not trigger another reconcile forever). Publishes transitions as Events.
-async fn write_status(
-    ctx: &Context,
-    svc: &SseService,
-    deployment: Option<&Deployment>,
-    problem: Option<&Problem>,
-    store: Option<&StoreCheck>,
-) -> Result<()> {
+async fn write_status(ctx: &Context, svc: &SseService, observed: Observed<'_>) -> Result<()> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let previous = svc.status.as_ref();
+    let computed = status::compute(svc, observed.deployment, observed.problem, previous, &now);
     let new = status::with_store(
-        status::compute(svc, deployment, problem, previous, &now),
-        store,
+        status::with_held(computed, observed.held, previous, &now),
+        observed.store,
         previous,
         &now,
     );
+    let store = observed.store;
     ctx.metrics.set_conditions(
         &svc.namespace().unwrap_or_default(),
         &svc.name_any(),
@@ -583,10 +671,18 @@ async fn write_status(
                 .await;
         }
     }
-    if true_(&was(status::PROGRESSING))
-        && !true_(&is(status::PROGRESSING))
-        && true_(&is(status::READY))
+    let (was_progressing, is_progressing) = (was(status::PROGRESSING), is(status::PROGRESSING));
+    let was_warming = status::condition(previous, status::PROGRESSING)
+        .is_some_and(|c| c.message == rollouts::WARM_UP_MESSAGE);
+    if let (Some(held), Some((_, reason))) = (observed.held, &is_progressing)
+        && (was_progressing.as_ref().map(|p| &p.1) != Some(reason) || was_warming)
+        && reason == &held.reason
+        && held.message != rollouts::WARM_UP_MESSAGE
     {
+        ctx.publish(svc, EventType::Normal, &held.reason, held.message.clone())
+            .await;
+    }
+    if true_(&was_progressing) && !true_(&is_progressing) && true_(&is(status::READY)) {
         ctx.publish(
             svc,
             EventType::Normal,

@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 use ssekeeper_contract::{self as contract, SidecarArgs, env, paths};
 
-use super::{CONFIG_HASH_ANNOTATION, Ctx, RenderInput};
+use super::{CONFIG_HASH_ANNOTATION, Ctx, RenderInput, TEMPLATE_HASH_ANNOTATION};
 use crate::api::SseService;
 
 pub(super) fn render(ctx: &Ctx<'_>, input: &RenderInput<'_>) -> Deployment {
@@ -69,8 +69,13 @@ pub(super) fn render(ctx: &Ctx<'_>, input: &RenderInput<'_>) -> Deployment {
         ..Volume::default()
     });
 
+    let mut metadata = ctx.meta(ctx.name.clone());
+    metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(TEMPLATE_HASH_ANNOTATION.into(), template_hash(&template));
     Deployment {
-        metadata: ctx.meta(ctx.name.clone()),
+        metadata,
         spec: Some(DeploymentSpec {
             replicas: Some(spec.replicas),
             selector: LabelSelector {
@@ -140,6 +145,14 @@ pub fn sidecar_args(svc: &SseService, namespace: &str, name: &str) -> SidecarArg
             .unwrap_or_else(|| args.history_floor_seconds()),
     );
     args
+}
+
+/// Hash of the rendered pod template, kept on the Deployment: the live template carries the API
+/// server's defaults, so comparing this hash (not the templates) tells whether an apply would roll
+/// the pods, which the rollout queue must know before it applies.
+pub fn template_hash(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> String {
+    let json = serde_json::to_vec(template).unwrap_or_default();
+    hex::encode(&Sha256::digest(&json)[..8])
 }
 
 /// Hash of everything that should roll the pods but is not visible in the template itself.

@@ -19,7 +19,7 @@ use kube::Resource;
 
 use crate::api::SseService;
 
-pub use deployment::{app_container_index, sidecar_args};
+pub use deployment::{app_container_index, sidecar_args, template_hash};
 pub use service::affinity_text;
 
 /// Label that selects an SseService's pods. Our own key, so it never collides with the
@@ -28,6 +28,8 @@ pub const SELECTOR_LABEL: &str = "ssekeeper.dev/service";
 /// Pod annotation whose change rolls the pods when configuration outside the template changes
 /// (e.g. the Redis URL inside its Secret, which env `secretKeyRef` does not refresh).
 pub const CONFIG_HASH_ANNOTATION: &str = "ssekeeper.dev/config-hash";
+/// Deployment annotation: [`template_hash`] of the pod template last applied.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "ssekeeper.dev/template-hash";
 /// Field manager for server-side apply; also the `managed-by` label value.
 pub const MANAGER: &str = "ssekeeper";
 

@@ -981,3 +981,183 @@ fn service_account_kubeconfig(token: &str, ns: &str) -> std::path::PathBuf {
     std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
     path
 }
+
+/// The fleet's rollout queue against the real API server (no pod here ever becomes ready, so a
+/// rollout that starts never finishes and holds its slot): an operator restarted with new sidecar
+/// defaults rolls one SseService (`--max-concurrent-rollouts=1`), queues the others with the
+/// reason in status and an Event, holds a paused one whatever happens, admits the next when the
+/// rolling one goes away, and rolls an owner's own spec change at once.
+#[tokio::test]
+async fn an_operator_upgrade_rolls_the_fleet_a_slot_at_a_time() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "fleet").await;
+    let names = ["fleet-a", "fleet-b", "fleet-c", "fleet-d"];
+    let mut op = Operator::start(&ns.name, "op-a", &["--max-concurrent-rollouts=1"]);
+    for name in names {
+        let text = manifest("examples/minimal.yaml", &ns.name)
+            .replace("name: ticker", &format!("name: {name}"));
+        let out = apply_text(&text);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let svcs: Api<SseService> = Api::namespaced(client.clone(), &ns.name);
+    let hash = |d: &Deployment| {
+        d.annotations()
+            .get("ssekeeper.dev/template-hash")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut before = BTreeMap::new();
+    for name in names {
+        let d: Deployment = eventually(&format!("{name}'s Deployment"), paced(WAIT), || async {
+            get::<Deployment>(&client, &ns.name, name).await
+        })
+        .await;
+        assert!(
+            !hash(&d).is_empty(),
+            "the template hash is on the Deployment"
+        );
+        before.insert(name, hash(&d));
+    }
+    // fleet-d is paused before the upgrade.
+    svcs.patch(
+        "fleet-d",
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"metadata": {"annotations": {"ssekeeper.dev/paused": "true"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    op.terminate();
+    drop(op);
+
+    // The "upgrade": new default sidecar resources, which every pod template carries.
+    let op = Operator::start(
+        &ns.name,
+        "op-b",
+        &[
+            "--max-concurrent-rollouts=1",
+            "--sidecar-resources={requests: {cpu: 61m, memory: 33Mi}, limits: {memory: 128Mi}}",
+        ],
+    );
+    let changed = || async {
+        let mut out = Vec::new();
+        for name in names {
+            let Some(d) = deployments.get_opt(name).await.unwrap() else {
+                continue;
+            };
+            if hash(&d) != before[name] {
+                out.push(name);
+            }
+        }
+        out
+    };
+    let first = eventually("one SseService rolls", paced(WAIT), || async {
+        let c = changed().await;
+        (!c.is_empty()).then_some(c)
+    })
+    .await;
+    assert_eq!(first.len(), 1, "one slot: {first:?}");
+    let rolling = first[0];
+    assert_ne!(rolling, "fleet-d", "a paused SseService never rolls");
+    let reason = |name: &'static str| {
+        let svcs = svcs.clone();
+        async move {
+            let s = svcs.get(name).await.ok()?;
+            condition(&s, "Progressing").map(|c| c.1)
+        }
+    };
+    let queued: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| *n != rolling && *n != "fleet-d")
+        .collect();
+    for name in &queued {
+        eventually(&format!("{name} queued"), paced(WAIT), || async {
+            (reason(name).await.as_deref() == Some("RolloutQueued")).then_some(())
+        })
+        .await;
+        let (ty, _, note) = wait_event(&client, &ns.name, name, "RolloutQueued").await;
+        assert_eq!(ty, "Normal");
+        assert!(
+            note.contains("maxConcurrentRollouts") && note.contains(rolling),
+            "{note}"
+        );
+    }
+    eventually("fleet-d paused", paced(WAIT), || async {
+        (reason("fleet-d").await.as_deref() == Some("RolloutPaused")).then_some(())
+    })
+    .await;
+    let (_, _, note) = wait_event(&client, &ns.name, "fleet-d", "RolloutPaused").await;
+    assert!(note.contains("ssekeeper.dev/paused"), "{note}");
+    // Held, not just slow: still one after several rechecks.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(changed().await, vec![rolling], "still one rolling");
+    let metrics = op.metrics().await.unwrap_or_default();
+    assert_eq!(
+        metric_value(&metrics, r#"ssekeeper_operator_rollouts{state="rolling"}"#),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, r#"ssekeeper_operator_rollouts{state="queued"}"#),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, r#"ssekeeper_operator_rollouts{state="paused"}"#),
+        1.0,
+        "{metrics}"
+    );
+
+    // The owner's own change to a queued SseService rolls it at once.
+    let own = queued[0];
+    svcs.patch(
+        own,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"owner": "changed"}}}}})),
+    )
+    .await
+    .unwrap();
+    eventually(
+        &format!("{own} rolls for its own change"),
+        paced(WAIT),
+        || async { changed().await.contains(&own).then_some(()) },
+    )
+    .await;
+
+    // The first rolling one goes away: its slot frees; the last queued one is admitted (the
+    // owner-changed one still holds a slot, so one at a time means after it too is gone).
+    delete_and_wait_gone(&client, &ns.name, rolling, "rolling one deleted").await;
+    let last = queued[1];
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        !changed().await.contains(&last),
+        "{last} waits for {own}'s slot"
+    );
+    delete_and_wait_gone(&client, &ns.name, own, "owner-changed one deleted").await;
+    eventually(&format!("{last} admitted"), paced(WAIT), || async {
+        changed().await.contains(&last).then_some(())
+    })
+    .await;
+    assert!(!changed().await.contains(&"fleet-d"), "paused stays");
+    // Unpaused, it queues behind the one rolling.
+    svcs.patch(
+        "fleet-d",
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"metadata": {"annotations": {"ssekeeper.dev/paused": null}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    eventually("fleet-d queued once unpaused", paced(WAIT), || async {
+        (reason("fleet-d").await.as_deref() == Some("RolloutQueued")).then_some(())
+    })
+    .await;
+}
