@@ -33,6 +33,7 @@ crds: ## regenerate the CRD from the Rust types (crds/ and the chart)
 chart: k8s-bins ## lint and render the Helm chart
 	python3 charts/tools/values-readme.py --check
 	bin=$$(bash tests/cluster/build.sh) && $$bin/helm lint --strict charts/ssekeeper && $$bin/helm template ssekeeper charts/ssekeeper >/dev/null && echo "chart: lint and template ok"
+	bin=$$(bash tests/cluster/build.sh) && HELM=$$bin/helm bash tests/monitoring/check.sh
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all --check

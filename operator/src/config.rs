@@ -44,6 +44,10 @@ pub struct OperatorArgs {
         default_value = "ssekeeper-operator"
     )]
     pub lease_name: String,
+    /// The operator's own Deployment (in the Lease's namespace), made the Lease's owner so the
+    /// Lease goes when the operator is uninstalled. Unset: the Lease has no owner.
+    #[arg(long, env = "SSEKEEPER_LEASE_OWNER_DEPLOYMENT")]
+    pub lease_owner_deployment: Option<String>,
     /// Namespace of the leader-election Lease (the operator's own namespace in a cluster).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,

@@ -28,6 +28,8 @@ pub struct LeaseConfig {
     pub duration_seconds: u64,
     /// Seconds before expiry the holder renews it.
     pub renew_before_seconds: u64,
+    /// The operator's own Deployment, made the Lease's owner (see [`own_lease`]).
+    pub owner_deployment: Option<String>,
 }
 
 impl LeaseConfig {
@@ -84,6 +86,47 @@ async fn confirm_while_leading(client: Client, lease: LeaseConfig) {
     }
 }
 
+/// Make the operator's Deployment the Lease's owner, so the garbage collector deletes the Lease
+/// when the operator is uninstalled (Helm does not know the Lease: the operator creates it). Best
+/// effort: without the permission, or outside a cluster, the Lease just stays.
+async fn own_lease(client: &Client, lease: &LeaseConfig) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let Some(owner) = lease.owner_deployment.as_deref() else {
+        return;
+    };
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &lease.namespace);
+    let uid = match deployments.get(owner).await {
+        Ok(d) => d.metadata.uid.unwrap_or_default(),
+        Err(e) => {
+            warn!(error = %e, deployment = owner, "cannot read the operator's Deployment; the Lease gets no owner and stays after an uninstall");
+            return;
+        }
+    };
+    let patch = serde_json::json!({
+        "metadata": { "ownerReferences": [{
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": owner,
+            "uid": uid,
+        }]}
+    });
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
+    match leases
+        .patch(
+            &lease.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => info!(
+            deployment = owner,
+            "the Lease is owned by the operator's Deployment"
+        ),
+        Err(e) => warn!(error = %e, "could not set the Lease's owner; it stays after an uninstall"),
+    }
+}
+
 /// Hold the Lease and run `controller(lost)` each time we become leader, until `stop` turns true.
 /// `lost` resolves when leadership is lost or shutdown begins; the controller must then return.
 pub async fn run_while_leader<F, Fut>(
@@ -106,6 +149,7 @@ where
         // acquisitions conflict. Never set a shared one.
         .build()
         .await?;
+    own_lease(&client, &lease).await;
     let (mut is_leader, task) = manager.watch().await;
     loop {
         let mut stop_wait = stop.clone();

@@ -74,6 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             identity,
             duration_seconds: args.lease_duration_seconds,
             renew_before_seconds: args.lease_renew_before_seconds,
+            owner_deployment: args.lease_owner_deployment.clone(),
         };
         leader::run_while_leader(client, lease, metrics, stop_rx, move |lost| {
             controller::run(ctx.clone(), lost)

@@ -6,6 +6,7 @@
 #
 # The packaged containerd may start a daemon of its own (where init systems allow it); the node
 # runs its own with its own config and socket, so the packaged one is stopped like Redis below.
+# The prometheus package is installed for its promtool only; its daemon (on 9090) is stopped too.
 #
 # Go is not installed here: Debian's is too old for Kubernetes 1.34 (needs >= 1.24); the
 # machine's toolchain is used by tests/cluster/build.sh and is checked there.
@@ -39,6 +40,8 @@ declare -A PKGS=(
   [gcc]=gcc
   [libc6-dev]=/usr/lib/x86_64-linux-gnu/libc.a
   [binutils]=objcopy
+  # The monitoring pack: promtool checks and unit-tests the chart's alert rules (tests/monitoring).
+  [prometheus]=promtool
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
@@ -115,3 +118,24 @@ stop_system_nginx
 if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
   $SUDO systemctl disable --now containerd.service >/dev/null 2>&1 || true
 fi
+# The prometheus package brings promtool (tests/monitoring/check.sh) and a Prometheus server that
+# its postinst may start on 9090, scraping this machine: nothing here wants it, so stop it and keep
+# it from starting at boot (its pidfile or unit only, like Redis above).
+stop_system_prometheus() {
+  local pidfile=/run/prometheus/prometheus.pid pid
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+    $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  elif [[ -x /etc/init.d/prometheus ]]; then
+    $SUDO update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
+  if [[ -s "$pidfile" ]]; then
+    pid="$(<"$pidfile")"
+    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+      log "stopping the system prometheus (pid $pid)"
+      if [[ -x /etc/init.d/prometheus ]]; then $SUDO /etc/init.d/prometheus stop >/dev/null 2>&1 || true; fi
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      if kill -0 "$pid" 2>/dev/null; then $SUDO kill "$pid" 2>/dev/null || true; fi
+    fi
+  fi
+}
+stop_system_prometheus

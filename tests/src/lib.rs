@@ -4,7 +4,8 @@
 //! `mcp` is a client of its MCP transport, `verify` checks what clients received, `harness` runs
 //! real Redis, HAProxy and sidecar + app "pods" terminated in the kubelet's order, and `scenario`
 //! holds what several tests share (a crowd of chat clients, metric reading); `sdk` runs the official
-//! SDKs (`openai`, `mcp`) as clients and servers. What is not about the
+//! SDKs (`openai`, `mcp`) as clients and servers; `promql` lists the metric names the chart's
+//! dashboard and alerts use, for the tests that hold them to real `/metrics`. What is not about the
 //! demo app (the HTTP and EventSource client, the Redis launcher, bounded waits, child processes)
 //! is the workspace's one test kit, `ssekeeper_testkit`.
 //!
@@ -25,6 +26,7 @@
 pub mod demo;
 pub mod harness;
 pub mod mcp;
+pub mod promql;
 pub mod scenario;
 pub mod sdk;
 pub mod verify;

@@ -117,7 +117,13 @@ pub fn can_i(user: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
 
 /// `helm upgrade --install` of `chart` as the test release, with the images built here.
 pub fn install_chart(chart: &std::path::Path) {
-    let out = helm(&[
+    install_chart_with(chart, &[]);
+}
+
+/// [`install_chart`] with more `helm` arguments (e.g. `--set` values); values not given return to
+/// the chart's defaults.
+pub fn install_chart_with(chart: &std::path::Path, extra: &[&str]) {
+    let mut args = vec![
         "upgrade",
         "--install",
         "ssekeeper",
@@ -133,7 +139,9 @@ pub fn install_chart(chart: &std::path::Path) {
         "--wait",
         "--timeout",
         "180s",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = helm(&args);
     assert!(
         out.status.success(),
         "helm install: {}\n{}",

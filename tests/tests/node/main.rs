@@ -926,3 +926,333 @@ fn nix_kill(pid: i32) {
     let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
     assert_eq!(rc, 0, "kill {pid}: {}", std::io::Error::last_os_error());
 }
+
+/// A small SseService of the demo app (memory store, one replica) for tests of many of them.
+fn small_service(ns: &str, name: &str) -> String {
+    format!(
+        r#"apiVersion: ssekeeper.dev/v1alpha1
+kind: SseService
+metadata: {{ name: {name}, namespace: {ns} }}
+spec:
+  appPort: 8080
+  template:
+    spec:
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      securityContext: {{ runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, seccompProfile: {{ type: RuntimeDefault }} }}
+      containers:
+        - name: app
+          image: localhost/ssekeeper/demo-app:0.1.0
+          imagePullPolicy: Never
+          args: ["serve", "--listen=127.0.0.1:8080"]
+          ports: [{{ name: http, containerPort: 8080 }}]
+          securityContext: {{ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {{ drop: [ALL] }} }}
+          resources: {{ requests: {{ cpu: 10m, memory: 16Mi }}, limits: {{ memory: 64Mi }} }}
+  rollout: {{ maxSurge: 1, maxUnavailable: 0, minReadySeconds: 3 }}
+  drain: {{ preStopDelaySeconds: 1, drainSeconds: 2, reconnectDelayMillis: 500 }}
+"#
+    )
+}
+
+/// A `helm upgrade` that changes the sidecar's defaults (every pod template) rolls the fleet one
+/// SseService at a time with `operator.maxConcurrentRollouts=1`: never two Deployments mid-rollout
+/// at once, the waiting ones say `RolloutQueued`, a paused one keeps its pods until the
+/// annotation goes, then it rolls too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helm_upgrade_rolls_the_fleet_one_sseservice_at_a_time() {
+    operator_installed();
+    let chart = repo().join("charts/ssekeeper");
+    install_chart_with(&chart, &["--set", "operator.maxConcurrentRollouts=1"]);
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "fleet").await;
+    restrict(&ns.name);
+    let names = ["fleet-a", "fleet-b", "fleet-c"];
+    for name in names {
+        let out = apply_text(&small_service(&ns.name, name));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for name in names {
+        wait_ready(&ns.name, name, Duration::from_secs(180)).await;
+    }
+    k(&[
+        "-n",
+        &ns.name,
+        "annotate",
+        "ssesvc/fleet-c",
+        "ssekeeper.dev/paused=true",
+    ]);
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(client.clone(), &ns.name);
+    let hash = |d: &k8s_openapi::api::apps::v1::Deployment| {
+        d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("ssekeeper.dev/template-hash").cloned())
+            .unwrap_or_default()
+    };
+    let complete = |d: &k8s_openapi::api::apps::v1::Deployment| {
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let s = d.status.clone().unwrap_or_default();
+        s.observed_generation >= d.metadata.generation
+            && s.updated_replicas == Some(want)
+            && s.replicas == Some(want)
+            && s.available_replicas.unwrap_or(0) >= want
+    };
+    let old: BTreeMap<String, String> = deployments
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|d| (d.metadata.name.clone().unwrap(), hash(d)))
+        .collect();
+
+    // The upgrade: new default sidecar requests, in every SseService's pod template.
+    install_chart_with(
+        &chart,
+        &[
+            "--set",
+            "operator.maxConcurrentRollouts=1",
+            "--set",
+            "sidecar.resources.requests.cpu=55m",
+        ],
+    );
+    let started = Instant::now();
+    let mut most_at_once = 0;
+    let mut order = Vec::new();
+    let mut queued_seen = BTreeMap::new();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the fleet did not roll within 300 s: done {order:?}"
+        );
+        let list = deployments.list(&Default::default()).await.unwrap().items;
+        let mut rolling = 0;
+        for d in &list {
+            let name = d.metadata.name.clone().unwrap();
+            let moved = hash(d) != old[&name];
+            if moved && !complete(d) {
+                rolling += 1;
+            }
+            if moved && complete(d) && !order.contains(&name) {
+                order.push(name.clone());
+            }
+        }
+        for name in ["fleet-a", "fleet-b"] {
+            let reason = jsonpath(
+                &ns.name,
+                &format!("ssesvc/{name}"),
+                r#"{.status.conditions[?(@.type=="Progressing")].reason}"#,
+            );
+            if reason == "RolloutQueued" {
+                queued_seen.insert(name, true);
+            }
+        }
+        most_at_once = most_at_once.max(rolling);
+        if order.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "fleet: rolled {order:?} in {:?}, at most {most_at_once} at once, queued seen on {:?}",
+        started.elapsed(),
+        queued_seen.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(most_at_once, 1, "one SseService rolls at a time");
+    assert!(
+        !queued_seen.is_empty(),
+        "the one waiting said RolloutQueued"
+    );
+    let queued_events = k(&[
+        "-n",
+        &ns.name,
+        "get",
+        "events",
+        "--field-selector=reason=RolloutQueued",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        queued_events.contains("maxConcurrentRollouts"),
+        "{queued_events}"
+    );
+    // The paused one has not moved, and says why.
+    let c = deployments.get("fleet-c").await.unwrap();
+    assert_eq!(hash(&c), old["fleet-c"], "paused: its pods stay");
+    let reason = jsonpath(
+        &ns.name,
+        "ssesvc/fleet-c",
+        r#"{.status.conditions[?(@.type=="Progressing")].reason}"#,
+    );
+    assert_eq!(reason, "RolloutPaused");
+    let columns = k(&["-n", &ns.name, "get", "ssesvc", "fleet-c", "--no-headers"]);
+    assert!(
+        columns.contains("RolloutPaused"),
+        "the Rollout column: {columns}"
+    );
+    // Unpaused, it rolls.
+    k(&[
+        "-n",
+        &ns.name,
+        "annotate",
+        "ssesvc/fleet-c",
+        "ssekeeper.dev/paused-",
+    ]);
+    eventually(
+        "fleet-c rolls once unpaused",
+        paced(Duration::from_secs(120)),
+        || async {
+            let d = deployments.get("fleet-c").await.ok()?;
+            (hash(&d) != old["fleet-c"] && complete(&d)).then_some(())
+        },
+    )
+    .await;
+    wait_ready(&ns.name, "fleet-c", Duration::from_secs(60)).await;
+    // Back to the chart's defaults with no SseService left to roll.
+    delete_namespace(&client, &ns.name).await;
+    install_chart(&chart);
+}
+
+/// Uninstalling, as the README says: the Lease goes with the operator (its owner is the
+/// operator's Deployment), the CRD and the SseServices stay (`crds.keep`), an SseService left
+/// behind with the purge finalizer waits for an operator that is gone until the finalizer is
+/// removed by hand (the README's step), and its children are garbage-collected. Then the chart
+/// is installed again for the tests after this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_removes_the_lease_and_leaves_what_the_readme_says() {
+    operator_installed();
+    let owner = eventually(
+        "the Lease has its owner",
+        paced(Duration::from_secs(60)),
+        || async {
+            let kind = jsonpath(
+                OPERATOR_NS,
+                "lease/ssekeeper",
+                "{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}",
+            );
+            (kind == "Deployment/ssekeeper").then_some(kind)
+        },
+    )
+    .await;
+    println!("lease owner: {owner}");
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "uninstall").await;
+    restrict(&ns.name);
+    let left = small_service(&ns.name, "left-behind").replace(
+        "  rollout:",
+        "  sessions: { store: redis, redis: { secretRef: { name: nowhere, key: url } } }\n  replicas: 1\n  rollout:",
+    );
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: nowhere, namespace: {} }}\nstringData: {{ url: \"redis://127.0.0.1:1/0\" }}\n",
+        ns.name
+    );
+    assert!(apply_text(&secret).status.success());
+    let out = apply_text(&left);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        "the finalizer is on",
+        paced(Duration::from_secs(60)),
+        || async {
+            let f = jsonpath(&ns.name, "ssesvc/left-behind", "{.metadata.finalizers}");
+            f.contains("ssekeeper.dev/purge-sessions").then_some(())
+        },
+    )
+    .await;
+    eventually(
+        "its Deployment exists",
+        paced(Duration::from_secs(60)),
+        || async {
+            (!jsonpath(&ns.name, "deploy/left-behind", "{.metadata.uid}").is_empty()).then_some(())
+        },
+    )
+    .await;
+
+    helm_ok(&[
+        "uninstall",
+        "ssekeeper",
+        "-n",
+        OPERATOR_NS,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    eventually(
+        "the Lease is garbage-collected",
+        paced(Duration::from_secs(90)),
+        || async {
+            (!kubectl(&["-n", OPERATOR_NS, "get", "lease/ssekeeper"])
+                .status
+                .success())
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        kubectl(&["get", "crd/sseservices.ssekeeper.dev"])
+            .status
+            .success(),
+        "the CRD is kept"
+    );
+    assert!(
+        kubectl(&["-n", &ns.name, "get", "ssesvc/left-behind"])
+            .status
+            .success(),
+        "SseServices stay"
+    );
+    // Deleted with no operator: it waits on its finalizer.
+    k(&[
+        "-n",
+        &ns.name,
+        "delete",
+        "ssesvc/left-behind",
+        "--wait=false",
+    ]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let deleting = jsonpath(
+        &ns.name,
+        "ssesvc/left-behind",
+        "{.metadata.deletionTimestamp}",
+    );
+    assert!(!deleting.is_empty(), "still there, terminating");
+    // The README's step for SseServices left behind.
+    k(&[
+        "-n",
+        &ns.name,
+        "patch",
+        "ssesvc/left-behind",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    eventually(
+        "gone, with its children",
+        paced(Duration::from_secs(90)),
+        || async {
+            let svc = kubectl(&["-n", &ns.name, "get", "ssesvc/left-behind"])
+                .status
+                .success();
+            let dep = kubectl(&["-n", &ns.name, "get", "deploy/left-behind"])
+                .status
+                .success();
+            (!svc && !dep).then_some(())
+        },
+    )
+    .await;
+    delete_namespace(&client, &ns.name).await;
+    // Installed again for the tests after this one (the CRD kept is adopted as it was).
+    install_chart(&repo().join("charts/ssekeeper"));
+    eventually("a leader again", paced(Duration::from_secs(60)), || async {
+        (!jsonpath(OPERATOR_NS, "lease/ssekeeper", "{.spec.holderIdentity}").is_empty())
+            .then_some(())
+    })
+    .await;
+}

@@ -2,6 +2,7 @@
 //! Each test has its own namespace and its own operator process (`--watch-namespace`), so they run
 //! in parallel without seeing each other.
 
+mod monitoring;
 mod support;
 
 use std::collections::BTreeMap;
