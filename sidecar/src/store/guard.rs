@@ -401,6 +401,10 @@ impl SessionStore for GuardedStore {
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(self.call(StoreOp::Ping, self.timeout, self.inner.ping()))
     }
+
+    fn broadcast(&self) -> Option<&dyn super::BroadcastStore> {
+        self.inner.broadcast()
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,495 @@
+//! Broadcast paths against a real Redis and three sidecar "pods" (each with its app instance,
+//! the instances sharing one feed like replicas sharing a backend): one upstream for every
+//! client, identical ids everywhere, resumes on any pod, a rolling restart of every pod
+//! (including the upstream's holder) with 0 lost and 0 duplicated, the publish endpoint, and a
+//! Redis restart mid-run.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{TestSidecar, args, start_sidecar};
+use ssekeeper_sidecar::contract::StoreKind;
+use ssekeeper_sidecar::store;
+use ssekeeper_testkit::app::{Feeds, TestApp};
+use ssekeeper_testkit::client::Read;
+use ssekeeper_testkit::client::stream::MAX_EVENT_BYTES;
+use ssekeeper_testkit::client::{Log, Stream, fetch};
+use ssekeeper_testkit::redis::RedisServer;
+
+const PATH: &str = "/events";
+const TOKEN: &str = "publish-secret";
+const T: Duration = Duration::from_secs(30);
+
+async fn pod(app: &TestApp, name: &str, redis: &RedisServer) -> TestSidecar {
+    let mut a = args(app.addr, name);
+    a.store = StoreKind::Redis;
+    a.redis_url = Some(redis.url());
+    a.broadcast = vec![format!("{PATH}=100000").parse().unwrap()];
+    a.broadcast_publish_token = Some(TOKEN.into());
+    a.drain_seconds = 1;
+    a.handover_margin_seconds = 3;
+    a.lease_ttl_seconds = 2;
+    let store = store::open(&a).await.expect("redis store opens");
+    start_sidecar(a, store).await
+}
+
+/// How many upstream requests for the broadcast path the apps saw.
+fn upstreams(apps: &[TestApp]) -> usize {
+    apps.iter()
+        .map(|a| {
+            a.seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.starts_with(&format!("GET {PATH} ")) || *l == &format!("GET {PATH}"))
+                .count()
+        })
+        .sum()
+}
+
+/// The events a client saw, as (id, data), across reconnects.
+#[derive(Default, Clone)]
+struct Seen {
+    events: Vec<(u64, String)>,
+    reconnects: usize,
+    retries: usize,
+}
+
+/// An EventSource-like client: reads from `pods[start]`, and when its stream ends reconnects
+/// with its last id to the next pod that answers, until it saw an event numbered `until` (the
+/// app's `event <k>`) or `deadline`.
+async fn client(
+    pods: Arc<Mutex<Vec<SocketAddr>>>,
+    start: usize,
+    until: u64,
+    deadline: Instant,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut last: Option<String> = None;
+    let mut at = start;
+    loop {
+        if Instant::now() >= deadline {
+            return seen;
+        }
+        let addr = {
+            let p = pods.lock().unwrap();
+            p[at % p.len()]
+        };
+        let mut headers = vec![("accept", "text/event-stream")];
+        if let Some(id) = &last {
+            headers.push(("last-event-id", id.as_str()));
+        }
+        let Ok(mut s) = Stream::connect(
+            addr,
+            None,
+            PATH,
+            &headers,
+            MAX_EVENT_BYTES,
+            Duration::from_secs(3),
+        )
+        .await
+        else {
+            at += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if s.status != 200 {
+            at += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        loop {
+            let mut frames = Vec::new();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return seen;
+            }
+            match s.read(left.min(Duration::from_secs(5)), &mut frames).await {
+                Read::Data => {}
+                Read::Ended(_) | Read::Silent => break,
+            }
+            for f in frames {
+                let mut log = Log::default();
+                match f {
+                    ssekeeper_testkit::sse::Frame::Retry(_) => seen.retries += 1,
+                    f => {
+                        if log.take(f) {
+                            let e = &log.events[0];
+                            let id: u64 =
+                                e.id.as_deref()
+                                    .and_then(|i| i.parse().ok())
+                                    .expect("numeric id");
+                            last = Some(id.to_string());
+                            let k: u64 = e
+                                .data
+                                .strip_prefix("event ")
+                                .and_then(|n| n.parse().ok())
+                                .unwrap_or(0);
+                            seen.events.push((id, e.data.clone()));
+                            if k >= until {
+                                return seen;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        seen.reconnects += 1;
+        at += 1;
+    }
+}
+
+/// Checks every client: ids strictly increasing, the app's events contiguous from the first
+/// (nothing lost, nothing twice), and every id means the same event for every client. Returns
+/// (clients, events seen in all, distinct ids).
+fn check(all: &[Seen]) -> (usize, usize, usize) {
+    let mut by_id: HashMap<u64, &str> = HashMap::new();
+    let mut total = 0;
+    for (c, s) in all.iter().enumerate() {
+        assert!(!s.events.is_empty(), "client {c} saw nothing");
+        for w in s.events.windows(2) {
+            assert!(
+                w[1].0 > w[0].0,
+                "client {c}: ids not increasing: {:?} then {:?}",
+                w[0],
+                w[1]
+            );
+        }
+        let nums: Vec<u64> = s
+            .events
+            .iter()
+            .map(|(_, d)| {
+                d.strip_prefix("event ")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("odd {d}"))
+            })
+            .collect();
+        for w in nums.windows(2) {
+            assert_eq!(
+                w[1],
+                w[0] + 1,
+                "client {c}: gap or duplicate between event {} and {}",
+                w[0],
+                w[1]
+            );
+        }
+        for (id, d) in &s.events {
+            let prev = by_id.entry(*id).or_insert(d.as_str());
+            assert_eq!(*prev, d.as_str(), "id {id} means two events");
+        }
+        total += s.events.len();
+    }
+    (all.len(), total, by_id.len())
+}
+
+fn metric(s: &TestSidecar, name: &str) -> f64 {
+    s.shared
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn holder(pods: &[TestSidecar]) -> usize {
+    for _ in 0..200 {
+        if let Some(i) = pods.iter().position(|p| p.shared.broadcasts.held() == 1) {
+            assert_eq!(
+                pods.iter()
+                    .filter(|p| p.shared.broadcasts.held() == 1)
+                    .count(),
+                1,
+                "two holders"
+            );
+            return i;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nobody holds the broadcast upstream");
+}
+
+/// The current event number of the shared feed, as a client on `addr` sees it.
+async fn now_event(addr: SocketAddr) -> u64 {
+    let mut s = Stream::open(addr, PATH, None).await;
+    let mut log = Log::default();
+    s.read_until(&mut log, 1, T).await;
+    log.data()[0]
+        .strip_prefix("event ")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pods_one_upstream_identical_ids_and_a_rolling_restart_loses_nothing() {
+    let redis = RedisServer::start().await;
+    let feeds = Arc::new(Feeds::default());
+    let mut apps = Vec::new();
+    let mut pods = Vec::new();
+    for name in ["a", "b", "c"] {
+        let app = TestApp::start(&format!("app-{name}"), feeds.clone()).await;
+        pods.push(pod(&app, &format!("pod-{name}"), &redis).await);
+        apps.push(app);
+    }
+    let first_holder = holder(&pods).await;
+    let addrs = Arc::new(Mutex::new(pods.iter().map(|p| p.sse).collect::<Vec<_>>()));
+    let start = now_event(pods[0].sse).await;
+    // ~50 events/s: the run lasts through three restarts (each ~1.5 s of drain).
+    let until = start + 600;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    const CLIENTS: usize = 60;
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|i| tokio::spawn(client(addrs.clone(), i, until, deadline)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let subscribers: f64 = pods
+        .iter()
+        .map(|p| metric(p, "ssekeeper_broadcast_subscribers"))
+        .sum();
+    assert_eq!(
+        subscribers as usize, CLIENTS,
+        "every client is served from the stream"
+    );
+    assert_eq!(upstreams(&apps), 1, "one upstream for {CLIENTS} clients");
+
+    // Rolling restart: each pod in turn drains (its clients reconnect to the others with their
+    // last id) and a new one takes its place.
+    let mut holder_moves = 0;
+    for i in 0..3 {
+        let h = holder(&pods).await;
+        if h == i {
+            holder_moves += 1;
+        }
+        let t = Instant::now();
+        pods[i].terminate();
+        pods[i].wait_finished(T).await;
+        let drained = t.elapsed();
+        let name = format!("pod-{}2", ["a", "b", "c"][i]);
+        let new = pod(&apps[i], &name, &redis).await;
+        addrs.lock().unwrap()[i] = new.sse;
+        let old = std::mem::replace(&mut pods[i], new);
+        println!("restart {i}: held={} drained in {drained:?}", h == i);
+        drop(old);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.push(t.await.unwrap());
+    }
+    let (clients, total, ids) = check(&all);
+    let reached = all
+        .iter()
+        .filter(|s| {
+            s.events
+                .last()
+                .is_some_and(|(_, d)| d == &format!("event {until}"))
+        })
+        .count();
+    let reconnects: usize = all.iter().map(|s| s.reconnects).sum();
+    let opened = upstreams(&apps);
+    println!(
+        "broadcast rolling restart: {clients} clients, {total} events delivered, {ids} distinct ids, \
+         {reconnects} reconnects, all reached event {until}: {reached}/{clients}; \
+         upstreams opened {opened} (holder moved {holder_moves} times, first holder pod {first_holder})"
+    );
+    assert_eq!(reached, clients, "every client reached the end");
+    assert_eq!(
+        opened,
+        1 + holder_moves,
+        "one upstream at a time, moved only with its holder"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_is_authenticated_bounded_and_reaches_every_pod() {
+    let redis = RedisServer::start().await;
+    let feeds = Arc::new(Feeds::default());
+    let mut apps = Vec::new();
+    let mut pods = Vec::new();
+    for name in ["a", "b", "c"] {
+        let app = TestApp::start(&format!("app-{name}"), feeds.clone()).await;
+        pods.push(pod(&app, &format!("pod-{name}"), &redis).await);
+        apps.push(app);
+    }
+    holder(&pods).await;
+    let mut streams = Vec::new();
+    for p in &pods {
+        streams.push(Stream::open(p.sse, PATH, None).await);
+    }
+    let path = format!("/broadcast?path={PATH}&event=news");
+    let admin = pods[1].admin;
+    let (st, _, _) = fetch(admin, "POST", &path, &[], Some("hello")).await;
+    assert_eq!(st, 401, "no token");
+    let (st, h, _) = fetch(
+        admin,
+        "POST",
+        &path,
+        &[("authorization", "Bearer nope")],
+        Some("hello"),
+    )
+    .await;
+    assert_eq!(st, 401, "wrong token");
+    assert_eq!(h["www-authenticate"], "Bearer");
+    let auth = format!("Bearer {TOKEN}");
+    let big = "x".repeat(64 * 1024 + 1);
+    let (st, _, _) = fetch(
+        admin,
+        "POST",
+        &path,
+        &[("authorization", &auth)],
+        Some(&big),
+    )
+    .await;
+    assert_eq!(st, 413, "too large");
+    let (st, _, _) = fetch(
+        admin,
+        "POST",
+        "/broadcast?path=/nope",
+        &[("authorization", &auth)],
+        Some("x"),
+    )
+    .await;
+    assert_eq!(st, 404, "unknown path");
+    let (st, _, _) = fetch(
+        admin,
+        "POST",
+        "/broadcast",
+        &[("authorization", &auth)],
+        Some("x"),
+    )
+    .await;
+    assert_eq!(st, 400, "no path");
+    let (st, _, _) = fetch(admin, "POST", &path, &[("authorization", &auth)], Some("")).await;
+    assert_eq!(st, 400, "empty");
+    let (st, _, _) = fetch(admin, "GET", &path, &[("authorization", &auth)], None).await;
+    assert_eq!(st, 405);
+    let (st, _, body) = fetch(
+        admin,
+        "POST",
+        &path,
+        &[("authorization", &auth)],
+        Some("breaking"),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let id: u64 = body.split('"').nth(3).unwrap().parse().unwrap();
+    let sse_body = "event: alert\ndata: line 1\ndata: line 2\n\n";
+    let (st, _, _) = fetch(
+        admin,
+        "POST",
+        &format!("/broadcast?path={PATH}"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "text/event-stream"),
+        ],
+        Some(sse_body),
+    )
+    .await;
+    assert_eq!(st, 200);
+    // Every pod's client gets both, with the same id, among the app's events.
+    for (i, s) in streams.iter_mut().enumerate() {
+        let mut log = Log::default();
+        let t = Instant::now();
+        while !log.events.iter().any(|e| e.data == "line 1\nline 2") {
+            assert!(
+                t.elapsed() < T,
+                "pod {i} never delivered the published events"
+            );
+            let n = log.events.len() + 1;
+            s.read_until(&mut log, n, T).await;
+        }
+        let news = log
+            .events
+            .iter()
+            .find(|e| e.data == "breaking")
+            .expect("published event");
+        assert_eq!(news.event.as_deref(), Some("news"));
+        assert_eq!(news.id.as_deref(), Some(id.to_string().as_str()));
+        let alert = log
+            .events
+            .iter()
+            .find(|e| e.data == "line 1\nline 2")
+            .unwrap();
+        assert_eq!(alert.event.as_deref(), Some("alert"));
+        assert!(alert.id.as_deref().unwrap().parse::<u64>().unwrap() > id);
+    }
+    let p = &pods[1].shared.metrics.broadcast;
+    assert_eq!(p.outcome("publish", "accepted"), 2);
+    assert_eq!(p.outcome("publish", "unauthorized"), 2);
+    assert_eq!(p.outcome("publish", "too_large"), 1);
+    assert_eq!(upstreams(&apps), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_another_pod_replays_and_ids_outside_history_get_the_gap() {
+    let redis = RedisServer::start().await;
+    let feeds = Arc::new(Feeds::default());
+    let app_a = TestApp::start("app-a", feeds.clone()).await;
+    let app_b = TestApp::start("app-b", feeds.clone()).await;
+    let mut a_args = args(app_a.addr, "pod-a");
+    a_args.store = StoreKind::Redis;
+    a_args.redis_url = Some(redis.url());
+    // A short history: 50 entries (trimmed approximately, so older ids fall out).
+    a_args.broadcast = vec![format!("{PATH}=50").parse().unwrap()];
+    a_args.lease_ttl_seconds = 2;
+    let a = start_sidecar(a_args.clone(), store::open(&a_args).await.unwrap()).await;
+    let mut b_args = a_args.clone();
+    b_args.app_port = app_b.addr.port();
+    b_args.pod_name = "pod-b".into();
+    b_args.lifecycle_socket = common::socket_path("pod-b");
+    let b = start_sidecar(b_args.clone(), store::open(&b_args).await.unwrap()).await;
+    let pods = vec![a, b];
+    holder(&pods).await;
+
+    let mut log = Log::default();
+    let mut s = Stream::open(pods[0].sse, PATH, None).await;
+    s.read_until(&mut log, 10, T).await;
+    drop(s);
+    let first_id = log.events[0].id.clone().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Resume on the other pod: the events missed meanwhile, then live, same ids.
+    let mut s = Stream::open(pods[1].sse, PATH, log.last_id.as_deref()).await;
+    s.read_until(&mut log, 40, T).await;
+    drop(s);
+    ssekeeper_testkit::app::assert_contiguous(&log.data());
+    let ids: Vec<u64> = log
+        .events
+        .iter()
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[1] > w[0]));
+
+    // Far past the history (50 entries; ~20 ms each): the first id is gone.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut old = Log::default();
+    let mut s = Stream::open(pods[1].sse, PATH, Some(&first_id)).await;
+    s.read_until(&mut old, 3, T).await;
+    assert_eq!(old.events[0].event.as_deref(), Some("ssekeeper-gap"));
+    assert!(
+        old.events[0].data.contains("missing"),
+        "{}",
+        old.events[0].data
+    );
+    assert!(old.events[0].id.is_none(), "the gap event moves no id");
+    // An id beyond the stream (from a stream Redis lost): the gap, then the live stream.
+    let mut future = Log::default();
+    let mut s = Stream::open(pods[0].sse, PATH, Some("99999999")).await;
+    s.read_until(&mut future, 3, T).await;
+    assert_eq!(future.events[0].event.as_deref(), Some("ssekeeper-gap"));
+    assert!(future.events[0].data.contains("expired"));
+    assert!(
+        future.events[1]
+            .id
+            .as_deref()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            < 99999999
+    );
+    assert_eq!(upstreams(&[app_a, app_b]), 1);
+}
