@@ -274,6 +274,12 @@ async fn three_pods_one_upstream_identical_ids_and_a_rolling_restart_loses_nothi
         addrs.lock().unwrap()[i] = new.sse;
         let old = std::mem::replace(&mut pods[i], new);
         println!("restart {i}: held={} drained in {drained:?}", h == i);
+        // A holder is done once its successor fenced it, well before its handover window
+        // (drain 1 s + margin 3 s) would stop it.
+        assert!(
+            drained < Duration::from_millis(3500),
+            "restart {i}: the upstream was not taken over in time ({drained:?})"
+        );
         drop(old);
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
@@ -492,4 +498,257 @@ async fn resume_on_another_pod_replays_and_ids_outside_history_get_the_gap() {
             < 99999999
     );
     assert_eq!(upstreams(&[app_a, app_b]), 1);
+}
+
+/// Three pods and their clients while Redis is killed and started again empty (no persistence):
+/// what every client sees is counted; nothing may arrive out of order or twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_run_is_counted_and_reorders_nothing() {
+    let mut redis = RedisServer::start().await;
+    let feeds = Arc::new(Feeds::default());
+    let mut apps = Vec::new();
+    let mut pods = Vec::new();
+    for name in ["a", "b", "c"] {
+        let app = TestApp::start(&format!("app-{name}"), feeds.clone()).await;
+        pods.push(pod(&app, &format!("pod-{name}"), &redis).await);
+        apps.push(app);
+    }
+    let h = holder(&pods).await;
+    let addrs = Arc::new(Mutex::new(pods.iter().map(|p| p.sse).collect::<Vec<_>>()));
+    let start = now_event(pods[0].sse).await;
+    let until = start + 300;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let tasks: Vec<_> = (0..30)
+        .map(|i| tokio::spawn(client(addrs.clone(), i, until, deadline)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = Instant::now();
+    redis.stop().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.up().await.unwrap();
+    let outage = t.elapsed();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.push(t.await.unwrap());
+    }
+    // Order and uniqueness hold in every case; gaps are counted, not asserted away.
+    let mut lost = 0u64;
+    let mut dup = 0u64;
+    for s in &all {
+        for w in s.events.windows(2) {
+            assert!(w[1].0 > w[0].0, "ids went back: {:?} then {:?}", w[0], w[1]);
+        }
+        let nums: Vec<u64> = s
+            .events
+            .iter()
+            .map(|(_, d)| d.strip_prefix("event ").unwrap().parse().unwrap())
+            .collect();
+        for w in nums.windows(2) {
+            if w[1] <= w[0] {
+                dup += 1;
+            } else {
+                lost += w[1] - w[0] - 1;
+            }
+        }
+    }
+    let reached = all
+        .iter()
+        .filter(|s| {
+            s.events
+                .last()
+                .is_some_and(|(_, d)| d == &format!("event {until}"))
+        })
+        .count();
+    let reconnects: usize = all.iter().map(|s| s.reconnects).sum();
+    let opened = upstreams(&apps);
+    println!(
+        "broadcast redis restart ({outage:?} down, holder pod {h}): {} clients, reached the end {reached}, \
+         events lost {lost}, duplicated {dup}, reconnects {reconnects}, upstreams opened {opened}",
+        all.len()
+    );
+    assert_eq!(dup, 0, "nothing twice");
+    assert_eq!(
+        lost, 0,
+        "the holder keeps what Redis did not take and the app waits"
+    );
+    assert_eq!(reached, all.len());
+}
+
+/// The holder is killed (SIGKILL, no handover): once its lease expires another pod takes the
+/// upstream, opening it with the last recorded app id; the clients on the other pods see every
+/// event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_is_replaced_after_its_lease_and_clients_lose_nothing() {
+    let redis = RedisServer::start().await;
+    let feeds = Arc::new(Feeds::default());
+    let mut apps = Vec::new();
+    let mut pods = Vec::new();
+    for name in ["a", "b", "c"] {
+        let app = TestApp::start(&format!("app-{name}"), feeds.clone()).await;
+        pods.push(pod(&app, &format!("pod-{name}"), &redis).await);
+        apps.push(app);
+    }
+    let h = holder(&pods).await;
+    let others: Vec<SocketAddr> = (0..3).filter(|i| *i != h).map(|i| pods[i].sse).collect();
+    let addrs = Arc::new(Mutex::new(others));
+    let start = now_event(pods[(h + 1) % 3].sse).await;
+    let until = start + 300;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let tasks: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(client(addrs.clone(), i, until, deadline)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(upstreams(&apps), 1, "one upstream before the crash");
+    let t = Instant::now();
+    pods[h].kill();
+    let mut rest: Vec<TestSidecar> = pods
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != h)
+        .map(|(_, p)| p)
+        .collect();
+    let new = holder(&rest).await;
+    let took = t.elapsed();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.push(t.await.unwrap());
+    }
+    let (clients, total, _) = check(&all);
+    println!(
+        "broadcast holder killed: replaced by {} after {took:?} (lease TTL 2 s); {clients} clients, {total} events, \
+         0 lost, 0 duplicated; upstreams opened {}",
+        ["first", "second"][new],
+        upstreams(&apps)
+    );
+    assert_eq!(upstreams(&apps), 2);
+    rest.clear();
+}
+
+/// A client that stops reading is cut at its buffer (counted) while the others go on; it
+/// resumes from history with its last id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_cut_and_resumes_while_the_others_go_on() {
+    let redis = RedisServer::start().await;
+    let feeds = Arc::new(Feeds::default());
+    let app = TestApp::start("app-a", feeds.clone()).await;
+    let mut a = args(app.addr, "pod-a");
+    a.store = StoreKind::Redis;
+    a.redis_url = Some(redis.url());
+    a.broadcast = vec![format!("{PATH}=100000").parse().unwrap()];
+    a.broadcast_publish_token = Some(TOKEN.into());
+    a.client_buffer_bytes = 4096;
+    a.lease_ttl_seconds = 2;
+    let p = start_sidecar(a.clone(), store::open(&a).await.unwrap()).await;
+    holder(std::slice::from_ref(&p)).await;
+    // The slow client: a raw connection that reads its head and then nothing.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut slow = sock.connect(p.sse).await.unwrap();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    slow.write_all(
+        format!("GET {PATH} HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 256];
+    let _ = slow.read(&mut head).await.unwrap();
+    let mut good = Stream::open(p.sse, PATH, None).await;
+    let chunk = "y".repeat(60 * 1024);
+    const BIG: usize = 120;
+    let reader = tokio::spawn(async move {
+        let mut log = Log::default();
+        let t = Instant::now();
+        while log
+            .events
+            .iter()
+            .filter(|e| e.data.len() == 60 * 1024)
+            .count()
+            < BIG
+        {
+            assert!(t.elapsed() < T, "the reading client stalled");
+            let n = log.events.len() + 1;
+            assert!(
+                !good.read_until(&mut log, n, T).await,
+                "the reading client was cut"
+            );
+        }
+        (log, good)
+    });
+    // Big published events fill the slow client's socket and then its 4 KiB queue.
+    let auth = format!("Bearer {TOKEN}");
+    for _ in 0..BIG {
+        let (st, _, _) = fetch(
+            p.admin,
+            "POST",
+            &format!("/broadcast?path={PATH}"),
+            &[("authorization", &auth)],
+            Some(&chunk),
+        )
+        .await;
+        assert_eq!(st, 200);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (log, _good) = reader.await.unwrap();
+    let cut = metric(&p, "ssekeeper_broadcast_slow_clients_cut");
+    println!(
+        "slow client cut ({cut}); the reading client got all {BIG} big events among {}",
+        log.events.len()
+    );
+    assert_eq!(cut, 1.0, "the slow client was cut, once");
+    assert_eq!(
+        metric(&p, "ssekeeper_broadcast_subscribers"),
+        1.0,
+        "the cut client left"
+    );
+    // The cut client's connection ends with the retry hint after what was queued.
+    let mut rest = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let t = Instant::now();
+    while !rest.ends_with(b"0\r\n\r\n") && t.elapsed() < T {
+        match tokio::time::timeout(T, slow.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => rest.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let tail = String::from_utf8_lossy(&rest[rest.len().saturating_sub(200)..]).into_owned();
+    assert!(
+        tail.contains("retry: 100"),
+        "ends with the retry hint: {tail:?}"
+    );
+}
+
+/// The binary refuses `--broadcast` with the memory store, and a bad path, saying why.
+#[test]
+fn the_binary_refuses_broadcast_without_redis_and_bad_paths() {
+    let bin = env!("CARGO_BIN_EXE_ssekeeper-sidecar");
+    for (extra, want) in [
+        (vec!["--broadcast=/events"], "needs --store=redis"),
+        (
+            vec![
+                "--broadcast=/events",
+                "--broadcast=/events=5",
+                "--store=redis",
+                "--redis-url=redis://127.0.0.1:1",
+            ],
+            "more than once",
+        ),
+        (vec!["--broadcast=events"], "absolute"),
+        (vec!["--broadcast=/e?x=1"], "query"),
+    ] {
+        let out = std::process::Command::new(bin)
+            .args([
+                "--app-port=1",
+                "--service-namespace=n",
+                "--service-name=s",
+                "--listen-host=127.0.0.1",
+                "--log-format=pretty",
+            ])
+            .args(&extra)
+            .env_remove("SSEKEEPER_BROADCAST")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} accepted");
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
 }

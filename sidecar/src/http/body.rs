@@ -306,8 +306,12 @@ impl Body for ClientBody {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
                 Poll::Ready(None) => {
-                    this.done = true;
-                    return Poll::Ready(None);
+                    // Closed by its producer after it asked for the close (a slow broadcast
+                    // client cut): the hint still ends the stream, as a drain close does.
+                    if this.close.as_mut().poll(cx).is_pending() {
+                        this.done = true;
+                        return Poll::Ready(None);
+                    }
                 }
                 Poll::Pending => {}
             }

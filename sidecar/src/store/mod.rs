@@ -336,6 +336,14 @@ pub trait BroadcastStore: Send + Sync {
         who: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, StoreResult<bool>>;
+
+    /// Give the turn back if `who` holds it (the takeover is over, won or lost), so the next
+    /// handover of the path (the new holder draining soon after) is not held up by it.
+    fn release_turn<'a>(
+        &'a self,
+        session: &'a SessionId,
+        who: &'a str,
+    ) -> BoxFuture<'a, StoreResult<()>>;
 }
 
 /// Why the configured store could not be opened. Redis being down is not one of them: a Redis

@@ -6,9 +6,10 @@
 //!
 //! 1. **Nobody holds it** (first start, or the holder died and its lease expired): a pod takes
 //!    it with a compare-and-acquire on the epoch (of several trying, one wins), *then* opens
-//!    `GET <path>` with `Last-Event-ID` = the app id of the last recorded event. A lease that is
-//!    missing while the stream has history (Redis restarted empty under a live holder) is taken
-//!    only after it stayed missing for a lease TTL, so the live holder recovers it first.
+//!    `GET <path>` with `Last-Event-ID` = the app id of the last recorded event. A path the
+//!    store lost entirely (no epoch) while this pod saw its history (Redis restarted empty under
+//!    a live holder) is taken only after it stayed missing for a lease TTL, so the live holder
+//!    recovers it first.
 //! 2. **The holder records**: every event from the upstream is appended (fenced by the epoch,
 //!    numbered by the store, a retried batch deduplicated by its token). A broken upstream is
 //!    reopened with the last recorded app id; what the app sends again is dropped
@@ -208,21 +209,27 @@ pub(super) async fn manage(ctx: Arc<Ctx>, ch: Arc<Channel>) {
         if ctx.stop.is_cancelled() || ctx.draining.is_cancelled() {
             return;
         }
+        // The epoch first, then the lease: a pod that takes the path between the two reads
+        // moved the epoch, so the compare-and-acquire below refuses (no steal from a live holder).
+        let Ok(epoch) = store.epoch(&ch.session).await else {
+            if !pause(&ctx, poll).await {
+                return;
+            }
+            continue;
+        };
         match store.lease(&ch.session).await {
             Ok(None) => {
                 let since = *missing_since.get_or_insert_with(Instant::now);
-                let fresh = ch.known_last() == 0;
-                if (fresh || since.elapsed() >= ctx.lease_ttl)
-                    && let Ok(epoch) = store.epoch(&ch.session).await
+                // The store lost the path (no epoch) while this pod saw history: Redis came back
+                // empty, and a live holder recovers its lease within a renewal; wait a TTL.
+                if (epoch > 0 || ch.known_last() == 0 || since.elapsed() >= ctx.lease_ttl)
                     && let Ok(claim) = ctx.sessions.book.take_over(&ch.session, epoch).await
                 {
-                    {
-                        missing_since = None;
-                        ctx.m().takeover("vacant");
-                        tracing::info!(path = %ch.path, epoch = claim.epoch, "broadcast upstream taken (nobody held it)");
-                        hold(&ctx, &ch, claim, None).await;
-                        continue;
-                    }
+                    missing_since = None;
+                    ctx.m().takeover("vacant");
+                    tracing::info!(path = %ch.path, epoch = claim.epoch, "broadcast upstream taken (nobody held it)");
+                    hold(&ctx, &ch, claim, None).await;
+                    continue;
                 }
             }
             // Held under this pod's name but not by this process: a previous run of this pod.
@@ -251,15 +258,14 @@ pub(super) async fn manage(ctx: Arc<Ctx>, ch: Arc<Channel>) {
     }
 }
 
-/// Step 3 of the protocol, on the taking side.
+/// Step 3 of the protocol, on the taking side; the turn is given back however it ends.
 async fn take_from_draining(ctx: &Arc<Ctx>, ch: &Arc<Channel>, old_epoch: Epoch) {
     let Some(bstore) = ctx.sessions.store.broadcast() else {
         return;
     };
-    let store = &ctx.sessions.store;
     let turn_ttl = ctx.lease_ttl * 3;
     match timed(
-        store.timeout(),
+        ctx.sessions.store.timeout(),
         bstore.claim_turn(&ch.session, &ctx.owner, turn_ttl),
     )
     .await
@@ -271,17 +277,39 @@ async fn take_from_draining(ctx: &Arc<Ctx>, ch: &Arc<Channel>, old_epoch: Epoch)
             return;
         }
     }
+    let taken = take_turn(ctx, ch, old_epoch).await;
+    let _ = timed(
+        ctx.sessions.store.timeout(),
+        bstore.release_turn(&ch.session, &ctx.owner),
+    )
+    .await;
+    if let Some((claim, started)) = taken {
+        hold(ctx, ch, claim, Some(started)).await;
+    }
+}
+
+/// What a won takeover hands to [`hold`]: the open upstream, what it sent before the lease
+/// was taken, and the overlap to drop from it.
+type Started = (Upstream, Vec<Entry>, Overlap);
+
+/// With the turn held: open, wait for the overlap, take the lease.
+async fn take_turn(
+    ctx: &Arc<Ctx>,
+    ch: &Arc<Channel>,
+    old_epoch: Epoch,
+) -> Option<(Claim, Started)> {
+    let store = &ctx.sessions.store;
     let (Ok(s0), Ok(app_id)) = (
         store.last(&ch.session).await,
         store.last_app_id(&ch.session).await,
     ) else {
-        return;
+        return None;
     };
     let s0 = s0.map_or(0, |r| r.seq);
     let Some(mut up) = open(ctx, ch, app_id.as_deref()).await else {
         ctx.m().takeover("upstream_failed");
         let _ = pause(ctx, REOPEN).await;
-        return;
+        return None;
     };
     // Wait until the new upstream overlaps what the old holder records, bounded: then the old
     // holder may be fenced without a gap.
@@ -315,18 +343,18 @@ async fn take_from_draining(ctx: &Arc<Ctx>, ch: &Arc<Channel>, old_epoch: Epoch)
                 Some(entries) => pending.extend(entries),
                 None => {
                     ctx.m().takeover("upstream_failed");
-                    return;
+                    return None;
                 }
             },
             _ = tokio::time::sleep_until(step.min(deadline)) => {}
-            _ = ctx.stop.cancelled() => return,
+            _ = ctx.stop.cancelled() => return None,
         }
     };
     let claim = match ctx.sessions.book.take_over(&ch.session, old_epoch).await {
         Ok(c) => c,
         Err(_) => {
             ctx.m().takeover("lost_race");
-            return;
+            return None;
         }
     };
     ctx.m()
@@ -337,7 +365,7 @@ async fn take_from_draining(ctx: &Arc<Ctx>, ch: &Arc<Channel>, old_epoch: Epoch)
         .await
         .unwrap_or_default();
     let overlap = Overlap::new(recorded);
-    hold(ctx, ch, claim, Some((up, pending, overlap))).await;
+    Some((claim, (up, pending, overlap)))
 }
 
 /// How appends of one holding are written.
@@ -434,12 +462,7 @@ impl Writer {
 
 /// Hold the path: read the upstream and record it until the lease is lost, the sidecar stops,
 /// or (draining) the successor took over or the handover window is over.
-async fn hold(
-    ctx: &Arc<Ctx>,
-    ch: &Arc<Channel>,
-    claim: Claim,
-    started: Option<(Upstream, Vec<Entry>, Overlap)>,
-) {
+async fn hold(ctx: &Arc<Ctx>, ch: &Arc<Channel>, claim: Claim, started: Option<Started>) {
     ch.held.store(true, Ordering::Release);
     let held = ctx.m().upstream_held.get_or_create(&ch.label).clone();
     held.set(1);
@@ -456,12 +479,7 @@ async fn hold(
     ch.held.store(false, Ordering::Release);
 }
 
-async fn run(
-    ctx: &Arc<Ctx>,
-    ch: &Arc<Channel>,
-    w: &mut Writer,
-    started: Option<(Upstream, Vec<Entry>, Overlap)>,
-) -> Lost {
+async fn run(ctx: &Arc<Ctx>, ch: &Arc<Channel>, w: &mut Writer, started: Option<Started>) -> Lost {
     let store = &ctx.sessions.store;
     let overlap_dropped = ctx.m().overlap_dropped.get_or_create(&ch.label).clone();
     let (mut up, mut overlap) = match started {

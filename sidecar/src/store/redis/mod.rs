@@ -599,6 +599,23 @@ impl RedisStore {
         g.arg(&key);
         Ok(parse_opt_text(&self.query("claim_turn", &g).await?, "turn")?.as_deref() == Some(who))
     }
+
+    async fn do_release_turn(&self, s: &SessionId, who: &str) -> StoreResult<()> {
+        let key = keys::session_key(
+            &self.namespace,
+            &self.name,
+            s.as_str(),
+            keys::BROADCAST_TURN_SUFFIX,
+        );
+        let mut c = cmd("EVAL");
+        c.arg(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1",
+        )
+        .arg(1)
+        .arg(&key)
+        .arg(who);
+        self.query("release_turn", &c).await.map(|_| ())
+    }
 }
 
 impl super::BroadcastStore for RedisStore {
@@ -617,6 +634,14 @@ impl super::BroadcastStore for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(self.do_claim_turn(session, who, ttl))
+    }
+
+    fn release_turn<'a>(
+        &'a self,
+        session: &'a SessionId,
+        who: &'a str,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(self.do_release_turn(session, who))
     }
 }
 
