@@ -42,7 +42,7 @@ use crate::session::leases::Claim;
 use crate::sse::{Frame, SseParser};
 use crate::store::{
     BroadcastAppend, BroadcastAppended, Entry, Epoch, LeaseState, Seq, SessionStore as _,
-    StoreError, guard::timed,
+    StoreError,
 };
 
 use std::sync::Arc;
@@ -264,12 +264,7 @@ async fn take_from_draining(ctx: &Arc<Ctx>, ch: &Arc<Channel>, old_epoch: Epoch)
         return;
     };
     let turn_ttl = ctx.lease_ttl * 3;
-    match timed(
-        ctx.sessions.store.timeout(),
-        bstore.claim_turn(&ch.session, &ctx.owner, turn_ttl),
-    )
-    .await
-    {
+    match bstore.claim_turn(&ch.session, &ctx.owner, turn_ttl).await {
         Ok(true) => {}
         // Another pod is taking it over (or the store is down): look again later.
         _ => {
@@ -278,11 +273,7 @@ async fn take_from_draining(ctx: &Arc<Ctx>, ch: &Arc<Channel>, old_epoch: Epoch)
         }
     }
     let taken = take_turn(ctx, ch, old_epoch).await;
-    let _ = timed(
-        ctx.sessions.store.timeout(),
-        bstore.release_turn(&ch.session, &ctx.owner),
-    )
-    .await;
+    let _ = bstore.release_turn(&ch.session, &ctx.owner).await;
     if let Some((claim, started)) = taken {
         hold(ctx, ch, claim, Some(started)).await;
     }
@@ -315,6 +306,10 @@ async fn take_turn(
     // holder may be fenced without a gap.
     let deadline = tokio::time::Instant::now() + ctx.lease_ttl;
     let mut pending: Vec<Entry> = Vec::new();
+    // What the old holder recorded after `s0`, read incrementally (a fast stream appends
+    // thousands of entries during the wait).
+    let mut recorded = std::collections::HashSet::new();
+    let mut scanned = s0;
     let overlapped = loop {
         let first = pending.iter().find_map(|e| match e {
             Entry::Event { app_id, .. } => Some(app_id.clone()),
@@ -323,10 +318,17 @@ async fn take_turn(
         match first {
             // An event without an id cannot be matched: take over now.
             Some(None) => break false,
-            Some(Some(id)) => match recorded_ids(ctx, ch, s0).await {
-                Ok(ids) if ids.contains(&id) => break true,
-                _ => {}
-            },
+            Some(Some(id)) => {
+                if let Ok(batch) = store.read_after(&ch.session, scanned, 1024).await
+                    && let Some(tail) = batch.last()
+                {
+                    scanned = tail.seq;
+                    recorded.extend(app_ids(batch.iter().map(|r| &r.entry)));
+                }
+                if recorded.contains(&id) {
+                    break true;
+                }
+            }
             None => {}
         }
         if tokio::time::Instant::now() >= deadline || pending.len() >= MAX_PENDING {
@@ -413,12 +415,7 @@ impl Writer {
                 entries,
             };
             let started = Instant::now();
-            match timed(
-                ctx.sessions.store.timeout(),
-                bstore.append_broadcast(&ch.session, a),
-            )
-            .await
-            {
+            match bstore.append_broadcast(&ch.session, a).await {
                 Ok(BroadcastAppended::Stored { last, .. }) => {
                     ctx.metrics
                         .record_batch_seconds

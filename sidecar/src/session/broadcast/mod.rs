@@ -164,12 +164,14 @@ impl Broadcasts {
             });
             ctx.m().upstream_held.get_or_create(&ch.label).set(0);
             ctx.m().subscribers.get_or_create(&ch.label).set(0);
-            if can {
-                tokio::spawn(tail(ctx.clone(), ch.clone()));
-                tokio::spawn(holder::manage(ctx.clone(), ch.clone()));
-            } else {
-                tracing::error!(path = %p.path, "broadcast path configured on a store that cannot share a stream: not served");
+            if !can {
+                // `main` refuses this combination; an embedder that starts it anyway gets the
+                // path proxied to the app per client, as without `--broadcast`.
+                tracing::error!(path = %p.path, "broadcast path configured on a store that cannot share a stream: proxied per client");
+                continue;
             }
+            tokio::spawn(tail(ctx.clone(), ch.clone()));
+            tokio::spawn(holder::manage(ctx.clone(), ch.clone()));
             channels.insert(p.path, ch);
         }
         Arc::new(Broadcasts {

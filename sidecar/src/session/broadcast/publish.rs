@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use super::Broadcasts;
 use super::ids::{MAX_PUBLISH_BYTES, bearer_matches, parse_publish, query_param};
 use crate::http::body::{ProxyBody, full, read_bounded};
-use crate::store::{BroadcastAppend, BroadcastAppended, SessionStore as _, guard::timed};
+use crate::store::{BroadcastAppend, BroadcastAppended, SessionStore as _};
 
 /// How the publish endpoint is protected.
 #[derive(Clone, Default)]
@@ -139,12 +139,7 @@ impl Broadcasts {
             limit: ch.limit,
             entries: &entries,
         };
-        match timed(
-            self.ctx.sessions.store.timeout(),
-            bstore.append_broadcast(&ch.session, a),
-        )
-        .await
-        {
+        match bstore.append_broadcast(&ch.session, a).await {
             Ok(BroadcastAppended::Stored { first, last }) => {
                 ch.raise(last);
                 m.published("accepted");
