@@ -97,6 +97,10 @@ pub struct Settings {
     pub forward_max_age: Duration,
     /// Key authenticating forwarding; `None` disables forwarding both ways.
     pub forward_key: Option<Vec<u8>>,
+    /// Broadcast paths (`--broadcast`): one upstream per SseService, fanned out through Redis.
+    pub broadcast: Vec<crate::contract::BroadcastPath>,
+    /// Bearer token of the publish endpoint; `None`: publishing is refused.
+    pub broadcast_publish_token: Option<String>,
 }
 
 impl Settings {
@@ -171,6 +175,11 @@ impl Settings {
                 .as_ref()
                 .filter(|k| !k.is_empty())
                 .map(|k| k.as_bytes().to_vec()),
+            broadcast: args.broadcast.clone(),
+            broadcast_publish_token: args
+                .broadcast_publish_token
+                .clone()
+                .filter(|t| !t.is_empty()),
         }
     }
 

@@ -23,6 +23,11 @@ fn main() -> ExitCode {
     }
     let args = SidecarArgs::parse();
     telemetry::init(args.log_format);
+    if let Err(e) = ssekeeper_sidecar::contract::validate_broadcast(&args.broadcast, args.store) {
+        tracing::error!(error = %e, "invalid --broadcast");
+        eprintln!("ssekeeper-sidecar: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

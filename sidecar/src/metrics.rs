@@ -26,6 +26,120 @@ pub struct NameLabel {
     pub name: String,
 }
 
+/// One label named `path` (a configured broadcast path: a bounded set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    /// The label value.
+    pub path: String,
+}
+
+/// The metrics of broadcast paths, labelled by path (only configured paths: a bounded set) or
+/// by outcome. Separate from the session metrics so the fan-out can be watched on its own.
+#[derive(Default)]
+pub struct BroadcastMetrics {
+    /// Clients served from the path's stream on this pod right now.
+    pub subscribers: Family<PathLabel, Gauge>,
+    /// 1 while this pod holds the path's one upstream to the app.
+    pub upstream_held: Family<PathLabel, Gauge>,
+    /// Upstream requests this pod opened to the app for the path (holding, reopening, taking over).
+    pub upstreams_opened: Family<PathLabel, Counter>,
+    /// Entries this pod appended to the path's stream (from its upstream or a publish).
+    pub events_appended: Family<PathLabel, Counter>,
+    /// Events from a (re)opened upstream dropped because the stream already holds them.
+    pub overlap_dropped: Family<PathLabel, Counter>,
+    /// Publish requests, by outcome.
+    pub publish: Family<OutcomeLabel, Counter>,
+    /// Clients cut because they fell behind their buffer (they resume from history).
+    pub slow_clients_cut: Family<PathLabel, Counter>,
+    /// Entries the path's tail found waiting beyond the first on its last read: 0 when it keeps
+    /// up, growing when it falls behind the stream.
+    pub tail_lag_entries: Family<PathLabel, Gauge>,
+    /// Takeovers of the upstream by this pod, by how they went.
+    pub takeovers: Family<OutcomeLabel, Counter>,
+}
+
+impl BroadcastMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("broadcast");
+        r.register(
+            "subscribers",
+            "Clients of a broadcast path served on this pod",
+            self.subscribers.clone(),
+        );
+        r.register(
+            "upstream_held",
+            "1 while this pod holds the broadcast path's upstream",
+            self.upstream_held.clone(),
+        );
+        r.register(
+            "upstreams_opened",
+            "Upstream requests opened to the app for a broadcast path",
+            self.upstreams_opened.clone(),
+        );
+        r.register(
+            "events_appended",
+            "Entries this pod appended to a broadcast path's stream",
+            self.events_appended.clone(),
+        );
+        r.register(
+            "overlap_dropped",
+            "Events of a reopened upstream dropped as already recorded",
+            self.overlap_dropped.clone(),
+        );
+        r.register(
+            "publish_requests",
+            "Publish requests, by outcome",
+            self.publish.clone(),
+        );
+        r.register(
+            "slow_clients_cut",
+            "Broadcast clients cut for falling behind (they resume from history)",
+            self.slow_clients_cut.clone(),
+        );
+        r.register(
+            "tail_lag_entries",
+            "Entries the broadcast tail found waiting beyond the first on its last read",
+            self.tail_lag_entries.clone(),
+        );
+        r.register(
+            "takeovers",
+            "Takeovers of a broadcast upstream by this pod, by outcome",
+            self.takeovers.clone(),
+        );
+    }
+
+    /// A path's label.
+    pub fn path(path: &str) -> PathLabel {
+        PathLabel {
+            path: path.to_string(),
+        }
+    }
+
+    /// Count a publish request.
+    pub fn published(&self, outcome: &'static str) {
+        self.publish.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Count a takeover.
+    pub fn takeover(&self, outcome: &'static str) {
+        self.takeovers
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// A labelled counter's value, for tests and logs.
+    pub fn outcome(&self, family: &str, outcome: &'static str) -> u64 {
+        let fam = match family {
+            "publish" => &self.publish,
+            "takeovers" => &self.takeovers,
+            _ => return 0,
+        };
+        fam.get(&OutcomeLabel { outcome })
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+}
+
 /// Distinct names `unrouted_session_keys` reports before the rest are counted as `other`.
 const MAX_UNROUTED_NAMES: usize = 16;
 
@@ -365,6 +479,8 @@ pub struct Metrics {
     pub leases_held: Gauge,
     /// Recorders capturing an upstream right now.
     pub recorders: Gauge,
+    /// Broadcast paths.
+    pub broadcast: BroadcastMetrics,
 }
 
 impl Metrics {
@@ -411,8 +527,10 @@ impl Metrics {
             drain_state: Family::default(),
             leases_held: Gauge::default(),
             recorders: Gauge::default(),
+            broadcast: BroadcastMetrics::default(),
             registry: Registry::default(),
         };
+        m.broadcast.register(&mut registry);
         registry.register(
             "streams_opened",
             "SSE streams opened from the app, by kind (resumable, session, request: how the drain ends them)",

@@ -148,6 +148,113 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// One `--broadcast` value: a path whose stream is the same for every client, and how many of
+/// its events are kept for resumes.
+///
+/// Syntax `<path>[=<historyLimit>]`. The match is exact on the request's path (its query is not
+/// part of the match and not sent to the app: the one upstream is `GET <path>`), because a
+/// broadcast must mean one stream; a prefix or pattern would merge different streams into one
+/// id sequence. The path must be absolute (`/…`), carry no query or fragment, no whitespace or
+/// control characters, and be at most [`BroadcastPath::MAX_LEN`] bytes; the limit is 1..=10,000,000.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BroadcastPath {
+    /// The exact request path.
+    pub path: String,
+    /// Events kept in its stream (trimmed approximately, like a session's history).
+    pub history_limit: u32,
+}
+
+impl BroadcastPath {
+    /// Longest accepted path: it becomes a metric label and is hashed into a Redis key.
+    pub const MAX_LEN: usize = 512;
+    /// Largest accepted history limit (memory bound in Redis).
+    pub const MAX_HISTORY: u32 = 10_000_000;
+}
+
+/// Why a `--broadcast` value (or the set of them) was refused; the message says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidBroadcast {
+    /// The path does not start with `/`.
+    #[error("broadcast path {0:?} must be absolute (start with '/')")]
+    NotAbsolute(String),
+    /// The path carries a query or fragment.
+    #[error(
+        "broadcast path {0:?} must not carry a query or fragment (the match is on the path alone)"
+    )]
+    Query(String),
+    /// The path has whitespace or control characters, or is too long.
+    #[error(
+        "broadcast path {0:?} has whitespace or control characters, or is longer than 512 bytes"
+    )]
+    Characters(String),
+    /// The history limit is not a number in range.
+    #[error("broadcast history limit {0:?} must be a whole number from 1 to 10000000")]
+    Limit(String),
+    /// The same path was given twice.
+    #[error("broadcast path {0:?} is given more than once")]
+    Duplicate(String),
+    /// Broadcast needs the Redis store.
+    #[error("--broadcast needs --store=redis: the memory store has no stream shared by the pods")]
+    NeedsRedis,
+}
+
+impl FromStr for BroadcastPath {
+    type Err = InvalidBroadcast;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (path, limit) = match s.rsplit_once('=') {
+            Some((p, l)) if !p.contains('?') => (p, Some(l)),
+            _ => (s, None),
+        };
+        if path.contains(['?', '#']) {
+            return Err(InvalidBroadcast::Query(path.to_string()));
+        }
+        if !path.starts_with('/') {
+            return Err(InvalidBroadcast::NotAbsolute(path.to_string()));
+        }
+        if path.len() > Self::MAX_LEN || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(InvalidBroadcast::Characters(path.to_string()));
+        }
+        let history_limit = match limit {
+            None => crate::defaults::BROADCAST_HISTORY_LIMIT,
+            Some(l) => l
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=Self::MAX_HISTORY).contains(n))
+                .ok_or_else(|| InvalidBroadcast::Limit(l.to_string()))?,
+        };
+        Ok(BroadcastPath {
+            path: path.to_string(),
+            history_limit,
+        })
+    }
+}
+
+impl fmt::Display for BroadcastPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.path, self.history_limit)
+    }
+}
+
+/// Check a set of `--broadcast` values as a whole: no path twice, and a store that can share
+/// one stream between pods. Clap checks each value alone; this is the rest.
+pub fn validate_broadcast(
+    paths: &[BroadcastPath],
+    store: StoreKind,
+) -> Result<(), InvalidBroadcast> {
+    let mut seen = std::collections::HashSet::new();
+    for p in paths {
+        if !seen.insert(p.path.as_str()) {
+            return Err(InvalidBroadcast::Duplicate(p.path.clone()));
+        }
+    }
+    if !paths.is_empty() && store != StoreKind::Redis {
+        return Err(InvalidBroadcast::NeedsRedis);
+    }
+    Ok(())
+}
+
 /// Every setting of the sidecar. Flags for what the operator renders into `args`, environment
 /// variables for secrets and pod identity; every flag also reads an `SSEKEEPER_*` variable.
 #[derive(Debug, Clone, PartialEq, clap::Parser)]
@@ -316,6 +423,18 @@ pub struct SidecarArgs {
     /// the receiver's future is accepted, for clock skew); each forward is accepted once.
     #[arg(long, env = "SSEKEEPER_FORWARD_MAX_AGE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=60))]
     pub forward_max_age_seconds: u32,
+    /// A broadcast path, `<path>[=<historyLimit>]` (repeatable; see [`BroadcastPath`]): one
+    /// upstream per SseService, fanned out to every client on every pod through Redis.
+    #[arg(long = "broadcast", env = "SSEKEEPER_BROADCAST", value_delimiter = ',')]
+    pub broadcast: Vec<BroadcastPath>,
+    /// Bearer token the app presents to publish to a broadcast path (`POST /broadcast` on the
+    /// admin port, from loopback only); unset: publishing is refused.
+    #[arg(
+        long,
+        env = "SSEKEEPER_BROADCAST_PUBLISH_TOKEN",
+        hide_env_values = true
+    )]
+    pub broadcast_publish_token: Option<String>,
 }
 
 impl SidecarArgs {
@@ -344,6 +463,7 @@ impl SidecarArgs {
                 .iter()
                 .map(|k| format!("--session-key={k}")),
         );
+        args.extend(self.broadcast.iter().map(|b| format!("--broadcast={b}")));
         args.extend([
             format!("--prestop-delay-seconds={}", self.prestop_delay_seconds),
             format!("--drain-seconds={}", self.drain_seconds),

@@ -10,8 +10,9 @@ pub mod keys;
 pub mod redis;
 
 pub use self::args::{
-    HistoryGap, IdentitySources, InvalidSessionKeySource, LogFormat, PrestopArgs, SessionKeySource,
-    SidecarArgs, StoreKind, prestop_command,
+    BroadcastPath, HistoryGap, IdentitySources, InvalidBroadcast, InvalidSessionKeySource,
+    LogFormat, PrestopArgs, SessionKeySource, SidecarArgs, StoreKind, prestop_command,
+    validate_broadcast,
 };
 
 /// Name of the injected container; the operator refuses a template that already uses it.
@@ -142,6 +143,9 @@ pub mod defaults {
     pub const MAX_DETACHED: u32 = 256;
     /// `--history-limit` / `spec.sessions.historyLimit`.
     pub const HISTORY_LIMIT: u32 = 1000;
+    /// `--broadcast <path>` without `=<historyLimit>` / `spec.broadcast[].historyLimit`: a
+    /// broadcast is shared by every client, so it affords a longer history than one session.
+    pub const BROADCAST_HISTORY_LIMIT: u32 = 10_000;
     /// `--history-max-entries` / `spec.sessions.historyMaxEntries`: the default floor (36 s) at
     /// 5,000 events/s, and a margin.
     pub const HISTORY_MAX_ENTRIES: u32 = 250_000;
@@ -184,6 +188,9 @@ pub mod paths {
     /// no longer needs the app (nothing captures its streams), so the app gets its SIGTERM then
     /// and not a fixed time later. It only waits: calling it changes nothing.
     pub const APP_PRESTOP: &str = "/app-prestop";
+    /// The app publishes an event to a broadcast path (`POST /broadcast?path=<path>`, bearer
+    /// token, from loopback only): delivered to that path's clients on every pod.
+    pub const BROADCAST_PUBLISH: &str = "/broadcast";
 }
 
 /// Environment variables the operator sets from Secrets and the downward API (never as flags:
@@ -241,10 +248,70 @@ mod tests {
         cfg.forward_max_age_seconds = 9;
         cfg.log_format = LogFormat::Pretty;
         cfg.lifecycle_socket = "/tmp/x/life.sock".into();
+        cfg.broadcast = vec![
+            "/events/prices=500".parse().unwrap(),
+            "/events/news".parse().unwrap(),
+        ];
         // Rendered explicitly, as resolved from the drain when unset.
         cfg.history_seconds = Some(cfg.history_floor_seconds());
         let argv = std::iter::once("ssekeeper-sidecar".to_string()).chain(cfg.to_args());
         assert_eq!(SidecarArgs::try_parse_from(argv).unwrap(), cfg);
+    }
+
+    #[test]
+    fn broadcast_values_parse_validate_and_refuse_garbage_clearly() {
+        let p: BroadcastPath = "/events/prices=250".parse().unwrap();
+        assert_eq!((p.path.as_str(), p.history_limit), ("/events/prices", 250));
+        let d: BroadcastPath = "/events/news".parse().unwrap();
+        assert_eq!(d.history_limit, defaults::BROADCAST_HISTORY_LIMIT);
+        let q: BroadcastPath = "/a=b=7".parse().unwrap();
+        assert_eq!((q.path.as_str(), q.history_limit), ("/a=b", 7));
+        for (bad, want) in [
+            ("events", "absolute"),
+            ("/events?x=1", "query"),
+            ("/events?x=1=5", "query"),
+            ("/events#top", "query"),
+            ("/ev ents", "whitespace"),
+            ("/events=0", "1 to 10000000"),
+            ("/events=ten", "1 to 10000000"),
+            ("/events=99999999", "1 to 10000000"),
+        ] {
+            let e = bad.parse::<BroadcastPath>().unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        let two = vec![p.clone(), d.clone()];
+        assert_eq!(validate_broadcast(&two, StoreKind::Redis), Ok(()));
+        assert_eq!(validate_broadcast(&[], StoreKind::Memory), Ok(()));
+        assert_eq!(
+            validate_broadcast(&two, StoreKind::Memory),
+            Err(InvalidBroadcast::NeedsRedis)
+        );
+        let dup = vec![p.clone(), "/events/prices=9".parse().unwrap()];
+        let e = validate_broadcast(&dup, StoreKind::Redis).unwrap_err();
+        assert!(e.to_string().contains("more than once"), "{e}");
+        // Repeatable flag and a comma-separated variable.
+        let parsed = SidecarArgs::try_parse_from([
+            "ssekeeper-sidecar",
+            "--app-port=1",
+            "--service-namespace=n",
+            "--service-name=s",
+            "--broadcast=/a",
+            "--broadcast=/b=3",
+        ])
+        .unwrap();
+        assert_eq!(parsed.broadcast.len(), 2);
+        assert!(
+            SidecarArgs::try_parse_from([
+                "ssekeeper-sidecar",
+                "--app-port=1",
+                "--service-namespace=n",
+                "--service-name=s",
+                "--broadcast=nope",
+            ])
+            .unwrap_err()
+            .to_string()
+            .contains("absolute")
+        );
     }
 
     #[test]

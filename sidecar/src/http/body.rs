@@ -90,6 +90,7 @@ pub struct ClientTx {
     budget: Arc<Semaphore>,
     budget_bytes: usize,
     kind: KindCell,
+    close: tokio_util::sync::CancellationToken,
 }
 
 /// Bytes charged against the budget for a chunk: at most the whole budget, so one chunk larger
@@ -170,6 +171,12 @@ impl ClientTx {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// End the stream the way the drain does: what is queued, then the `retry:` hint (a slow
+    /// broadcast client cut this way reconnects and resumes from history).
+    pub fn close(&self) {
+        self.close.cancel();
+    }
 }
 
 /// Room reserved in a client's queue by [`ClientTx::room`].
@@ -249,6 +256,7 @@ pub fn client_channel(
             budget: budget.clone(),
             budget_bytes,
             kind: guard.kind_cell(),
+            close: guard.token(),
         },
         ClientBody {
             prefix: VecDeque::new(),
@@ -298,8 +306,12 @@ impl Body for ClientBody {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
                 Poll::Ready(None) => {
-                    this.done = true;
-                    return Poll::Ready(None);
+                    // Closed by its producer after it asked for the close (a slow broadcast
+                    // client cut): the hint still ends the stream, as a drain close does.
+                    if this.close.as_mut().poll(cx).is_pending() {
+                        this.done = true;
+                        return Poll::Ready(None);
+                    }
                 }
                 Poll::Pending => {}
             }

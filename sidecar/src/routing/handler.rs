@@ -57,6 +57,8 @@ fn status(code: StatusCode, text: &'static str) -> Response<ProxyBody> {
 pub struct Router {
     /// The session layer.
     pub sessions: Arc<Sessions>,
+    /// Broadcast paths: served from their shared stream, never proxied per client.
+    pub broadcasts: Arc<crate::session::broadcast::Broadcasts>,
     /// Client for other sidecars' admin ports.
     pub peers: HttpClient,
     /// Where requests name sessions, and how this pod signs what it forwards.
@@ -120,6 +122,18 @@ where
         parts
             .headers
             .insert(ACCEPT_ENCODING, http::HeaderValue::from_static("identity"));
+    }
+
+    // A broadcast path: served from the path's stream (one upstream for every client); the
+    // match is on the path alone (see `contract::BroadcastPath`).
+    if parts.method == Method::GET
+        && router.broadcasts.is_broadcast(parts.uri.path())
+        && let Some(r) = router
+            .broadcasts
+            .serve(parts.uri.path(), last_event_id(&parts.headers))
+    {
+        shared.metrics.request(Route::Local);
+        return early(r);
     }
 
     // What this request's cursors are bound to (its credentials and path): computed before the

@@ -46,6 +46,7 @@ pub async fn handle(
             r
         }
         (&Method::GET, paths::APP_PRESTOP) => app_prestop(&shared).await,
+        (_, paths::BROADCAST_PUBLISH) => shared.router.broadcasts.publish(req, peer).await,
         (_, paths::PRESTOP) => {
             tracing::debug!(%peer, "refused /prestop on the admin port");
             shared

@@ -22,6 +22,7 @@ use crate::http::kind::StreamKind;
 use crate::metrics::DrainPhase;
 use crate::phase::Lifecycle;
 use crate::session::Sessions;
+use crate::session::broadcast::Broadcasts;
 
 /// How often the drain checks whether it can move on early.
 const POLL: Duration = Duration::from_millis(50);
@@ -41,7 +42,12 @@ pub struct Timing {
 }
 
 /// The SIGTERM sequence; returns when the sidecar may exit.
-pub async fn run(shared: Arc<Sessions>, lifecycle: Arc<Lifecycle>, s: Timing) {
+pub async fn run(
+    shared: Arc<Sessions>,
+    broadcasts: Arc<Broadcasts>,
+    lifecycle: Arc<Lifecycle>,
+    s: Timing,
+) {
     let streams = shared.clients.streams();
     let started = Instant::now();
     let deadline = started + s.request.max(s.drain);
@@ -57,6 +63,8 @@ pub async fn run(shared: Arc<Sessions>, lifecycle: Arc<Lifecycle>, s: Timing) {
     lifecycle.set(DrainPhase::Draining);
     lifecycle.stop_accepting.cancel();
     shared.book.set_draining();
+    // A broadcast upstream is handed over at once: the other pods keep serving its clients.
+    broadcasts.drain();
     {
         let book = shared.book.clone();
         tokio::spawn(async move { book.renew_round().await });
@@ -71,7 +79,7 @@ pub async fn run(shared: Arc<Sessions>, lifecycle: Arc<Lifecycle>, s: Timing) {
     while Instant::now() < window_end {
         if streams.count(&handed) == 0
             && shared.recorders.of_kinds(&handed).is_empty()
-            && shared.book.len() <= shared.recorders.len()
+            && shared.book.len() <= shared.recorders.len() + broadcasts.held()
         {
             break;
         }
@@ -120,6 +128,11 @@ pub async fn run(shared: Arc<Sessions>, lifecycle: Arc<Lifecycle>, s: Timing) {
     }
     stop(&late).await;
     streams.close_all();
+
+    // A broadcast holder records until its successor took over (or its window is over).
+    broadcasts
+        .released((margin_end + Duration::from_secs(1)).saturating_duration_since(Instant::now()))
+        .await;
 
     // Nothing captures the app's streams any more: its preStop hook may return.
     lifecycle.release_app();

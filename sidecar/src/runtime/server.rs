@@ -33,6 +33,7 @@ use crate::runtime::health::{AppProbe, HEARTBEAT_EVERY, HEARTBEAT_STALE, Heartbe
 use crate::runtime::lifecycle;
 use crate::runtime::state::Sidecar;
 use crate::session::Sessions;
+use crate::session::broadcast::{BroadcastSettings, Broadcasts, PublishSettings};
 use crate::session::recorder::Recorders;
 use crate::store::{GuardedStore, SessionStore};
 
@@ -76,6 +77,8 @@ pub struct Inspect {
     pub recorders: Arc<Recorders>,
     /// Open client streams.
     pub streams: Arc<Streams>,
+    /// Broadcast paths served here.
+    pub broadcasts: Arc<Broadcasts>,
 }
 
 /// Bind the ports and the lifecycle socket, and start serving.
@@ -95,7 +98,20 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
     let metrics = Arc::new(Metrics::new());
     let background = CancellationToken::new();
     let sessions = build_sessions(&settings, store, metrics.clone(), &background);
-    let router = build_router(&settings, sessions.clone());
+    let broadcasts = Broadcasts::start(
+        sessions.clone(),
+        BroadcastSettings {
+            paths: settings.broadcast.clone(),
+            owner: settings.owner.name.clone(),
+            lease_ttl: settings.lease_ttl,
+            handover_window: settings.drain + settings.handover_margin,
+            publish: PublishSettings {
+                token: settings.broadcast_publish_token.clone(),
+            },
+        },
+        background.clone(),
+    );
+    let router = build_router(&settings, sessions.clone(), broadcasts.clone());
     let app_probe = AppProbe::spawn(settings.app_addr, metrics.clone(), background.clone());
     let lifecycle = Arc::new(Lifecycle::new(metrics.clone()));
     let heartbeat = spawn_heartbeat(&sessions, &background);
@@ -142,6 +158,7 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
         app_probe: app_probe.clone(),
         recorders: sessions.recorders.clone(),
         streams: sessions.clients.streams().clone(),
+        broadcasts: broadcasts.clone(),
     });
     let sidecar = Arc::new(Sidecar {
         router,
@@ -160,7 +177,7 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
         let terminate = terminate.clone();
         tokio::spawn(async move {
             terminate.cancelled().await;
-            drain::run(sessions, lifecycle, timing).await;
+            drain::run(sessions, broadcasts, lifecycle, timing).await;
             let _ = sse_task.await;
             background.cancel();
             admin_stop.cancel();
@@ -197,9 +214,14 @@ fn build_sessions(
 }
 
 /// The request handler over `sessions`, with the client to other sidecars.
-fn build_router(settings: &Settings, sessions: Arc<Sessions>) -> Arc<Router> {
+fn build_router(
+    settings: &Settings,
+    sessions: Arc<Sessions>,
+    broadcasts: Arc<Broadcasts>,
+) -> Arc<Router> {
     Arc::new(Router {
         sessions,
+        broadcasts,
         peers: HttpClient::new(settings.forward_timeout),
         settings: RouteSettings {
             session_keys: settings.session_keys.clone(),

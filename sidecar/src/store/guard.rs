@@ -49,11 +49,15 @@ pub enum StoreOp {
     LastAppId,
     /// [`SessionStore::ping`].
     Ping,
+    /// [`super::BroadcastStore::append_broadcast`].
+    BroadcastAppend,
+    /// [`super::BroadcastStore::claim_turn`] and [`super::BroadcastStore::release_turn`].
+    BroadcastTurn,
 }
 
 impl StoreOp {
     /// Every operation, in label order.
-    pub const ALL: [StoreOp; 12] = [
+    pub const ALL: [StoreOp; 14] = [
         Self::Acquire,
         Self::AcquireIf,
         Self::Epoch,
@@ -66,6 +70,8 @@ impl StoreOp {
         Self::Last,
         Self::LastAppId,
         Self::Ping,
+        Self::BroadcastAppend,
+        Self::BroadcastTurn,
     ];
 
     /// The metric label.
@@ -83,6 +89,8 @@ impl StoreOp {
             Self::Last => "last",
             Self::LastAppId => "last_app_id",
             Self::Ping => "ping",
+            Self::BroadcastAppend => "broadcast_append",
+            Self::BroadcastTurn => "broadcast_turn",
         }
     }
 }
@@ -400,6 +408,71 @@ impl SessionStore for GuardedStore {
 
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(self.call(StoreOp::Ping, self.timeout, self.inner.ping()))
+    }
+
+    /// Itself, guarded, when the inner store can broadcast: broadcast calls get the same
+    /// budget, health observation and `store_calls` counting as the rest.
+    fn broadcast(&self) -> Option<&dyn super::BroadcastStore> {
+        self.inner
+            .broadcast()
+            .map(|_| self as &dyn super::BroadcastStore)
+    }
+}
+
+impl super::BroadcastStore for GuardedStore {
+    fn append_broadcast<'a>(
+        &'a self,
+        session: &'a SessionId,
+        a: super::BroadcastAppend<'a>,
+    ) -> BoxFuture<'a, StoreResult<super::BroadcastAppended>> {
+        Box::pin(async move {
+            let Some(inner) = self.inner.broadcast() else {
+                return Err(StoreError::Unavailable("the store cannot broadcast".into()));
+            };
+            self.call(
+                StoreOp::BroadcastAppend,
+                self.timeout,
+                inner.append_broadcast(session, a),
+            )
+            .await
+        })
+    }
+
+    fn claim_turn<'a>(
+        &'a self,
+        session: &'a SessionId,
+        who: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(async move {
+            let Some(inner) = self.inner.broadcast() else {
+                return Err(StoreError::Unavailable("the store cannot broadcast".into()));
+            };
+            self.call(
+                StoreOp::BroadcastTurn,
+                self.timeout,
+                inner.claim_turn(session, who, ttl),
+            )
+            .await
+        })
+    }
+
+    fn release_turn<'a>(
+        &'a self,
+        session: &'a SessionId,
+        who: &'a str,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            let Some(inner) = self.inner.broadcast() else {
+                return Err(StoreError::Unavailable("the store cannot broadcast".into()));
+            };
+            self.call(
+                StoreOp::BroadcastTurn,
+                self.timeout,
+                inner.release_turn(session, who),
+            )
+            .await
+        })
     }
 }
 

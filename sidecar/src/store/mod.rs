@@ -272,6 +272,78 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Whether the store answers (for `/ready` reporting and metrics), cheaply.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// The operations broadcast paths need beyond these, if this store can share one stream
+    /// between pods (Redis); `None` (the default) for stores that cannot.
+    fn broadcast(&self) -> Option<&dyn BroadcastStore> {
+        None
+    }
+}
+
+/// One append to a broadcast path's stream (see [`BroadcastStore::append_broadcast`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BroadcastAppend<'a> {
+    /// The holder's epoch (the append is fenced like a session's); `None` for a publish, which
+    /// any pod may append whoever holds the upstream.
+    pub epoch: Option<Epoch>,
+    /// Identifies this batch (`None` for a publish): a retry of a batch whose first attempt was
+    /// applied is not applied again.
+    pub token: Option<&'a str>,
+    /// The highest seq this pod has seen in the stream: seqs continue above it even if the
+    /// store lost the stream (a Redis restart without persistence), so ids never go back.
+    pub floor: Seq,
+    /// Entries kept in the stream (`--broadcast <path>=<historyLimit>`), trimmed approximately.
+    pub limit: u32,
+    /// The entries, in order; the store numbers them.
+    pub entries: &'a [Entry],
+}
+
+/// What a broadcast append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BroadcastAppended {
+    /// Stored with the seqs `first..=last`.
+    Stored {
+        /// Seq of the first entry.
+        first: Seq,
+        /// Seq of the last entry.
+        last: Seq,
+    },
+    /// This batch (its token) was applied before; `last` is the stream's newest seq now.
+    Repeated {
+        /// The stream's newest seq.
+        last: Seq,
+    },
+}
+
+/// What broadcast paths need from a shared store: an append where the *store* numbers the
+/// entries (holder and publishers on several pods write one sequence, so no writer can pick
+/// the seq), and a short exclusive turn for taking an upstream over.
+pub trait BroadcastStore: Send + Sync {
+    /// Append `a.entries` atomically: refused with `Fenced` when `a.epoch` is given and is not
+    /// the current one; numbered from `max(newest stored, a.floor) + 1`; trimmed to `a.limit`;
+    /// the newest event's app id kept for the next holder's `Last-Event-ID`; TTLs slid.
+    fn append_broadcast<'a>(
+        &'a self,
+        session: &'a SessionId,
+        a: BroadcastAppend<'a>,
+    ) -> BoxFuture<'a, StoreResult<BroadcastAppended>>;
+
+    /// Take the path's takeover turn for `ttl` if nobody else holds it (`true` also when `who`
+    /// holds it already): of several pods seeing one handover, one opens a second upstream.
+    fn claim_turn<'a>(
+        &'a self,
+        session: &'a SessionId,
+        who: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
+
+    /// Give the turn back if `who` holds it (the takeover is over, won or lost), so the next
+    /// handover of the path (the new holder draining soon after) is not held up by it.
+    fn release_turn<'a>(
+        &'a self,
+        session: &'a SessionId,
+        who: &'a str,
+    ) -> BoxFuture<'a, StoreResult<()>>;
 }
 
 /// Why the configured store could not be opened. Redis being down is not one of them: a Redis

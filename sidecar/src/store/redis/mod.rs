@@ -519,7 +519,137 @@ fn verdict_unit(v: &Value) -> StoreResult<()> {
     }
 }
 
+impl RedisStore {
+    async fn do_append_broadcast(
+        &self,
+        s: &SessionId,
+        a: super::BroadcastAppend<'_>,
+    ) -> StoreResult<super::BroadcastAppended> {
+        let k = self.keys(s);
+        let token_key = keys::session_key(
+            &self.namespace,
+            &self.name,
+            s.as_str(),
+            keys::BROADCAST_TOKEN_SUFFIX,
+        );
+        let newest = a.entries.iter().rev().find_map(|e| match e {
+            Entry::Event {
+                app_id: Some(id), ..
+            } => Some(id.as_str()),
+            _ => None,
+        });
+        let mut inv = self.scripts.broadcast_append.prepare_invoke();
+        inv.key(&k.events)
+            .key(&k.epoch)
+            .key(&k.lease)
+            .key(&k.appid)
+            .key(&token_key);
+        inv.arg(a.epoch.map(|e| e.to_string()).unwrap_or_default())
+            .arg(a.token.unwrap_or(""))
+            .arg(a.floor)
+            .arg(a.limit.max(1))
+            .arg(Self::ms(self.session_ttl))
+            .arg(newest.unwrap_or(""))
+            .arg(if newest.is_some() { "1" } else { "0" })
+            .arg(a.entries.len());
+        for e in a.entries {
+            let fields = encode(e);
+            inv.arg(fields.len() * 2);
+            for (f, v) in &fields {
+                inv.arg(*f).arg(v.as_ref());
+            }
+        }
+        let reply = self.invoke("broadcast_append", &inv).await?;
+        let bad = || StoreError::Malformed("broadcast append: unexpected reply".into());
+        let Value::Array(items) = reply else {
+            return Err(bad());
+        };
+        let num = |i: usize| -> StoreResult<u64> {
+            items
+                .get(i)
+                .ok_or_else(bad)
+                .and_then(|v| codec::parse_int(v, "broadcast append"))
+        };
+        match num(0)? {
+            1 => Ok(super::BroadcastAppended::Stored {
+                first: num(1)?,
+                last: num(2)?,
+            }),
+            0 => Err(StoreError::Fenced { current: num(1)? }),
+            3 => Ok(super::BroadcastAppended::Repeated { last: num(1)? }),
+            _ => Err(StoreError::Malformed(
+                "broadcast append: the stream holds ids this version does not write".into(),
+            )),
+        }
+    }
+
+    async fn do_claim_turn(&self, s: &SessionId, who: &str, ttl: Duration) -> StoreResult<bool> {
+        let key = keys::session_key(
+            &self.namespace,
+            &self.name,
+            s.as_str(),
+            keys::BROADCAST_TURN_SUFFIX,
+        );
+        let mut c = cmd("SET");
+        c.arg(&key).arg(who).arg("NX").arg("PX").arg(Self::ms(ttl));
+        if !matches!(self.query("claim_turn", &c).await?, Value::Nil) {
+            return Ok(true);
+        }
+        let mut g = cmd("GET");
+        g.arg(&key);
+        Ok(parse_opt_text(&self.query("claim_turn", &g).await?, "turn")?.as_deref() == Some(who))
+    }
+
+    async fn do_release_turn(&self, s: &SessionId, who: &str) -> StoreResult<()> {
+        let key = keys::session_key(
+            &self.namespace,
+            &self.name,
+            s.as_str(),
+            keys::BROADCAST_TURN_SUFFIX,
+        );
+        let mut c = cmd("EVAL");
+        c.arg(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1",
+        )
+        .arg(1)
+        .arg(&key)
+        .arg(who);
+        self.query("release_turn", &c).await.map(|_| ())
+    }
+}
+
+impl super::BroadcastStore for RedisStore {
+    fn append_broadcast<'a>(
+        &'a self,
+        session: &'a SessionId,
+        a: super::BroadcastAppend<'a>,
+    ) -> BoxFuture<'a, StoreResult<super::BroadcastAppended>> {
+        Box::pin(self.do_append_broadcast(session, a))
+    }
+
+    fn claim_turn<'a>(
+        &'a self,
+        session: &'a SessionId,
+        who: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
+        Box::pin(self.do_claim_turn(session, who, ttl))
+    }
+
+    fn release_turn<'a>(
+        &'a self,
+        session: &'a SessionId,
+        who: &'a str,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(self.do_release_turn(session, who))
+    }
+}
+
 impl SessionStore for RedisStore {
+    fn broadcast(&self) -> Option<&dyn super::BroadcastStore> {
+        Some(self)
+    }
+
     fn acquire<'a>(
         &'a self,
         session: &'a SessionId,

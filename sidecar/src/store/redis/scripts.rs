@@ -201,6 +201,51 @@ for i = 1, #f do out[#out + 1] = f[i] end
 return out
 "#;
 
+/// `broadcast_append(epoch, token, floor, limit, ttl_ms, appid, appid_mode, n, [nargs, field,
+/// value, …] × n)` on a broadcast path's keys (events, epoch, lease, appid, token) →
+/// `{1, first, last}`, `{0, current}` (fenced), `{2, id}` (a stream id this version does not
+/// write) or `{3, last}` (this `token` was applied already).
+///
+/// Unlike a session's append the script numbers the entries: the holder and every pod's
+/// publishes write one sequence, so the seq is `max(newest stored, floor) + 1` onwards. `epoch`
+/// empty: a publish, not fenced (the holder's fencing protects the upstream, which only the
+/// holder reads). `token` empty: not deduplicated.
+const BROADCAST_APPEND: &str = r#"
+local cur = epoch_of(KEYS[2])
+if type(cur) == 'table' then return cur end
+if ARGV[1] ~= '' and cur ~= ARGV[1] then return {0, cur} end
+local last = 0
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #top > 0 then
+  local ts = string.match(top[1][1], '^(%d+)-0$')
+  if not ts then return {2, top[1][1]} end
+  last = tonumber(ts)
+end
+if ARGV[2] ~= '' and redis.call('GET', KEYS[5]) == ARGV[2] then
+  return {3, string.format('%.0f', last)}
+end
+local floor = tonumber(ARGV[3])
+if floor > last then last = floor end
+local first = last + 1
+local n = tonumber(ARGV[8])
+local pos = 9
+for j = 1, n do
+  local nf = tonumber(ARGV[pos])
+  last = last + 1
+  local args = {'XADD', KEYS[1], string.format('%.0f-0', last)}
+  for a = pos + 1, pos + nf do args[#args + 1] = ARGV[a] end
+  redis.call(unpack(args))
+  pos = pos + 1 + nf
+end
+if ARGV[7] == '1' then redis.call('SET', KEYS[4], ARGV[6]) end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[5], ARGV[2]) end
+redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[4])
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+end
+return {1, string.format('%.0f', first), string.format('%.0f', last)}
+"#;
+
 /// The compiled scripts (their SHA1s are computed once).
 pub(crate) struct Scripts {
     pub append: Script,
@@ -209,6 +254,7 @@ pub(crate) struct Scripts {
     pub renew: Script,
     pub release: Script,
     pub lease: Script,
+    pub broadcast_append: Script,
 }
 
 impl Scripts {
@@ -221,6 +267,7 @@ impl Scripts {
             renew: s(RENEW),
             release: s(RELEASE),
             lease: s(LEASE),
+            broadcast_append: s(BROADCAST_APPEND),
         }
     }
 }

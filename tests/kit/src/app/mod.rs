@@ -184,6 +184,9 @@ async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
     match (req.method().as_str(), path.as_str()) {
         // `POST /events`: the same stream as the answer of a request (a request stream).
         ("GET" | "POST", "/events") => events(&state, &req, lei),
+        // The same feed as a shared "now" sequence that ignores `Last-Event-ID` (what many
+        // broadcast apps do), for paths that cannot carry `?ignore_lei=1`.
+        ("GET", "/events-shared") => events(&state, &req, lei),
         // `/private/<user>`: the same stream, for the client whose `Authorization` is `<user>`
         // only (an app that authorises every request; the thief's is refused with 401). The
         // stream's events name the user, so a leak is visible.
@@ -342,7 +345,8 @@ fn events(state: &AppState, req: &Request<Incoming>, lei: Option<String>) -> Res
     let current = (t0.elapsed().as_nanos() / interval.as_nanos().max(1)) as u64;
     // `ignore_lei=1`: like many real apps, a shared sequence that starts at "now" whatever the
     // client had.
-    let honours_lei = query_param(req, "ignore_lei") != Some("1");
+    let honours_lei =
+        query_param(req, "ignore_lei") != Some("1") && req.uri().path() != "/events-shared";
     let start = match lei
         .as_deref()
         .and_then(|v| v.parse::<u64>().ok())
