@@ -86,6 +86,9 @@ use ssekeeper_contract::{
     validation = Rule::new("self.sessions.store != 'memory' || self.replicas <= 1")
         .message("sessions.store 'memory' keeps sessions inside one pod: set replicas to 0 or 1, or use sessions.store 'redis'")
         .field_path(".sessions.store"),
+    validation = Rule::new("!has(self.broadcast) || size(self.broadcast) == 0 || self.sessions.store == 'redis'")
+        .message("broadcast paths are shared by the pods through Redis: set sessions.store to 'redis'")
+        .field_path(".broadcast"),
     validation = Rule::new("self.sessions.store != 'redis' || has(self.sessions.redis)")
         .message("sessions.store 'redis' needs sessions.redis.secretRef naming the Secret that holds the Redis URL")
         .field_path(".sessions.store"),
@@ -143,6 +146,37 @@ pub struct SseServiceSpec {
     /// Overrides for the injected sidecar (defaults come from the operator's configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarConfig>,
+    /// Paths whose stream is the same for every client (prices, notifications): one upstream
+    /// to the app per SseService, recorded once in Redis and served to every client on every
+    /// pod with the same ids, so a client resumes with `Last-Event-ID` on any pod. The match is
+    /// exact on the request path (the query is ignored and not sent to the app). The app may also
+    /// publish to these paths (`POST $SSEKEEPER_PUBLISH_URL?path=...` with
+    /// `Authorization: Bearer $SSEKEEPER_PUBLISH_TOKEN`, both set in the app container).
+    /// Clients of a broadcast path are not asked of the app: it serves whoever reaches it.
+    /// Needs `sessions.store: redis`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(b, self.filter(c, c.path == b.path).size() == 1)")
+        .message("broadcast paths must be unique"))]
+    pub broadcast: Vec<BroadcastConfig>,
+}
+
+/// One broadcast path.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BroadcastConfig {
+    /// The exact request path, e.g. `/events/prices`: absolute, no query or fragment, no
+    /// whitespace.
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^/[^?#\s]*$"))]
+    pub path: String,
+    /// Events kept for resumes (trimmed approximately, oldest first).
+    #[serde(default = "default_broadcast_history")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub history_limit: u32,
+}
+
+fn default_broadcast_history() -> u32 {
+    ssekeeper_contract::defaults::BROADCAST_HISTORY_LIMIT
 }
 
 fn default_replicas() -> i32 {

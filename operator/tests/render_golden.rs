@@ -118,6 +118,11 @@ fn golden_network_policy() {
 }
 
 #[test]
+fn golden_broadcast() {
+    check_golden("broadcast");
+}
+
+#[test]
 fn golden_memory_store() {
     check_golden("memory-store");
 }

@@ -48,6 +48,30 @@ impl ChatCrowd {
             .collect()
     }
 
+    /// Room numbers that reached clients under more than one wire `id:` (with the ids): on a
+    /// broadcast path every client on every pod must see one id per event. Also returns how many
+    /// distinct events were compared.
+    pub fn id_conflicts(&self) -> (Vec<(u64, Vec<String>)>, usize) {
+        let mut ids: std::collections::BTreeMap<u64, std::collections::BTreeSet<String>> =
+            std::collections::BTreeMap::new();
+        for c in &self.clients {
+            c.with_events(|evs| {
+                for r in evs {
+                    if let (Some(e), Some(id)) = (chat_event(r), &r.id) {
+                        ids.entry(e.seq).or_default().insert(id.clone());
+                    }
+                }
+            });
+        }
+        let seen = ids.len();
+        let conflicts = ids
+            .into_iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(seq, v)| (seq, v.into_iter().collect()))
+            .collect();
+        (conflicts, seen)
+    }
+
     /// A one-line progress report: clients receiving, events received so far.
     pub fn progress(&self) -> String {
         let (mut receiving, mut events) = (0usize, 0usize);

@@ -73,6 +73,16 @@ pub async fn forward_key(client: &Client, svc: &SseService) -> Result<String> {
     let probe = render::render_forward_secret(svc, "")?;
     if let Some(existing) = kubeapi::ensure_ours(client, &ns, &probe, &uid).await? {
         if let Some(key) = valid(&existing) {
+            // Made by a version without the publish token: add it, keeping the key.
+            if secret_value(&existing, contract::PUBLISH_TOKEN_SECRET_KEY).is_none() {
+                kubeapi::apply(
+                    client,
+                    &ns,
+                    &render::render_forward_secret(svc, &key)?,
+                    &uid,
+                )
+                .await?;
+            }
             return Ok(key);
         }
         // Ours but emptied by hand: write a fresh key (the pods roll: it is in the config hash).

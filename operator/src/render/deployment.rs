@@ -44,6 +44,25 @@ pub(super) fn render(ctx: &Ctx<'_>, input: &RenderInput<'_>) -> Deployment {
         Some(pod.termination_grace_period_seconds.unwrap_or(0).max(grace));
     if let Some(i) = app_container_index(ctx.svc) {
         let app = &mut pod.containers[i];
+        if !spec.broadcast.is_empty() {
+            // Where and with what the app publishes to its broadcast paths.
+            let app_env = app.env.get_or_insert_with(Vec::new);
+            app_env.retain(|e| e.name != env::APP_PUBLISH_URL && e.name != env::APP_PUBLISH_TOKEN);
+            app_env.push(EnvVar {
+                name: env::APP_PUBLISH_URL.into(),
+                value: Some(format!(
+                    "http://127.0.0.1:{}{}",
+                    contract::ADMIN_PORT,
+                    paths::BROADCAST_PUBLISH
+                )),
+                ..EnvVar::default()
+            });
+            app_env.push(secret_env(
+                env::APP_PUBLISH_TOKEN,
+                &contract::forward_secret_name(&ctx.name),
+                contract::PUBLISH_TOKEN_SECRET_KEY,
+            ));
+        }
         let lifecycle = app.lifecycle.get_or_insert_with(Lifecycle::default);
         // A preStop the app already has is its own business; without one, the app keeps serving
         // until the sidecar no longer needs it (every stream handed over or finished): the hook
@@ -134,6 +153,14 @@ pub fn sidecar_args(svc: &SseService, namespace: &str, name: &str) -> SidecarArg
             .filter_map(|k| k.to_source())
             .collect(),
     );
+    args.broadcast = spec
+        .broadcast
+        .iter()
+        .map(|b| contract::BroadcastPath {
+            path: b.path.clone(),
+            history_limit: b.history_limit,
+        })
+        .collect();
     args.prestop_delay_seconds = spec.drain.pre_stop_delay_seconds;
     args.drain_seconds = spec.drain.drain_seconds;
     args.request_seconds = spec.drain.request_seconds;
@@ -185,6 +212,13 @@ fn sidecar_container(ctx: &Ctx<'_>, input: &RenderInput<'_>, args: &SidecarArgs)
             contract::FORWARD_KEY_SECRET_KEY,
         ),
     ];
+    if !args.broadcast.is_empty() {
+        env.push(secret_env(
+            env::BROADCAST_PUBLISH_TOKEN,
+            &contract::forward_secret_name(&ctx.name),
+            contract::PUBLISH_TOKEN_SECRET_KEY,
+        ));
+    }
     if let Some(redis) = &ctx.svc.spec.sessions.redis
         && args.store == contract::StoreKind::Redis
     {

@@ -188,12 +188,29 @@ pub(super) fn forward_secret(ctx: &Ctx<'_>, key: &str) -> Secret {
     Secret {
         metadata: ctx.meta(contract::forward_secret_name(&ctx.name)),
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            contract::FORWARD_KEY_SECRET_KEY.into(),
-            ByteString(key.as_bytes().to_vec()),
-        )])),
+        data: Some(BTreeMap::from([
+            (
+                contract::FORWARD_KEY_SECRET_KEY.into(),
+                ByteString(key.as_bytes().to_vec()),
+            ),
+            (
+                contract::PUBLISH_TOKEN_SECRET_KEY.into(),
+                ByteString(publish_token(key).into_bytes()),
+            ),
+        ])),
         ..Secret::default()
     }
+}
+
+/// The broadcast publish token: derived from the forwarding key (one-way), so the Secret holds
+/// both without a second random value to keep, and knowing the token (the app's container has
+/// it) tells nothing about the forwarding key.
+pub fn publish_token(forward_key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"ssekeeper broadcast publish token\0");
+    h.update(forward_key.as_bytes());
+    hex::encode(h.finalize())
 }
 
 /// The operator-owned copy of the Redis URL, read by the finalizer.

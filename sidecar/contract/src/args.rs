@@ -431,7 +431,7 @@ pub struct SidecarArgs {
     /// admin port, from loopback only); unset: publishing is refused.
     #[arg(
         long,
-        env = "SSEKEEPER_BROADCAST_PUBLISH_TOKEN",
+        env = env::BROADCAST_PUBLISH_TOKEN,
         hide_env_values = true
     )]
     pub broadcast_publish_token: Option<String>,

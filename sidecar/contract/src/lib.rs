@@ -206,6 +206,12 @@ pub mod env {
     pub const POD_IP: &str = "POD_IP";
     /// Pod namespace (downward API `metadata.namespace`).
     pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    /// The bearer token of the sidecar's publish endpoint, from the operator-made Secret.
+    pub const BROADCAST_PUBLISH_TOKEN: &str = "SSEKEEPER_BROADCAST_PUBLISH_TOKEN";
+    /// The same token, in the app container (set only with broadcast paths): what it presents.
+    pub const APP_PUBLISH_TOKEN: &str = "SSEKEEPER_PUBLISH_TOKEN";
+    /// Where the app publishes (`http://127.0.0.1:<admin>/broadcast`), in the app container.
+    pub const APP_PUBLISH_URL: &str = "SSEKEEPER_PUBLISH_URL";
 }
 
 /// The Secret the operator creates per SseService for the forwarding key.
@@ -215,6 +221,10 @@ pub fn forward_secret_name(service_name: &str) -> String {
 
 /// The key inside [`forward_secret_name`] holding the forwarding key.
 pub const FORWARD_KEY_SECRET_KEY: &str = "forward-key";
+
+/// The key inside [`forward_secret_name`] holding the broadcast publish token (derived from the
+/// forwarding key by the operator, so it needs no state of its own).
+pub const PUBLISH_TOKEN_SECRET_KEY: &str = "broadcast-publish-token";
 
 #[cfg(test)]
 mod tests {

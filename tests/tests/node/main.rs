@@ -1256,3 +1256,79 @@ async fn uninstall_removes_the_lease_and_leaves_what_the_readme_says() {
     })
     .await;
 }
+
+/// A broadcast path on the real node: the chat's `/events` declared `spec.broadcast`, 300
+/// clients spread over the 3 pods by kube-proxy, a rolling restart of every pod (the upstream's
+/// holder included): each client gets the whole room sequence once, in order, every event under
+/// one id on every pod, and the app serves one upstream for the path, not one per client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_path_serves_300_clients_from_one_upstream_through_a_rolling_restart() {
+    let chat = Chat::start("bcast", |t| {
+        t.replace(
+            "  disruptionBudget:",
+            "  broadcast: [{ path: /events, historyLimit: 100000 }]\n  disruptionBudget:",
+        )
+    })
+    .await;
+    let crowd = chat.crowd(300);
+    assert!(
+        crowd.wait_all_receiving(Duration::from_secs(120)).await,
+        "every client receives: {}",
+        crowd.progress()
+    );
+    let upstreams = |texts: &[String]| {
+        texts
+            .iter()
+            .map(|t| metric_sum(t, "ssekeeper_broadcast_upstream_held", None))
+            .sum::<f64>()
+    };
+    let subscribers = |texts: &[String]| {
+        texts
+            .iter()
+            .map(|t| metric_sum(t, "ssekeeper_broadcast_subscribers", None))
+            .sum::<f64>()
+    };
+    let texts = chat_pod_metrics(chat.name()).await;
+    println!(
+        "before the roll: {} upstream(s) held for {} subscribers over {} pods",
+        upstreams(&texts),
+        subscribers(&texts),
+        texts.len()
+    );
+    assert_eq!(upstreams(&texts), 1.0, "one upstream for the path");
+    assert_eq!(subscribers(&texts), 300.0, "every client a subscriber");
+
+    let t = Instant::now();
+    let before_gen = roll(chat.name(), "chat");
+    wait_rolled_out(chat.name(), "chat", 3, before_gen, ROLLOUT).await;
+    println!("rolled 3 pods in {:.1} s", t.elapsed().as_secs_f64());
+    let texts = eventually(
+        "one upstream again on the new pods",
+        paced(Duration::from_secs(60)),
+        || async {
+            let texts = chat_pod_metrics(&chat.ns.name).await;
+            (texts.len() == 3 && upstreams(&texts) == 1.0).then_some(texts)
+        },
+    )
+    .await;
+    let opened: f64 = texts
+        .iter()
+        .map(|t| metric_sum(t, "ssekeeper_broadcast_upstreams_opened_total", None))
+        .sum();
+    println!("after the roll: upstreams opened on the new pods: {opened}");
+    assert!(
+        opened <= 3.0,
+        "the new pods opened {opened} upstreams, not one per client"
+    );
+    let (conflicts, compared) = crowd.id_conflicts();
+    println!(
+        "{compared} events compared across 300 clients: {} with more than one id",
+        conflicts.len()
+    );
+    assert!(
+        conflicts.is_empty(),
+        "one id per event everywhere: {:?}",
+        &conflicts[..conflicts.len().min(5)]
+    );
+    chat.judge_whole(crowd, "broadcast rolling restart").await;
+}
