@@ -97,6 +97,21 @@ test-node: ## end-to-end tests on the real node: pods, kube-proxy, CoreDNS, the 
 	@bash tests/cluster/up.sh >/dev/null
 	$(CARGO) test --no-fail-fast -p ssekeeper-tests --test 'node*' -- --test-threads=1 --nocapture
 
+# The operator against the oldest Kubernetes the chart claims (kubeVersion), on a control plane of
+# that version alone (etcd, apiserver, controller-manager; no node), with its own run dir and
+# ports, stopped at the end. Not part of `make test`: a cold run builds that Kubernetes first.
+# COMPAT_ETCD_VERSION empty: the etcd that Kubernetes version is tested with (build/dependencies.yaml).
+COMPAT_K8S_VERSION ?= v1.30.14
+COMPAT_ETCD_VERSION ?=
+COMPAT_GO_BUILD_JOBS ?= 1
+COMPAT_CLUSTER := SSEKEEPER_RUN_DIR=$(CURDIR)/tests/.run/compat SSEKEEPER_APISERVER_PORT=18443 \
+  SSEKEEPER_ETCD_CLIENT_PORT=18379 SSEKEEPER_ETCD_PEER_PORT=18380 SSEKEEPER_KCM_PORT=18257 \
+  SSEKEEPER_SCHEDULER_PORT=18259 SSEKEEPER_K8S_VERSION=$(COMPAT_K8S_VERSION) \
+  SSEKEEPER_ETCD_VERSION=$(COMPAT_ETCD_VERSION) SSEKEEPER_GO_BUILD_JOBS=$(COMPAT_GO_BUILD_JOBS) CARGO=$(CARGO)
+.PHONY: test-compat
+test-compat: deps ## the operator suite, CRD and chart against a control plane of an older Kubernetes (COMPAT_K8S_VERSION, default v1.30.14; built and cached on first use; not in `make test`)
+	@$(COMPAT_CLUSTER) bash tests/cluster/compat.sh
+
 # Both run as root (a network namespace of their own); both fail only when a peer cannot run at all.
 bench: deps ## direct, HAProxy, nginx, the sidecar (memory, Redis) side by side in release: target/bench/results.md + bench.png (~8 min)
 	@bash tests/bench/bench.sh full

@@ -10,8 +10,21 @@
 # (the list is read from k8s.io/kubernetes's own go.mod). etcd and helm get the same treatment
 # so all three build the same way.
 #
-# Env: SSEKEEPER_CACHE (default ~/.cache/ssekeeper). Prints the bin dir on stdout.
+# `--control-plane-only` (or SSEKEEPER_CONTROL_PLANE_ONLY=1) builds only etcd, kube-apiserver,
+# kube-controller-manager, kubectl and helm: what up.sh's control-plane-only mode runs.
+#
+# Env: SSEKEEPER_CACHE (default ~/.cache/ssekeeper), SSEKEEPER_K8S_VERSION and
+# SSEKEEPER_ETCD_VERSION (another version than versions.env's: its own cache entry),
+# SSEKEEPER_GO_BUILD_JOBS (`go build -p N`, to keep a build modest on a shared machine; GOMAXPROCS
+# is passed through too). Prints the bin dir on stdout.
 set -euo pipefail
+for a in "$@"; do
+  case "$a" in
+    --control-plane-only) export SSEKEEPER_CONTROL_PLANE_ONLY=1 ;;
+    -h | --help) echo "usage: $0 [--control-plane-only]"; exit 0 ;;
+    *) echo "$0: unknown argument: $a (usage: $0 [--control-plane-only])" >&2; exit 2 ;;
+  esac
+done
 # shellcheck source=tests/cluster/lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -21,6 +34,11 @@ export GOTOOLCHAIN=local
 export CGO_ENABLED=0
 export GOFLAGS="-buildvcs=false -trimpath"
 export GOWORK=off
+GO_BUILD_FLAGS=()
+if [[ -n "${SSEKEEPER_GO_BUILD_JOBS:-}" ]]; then
+  [[ "$SSEKEEPER_GO_BUILD_JOBS" =~ ^[1-9][0-9]*$ ]] || die "SSEKEEPER_GO_BUILD_JOBS must be a positive number"
+  GO_BUILD_FLAGS=(-p "$SSEKEEPER_GO_BUILD_JOBS")
+fi
 
 SRC_DIR="$BUILD_DIR/src"
 mkdir -p "$BIN_DIR" "$SRC_DIR"
@@ -101,7 +119,7 @@ build_bin() {
   local start end
   start=$(date +%s)
   log "building $name ($pkg) ..."
-  if ! (cd "$dir" && go build -ldflags "-s -w $ldflags" -o "$BIN_DIR/.$name.tmp" "$pkg") \
+  if ! (cd "$dir" && go build "${GO_BUILD_FLAGS[@]}" -ldflags "-s -w $ldflags" -o "$BIN_DIR/.$name.tmp" "$pkg") \
       >"$dir/build-$name.log" 2>&1; then
     tail -n 30 "$dir/build-$name.log" >&2
     die "building $name failed (full log: $dir/build-$name.log)"
@@ -127,9 +145,18 @@ if need_any etcd; then
 fi
 
 # ---- Kubernetes -------------------------------------------------------------------------------
-if need_any kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; then
+K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+((CONTROL_PLANE_ONLY)) && K8S_BINS=(kube-apiserver kube-controller-manager kubectl)
+if need_any "${K8S_BINS[@]}"; then
   k8s_gomod="$(mod_info "k8s.io/kubernetes@${K8S_VERSION}" GoMod)"
   [[ -f "$k8s_gomod" ]] || die "no go.mod for k8s.io/kubernetes@${K8S_VERSION}"
+  # The etcd this Kubernetes is tested with (build/dependencies.yaml): say so when ours differs.
+  k8s_dir="$(mod_info "k8s.io/kubernetes@${K8S_VERSION}" Dir)"
+  k8s_etcd="$(sed -n '/name: "etcd"$/,/version:/s/^[[:space:]]*version:[[:space:]]*\([0-9.]*\).*/\1/p' \
+    "$k8s_dir/build/dependencies.yaml" 2>/dev/null | head -n1)"
+  if [[ -n "$k8s_etcd" && "v${k8s_etcd%.*}" != "${ETCD_VERSION%.*}" ]]; then
+    log "note: Kubernetes ${K8S_VERSION} is tested with etcd v${k8s_etcd}; this build uses etcd ${ETCD_VERSION} (SSEKEEPER_ETCD_VERSION)"
+  fi
   k8s_commit="$(info_field "k8s.io/kubernetes@${K8S_VERSION}" Hash)"
   k8s_time="$(info_field "k8s.io/kubernetes@${K8S_VERSION}" Time)"
   staging_ver="v0.${K8S_VERSION#v1.}"
@@ -137,6 +164,7 @@ if need_any kube-apiserver kube-controller-manager kube-scheduler kubelet kube-p
   ((${#staging[@]} > 10)) || die "found only ${#staging[@]} staging modules in $k8s_gomod"
   replaces=()
   for m in "${staging[@]}"; do replaces+=("$m => $m $staging_ver"); done
+  # The module names every command whichever mode builds (one tidy per version).
   gen_module "$SRC_DIR/kubernetes" k8s.io/kubernetes "$K8S_VERSION" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
@@ -152,7 +180,7 @@ if need_any kube-apiserver kube-controller-manager kube-scheduler kubelet kube-p
     k8s_ldflags+=" -X $p.gitVersion=${K8S_VERSION} -X $p.gitMajor=1 -X $p.gitMinor=${minor}"
     k8s_ldflags+=" -X $p.gitCommit=${k8s_commit} -X $p.gitTreeState=clean -X $p.buildDate=${k8s_time}"
   done
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
+  for b in "${K8S_BINS[@]}"; do
     build_bin "$b" "$SRC_DIR/kubernetes" "k8s.io/kubernetes/cmd/$b" "$k8s_ldflags"
   done
 fi
@@ -173,6 +201,12 @@ if need_any helm; then
     done
   fi
   build_bin helm "$SRC_DIR/helm" helm.sh/helm/v3/cmd/helm "$helm_ldflags"
+fi
+
+# The node's tools: not for a control plane alone.
+if ((CONTROL_PLANE_ONLY)); then
+  echo "$BIN_DIR"
+  exit 0
 fi
 
 # ---- CoreDNS (its own cache entry; linked into BIN_DIR) ---------------------------------------

@@ -3,7 +3,8 @@
 # (newest first), TERM then KILL after a bounded wait, plus any process still running one of our
 # binaries against this run dir (e.g. left by an up.sh that was interrupted before writing its
 # pidfile). Leaves no process behind. `--purge` also removes <run dir>/cluster (certificates,
-# etcd data, logs). Safe to run when nothing is up.
+# etcd data, logs). Safe to run when nothing is up. A control-plane-only run dir (up.sh
+# --control-plane-only) has no node: its down never touches the machine-wide node state.
 #
 # Env: SSEKEEPER_RUN_DIR, SSEKEEPER_CACHE, SSEKEEPER_DOWN_TIMEOUT (seconds per process, 15).
 set -euo pipefail
@@ -16,8 +17,9 @@ purge=false
 for a in "$@"; do
   case "$a" in
     --purge) purge=true ;;
-    -h | --help) echo "usage: $0 [--purge]"; exit 0 ;;
-    *) die "unknown argument: $a (usage: $0 [--purge])" ;;
+    --control-plane-only) CONTROL_PLANE_ONLY=1 ;;  # also known from the run dir or the env
+    -h | --help) echo "usage: $0 [--purge] [--control-plane-only]"; exit 0 ;;
+    *) die "unknown argument: $a (usage: $0 [--purge] [--control-plane-only])" ;;
   esac
 done
 DOWN_TIMEOUT="${SSEKEEPER_DOWN_TIMEOUT:-15}"
@@ -25,7 +27,7 @@ PIDS="$STATE_DIR/pids"
 
 if [[ ! -d "$STATE_DIR" ]]; then
   # A node whose run dir is gone (purged by hand) is still ours to clean if it names this dir.
-  if [[ -s "$NODE_OWNER" && "$(<"$NODE_OWNER")" == "$STATE_DIR" ]]; then PIDS=/nonexistent; node_down; fi
+  if ! ((CONTROL_PLANE_ONLY)) && [[ -s "$NODE_OWNER" && "$(<"$NODE_OWNER")" == "$STATE_DIR" ]]; then PIDS=/nonexistent; node_down; fi
   exit 0
 fi
 exec 9>"$STATE_DIR/.updown.lock"
@@ -54,7 +56,7 @@ stop() {
 for ((n = ${#COMPONENTS[@]} - 1; n >= 0; n--)); do
   c="${COMPONENTS[$n]}"
   # containerd goes with the node, after its pods (the kubelet is stopped by now).
-  if [[ "$c" == containerd ]]; then node_down; continue; fi
+  if [[ "$c" == containerd ]]; then ((CONTROL_PLANE_ONLY)) || node_down; continue; fi
   f="$PIDS/$c.pid"
   if [[ -s "$f" ]]; then
     pid="$(<"$f")"
@@ -76,7 +78,7 @@ for pass in kube-proxy kubelet containerd kube-scheduler kube-controller-manager
 done
 
 # Strays stopped: the node's host state may only be cleaned now (a stray containerd held it).
-node_down
+((CONTROL_PLANE_ONLY)) || node_down
 rm -f "$STATE_DIR/env"
 if $purge; then
   exec 9>&-

@@ -7,6 +7,14 @@ REPO_ROOT="$(cd "$CLUSTER_DIR/../.." && pwd)"
 # shellcheck source=tests/cluster/versions.env
 source "$CLUSTER_DIR/versions.env"
 
+# Another Kubernetes (and its etcd) than the pinned one, e.g. to check an older minor the chart
+# claims (`make test-compat`): both are keys of the cache, so each version has its own entry and
+# the pinned one is never rebuilt or touched.
+K8S_VERSION="${SSEKEEPER_K8S_VERSION:-$K8S_VERSION}"
+ETCD_VERSION="${SSEKEEPER_ETCD_VERSION:-$ETCD_VERSION}"
+[[ "$K8S_VERSION" =~ ^v1\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?$ ]] || { echo "SSEKEEPER_K8S_VERSION must look like v1.30.14, not '$K8S_VERSION'" >&2; exit 1; }
+[[ "$ETCD_VERSION" =~ ^v3\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?$ ]] || { echo "SSEKEEPER_ETCD_VERSION must look like v3.5.15, not '$ETCD_VERSION'" >&2; exit 1; }
+
 SSEKEEPER_CACHE="${SSEKEEPER_CACHE:-$HOME/.cache/ssekeeper}"
 BUILD_KEY="k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-helm-${HELM_VERSION}"
 # CoreDNS is its own cache entry, so bumping it never rebuilds Kubernetes.
@@ -53,6 +61,19 @@ PAUSE_IMAGE="localhost/ssekeeper/pause:${IMAGE_VERSION}"
 
 # The components up.sh starts, in start order (down.sh stops them in reverse).
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy)
+
+# Control-plane-only mode (SSEKEEPER_CONTROL_PLANE_ONLY=1, or up.sh/build.sh --control-plane-only):
+# etcd, kube-apiserver (on 127.0.0.1) and kube-controller-manager (garbage collection,
+# Deployments -> ReplicaSets), plus kubectl and helm; no scheduler and no node, so no root, no
+# bridge, no iptables, and nothing machine-wide: it runs beside another run dir's full cluster.
+# What the operator tests need (`make test-compat`). A run dir started this way remembers it
+# (cluster/control-plane-only), so down.sh never touches a node there.
+CONTROL_PLANE_ONLY=0
+if [[ "${SSEKEEPER_CONTROL_PLANE_ONLY:-}" == 1 ]] ||
+  [[ -z "${SSEKEEPER_CONTROL_PLANE_ONLY:-}" && -f "$STATE_DIR/control-plane-only" ]]; then
+  CONTROL_PLANE_ONLY=1
+  COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+fi
 
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }

@@ -10,8 +10,21 @@
 # (16443), SSEKEEPER_ETCD_CLIENT_PORT (12379), SSEKEEPER_ETCD_PEER_PORT (12380),
 # SSEKEEPER_KCM_PORT (10257), SSEKEEPER_SERVICE_CIDR (198.19.0.0/16),
 # SSEKEEPER_FIRST_SERVICE_IP (198.19.0.1), SSEKEEPER_UP_TIMEOUT (seconds, 180),
-# SSEKEEPER_KEEP_ON_FAILURE=1 (leave the processes running when up fails, to debug).
+# SSEKEEPER_KEEP_ON_FAILURE=1 (leave the processes running when up fails, to debug),
+# SSEKEEPER_K8S_VERSION / SSEKEEPER_ETCD_VERSION (another version than versions.env's).
+#
+# `--control-plane-only` (or SSEKEEPER_CONTROL_PLANE_ONLY=1): etcd, kube-apiserver on 127.0.0.1
+# and kube-controller-manager only; no scheduler, no node, no root, nothing machine-wide (see
+# lib.sh). The run dir remembers the mode until it is purged (SSEKEEPER_CONTROL_PLANE_ONLY=0 to
+# start a full cluster there instead).
 set -euo pipefail
+for a in "$@"; do
+  case "$a" in
+    --control-plane-only) export SSEKEEPER_CONTROL_PLANE_ONLY=1 ;;
+    -h | --help) echo "usage: $0 [--control-plane-only]"; exit 0 ;;
+    *) echo "$0: unknown argument: $a (usage: $0 [--control-plane-only])" >&2; exit 2 ;;
+  esac
+done
 # shellcheck source=tests/cluster/lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=tests/cluster/node.sh source-path=SCRIPTDIR
@@ -20,7 +33,7 @@ source "$CLUSTER_DIR/node.sh"
 UP_TIMEOUT="${SSEKEEPER_UP_TIMEOUT:-180}"
 started_at=$(date +%s)
 
-"$CLUSTER_DIR/build.sh" >/dev/null || die "building the control-plane binaries failed"
+SSEKEEPER_CONTROL_PLANE_ONLY="$CONTROL_PLANE_ONLY" "$CLUSTER_DIR/build.sh" >/dev/null || die "building the control-plane binaries failed"
 command -v openssl >/dev/null || die "openssl missing: run tests/scripts/install-deps.sh"
 command -v curl >/dev/null || die "curl missing: run tests/scripts/install-deps.sh"
 
@@ -30,7 +43,10 @@ PIDS="$STATE_DIR/pids"
 KUBECONFIG_FILE="$STATE_DIR/admin.kubeconfig"
 KCM_KUBECONFIG="$STATE_DIR/controller-manager.kubeconfig"
 ENV_FILE="$STATE_DIR/env"
-SERVER="https://${NODE_IP}:${APISERVER_PORT}"
+# Without a node there is no bridge: the apiserver listens on loopback (its certificate names it).
+API_IP="$NODE_IP"
+((CONTROL_PLANE_ONLY)) && API_IP=127.0.0.1
+SERVER="https://${API_IP}:${APISERVER_PORT}"
 mkdir -p "$PKI" "$LOGS" "$PIDS"
 mkdir -p "$STATE_DIR/etcd" && chmod 700 "$STATE_DIR/etcd"
 chmod 700 "$STATE_DIR"
@@ -53,10 +69,15 @@ trap on_exit EXIT
 
 # The node is machine-wide: claim it, record the host as it is, give the node its network
 # (the apiserver listens on the bridge address, so pods reach it through the kubernetes Service).
-((EUID == 0)) || die "the node (bridge, iptables, containerd, kubelet) needs root"
-claim_node
-record_host_state
-node_network_up
+if ((CONTROL_PLANE_ONLY)); then
+  : >"$STATE_DIR/control-plane-only"
+else
+  rm -f "$STATE_DIR/control-plane-only"
+  ((EUID == 0)) || die "the node (bridge, iptables, containerd, kubelet) needs root"
+  claim_node
+  record_host_state
+  node_network_up
+fi
 
 # Forget pidfiles of processes that are gone (killed, crashed, machine restarted).
 for c in "${COMPONENTS[@]}"; do
@@ -75,16 +96,19 @@ api_ready() {
 }
 
 write_env() {
+  local node_lines="export SSEKEEPER_CONTROL_PLANE_ONLY=1"
+  ((CONTROL_PLANE_ONLY)) || node_lines="export SSEKEEPER_NODE_IP='$NODE_IP'
+export SSEKEEPER_CONTAINERD_SOCK='$CONTAINERD_SOCK'
+export CONTAINER_RUNTIME_ENDPOINT='unix://$CONTAINERD_SOCK'
+export SSEKEEPER_CLIENT_IPS='$(IFS=,; echo "${CLIENT_IPS[*]}")'"
   cat >"$ENV_FILE.tmp" <<EOF
 # Written by tests/cluster/up.sh: source it to talk to the test control plane.
 export KUBECONFIG='$KUBECONFIG_FILE'
 export SSEKEEPER_CLUSTER_BIN='$BIN_DIR'
 export SSEKEEPER_APISERVER_URL='$SERVER'
+export SSEKEEPER_CLUSTER_K8S_VERSION='$K8S_VERSION'
 export SSEKEEPER_SERVICE_CIDR='$SERVICE_CIDR'
-export SSEKEEPER_NODE_IP='$NODE_IP'
-export SSEKEEPER_CONTAINERD_SOCK='$CONTAINERD_SOCK'
-export CONTAINER_RUNTIME_ENDPOINT='unix://$CONTAINERD_SOCK'
-export SSEKEEPER_CLIENT_IPS='$(IFS=,; echo "${CLIENT_IPS[*]}")'
+$node_lines
 export SSEKEEPER_IMAGE_TAG='$IMAGE_VERSION'
 case ":\$PATH:" in *":$BIN_DIR:"*) ;; *) export PATH='$BIN_DIR':"\$PATH" ;; esac
 EOF
@@ -92,7 +116,7 @@ EOF
 }
 
 if all_running && api_ready; then
-  import_images  # `make images` may have built new ones since
+  ((CONTROL_PLANE_ONLY)) || import_images  # `make images` may have built new ones since
   write_env
   log "already up ($SERVER)"
   echo "export KUBECONFIG=$KUBECONFIG_FILE"
@@ -177,8 +201,10 @@ EOF
 }
 write_kubeconfig "$KUBECONFIG_FILE" admin "$PKI/admin.crt" "$PKI/admin.key"
 write_kubeconfig "$KCM_KUBECONFIG" system:kube-controller-manager "$PKI/controller-manager.crt" "$PKI/controller-manager.key"
-node_certs
-write_node_configs
+if ! ((CONTROL_PLANE_ONLY)); then
+  node_certs
+  write_node_configs
+fi
 
 # ---- processes ------------------------------------------------------------------------------
 port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
@@ -243,10 +269,14 @@ start etcd "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" -- "$BIN_DIR/etcd" \
 etcd_ready() { curl -fsS --max-time 3 "http://127.0.0.1:${ETCD_CLIENT_PORT}/health" 2>/dev/null | grep -q '"health":"true"'; }
 wait_for "etcd" "$(remaining)" etcd_ready
 
+# Control plane only: the advertised address (the `kubernetes` Service's endpoint, which must not
+# be loopback) is the apiserver's own pick, the host's default-route address; no pod ever uses it.
+advertise=(--advertise-address="$NODE_IP")
+((CONTROL_PLANE_ONLY)) && advertise=()
 start kube-apiserver "$APISERVER_PORT" -- "$BIN_DIR/kube-apiserver" \
   --etcd-servers="http://127.0.0.1:${ETCD_CLIENT_PORT}" \
-  --bind-address="$NODE_IP" \
-  --advertise-address="$NODE_IP" \
+  --bind-address="$API_IP" \
+  "${advertise[@]}" \
   --secure-port="$APISERVER_PORT" \
   --tls-cert-file="$PKI/apiserver.crt" \
   --tls-private-key-file="$PKI/apiserver.key" \
@@ -297,7 +327,7 @@ wait_for "kube-controller-manager /healthz" "$(remaining)" kcm_healthy
 wait_for "namespace default" "$(remaining)" kctl get namespace default
 wait_for "serviceaccount default/default" "$(remaining)" kctl -n default get serviceaccount default
 
-start_node
+((CONTROL_PLANE_ONLY)) || start_node
 
 write_env
 log "up in $(($(date +%s) - started_at))s: $SERVER (logs: $LOGS)"
