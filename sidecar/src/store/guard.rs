@@ -405,6 +405,10 @@ impl SessionStore for GuardedStore {
     fn broadcast(&self) -> Option<&dyn super::BroadcastStore> {
         self.inner.broadcast()
     }
+
+    fn stream_counts(&self) -> Option<&dyn super::StreamCountStore> {
+        self.inner.stream_counts()
+    }
 }
 
 #[cfg(test)]
