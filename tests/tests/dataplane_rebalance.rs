@@ -104,10 +104,7 @@ async fn scale_up() {
         } else if quiet_since.elapsed() >= Duration::from_secs(6) {
             break;
         }
-        assert!(
-            settle.elapsed() < Duration::from_secs(60),
-            "shedding stops"
-        );
+        assert!(settle.elapsed() < Duration::from_secs(60), "shedding stops");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let after = counts(&cluster).await;
@@ -118,7 +115,9 @@ async fn scale_up() {
     }
 
     let last_seq = cluster.stop_publisher().await.expect("publisher stops");
-    let caught_up = crowd.wait_caught_up(last_seq, Duration::from_secs(30)).await;
+    let caught_up = crowd
+        .wait_caught_up(last_seq, Duration::from_secs(30))
+        .await;
     let summary = crowd.finish(last_seq).await;
 
     // Reconnects per second since the scale-up (every attempt after a client's first).
@@ -148,11 +147,22 @@ async fn scale_up() {
         summary.reconnects(),
         t0.elapsed().as_secs_f64()
     );
-    assert!(settled_ratio <= 1.2, "still balanced once settled: {after:?}");
-    assert!(caught_up, "clients catch up to {last_seq}: {}", summary.worst(3));
+    assert!(
+        settled_ratio <= 1.2,
+        "still balanced once settled: {after:?}"
+    );
+    assert!(
+        caught_up,
+        "clients catch up to {last_seq}: {}",
+        summary.worst(3)
+    );
     assert_eq!(summary.perfect(), CLIENTS, "{}", summary.worst(5));
     assert_eq!((summary.missing(), summary.duplicates()), (0, 0));
-    assert!(summary.http_errors().is_empty(), "{:?}", summary.http_errors());
+    assert!(
+        summary.http_errors().is_empty(),
+        "{:?}",
+        summary.http_errors()
+    );
     // Only the pod over its share shed; the others never shed back (no ping-pong).
     for (name, n) in &sheds {
         if *name != first {
