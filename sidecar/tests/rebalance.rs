@@ -29,6 +29,8 @@ async fn pod(app: &TestApp, name: &str, redis: &RedisServer) -> TestSidecar {
     a.rebalance_interval_seconds = 1;
     a.rebalance_tolerance_percent = 20;
     a.rebalance_max_shed_per_second = 10;
+    // The request streams of an infinite feed run in place up to this after SIGTERM.
+    a.request_seconds = 4;
     let store = store::open(&a).await.expect("redis store opens");
     start_sidecar(a, store).await
 }
@@ -162,6 +164,18 @@ async fn only_resumable_streams_are_shed_and_a_shed_client_resumes_elsewhere() {
         log.events.len()
     );
     drop(s);
+
+    // A drains: it stops shedding, says so, and takes its entry out when it exits.
+    drop((sessions, requests, resumables));
+    let shed_before = shed(&a);
+    a.terminate();
+    a.wait_finished(T).await;
+    assert_eq!(shed(&a), shed_before, "nothing shed while draining");
+    let left = spread_in_redis(&redis);
+    assert!(
+        left.iter().all(|(n, _)| n != "pod-a"),
+        "a pod that exited withdrew its entry: {left:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
