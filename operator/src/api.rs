@@ -89,6 +89,12 @@ use ssekeeper_contract::{
     validation = Rule::new("!has(self.broadcast) || size(self.broadcast) == 0 || self.sessions.store == 'redis'")
         .message("broadcast paths are shared by the pods through Redis: set sessions.store to 'redis'")
         .field_path(".broadcast"),
+    validation = Rule::new("!has(self.rebalance) || !self.rebalance.enabled || self.sessions.store == 'redis'")
+        .message("rebalance moves sessions between pods through Redis: set sessions.store to 'redis'")
+        .field_path(".rebalance"),
+    validation = Rule::new("!has(self.rebalance) || !self.rebalance.enabled || (has(self.service.sessionAffinity) && !self.service.sessionAffinity.enabled && (!has(self.ingress) || !self.ingress.cookieAffinity))")
+        .message("rebalance needs reconnects to be free to land on another pod: set service.sessionAffinity.enabled to false (and ingress.cookieAffinity to false); the sidecar routes a session's requests itself")
+        .field_path(".rebalance"),
     validation = Rule::new("self.sessions.store != 'redis' || has(self.sessions.redis)")
         .message("sessions.store 'redis' needs sessions.redis.secretRef naming the Secret that holds the Redis URL")
         .field_path(".sessions.store"),
@@ -159,6 +165,41 @@ pub struct SseServiceSpec {
     #[x_kube(validation = Rule::new("self.all(b, self.filter(c, c.path == b.path).size() == 1)")
         .message("broadcast paths must be unique"))]
     pub broadcast: Vec<BroadcastConfig>,
+    /// Move resumable streams off pods holding more than their share (after a scale-up or a
+    /// rollout the first pods keep most streams for hours): such a pod closes some of them, a
+    /// few per second, with the `retry:` hint and hands their sessions over, so the clients
+    /// reconnect with `Last-Event-ID` and land on less loaded pods. Session and request streams
+    /// are never moved. Off by default: it disconnects healthy clients on purpose. Needs
+    /// `sessions.store: redis` and no client affinity (`service.sessionAffinity.enabled: false`,
+    /// and no Ingress cookie affinity), or the reconnect lands on the same pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<RebalanceConfig>,
+}
+
+/// Stream rebalancing between the pods.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceConfig {
+    /// Turn it on.
+    #[serde(default)]
+    pub enabled: bool,
+    /// A pod sheds when it holds more than the pods' mean by this percent, down to half of it
+    /// above the mean (so pods do not hand streams back and forth).
+    #[serde(default = "default_rebalance_tolerance")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub tolerance_percent: u32,
+    /// Most streams one pod closes per second (each a client reconnect).
+    #[serde(default = "default_rebalance_rate")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_shed_per_second: u32,
+}
+
+fn default_rebalance_tolerance() -> u32 {
+    ssekeeper_contract::defaults::REBALANCE_TOLERANCE_PERCENT
+}
+
+fn default_rebalance_rate() -> u32 {
+    ssekeeper_contract::defaults::REBALANCE_MAX_SHED_PER_SECOND
 }
 
 /// One broadcast path.
@@ -692,6 +733,22 @@ pub struct SseServiceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+    /// How the client streams are spread over the pods, as the sidecars last published it in
+    /// Redis (with `spec.rebalance` on; refreshed at most every 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<StreamSpread>,
+}
+
+/// The streams per pod, for `kubectl describe`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamSpread {
+    /// When the operator read it (RFC 3339).
+    pub observed_at: String,
+    /// Streams per live pod: `pod=total(resumable) state`.
+    pub pods: Vec<String>,
+    /// The busiest serving pod's streams over the serving pods' mean, e.g. `1.08`.
+    pub imbalance: String,
 }
 
 fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {

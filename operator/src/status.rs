@@ -94,6 +94,7 @@ pub fn compute(
         updated_replicas: c.updated,
         ready: Some(format!("{}/{desired}", c.ready)),
         affinity: Some(render::affinity_text(svc)),
+        streams: None,
         service_name: Some(name.clone()),
         selector: Some(render::selector_string(&name)),
         conditions: conditions
@@ -255,6 +256,37 @@ pub fn with_held(
     status
 }
 
+/// How often the stream spread in the status is refreshed at most: the counts change all the
+/// time, and every status write is a watch event (another reconcile).
+pub const SPREAD_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Put the sidecars' stream spread into the status, keeping the previous one while it is younger
+/// than [`SPREAD_REFRESH`] (so a changing count does not rewrite the status on every reconcile).
+pub fn with_spread(
+    mut status: SseServiceStatus,
+    spread: Option<&crate::store_check::Spread>,
+    previous: Option<&SseServiceStatus>,
+    now: &Time,
+) -> SseServiceStatus {
+    let kept = previous.and_then(|p| p.streams.clone());
+    let fresh = kept.as_ref().is_some_and(|k| {
+        k.observed_at
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .is_ok_and(|t| now.0.duration_since(t).unsigned_abs() < SPREAD_REFRESH)
+    });
+    status.streams = match spread {
+        Some(_) if fresh => kept,
+        Some(s) => Some(crate::api::StreamSpread {
+            observed_at: now.0.to_string(),
+            pods: s.lines(),
+            imbalance: format!("{:.2}", s.imbalance()),
+        }),
+        // Rebalancing off, or the store did not answer: no counts to show.
+        None => None,
+    };
+    status
+}
+
 /// Whether every pod of the Deployment runs its current template and is available.
 pub fn rollout_complete(deployment: &Deployment, desired: i32) -> bool {
     rolled_out(&counts(Some(deployment)), desired)
@@ -290,10 +322,12 @@ mod store_tests {
         let up = StoreCheck {
             reachable: true,
             message: "up".into(),
+            spread: None,
         };
         let down = StoreCheck {
             reachable: false,
             message: "down".into(),
+            spread: None,
         };
         let first = with_store(base.clone(), Some(&up), None, &at("2026-01-01T00:00:00Z"));
         let c = condition(Some(&first), STORE_REACHABLE).unwrap();

@@ -118,6 +118,11 @@ fn golden_network_policy() {
 }
 
 #[test]
+fn golden_rebalance() {
+    check_golden("rebalance");
+}
+
+#[test]
 fn golden_broadcast() {
     check_golden("broadcast");
 }

@@ -101,6 +101,28 @@ pub struct Settings {
     pub broadcast: Vec<crate::contract::BroadcastPath>,
     /// Bearer token of the publish endpoint; `None`: publishing is refused.
     pub broadcast_publish_token: Option<String>,
+    /// Rebalancing (`--rebalance`), if on.
+    pub rebalance: Option<RebalanceSettings>,
+}
+
+/// How rebalancing is tuned (from `--rebalance-*`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RebalanceSettings {
+    /// Fraction above the mean a pod may hold before it sheds (`tolerancePercent / 100`).
+    pub tolerance: f64,
+    /// Most sheds per second.
+    pub max_shed_per_second: u32,
+    /// Between two publications of this pod's counts.
+    pub interval: Duration,
+    /// `--rebalance-interval-seconds`, for the staleness arithmetic shared with the operator.
+    pub interval_seconds: u32,
+}
+
+impl RebalanceSettings {
+    /// The smallest gap between two sheds.
+    pub fn min_gap(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / f64::from(self.max_shed_per_second.max(1)))
+    }
 }
 
 impl Settings {
@@ -180,6 +202,12 @@ impl Settings {
                 .broadcast_publish_token
                 .clone()
                 .filter(|t| !t.is_empty()),
+            rebalance: args.rebalance.then(|| RebalanceSettings {
+                tolerance: f64::from(args.rebalance_tolerance_percent) / 100.0,
+                max_shed_per_second: args.rebalance_max_shed_per_second.max(1),
+                interval: secs(args.rebalance_interval_seconds.max(1)),
+                interval_seconds: args.rebalance_interval_seconds.max(1),
+            }),
         }
     }
 
@@ -206,6 +234,14 @@ mod tests {
         assert_eq!(s.batch_window, Duration::from_millis(5));
         assert_eq!(s.service, "ns/chat");
         assert!(s.forward_key.is_none());
+        assert!(s.rebalance.is_none(), "rebalancing is off by default");
+        args.rebalance = true;
+        args.rebalance_tolerance_percent = 25;
+        args.rebalance_max_shed_per_second = 4;
+        let r = Settings::from_args(&args).rebalance.unwrap();
+        assert_eq!(r.tolerance, 0.25);
+        assert_eq!(r.min_gap(), Duration::from_millis(250));
+        assert_eq!(r.interval, Duration::from_secs(5));
     }
 
     #[test]

@@ -28,6 +28,11 @@ fn main() -> ExitCode {
         eprintln!("ssekeeper-sidecar: {e}");
         return ExitCode::from(2);
     }
+    if let Err(e) = ssekeeper_sidecar::contract::validate_rebalance(args.rebalance, args.store) {
+        tracing::error!(error = %e, "invalid --rebalance");
+        eprintln!("ssekeeper-sidecar: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

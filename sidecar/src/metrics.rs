@@ -274,6 +274,143 @@ labels! {
         ResumeWindow => "resume_window",
         /// The app's stream failed.
         UpstreamError => "upstream_error",
+        /// Rebalancing closed the session's client (this pod held more than its fair share).
+        Rebalance => "rebalance",
+    }
+}
+
+labels! {
+    /// `rebalance_shed{reason}`: why a stream was shed.
+    ShedReason {
+        /// This pod held more than the mean of the serving pods by more than the tolerance.
+        OverShare => "over_share",
+    }
+}
+
+labels! {
+    /// `rebalance_skipped{reason}`: why a rebalancing round shed nothing.
+    SkipReason {
+        /// This pod is draining (preStop or SIGTERM): the drain moves every stream anyway.
+        Draining => "draining",
+        /// This pod is not ready (its app is down): it is not counted and sheds nothing.
+        Unready => "unready",
+        /// The store does not answer: no count to compare, and no handoff possible.
+        StoreDown => "store_down",
+        /// Another pod drains: the set is in flux, its streams are moving already.
+        PeerDraining => "peer_draining",
+        /// No other serving pod to move streams to.
+        Alone => "alone",
+        /// This pod holds no more than its share plus the tolerance.
+        WithinTolerance => "within_tolerance",
+        /// Over its share, but nothing it holds may be shed (only session and request streams).
+        NothingSheddable => "nothing_sheddable",
+    }
+}
+
+/// One label named `pod`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabel {
+    /// The pod's name.
+    pub pod: String,
+}
+
+/// The metrics of rebalancing: the spread as this pod last read it from the store, and what it
+/// did about it. Apart from the session metrics so the spread can be graphed on its own.
+#[derive(Default)]
+pub struct RebalanceMetrics {
+    /// Streams per live pod as this pod last read them (its own entry included); pods that
+    /// went stale are removed from the family.
+    pub pod_streams: Family<PodLabel, Gauge>,
+    /// This pod's resumable streams (what it could shed), as last published.
+    pub own_resumable: Gauge,
+    /// Busiest serving pod over the mean of the serving pods (1 = perfectly even).
+    pub imbalance_ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The mean of the serving pods: this pod's fair share.
+    pub fair_share: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Serving pods counted in the fair share.
+    pub serving_pods: Gauge,
+    /// Streams shed, by reason.
+    pub shed: Family<ReasonLabel, Counter>,
+    /// Rounds that shed nothing, by reason.
+    pub skipped: Family<ReasonLabel, Counter>,
+}
+
+impl RebalanceMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("rebalance");
+        r.register(
+            "pod_streams",
+            "Client streams per live pod, as this pod last read them from the store",
+            self.pod_streams.clone(),
+        );
+        r.register(
+            "own_resumable_streams",
+            "This pod's resumable streams (the ones it may shed), as last published",
+            self.own_resumable.clone(),
+        );
+        r.register(
+            "imbalance_ratio",
+            "Busiest serving pod's streams over the mean of the serving pods (1 = even)",
+            self.imbalance_ratio.clone(),
+        );
+        r.register(
+            "fair_share_streams",
+            "Mean streams of the serving pods: this pod's fair share",
+            self.fair_share.clone(),
+        );
+        r.register(
+            "serving_pods",
+            "Serving pods counted in the fair share",
+            self.serving_pods.clone(),
+        );
+        r.register(
+            "shed",
+            "Resumable streams closed by rebalancing (retry hint, handed over), by reason",
+            self.shed.clone(),
+        );
+        r.register(
+            "skipped",
+            "Rebalancing rounds that shed nothing, by reason",
+            self.skipped.clone(),
+        );
+    }
+
+    /// Count a shed stream.
+    pub fn shed(&self, reason: ShedReason) {
+        self.shed
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
+    /// Count a round that shed nothing.
+    pub fn skipped(&self, reason: SkipReason) {
+        self.skipped
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
+    /// Streams shed for `reason` so far.
+    pub fn shed_count(&self, reason: ShedReason) -> u64 {
+        self.shed
+            .get(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+
+    /// Rounds skipped for `reason` so far.
+    pub fn skipped_count(&self, reason: SkipReason) -> u64 {
+        self.skipped
+            .get(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .map(|c| c.get())
+            .unwrap_or(0)
     }
 }
 
@@ -481,6 +618,8 @@ pub struct Metrics {
     pub recorders: Gauge,
     /// Broadcast paths.
     pub broadcast: BroadcastMetrics,
+    /// Rebalancing.
+    pub rebalance: RebalanceMetrics,
 }
 
 impl Metrics {
@@ -528,9 +667,11 @@ impl Metrics {
             leases_held: Gauge::default(),
             recorders: Gauge::default(),
             broadcast: BroadcastMetrics::default(),
+            rebalance: RebalanceMetrics::default(),
             registry: Registry::default(),
         };
         m.broadcast.register(&mut registry);
+        m.rebalance.register(&mut registry);
         registry.register(
             "streams_opened",
             "SSE streams opened from the app, by kind (resumable, session, request: how the drain ends them)",

@@ -401,7 +401,22 @@ async fn check_store(svc: &SseService, ctx: &Context) -> Option<StoreCheck> {
     }
     let url = ctx.remembered_url(svc)?;
     // Boxed: the store's connect future is deep, and the reconcile future embeds this one.
-    Some(Box::pin(store_check::ping(&url, STORE_PING_TIMEOUT)).await)
+    // With rebalancing on, the sidecars publish their stream counts: read them with the ping.
+    let spread =
+        svc.spec
+            .rebalance
+            .as_ref()
+            .filter(|r| r.enabled)
+            .map(|_| store_check::SpreadSource {
+                key: contract::rebalance::stream_counts_key(
+                    &svc.namespace().unwrap_or_default(),
+                    &svc.name_any(),
+                ),
+                stale_ms: contract::rebalance::stale_after_ms(
+                    contract::defaults::REBALANCE_INTERVAL_SECONDS,
+                ),
+            });
+    Some(Box::pin(store_check::ping(&url, STORE_PING_TIMEOUT, spread.as_ref())).await)
 }
 
 /// When to reconcile again: the periodic resync, sooner while the store is watched.
@@ -614,9 +629,14 @@ async fn write_status(ctx: &Context, svc: &SseService, observed: Observed<'_>) -
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let previous = svc.status.as_ref();
     let computed = status::compute(svc, observed.deployment, observed.problem, previous, &now);
-    let new = status::with_store(
-        status::with_held(computed, observed.held, previous, &now),
-        observed.store,
+    let new = status::with_spread(
+        status::with_store(
+            status::with_held(computed, observed.held, previous, &now),
+            observed.store,
+            previous,
+            &now,
+        ),
+        observed.store.and_then(|c| c.spread.as_ref()),
         previous,
         &now,
     );

@@ -161,6 +161,11 @@ pub fn sidecar_args(svc: &SseService, namespace: &str, name: &str) -> SidecarArg
             history_limit: b.history_limit,
         })
         .collect();
+    if let Some(r) = spec.rebalance.as_ref().filter(|r| r.enabled) {
+        args.rebalance = true;
+        args.rebalance_tolerance_percent = r.tolerance_percent;
+        args.rebalance_max_shed_per_second = r.max_shed_per_second;
+    }
     args.prestop_delay_seconds = spec.drain.pre_stop_delay_seconds;
     args.drain_seconds = spec.drain.drain_seconds;
     args.request_seconds = spec.drain.request_seconds;

@@ -435,6 +435,24 @@ pub struct SidecarArgs {
         hide_env_values = true
     )]
     pub broadcast_publish_token: Option<String>,
+    /// Move resumable streams from a pod holding more than its fair share to the others
+    /// (slowly, through the drain's handoff: `retry:` hint, close, resume with `Last-Event-ID`
+    /// elsewhere). Off by default: it disconnects healthy clients on purpose, which only pays
+    /// when they really reconnect with `Last-Event-ID`, the Service has no client-IP affinity
+    /// (a reconnect must be able to land on another pod) and the store is Redis.
+    #[arg(long, env = "SSEKEEPER_REBALANCE", default_value_t = false)]
+    pub rebalance: bool,
+    /// Percent above the mean of the serving pods a pod may hold before it sheds; it then sheds
+    /// down to half of this above the mean (hysteresis).
+    #[arg(long, env = "SSEKEEPER_REBALANCE_TOLERANCE_PERCENT", default_value_t = defaults::REBALANCE_TOLERANCE_PERCENT, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rebalance_tolerance_percent: u32,
+    /// Most streams this pod sheds per second (each a client reconnect), spaced and jittered.
+    #[arg(long, env = "SSEKEEPER_REBALANCE_MAX_SHED_PER_SECOND", default_value_t = defaults::REBALANCE_MAX_SHED_PER_SECOND, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rebalance_max_shed_per_second: u32,
+    /// Seconds between two publications of this pod's stream count (each also reads the
+    /// others' and re-decides); an entry three intervals old is stale.
+    #[arg(long, env = "SSEKEEPER_REBALANCE_INTERVAL_SECONDS", default_value_t = defaults::REBALANCE_INTERVAL_SECONDS, value_parser = clap::value_parser!(u32).range(1..=300))]
+    pub rebalance_interval_seconds: u32,
 }
 
 impl SidecarArgs {
@@ -464,6 +482,25 @@ impl SidecarArgs {
                 .map(|k| format!("--session-key={k}")),
         );
         args.extend(self.broadcast.iter().map(|b| format!("--broadcast={b}")));
+        // Only when on: off, the other three mean nothing, and pods rendered before rebalancing
+        // existed keep the same arguments (no rollout for a feature they do not use).
+        if self.rebalance {
+            args.extend([
+                "--rebalance".to_string(),
+                format!(
+                    "--rebalance-tolerance-percent={}",
+                    self.rebalance_tolerance_percent
+                ),
+                format!(
+                    "--rebalance-max-shed-per-second={}",
+                    self.rebalance_max_shed_per_second
+                ),
+                format!(
+                    "--rebalance-interval-seconds={}",
+                    self.rebalance_interval_seconds
+                ),
+            ]);
+        }
         args.extend([
             format!("--prestop-delay-seconds={}", self.prestop_delay_seconds),
             format!("--drain-seconds={}", self.drain_seconds),

@@ -7,6 +7,7 @@
 
 pub mod args;
 pub mod keys;
+pub mod rebalance;
 pub mod redis;
 
 pub use self::args::{
@@ -14,6 +15,7 @@ pub use self::args::{
     LogFormat, PrestopArgs, SessionKeySource, SidecarArgs, StoreKind, prestop_command,
     validate_broadcast,
 };
+pub use self::rebalance::{InvalidRebalance, validate_rebalance};
 
 /// Name of the injected container; the operator refuses a template that already uses it.
 pub const SIDECAR_CONTAINER_NAME: &str = "ssekeeper";
@@ -141,6 +143,18 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: u32 = 2048;
     /// `--max-detached`: recorders capturing for a client that left.
     pub const MAX_DETACHED: u32 = 256;
+    /// `--rebalance-tolerance-percent` / `spec.rebalance.tolerancePercent`: a pod sheds once it
+    /// holds more than the mean of the serving pods by this much, and down to half of it above
+    /// the mean (the gap is the hysteresis). 20%: on 3 pods a spread of 120/100/80 is left
+    /// alone, 150/75/75 is not.
+    pub const REBALANCE_TOLERANCE_PERCENT: u32 = 20;
+    /// `--rebalance-max-shed-per-second` / `spec.rebalance.maxShedPerSecond`: each shed is one
+    /// client reconnect (an app request, a replay from Redis, a lease) - 5 a second is a
+    /// fraction of a percent of what one sidecar opens, yet moves 300 streams a minute.
+    pub const REBALANCE_MAX_SHED_PER_SECOND: u32 = 5;
+    /// `--rebalance-interval-seconds` / `spec.rebalance.intervalSeconds`: one Redis script call
+    /// per pod per interval publishes its count and reads the others'.
+    pub const REBALANCE_INTERVAL_SECONDS: u32 = 5;
     /// `--history-limit` / `spec.sessions.historyLimit`.
     pub const HISTORY_LIMIT: u32 = 1000;
     /// `--broadcast <path>` without `=<historyLimit>` / `spec.broadcast[].historyLimit`: a
@@ -266,6 +280,46 @@ mod tests {
         cfg.history_seconds = Some(cfg.history_floor_seconds());
         let argv = std::iter::once("ssekeeper-sidecar".to_string()).chain(cfg.to_args());
         assert_eq!(SidecarArgs::try_parse_from(argv).unwrap(), cfg);
+        assert!(!cfg.to_args().iter().any(|a| a.starts_with("--rebalance")));
+        cfg.rebalance = true;
+        cfg.rebalance_tolerance_percent = 35;
+        cfg.rebalance_max_shed_per_second = 9;
+        cfg.rebalance_interval_seconds = 3;
+        let argv = std::iter::once("ssekeeper-sidecar".to_string()).chain(cfg.to_args());
+        assert_eq!(SidecarArgs::try_parse_from(argv).unwrap(), cfg);
+    }
+
+    #[test]
+    fn rebalance_flags_default_off_and_refuse_out_of_range_values() {
+        let d = SidecarArgs::defaults(8080, "ns", "chat");
+        assert!(!d.rebalance);
+        assert_eq!(
+            (
+                d.rebalance_tolerance_percent,
+                d.rebalance_max_shed_per_second,
+                d.rebalance_interval_seconds
+            ),
+            (
+                defaults::REBALANCE_TOLERANCE_PERCENT,
+                defaults::REBALANCE_MAX_SHED_PER_SECOND,
+                defaults::REBALANCE_INTERVAL_SECONDS
+            )
+        );
+        let base = [
+            "ssekeeper-sidecar",
+            "--app-port=1",
+            "--service-namespace=n",
+            "--service-name=s",
+        ];
+        for bad in [
+            "--rebalance-tolerance-percent=0",
+            "--rebalance-max-shed-per-second=0",
+            "--rebalance-interval-seconds=0",
+            "--rebalance-interval-seconds=301",
+        ] {
+            let argv = base.iter().copied().chain([bad]);
+            assert!(SidecarArgs::try_parse_from(argv).is_err(), "{bad}");
+        }
     }
 
     #[test]

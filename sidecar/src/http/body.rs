@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::http::kind::{KindCell, StreamKind};
-use crate::http::streams::{StreamGuard, Streams};
+use crate::http::streams::{ShedMark, StreamGuard, Streams};
 
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -91,6 +91,7 @@ pub struct ClientTx {
     budget_bytes: usize,
     kind: KindCell,
     close: tokio_util::sync::CancellationToken,
+    shed: ShedMark,
 }
 
 /// Bytes charged against the budget for a chunk: at most the whole budget, so one chunk larger
@@ -104,6 +105,11 @@ impl ClientTx {
     /// announces a session).
     pub fn kind(&self) -> &KindCell {
         &self.kind
+    }
+
+    /// Whether rebalancing closed this stream (its recorder then hands the session over soon).
+    pub fn was_shed(&self) -> bool {
+        self.shed.is_set()
     }
 
     /// Queue a chunk without waiting (the live path: never held up by a client).
@@ -257,6 +263,7 @@ pub fn client_channel(
             budget_bytes,
             kind: guard.kind_cell(),
             close: guard.token(),
+            shed: guard.shed_mark(),
         },
         ClientBody {
             prefix: VecDeque::new(),

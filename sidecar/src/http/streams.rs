@@ -1,8 +1,10 @@
 //! The registry of open client streams: the concurrency bound, the `active_streams` gauge, and
 //! the handles the drain uses to close the resumable ones with a `retry:` hint (see
-//! [`crate::http::kind`] for the streams it leaves open).
+//! [`crate::http::kind`] for the streams it leaves open). Rebalancing sheds through it too: the
+//! oldest resumable stream, closed the same way, marked so its recorder hands the session over.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,42 @@ pub struct Streams {
 
 struct Open {
     next_id: u64,
-    tokens: HashMap<u64, (CancellationToken, KindCell)>,
+    /// By id, which grows with every stream: the first entry is the oldest.
+    tokens: BTreeMap<u64, Slot>,
+}
+
+/// One open stream as the registry holds it.
+#[derive(Clone)]
+struct Slot {
+    token: CancellationToken,
+    kind: KindCell,
+    shed: ShedMark,
+}
+
+/// Set when rebalancing closed the stream (shared by the registry, the stream's guard and its
+/// producer), so the recorder whose client it was hands the session over soon instead of
+/// waiting out the resume window.
+#[derive(Debug, Clone, Default)]
+pub struct ShedMark(Arc<AtomicBool>);
+
+impl ShedMark {
+    /// Whether rebalancing closed the stream.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Open streams by what rebalancing needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Every open stream.
+    pub total: usize,
+    /// Resumable streams not already closing (what could be shed).
+    pub resumable: usize,
 }
 
 /// Keeps a stream registered while the response body lives; its token closes the stream.
@@ -30,6 +67,7 @@ pub struct StreamGuard {
     id: u64,
     token: CancellationToken,
     kind: KindCell,
+    shed: ShedMark,
     streams: Arc<Streams>,
 }
 
@@ -37,6 +75,11 @@ impl StreamGuard {
     /// The token the drain cancels to close this stream.
     pub fn token(&self) -> CancellationToken {
         self.token.clone()
+    }
+
+    /// Set once rebalancing closed this stream.
+    pub fn shed_mark(&self) -> ShedMark {
+        self.shed.clone()
     }
 
     /// The stream's kind.
@@ -65,7 +108,7 @@ impl Streams {
         Arc::new(Streams {
             open: Mutex::new(Open {
                 next_id: 0,
-                tokens: HashMap::new(),
+                tokens: BTreeMap::new(),
             }),
             max,
             window_end: Mutex::new(None),
@@ -84,7 +127,15 @@ impl Streams {
         }
         let id = open.next_id;
         open.next_id += 1;
-        open.tokens.insert(id, (token.clone(), kind.clone()));
+        let shed = ShedMark::default();
+        open.tokens.insert(
+            id,
+            Slot {
+                token: token.clone(),
+                kind: kind.clone(),
+                shed: shed.clone(),
+            },
+        );
         drop(open);
         self.metrics.active_streams.inc();
         let window_end = *self.window_end.lock().unwrap_or_else(|e| e.into_inner());
@@ -96,6 +147,7 @@ impl Streams {
             id,
             token,
             kind,
+            shed,
             streams: self.clone(),
         })
     }
@@ -126,8 +178,42 @@ impl Streams {
             .unwrap_or_else(|e| e.into_inner())
             .tokens
             .values()
-            .filter(|(_, k)| kinds.contains(&k.get()))
+            .filter(|s| kinds.contains(&s.kind.get()))
             .count()
+    }
+
+    /// Every open stream, and the resumable ones not already closing (one pass, one lock).
+    pub fn counts(&self) -> Counts {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let resumable = open
+            .tokens
+            .values()
+            .filter(|s| s.kind.get() == StreamKind::Resumable && !s.token.is_cancelled())
+            .count();
+        Counts {
+            total: open.tokens.len(),
+            resumable,
+        }
+    }
+
+    /// Rebalancing: close the oldest resumable stream the way the drain does (what is queued,
+    /// then the `retry:` hint) and mark it shed, so its recorder hands the session over once the
+    /// client had time to reconnect elsewhere. Only resumable streams: a session stream's
+    /// client would lose its session's calls, a request stream's client its answer. The oldest,
+    /// because a stream shed a moment ago and back here is then the youngest: every client is
+    /// moved once before any is moved twice. `false` when none is left to shed.
+    pub fn shed_oldest(&self) -> bool {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = open
+            .tokens
+            .values()
+            .find(|s| s.kind.get() == StreamKind::Resumable && !s.token.is_cancelled())
+        else {
+            return false;
+        };
+        slot.shed.set();
+        slot.token.cancel();
+        true
     }
 
     /// Close every resumable stream at a random moment within `window` (no reconnect storm),
@@ -135,7 +221,7 @@ impl Streams {
     /// left open (the drain ends them).
     pub fn close_resumable_spread(&self, window: Duration) {
         *self.window_end.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + window);
-        let open: Vec<(CancellationToken, KindCell)> = self
+        let open: Vec<Slot> = self
             .open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -143,21 +229,21 @@ impl Streams {
             .values()
             .cloned()
             .collect();
-        for (token, kind) in open {
-            close_resumable_after(token, kind, jitter(window));
+        for s in open {
+            close_resumable_after(s.token, s.kind, jitter(window));
         }
     }
 
     /// Close every open stream now, whatever its kind (the request deadline).
     pub fn close_all(&self) {
-        for (token, _) in self
+        for s in self
             .open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .tokens
             .values()
         {
-            token.cancel();
+            s.token.cancel();
         }
     }
 }
@@ -248,6 +334,47 @@ mod tests {
         assert_eq!(streams.count(&[StreamKind::Session]), 2);
         streams.close_all();
         assert!(request.token().is_cancelled() && session.token().is_cancelled());
+    }
+
+    #[test]
+    fn shedding_closes_the_oldest_resumable_stream_and_nothing_else() {
+        let streams = Streams::new(10, Arc::new(Metrics::new()));
+        let request = streams.open(KindCell::new(StreamKind::Request)).unwrap();
+        let session = streams.open(KindCell::new(StreamKind::Session)).unwrap();
+        let old = streams.open(KindCell::default()).unwrap();
+        let young = streams.open(KindCell::default()).unwrap();
+        assert_eq!(
+            streams.counts(),
+            Counts {
+                total: 4,
+                resumable: 2
+            }
+        );
+        assert!(streams.shed_oldest());
+        assert!(old.token().is_cancelled() && old.shed_mark().is_set());
+        assert!(!young.token().is_cancelled() && !young.shed_mark().is_set());
+        assert_eq!(
+            streams.counts().resumable,
+            1,
+            "a closing stream is not counted"
+        );
+        assert!(streams.shed_oldest());
+        assert!(young.token().is_cancelled());
+        assert!(
+            !streams.shed_oldest(),
+            "only session and request streams are left"
+        );
+        for g in [&request, &session] {
+            assert!(!g.token().is_cancelled() && !g.shed_mark().is_set());
+        }
+        drop((old, young));
+        assert_eq!(
+            streams.counts(),
+            Counts {
+                total: 2,
+                resumable: 0
+            }
+        );
     }
 
     #[tokio::test]

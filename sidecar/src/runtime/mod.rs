@@ -7,6 +7,7 @@ pub mod descriptors;
 pub mod drain;
 pub mod health;
 pub mod lifecycle;
+pub mod rebalance;
 pub mod server;
 pub mod state;
 pub mod telemetry;

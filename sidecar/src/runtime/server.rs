@@ -31,6 +31,7 @@ use crate::runtime::descriptors;
 use crate::runtime::drain;
 use crate::runtime::health::{AppProbe, HEARTBEAT_EVERY, HEARTBEAT_STALE, Heartbeat};
 use crate::runtime::lifecycle;
+use crate::runtime::rebalance::Rebalancer;
 use crate::runtime::state::Sidecar;
 use crate::session::Sessions;
 use crate::session::broadcast::{BroadcastSettings, Broadcasts, PublishSettings};
@@ -171,6 +172,7 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
         )),
         forwards_seen: Default::default(),
     });
+    let rebalancer = spawn_rebalancer(&sidecar, &sessions, &background);
     let admin_task = tokio::spawn(serve_admin(sidecar, admin_listener, admin_stop.clone()));
     let terminate = CancellationToken::new();
     let done = {
@@ -180,6 +182,10 @@ pub async fn start(settings: Settings, store: Arc<dyn SessionStore>) -> std::io:
             drain::run(sessions, broadcasts, lifecycle, timing).await;
             let _ = sse_task.await;
             background.cancel();
+            // Its last act takes this pod's count out of the store (bounded).
+            if let Some(r) = rebalancer {
+                let _ = r.await;
+            }
             admin_stop.cancel();
             let _ = admin_task.await;
             let _ = lifecycle_task.await;
@@ -211,6 +217,35 @@ fn build_sessions(
         .book
         .spawn_renewer(settings.renew_every, background.clone());
     Arc::new(sessions)
+}
+
+/// The rebalancing task, when `--rebalance` is on and the store can share counts.
+fn spawn_rebalancer(
+    sidecar: &Sidecar,
+    sessions: &Arc<Sessions>,
+    background: &CancellationToken,
+) -> Option<JoinHandle<()>> {
+    let settings = sidecar.settings.rebalance?;
+    if sessions.store.stream_counts().is_none() {
+        tracing::warn!("--rebalance needs the redis store: rebalancing is off");
+        return None;
+    }
+    tracing::info!(
+        tolerance_percent = (settings.tolerance * 100.0).round() as u32,
+        max_shed_per_second = settings.max_shed_per_second,
+        interval_secs = settings.interval.as_secs(),
+        "rebalancing on: streams above the fair share are shed (affinity must be off)"
+    );
+    let r = Rebalancer {
+        pod: sidecar.settings.owner.name.clone(),
+        streams: sessions.clients.streams().clone(),
+        store: sessions.store.clone(),
+        lifecycle: sidecar.lifecycle.clone(),
+        app_probe: sidecar.app_probe.clone(),
+        metrics: sessions.metrics.clone(),
+        settings,
+    };
+    Some(r.spawn(background.clone()))
 }
 
 /// The request handler over `sessions`, with the client to other sidecars.

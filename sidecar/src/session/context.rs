@@ -16,6 +16,10 @@ use crate::session::leases::LeaseBook;
 use crate::session::recorder::Recorders;
 use crate::store::{GuardedStore, SessionStore};
 
+/// Time a shed client gets, beyond its `retry:` delay, to reconnect before its session is
+/// handed over (see [`Tuning::shed_window`]).
+const SHED_RECONNECT_SLACK: Duration = Duration::from_secs(2);
+
 /// The session layer's context.
 pub struct Sessions {
     /// The session store, every call bounded, observed for health and counted.
@@ -116,6 +120,10 @@ pub struct Tuning {
     pub max_detached: usize,
     /// How long a drained session keeps being captured after its handover, for its new owner.
     pub handover_margin: Duration,
+    /// How long a recorder whose client rebalancing closed waits for that client before it
+    /// hands the session over: the `retry:` delay and 2 s for the reconnect, at most the
+    /// resume window. A client back on this pod within it re-attaches (no takeover churn).
+    pub shed_window: Duration,
     /// Whether a resume across a hole in the history gets the gap event.
     pub gap_event: bool,
     /// The request values a stream's cursors are bound to.
@@ -140,6 +148,8 @@ impl Tuning {
             max_streams: s.max_streams,
             max_detached: s.max_detached,
             handover_margin: s.handover_margin,
+            shed_window: (Duration::from_millis(s.reconnect_delay_millis) + SHED_RECONNECT_SLACK)
+                .min(s.resume_window),
             gap_event: s.gap_event,
             identity: s.identity.clone(),
             cursor_key: s.cursor_key.clone(),

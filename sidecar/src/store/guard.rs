@@ -417,6 +417,10 @@ impl SessionStore for GuardedStore {
             .broadcast()
             .map(|_| self as &dyn super::BroadcastStore)
     }
+
+    fn stream_counts(&self) -> Option<&dyn super::StreamCountStore> {
+        self.inner.stream_counts()
+    }
 }
 
 impl super::BroadcastStore for GuardedStore {

@@ -278,6 +278,51 @@ pub trait SessionStore: Send + Sync + 'static {
     fn broadcast(&self) -> Option<&dyn BroadcastStore> {
         None
     }
+
+    /// The stream counts rebalancing shares between pods, if this store is shared (Redis);
+    /// `None` (the default) for stores that are not: rebalancing is refused with them.
+    fn stream_counts(&self) -> Option<&dyn StreamCountStore> {
+        None
+    }
+}
+
+/// What a pod publishes about itself for rebalancing (see [`StreamCountStore`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CountsReport<'a> {
+    /// The pod's name (the hash field).
+    pub pod: &'a str,
+    /// Its open streams, every kind.
+    pub total: u32,
+    /// Of them, the resumable ones.
+    pub resumable: u32,
+    /// How the others are to count it.
+    pub state: crate::contract::rebalance::PodState,
+    /// Entries older than this (server time) are ignored and deleted.
+    pub stale_ms: u64,
+    /// How long the whole hash outlives this write.
+    pub key_ttl_ms: u64,
+}
+
+/// The live entries of the rebalancing hash, as one writer read them back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spread {
+    /// The store's clock when it was read (ms since the epoch).
+    pub now_ms: u64,
+    /// Every entry not stale, by pod name (the writer's own included); values this version
+    /// cannot read are left out.
+    pub pods: Vec<(String, crate::contract::rebalance::PodStreams)>,
+}
+
+/// What rebalancing needs from a shared store: each pod's stream count, stamped by the store's
+/// clock (so pod clock skew cannot make a live pod look stale), written and read in one step.
+pub trait StreamCountStore: Send + Sync {
+    /// Write this pod's entry, drop stale ones, and return what is left.
+    fn publish_counts<'a>(&'a self, report: CountsReport<'a>)
+    -> BoxFuture<'a, StoreResult<Spread>>;
+
+    /// Remove this pod's entry (it stops serving), so the others stop counting it at once.
+    fn withdraw_counts<'a>(&'a self, pod: &'a str, stale_ms: u64)
+    -> BoxFuture<'a, StoreResult<()>>;
 }
 
 /// One append to a broadcast path's stream (see [`BroadcastStore::append_broadcast`]).

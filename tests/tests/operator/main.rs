@@ -1162,3 +1162,64 @@ async fn an_operator_upgrade_rolls_the_fleet_a_slot_at_a_time() {
     })
     .await;
 }
+
+/// With `spec.rebalance` on, the status shows how the streams are spread over the pods, read from
+/// the hash the sidecars publish in Redis (the contract's format; stale entries left out).
+#[tokio::test]
+async fn the_stream_spread_the_sidecars_publish_is_in_the_status() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "spread").await;
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let key = contract::rebalance::stream_counts_key(&ns.name, "chat");
+    let now_ms = |r: &RedisServer| {
+        let out = r.cli(&["TIME"]);
+        let mut it = out.split_whitespace();
+        let secs: u64 = it.next().unwrap().parse().unwrap();
+        let micros: u64 = it.next().unwrap().parse().unwrap();
+        secs * 1000 + micros / 1000
+    };
+    let t = now_ms(&redis);
+    redis.cli(&["HSET", &key, "chat-a", &format!("v1 {t} 120 110 serving")]);
+    redis.cli(&["HSET", &key, "chat-b", &format!("v1 {t} 80 70 serving")]);
+    redis.cli(&[
+        "HSET",
+        &key,
+        "chat-gone",
+        &format!("v1 {} 999 999 serving", t - 600_000),
+    ]);
+    let _op = Operator::start(&ns.name, "op-a", &[]);
+    let text = manifest("examples/chat.yaml", &ns.name)
+        .replace(&format!("redis://redis.{}.svc:6379/0", ns.name), &url)
+        .replace(
+            "sessionAffinity: { enabled: true, timeoutSeconds: 10800 }",
+            "sessionAffinity: { enabled: false }",
+        )
+        .replace(
+            "  disruptionBudget:",
+            "  rebalance: { enabled: true }\n  disruptionBudget:",
+        );
+    let out = apply_text(&text);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spread = eventually("the spread in the status", paced(WAIT), || async {
+        let s: SseService = get(&client, &ns.name, "chat").await?;
+        s.status?.streams
+    })
+    .await;
+    println!("status.streams: {spread:?}");
+    assert_eq!(
+        spread.pods,
+        ["chat-a=120(110) serving", "chat-b=80(70) serving"]
+    );
+    assert_eq!(spread.imbalance, "1.20");
+    let d: Deployment = get(&client, &ns.name, "chat").await.unwrap();
+    let args = d.spec.unwrap().template.spec.unwrap().containers[1]
+        .args
+        .clone()
+        .unwrap();
+    assert!(args.contains(&"--rebalance".to_string()), "{args:?}");
+}

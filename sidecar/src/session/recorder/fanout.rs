@@ -24,6 +24,10 @@ pub(super) struct Settings {
     pub max_streams: usize,
     /// At this many recorders whose client left, a client that leaves gets no resume window.
     pub max_detached: usize,
+    /// The resume window of a client rebalancing closed: long enough for it to reconnect (to
+    /// this pod, where it simply re-attaches), short so the session moves to where the client
+    /// went.
+    pub shed_window: Duration,
 }
 
 /// The client side of a recorder.
@@ -45,6 +49,9 @@ pub(super) struct Fanout {
     delivered_any: bool,
     /// Counted in `detached_recorders` (its client left, or it never had one).
     counted_detached: bool,
+    /// The client that left was closed by rebalancing (its session is handed over at the end
+    /// of the shorter `shed_window`).
+    shed: bool,
 }
 
 impl Drop for Fanout {
@@ -67,6 +74,7 @@ impl Fanout {
             ring: VecDeque::new(),
             delivered_any: false,
             counted_detached: false,
+            shed: false,
         };
         f.count_detached(f.client.is_none());
         f
@@ -181,6 +189,11 @@ impl Fanout {
         Some(self.detached_at? + self.window)
     }
 
+    /// Whether the client that left was closed by rebalancing.
+    pub(super) fn was_shed(&self) -> bool {
+        self.shed
+    }
+
     /// The client is gone (or was let go): its queue ends after what it holds.
     pub(super) fn release(&mut self) {
         self.client = None;
@@ -189,9 +202,13 @@ impl Fanout {
     fn detach(&mut self) {
         self.backlog.clear();
         self.stalled_since = None;
-        if self.client.take().is_some() {
+        if let Some(client) = self.client.take() {
             self.detached_at = Some(Instant::now());
+            self.shed = client.was_shed();
             self.window = self.window_on_detach();
+            if self.shed {
+                self.window = self.window.min(self.settings.shed_window);
+            }
             self.count_detached(true);
         }
     }
@@ -221,6 +238,7 @@ impl Fanout {
     pub(super) fn attach(&mut self, after: Seq, last: Seq, client: ClientTx) -> Attached {
         self.client = Some(client);
         self.detached_at = None;
+        self.shed = false;
         self.count_detached(false);
         let first_in_ring = self.ring.front().map(|(s, _)| *s);
         let (from_store, ring_from) = if after == last {
@@ -255,6 +273,7 @@ mod tests {
                 resume_window: Duration::from_secs(30),
                 max_streams: 100,
                 max_detached: 2,
+                shed_window: Duration::from_secs(2),
             },
             Arc::new(Metrics::new()),
             client,
@@ -308,6 +327,29 @@ mod tests {
     }
 
     #[test]
+    fn a_shed_client_gets_the_short_window_and_a_reattach_forgets_it() {
+        let streams = Streams::new(10, Arc::new(Metrics::new()));
+        let (tx, body) = client_channel(
+            streams
+                .open(crate::http::kind::KindCell::default())
+                .unwrap(),
+            1 << 16,
+            1000,
+        );
+        let mut f = fanout(0, Some(tx));
+        f.send(Bytes::from("e"), 1);
+        assert!(streams.shed_oldest());
+        drop(body);
+        f.check(Duration::from_secs(60), &"s");
+        assert!(f.was_shed());
+        let left = f.detached_until().unwrap() - Instant::now();
+        assert!(left <= Duration::from_secs(2), "{left:?}");
+        let (tx, _body) = client(1 << 16);
+        f.attach(1, 1, tx);
+        assert!(!f.was_shed() && f.detached_until().is_none());
+    }
+
+    #[test]
     fn connect_and_leave_gets_no_resume_window() {
         let metrics = Arc::new(Metrics::new());
         let settings = || Settings {
@@ -315,6 +357,7 @@ mod tests {
             resume_window: Duration::from_secs(30),
             max_streams: 100,
             max_detached: 2,
+            shed_window: Duration::from_secs(2),
         };
         let window = |f: &Fanout| {
             f.detached_until()

@@ -106,6 +106,7 @@ pub fn spawn(shared: &Arc<Sessions>, start: StreamStart) -> RecorderHandle {
                 resume_window: settings.resume_window,
                 max_streams: settings.max_streams,
                 max_detached: settings.max_detached,
+                shed_window: settings.shed_window,
             },
             shared.metrics.clone(),
             start.client,
@@ -294,8 +295,15 @@ impl Recorder {
         }
         match self.detach_deadline() {
             Some(deadline) if Instant::now() >= deadline => {
-                tracing::debug!(session = %self.session, "resume window over: handing over");
-                self.begin_handover(HandoverReason::ResumeWindow);
+                // A client rebalancing moved: hand over the way the drain does, so the pod it
+                // reconnected to takes the session over by overlap.
+                let reason = if self.fanout.was_shed() {
+                    HandoverReason::Rebalance
+                } else {
+                    HandoverReason::ResumeWindow
+                };
+                tracing::debug!(session = %self.session, reason = reason.label(), "client gone: handing over");
+                self.begin_handover(reason);
                 Flow::Continue
             }
             _ => Flow::Continue,
@@ -522,9 +530,10 @@ impl Recorder {
         };
         self.record_handover(reason).await;
         self.handover.recorded();
-        if reason == HandoverReason::Drain {
+        if matches!(reason, HandoverReason::Drain | HandoverReason::Rebalance) {
             // The client's stream ends (a session stream's last, its calls answered); capturing
-            // goes on until the client's new pod takes over, for the handover margin at most.
+            // goes on until the client's new pod takes over, for the handover margin at most
+            // (a shed client's new pod takes over by overlap, exactly as after a drain).
             self.fanout.release();
             self.handed_over_at = Some(Instant::now());
             Flow::Continue

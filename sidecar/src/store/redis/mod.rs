@@ -9,6 +9,7 @@
 //! | `…:{<s>}:epoch` | string | ownership counter (survives lease expiry) | same |
 //! | `…:{<s>}:lease` | hash | `owner`, `addr`, `epoch`, `state`, `until` (server ms) | same (acquire/renew: the longer of session and lease TTL) |
 //! | `…:{<s>}:appid` | string | newest app id recorded | same |
+//! | `ssekeeper:<ns>/<name>:rebalance:streams` | hash | pod → `v1 <server ms> <total> <resumable> <state>` (see `contract::rebalance`) | 6 rebalance intervals, slid by every write |
 //!
 //! Because an entry's stream id *is* its seq, `XADD` itself would refuse a replayed seq, and a
 //! tail is `XREAD BLOCK … <seq>-0`. Writes go through the Lua scripts in `scripts.rs` (fencing is
@@ -645,8 +646,79 @@ impl super::BroadcastStore for RedisStore {
     }
 }
 
+impl RedisStore {
+    async fn do_stream_counts(
+        &self,
+        pod: &str,
+        rest: &str,
+        stale_ms: u64,
+        ttl_ms: u64,
+    ) -> StoreResult<super::Spread> {
+        use crate::contract::rebalance::{PodStreams, stream_counts_key};
+        let mut inv = self.scripts.stream_counts.prepare_invoke();
+        inv.key(stream_counts_key(&self.namespace, &self.name))
+            .arg(pod)
+            .arg(rest)
+            .arg(stale_ms.max(1))
+            .arg(ttl_ms.max(1));
+        let bad = || StoreError::Malformed("stream counts: unexpected reply".into());
+        let Value::Array(items) = self.invoke("stream_counts", &inv).await? else {
+            return Err(bad());
+        };
+        let mut it = items.iter();
+        let now_ms = codec::parse_int(it.next().ok_or_else(bad)?, "stream counts: time")?;
+        let mut pods = Vec::new();
+        while let (Some(field), Some(value)) = (it.next(), it.next()) {
+            let (Ok(Some(field)), Ok(Some(value))) = (
+                parse_opt_text(field, "stream counts: pod"),
+                parse_opt_text(value, "stream counts: value"),
+            ) else {
+                continue;
+            };
+            if let Some(p) = PodStreams::parse(&value) {
+                pods.push((field, p));
+            }
+        }
+        Ok(super::Spread { now_ms, pods })
+    }
+}
+
+impl super::StreamCountStore for RedisStore {
+    fn publish_counts<'a>(
+        &'a self,
+        r: super::CountsReport<'a>,
+    ) -> BoxFuture<'a, StoreResult<super::Spread>> {
+        Box::pin(async move {
+            let rest = format!(
+                "{} {} {}",
+                r.total,
+                r.resumable.min(r.total),
+                r.state.as_str()
+            );
+            self.do_stream_counts(r.pod, &rest, r.stale_ms, r.key_ttl_ms)
+                .await
+        })
+    }
+
+    fn withdraw_counts<'a>(
+        &'a self,
+        pod: &'a str,
+        stale_ms: u64,
+    ) -> BoxFuture<'a, StoreResult<()>> {
+        Box::pin(async move {
+            self.do_stream_counts(pod, "", stale_ms, 2 * stale_ms)
+                .await
+                .map(|_| ())
+        })
+    }
+}
+
 impl SessionStore for RedisStore {
     fn broadcast(&self) -> Option<&dyn super::BroadcastStore> {
+        Some(self)
+    }
+
+    fn stream_counts(&self) -> Option<&dyn super::StreamCountStore> {
         Some(self)
     }
 

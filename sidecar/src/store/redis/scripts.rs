@@ -246,6 +246,35 @@ end
 return {1, string.format('%.0f', first), string.format('%.0f', last)}
 "#;
 
+/// `stream_counts(pod, rest, stale_ms, ttl_ms)` on the one rebalancing hash (KEYS[1], see
+/// `contract::rebalance`): writes this pod's entry `v1 <now> <rest>` stamped with the server's
+/// clock (`rest` = `<total> <resumable> <state>`; empty withdraws the entry), deletes `v1`
+/// entries older than `stale_ms` (values of other versions are left to their writers), slides
+/// the key's TTL, and returns `{now, field, value, …}` for every entry kept. One call per pod
+/// per interval: a write and a read in one round trip, atomic, never per event.
+const STREAM_COUNTS: &str = r#"
+local now = now_ms()
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], 'v1 ' .. string.format('%.0f', now) .. ' ' .. ARGV[2])
+end
+local all = redis.call('HGETALL', KEYS[1])
+local out = {string.format('%.0f', now)}
+local stale = tonumber(ARGV[3])
+for i = 1, #all, 2 do
+  local at = tonumber(string.match(all[i + 1], '^v1 (%d+) '))
+  if at ~= nil and now - at > stale then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    out[#out + 1] = all[i]
+    out[#out + 1] = all[i + 1]
+  end
+end
+if #all > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+return out
+"#;
+
 /// The compiled scripts (their SHA1s are computed once).
 pub(crate) struct Scripts {
     pub append: Script,
@@ -255,6 +284,7 @@ pub(crate) struct Scripts {
     pub release: Script,
     pub lease: Script,
     pub broadcast_append: Script,
+    pub stream_counts: Script,
 }
 
 impl Scripts {
@@ -268,6 +298,7 @@ impl Scripts {
             release: s(RELEASE),
             lease: s(LEASE),
             broadcast_append: s(BROADCAST_APPEND),
+            stream_counts: s(STREAM_COUNTS),
         }
     }
 }
