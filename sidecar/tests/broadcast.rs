@@ -288,6 +288,7 @@ async fn three_pods_one_upstream_identical_ids_and_a_rolling_restart_loses_nothi
     // Rolling restart: each pod in turn drains (its clients reconnect to the others with their
     // last id) and a new one takes its place.
     let mut holder_moves = 0;
+    let mut retired: Vec<TestApp> = Vec::new();
     for i in 0..3 {
         let h = holder(&pods).await;
         if h == i {
@@ -297,7 +298,13 @@ async fn three_pods_one_upstream_identical_ids_and_a_rolling_restart_loses_nothi
         pods[i].terminate();
         pods[i].wait_finished(T).await;
         let drained = t.elapsed();
-        let name = format!("pod-{}2", ["a", "b", "c"][i]);
+        // The pod is replaced whole: a new app instance (same feed) and a new sidecar.
+        let letter = ["a", "b", "c"][i];
+        let app = TestApp::start(&format!("app-{letter}2"), feeds.clone()).await;
+        let gone = std::mem::replace(&mut apps[i], app);
+        gone.kill();
+        retired.push(gone);
+        let name = format!("pod-{letter}2");
         let new = pod(&apps[i], &name, &redis).await;
         addrs.lock().unwrap()[i] = new.sse;
         let old = std::mem::replace(&mut pods[i], new);
@@ -325,7 +332,7 @@ async fn three_pods_one_upstream_identical_ids_and_a_rolling_restart_loses_nothi
         })
         .count();
     let reconnects: usize = all.iter().map(|s| s.reconnects).sum();
-    let opened = upstreams(&apps);
+    let opened = upstreams(&apps) + upstreams(&retired);
     println!(
         "broadcast rolling restart: {clients} clients, {total} events delivered, {ids} distinct ids, \
          {reconnects} reconnects, all reached event {until}: {reached}/{clients}; \
@@ -682,8 +689,8 @@ async fn a_killed_holder_is_replaced_after_its_lease_and_clients_lose_nothing() 
     rest.clear();
 }
 
-/// A client that stops reading is cut at its buffer (counted) while the others go on; it
-/// resumes from history with its last id.
+/// A client that stops reading is cut at its buffer (256 KiB here; counted) while a reading
+/// client goes on; the cut stream ends with the retry hint, so it resumes from history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_is_cut_and_resumes_while_the_others_go_on() {
     let redis = RedisServer::start().await;
@@ -694,7 +701,7 @@ async fn a_slow_client_is_cut_and_resumes_while_the_others_go_on() {
     a.redis_url = Some(redis.url());
     a.broadcast = vec![format!("{PATH}=100000").parse().unwrap()];
     a.broadcast_publish_token = Some(TOKEN.into());
-    a.client_buffer_bytes = 4096;
+    a.client_buffer_bytes = 256 * 1024;
     a.lease_ttl_seconds = 2;
     let p = start_sidecar(a.clone(), store::open(&a).await.unwrap()).await;
     holder(std::slice::from_ref(&p)).await;
@@ -732,7 +739,7 @@ async fn a_slow_client_is_cut_and_resumes_while_the_others_go_on() {
         }
         (log, good)
     });
-    // Big published events fill the slow client's socket and then its 4 KiB queue.
+    // Big published events fill the slow client's socket and then its 256 KiB queue.
     let auth = format!("Bearer {TOKEN}");
     for _ in 0..BIG {
         let (st, _, _) = fetch(
@@ -744,7 +751,7 @@ async fn a_slow_client_is_cut_and_resumes_while_the_others_go_on() {
         )
         .await;
         assert_eq!(st, 200);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (log, _good) = reader.await.unwrap();
     let cut = metric(&p, "ssekeeper_broadcast_slow_clients_cut");
@@ -857,4 +864,50 @@ async fn a_drain_hands_over_without_loss_even_when_the_app_ignores_last_event_id
         "the taker fenced the old holder once its upstream overlapped"
     );
     assert_eq!(upstreams_of(&apps, SHARED), 2);
+}
+
+/// The holder's app goes away (crashes, or stops answering the path): after three refused
+/// reopens the holder gives the path up and a pod whose app answers takes it, opening it with
+/// the last recorded app id; clients on every pod, the holder's included, lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_app_is_gone_gives_the_path_to_another_pod() {
+    let redis = RedisServer::start().await;
+    let feeds = Arc::new(Feeds::default());
+    let mut apps = Vec::new();
+    let mut pods = Vec::new();
+    for name in ["a", "b", "c"] {
+        let app = TestApp::start(&format!("app-{name}"), feeds.clone()).await;
+        pods.push(pod(&app, &format!("pod-{name}"), &redis).await);
+        apps.push(app);
+    }
+    let h = holder(&pods).await;
+    let addrs = Arc::new(Mutex::new(pods.iter().map(|p| p.sse).collect::<Vec<_>>()));
+    let start = now_event(pods[0].sse).await;
+    let until = start + 250;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let tasks: Vec<_> = (0..30)
+        .map(|i| tokio::spawn(client(addrs.clone(), i, until, deadline)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    apps[h].kill();
+    let new = ssekeeper_testkit::eventually::poll(T, || async {
+        pods.iter()
+            .position(|p| p.shared.broadcasts.held() == 1)
+            .filter(|i| *i != h)
+    })
+    .await
+    .expect("another pod took the path");
+    let took = t.elapsed();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.push(t.await.unwrap());
+    }
+    let (clients, total, _) = check(&all);
+    println!(
+        "broadcast holder's app gone: pod {new} took the path {took:?} later; {clients} clients, {total} events, \
+         0 lost, 0 duplicated; upstreams {}",
+        upstreams(&apps)
+    );
+    assert_eq!(upstreams(&apps), 2);
 }

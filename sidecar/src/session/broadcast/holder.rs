@@ -185,6 +185,16 @@ async fn pause(ctx: &Ctx, d: Duration) -> bool {
     }
 }
 
+/// After giving the path up because this pod's app refused it: stay away a lease TTL, so a pod
+/// whose app answers takes it first.
+async fn cool_down(ctx: &Ctx) {
+    tokio::select! {
+        _ = ctx.stop.cancelled() => {}
+        _ = ctx.draining.cancelled() => {}
+        _ = tokio::time::sleep(ctx.lease_ttl) => {}
+    }
+}
+
 /// The manager of one path on this pod: watches the lease, takes it when it may, holds it.
 pub(super) async fn manage(ctx: Arc<Ctx>, ch: Arc<Channel>) {
     let poll = (ctx.lease_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
@@ -228,7 +238,9 @@ pub(super) async fn manage(ctx: Arc<Ctx>, ch: Arc<Channel>) {
                     missing_since = None;
                     ctx.m().takeover("vacant");
                     tracing::info!(path = %ch.path, epoch = claim.epoch, "broadcast upstream taken (nobody held it)");
-                    hold(&ctx, &ch, claim, None).await;
+                    if hold(&ctx, &ch, claim, None).await == Lost::AppDown {
+                        cool_down(&ctx).await;
+                    }
                     continue;
                 }
             }
@@ -237,7 +249,9 @@ pub(super) async fn manage(ctx: Arc<Ctx>, ch: Arc<Channel>) {
                 missing_since = None;
                 if let Ok(claim) = ctx.sessions.book.take_over(&ch.session, l.epoch).await {
                     ctx.m().takeover("restarted");
-                    hold(&ctx, &ch, claim, None).await;
+                    if hold(&ctx, &ch, claim, None).await == Lost::AppDown {
+                        cool_down(&ctx).await;
+                    }
                     continue;
                 }
             }
@@ -274,8 +288,10 @@ async fn take_from_draining(ctx: &Arc<Ctx>, ch: &Arc<Channel>, old_epoch: Epoch)
     }
     let taken = take_turn(ctx, ch, old_epoch).await;
     let _ = bstore.release_turn(&ch.session, &ctx.owner).await;
-    if let Some((claim, started)) = taken {
-        hold(ctx, ch, claim, Some(started)).await;
+    if let Some((claim, started)) = taken
+        && hold(ctx, ch, claim, Some(started)).await == Lost::AppDown
+    {
+        cool_down(ctx).await;
     }
 }
 
@@ -384,7 +400,13 @@ enum Lost {
     Fenced,
     /// The sidecar stops.
     Stopped,
+    /// This pod's app refused the upstream [`GIVE_UP_AFTER`] times in a row: the lease is
+    /// released so a pod whose app answers takes the path.
+    AppDown,
 }
+
+/// Failed upstream opens in a row after which a holder gives the path up.
+const GIVE_UP_AFTER: u32 = 3;
 
 impl Writer {
     /// Append `entries` until the store takes them (retrying the same batch, deduplicated by
@@ -459,7 +481,7 @@ impl Writer {
 
 /// Hold the path: read the upstream and record it until the lease is lost, the sidecar stops,
 /// or (draining) the successor took over or the handover window is over.
-async fn hold(ctx: &Arc<Ctx>, ch: &Arc<Channel>, claim: Claim, started: Option<Started>) {
+async fn hold(ctx: &Arc<Ctx>, ch: &Arc<Channel>, claim: Claim, started: Option<Started>) -> Lost {
     ch.held.store(true, Ordering::Release);
     let held = ctx.m().upstream_held.get_or_create(&ch.label).clone();
     held.set(1);
@@ -474,6 +496,7 @@ async fn hold(ctx: &Arc<Ctx>, ch: &Arc<Channel>, claim: Claim, started: Option<S
     tracing::info!(path = %ch.path, reason = ?end, "broadcast upstream given up");
     ctx.sessions.book.unpin(&ch.session, id);
     ch.held.store(false, Ordering::Release);
+    end
 }
 
 async fn run(ctx: &Arc<Ctx>, ch: &Arc<Channel>, w: &mut Writer, started: Option<Started>) -> Lost {
@@ -493,6 +516,7 @@ async fn run(ctx: &Arc<Ctx>, ch: &Arc<Channel>, w: &mut Writer, started: Option<
     };
     let mut app_id: Option<String> = store.last_app_id(&ch.session).await.unwrap_or_default();
     let mut backoff = REOPEN;
+    let mut failures = 0u32;
     let mut handover_by: Option<tokio::time::Instant> = None;
     loop {
         if ctx.stop.is_cancelled() {
@@ -519,8 +543,14 @@ async fn run(ctx: &Arc<Ctx>, ch: &Arc<Channel>, w: &mut Writer, started: Option<
                 Some(u) => {
                     up = Some(u);
                     backoff = REOPEN;
+                    failures = 0;
                 }
                 None => {
+                    failures += 1;
+                    if failures >= GIVE_UP_AFTER && handover_by.is_none() {
+                        tracing::warn!(path = %ch.path, failures, "the app refuses the broadcast upstream: giving the path to another pod");
+                        return Lost::AppDown;
+                    }
                     let wait = backoff;
                     backoff = (backoff * 2).min(REOPEN_MAX);
                     tokio::select! {
