@@ -72,28 +72,20 @@ pub async fn forward_key(client: &Client, svc: &SseService) -> Result<String> {
 
     let probe = render::render_forward_secret(svc, "")?;
     if let Some(existing) = kubeapi::ensure_ours(client, &ns, &probe, &uid).await? {
-        if let Some(key) = valid(&existing) {
-            // Made by a version without the publish token: add it, keeping the key.
-            if secret_value(&existing, contract::PUBLISH_TOKEN_SECRET_KEY).is_none() {
-                kubeapi::apply(
-                    client,
-                    &ns,
-                    &render::render_forward_secret(svc, &key)?,
-                    &uid,
-                )
-                .await?;
+        // Ours but emptied by hand: a fresh key (the pods roll: it is in the config hash). Made
+        // by a version without the publish token: the token added, the key kept.
+        let (key, rewrite) = match valid(&existing) {
+            Some(key) => {
+                let has_token =
+                    secret_value(&existing, contract::PUBLISH_TOKEN_SECRET_KEY).is_some();
+                (key, !has_token)
             }
-            return Ok(key);
+            None => (new_key(), true),
+        };
+        if rewrite {
+            let secret = render::render_forward_secret(svc, &key)?;
+            kubeapi::apply(client, &ns, &secret, &uid).await?;
         }
-        // Ours but emptied by hand: write a fresh key (the pods roll: it is in the config hash).
-        let key = new_key();
-        kubeapi::apply(
-            client,
-            &ns,
-            &render::render_forward_secret(svc, &key)?,
-            &uid,
-        )
-        .await?;
         return Ok(key);
     }
     let key = new_key();
