@@ -1085,10 +1085,23 @@ async fn an_operator_upgrade_rolls_the_fleet_a_slot_at_a_time() {
         .await;
         let (ty, _, note) = wait_event(&client, &ns.name, name, "RolloutQueued").await;
         assert_eq!(ty, "Normal");
-        assert!(
-            note.contains("maxConcurrentRollouts") && note.contains(rolling),
-            "{note}"
-        );
+        // The Event is the queue as it was when this one started to wait (maybe before the
+        // first admission); the condition follows the queue and names the one rolling.
+        assert!(note.contains("maxConcurrentRollouts"), "{note}");
+        eventually(
+            &format!("{name}'s condition names {rolling}"),
+            paced(WAIT),
+            || async {
+                let s = svcs.get(name).await.ok()?;
+                let c = s
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Progressing")?;
+                (c.reason == "RolloutQueued" && c.message.contains(rolling)).then_some(())
+            },
+        )
+        .await;
     }
     eventually("fleet-d paused", paced(WAIT), || async {
         (reason("fleet-d").await.as_deref() == Some("RolloutPaused")).then_some(())
