@@ -28,6 +28,21 @@ async fn pod(app: &TestApp, name: &str, redis: &RedisServer) -> TestSidecar {
     pod_for(app, name, redis, PATH).await
 }
 
+/// Three pods (an app and its sidecar each) on one feed, broadcasting `path`.
+async fn three_pods(
+    feeds: &Arc<Feeds>,
+    redis: &RedisServer,
+    path: &str,
+) -> (Vec<TestApp>, Vec<TestSidecar>) {
+    let (mut apps, mut pods) = (Vec::new(), Vec::new());
+    for name in ["a", "b", "c"] {
+        let app = TestApp::start(&format!("app-{name}"), feeds.clone()).await;
+        pods.push(pod_for(&app, &format!("pod-{name}"), redis, path).await);
+        apps.push(app);
+    }
+    (apps, pods)
+}
+
 async fn pod_for(app: &TestApp, name: &str, redis: &RedisServer, path: &str) -> TestSidecar {
     let mut a = args(app.addr, name);
     a.store = StoreKind::Redis;
@@ -251,13 +266,7 @@ async fn now_event_of(addr: SocketAddr, path: &str) -> u64 {
 async fn three_pods_one_upstream_identical_ids_and_a_rolling_restart_loses_nothing() {
     let redis = RedisServer::start().await;
     let feeds = Arc::new(Feeds::default());
-    let mut apps = Vec::new();
-    let mut pods = Vec::new();
-    for name in ["a", "b", "c"] {
-        let app = TestApp::start(&format!("app-{name}"), feeds.clone()).await;
-        pods.push(pod(&app, &format!("pod-{name}"), &redis).await);
-        apps.push(app);
-    }
+    let (mut apps, mut pods) = three_pods(&feeds, &redis, PATH).await;
     let first_holder = holder(&pods).await;
     let addrs = Arc::new(Mutex::new(pods.iter().map(|p| p.sse).collect::<Vec<_>>()));
     let start = now_event(pods[0].sse).await;
@@ -350,13 +359,7 @@ async fn three_pods_one_upstream_identical_ids_and_a_rolling_restart_loses_nothi
 async fn publish_is_authenticated_bounded_and_reaches_every_pod() {
     let redis = RedisServer::start().await;
     let feeds = Arc::new(Feeds::default());
-    let mut apps = Vec::new();
-    let mut pods = Vec::new();
-    for name in ["a", "b", "c"] {
-        let app = TestApp::start(&format!("app-{name}"), feeds.clone()).await;
-        pods.push(pod(&app, &format!("pod-{name}"), &redis).await);
-        apps.push(app);
-    }
+    let (apps, pods) = three_pods(&feeds, &redis, PATH).await;
     holder(&pods).await;
     let mut streams = Vec::new();
     for p in &pods {
@@ -571,13 +574,7 @@ async fn resume_on_another_pod_replays_and_ids_outside_history_get_the_gap() {
 async fn a_redis_restart_mid_run_is_counted_and_reorders_nothing() {
     let mut redis = RedisServer::start().await;
     let feeds = Arc::new(Feeds::default());
-    let mut apps = Vec::new();
-    let mut pods = Vec::new();
-    for name in ["a", "b", "c"] {
-        let app = TestApp::start(&format!("app-{name}"), feeds.clone()).await;
-        pods.push(pod(&app, &format!("pod-{name}"), &redis).await);
-        apps.push(app);
-    }
+    let (apps, pods) = three_pods(&feeds, &redis, PATH).await;
     let h = holder(&pods).await;
     let addrs = Arc::new(Mutex::new(pods.iter().map(|p| p.sse).collect::<Vec<_>>()));
     let start = now_event(pods[0].sse).await;
@@ -646,13 +643,7 @@ async fn a_redis_restart_mid_run_is_counted_and_reorders_nothing() {
 async fn a_killed_holder_is_replaced_after_its_lease_and_clients_lose_nothing() {
     let redis = RedisServer::start().await;
     let feeds = Arc::new(Feeds::default());
-    let mut apps = Vec::new();
-    let mut pods = Vec::new();
-    for name in ["a", "b", "c"] {
-        let app = TestApp::start(&format!("app-{name}"), feeds.clone()).await;
-        pods.push(pod(&app, &format!("pod-{name}"), &redis).await);
-        apps.push(app);
-    }
+    let (apps, mut pods) = three_pods(&feeds, &redis, PATH).await;
     let h = holder(&pods).await;
     let others: Vec<SocketAddr> = (0..3).filter(|i| *i != h).map(|i| pods[i].sse).collect();
     let addrs = Arc::new(Mutex::new(others));
@@ -826,13 +817,7 @@ async fn a_drain_hands_over_without_loss_even_when_the_app_ignores_last_event_id
     const SHARED: &str = "/events-shared";
     let redis = RedisServer::start().await;
     let feeds = Arc::new(Feeds::default());
-    let mut apps = Vec::new();
-    let mut pods = Vec::new();
-    for name in ["a", "b", "c"] {
-        let app = TestApp::start(&format!("app-{name}"), feeds.clone()).await;
-        pods.push(pod_for(&app, &format!("pod-{name}"), &redis, SHARED).await);
-        apps.push(app);
-    }
+    let (apps, pods) = three_pods(&feeds, &redis, SHARED).await;
     let h = holder(&pods).await;
     let others: Vec<SocketAddr> = (0..3).filter(|i| *i != h).map(|i| pods[i].sse).collect();
     let addrs = Arc::new(Mutex::new(others));
@@ -873,13 +858,7 @@ async fn a_drain_hands_over_without_loss_even_when_the_app_ignores_last_event_id
 async fn a_holder_whose_app_is_gone_gives_the_path_to_another_pod() {
     let redis = RedisServer::start().await;
     let feeds = Arc::new(Feeds::default());
-    let mut apps = Vec::new();
-    let mut pods = Vec::new();
-    for name in ["a", "b", "c"] {
-        let app = TestApp::start(&format!("app-{name}"), feeds.clone()).await;
-        pods.push(pod(&app, &format!("pod-{name}"), &redis).await);
-        apps.push(app);
-    }
+    let (apps, pods) = three_pods(&feeds, &redis, PATH).await;
     let h = holder(&pods).await;
     let addrs = Arc::new(Mutex::new(pods.iter().map(|p| p.sse).collect::<Vec<_>>()));
     let start = now_event(pods[0].sse).await;

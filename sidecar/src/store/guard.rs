@@ -423,6 +423,15 @@ impl SessionStore for GuardedStore {
     }
 }
 
+impl GuardedStore {
+    /// The inner store's broadcast side, or why there is none.
+    fn broadcaster(&self) -> StoreResult<&dyn super::BroadcastStore> {
+        self.inner
+            .broadcast()
+            .ok_or_else(|| StoreError::Unavailable("the store cannot broadcast".into()))
+    }
+}
+
 impl super::BroadcastStore for GuardedStore {
     fn append_broadcast<'a>(
         &'a self,
@@ -430,9 +439,7 @@ impl super::BroadcastStore for GuardedStore {
         a: super::BroadcastAppend<'a>,
     ) -> BoxFuture<'a, StoreResult<super::BroadcastAppended>> {
         Box::pin(async move {
-            let Some(inner) = self.inner.broadcast() else {
-                return Err(StoreError::Unavailable("the store cannot broadcast".into()));
-            };
+            let inner = self.broadcaster()?;
             self.call(
                 StoreOp::BroadcastAppend,
                 self.timeout,
@@ -449,9 +456,7 @@ impl super::BroadcastStore for GuardedStore {
         ttl: Duration,
     ) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(async move {
-            let Some(inner) = self.inner.broadcast() else {
-                return Err(StoreError::Unavailable("the store cannot broadcast".into()));
-            };
+            let inner = self.broadcaster()?;
             self.call(
                 StoreOp::BroadcastTurn,
                 self.timeout,
@@ -467,9 +472,7 @@ impl super::BroadcastStore for GuardedStore {
         who: &'a str,
     ) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
-            let Some(inner) = self.inner.broadcast() else {
-                return Err(StoreError::Unavailable("the store cannot broadcast".into()));
-            };
+            let inner = self.broadcaster()?;
             self.call(
                 StoreOp::BroadcastTurn,
                 self.timeout,
