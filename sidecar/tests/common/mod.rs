@@ -162,7 +162,10 @@ pub async fn start_sidecar(args: SidecarArgs, store: Arc<dyn SessionStore>) -> T
                 _ = f.cancelled() => {}
             }
         });
-        rt.shutdown_background();
+        // Tasks are dropped, not run on (SIGKILL flushes nothing), but the worker threads are
+        // waited for: `shutdown_background` returns while they still hold the listeners, and a
+        // peer connecting in that moment is reset instead of refused, which no real kill does.
+        rt.shutdown_timeout(Duration::from_secs(5));
     });
     let (sse, admin, lifecycle, shared) = info_rx.await.expect("sidecar started");
     TestSidecar {
