@@ -5,9 +5,11 @@
 //	GET /paced?rate=R&count=C&size=S  C events at R events/s (random phase), then the end
 //	GET /paced?rate=0&hold=H        one event, then an idle stream held H seconds
 //	GET /healthz                    200
+//	GET /bcast, /sub, /stats         broadcast (broadcast.go)
 //
 // Every event has `id: <n>` (zero-padded) and `data: <unix ns at send> <padding>`; a
-// `Last-Event-ID: <n>` continues after n. Every stream is bounded in time (at most 120 s).
+// `Last-Event-ID: <n>` continues after n. Every stream is bounded in time (at most 120 s), but
+// /bcast and /sub, which end with their client (the driver stops every process it started).
 package main
 
 import (
@@ -32,8 +34,21 @@ const (
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:18080", "address to listen on")
+	bcastRate := flag.Float64("bcast-rate", 5, "events/s of /bcast and of -publish-rate's default")
+	bcastSize := flag.Int("bcast-size", 100, "bytes per broadcast event on the wire")
+	redisAddr := flag.String("redis", "", "host:port of Redis: serve /sub from its channel")
+	pubRate := flag.Float64("publish-rate", 0, "events/s this replica PUBLISHes to the channel (needs -redis)")
 	flag.Parse()
+	size := min(max(*bcastSize, minSize), maxSize)
 	mux := http.NewServeMux()
+	mux.HandleFunc("/stats", stats)
+	mux.HandleFunc("/bcast", bcast(min(max(*bcastRate, 0.1), 10000), size))
+	if *redisAddr != "" {
+		mux.HandleFunc("/sub", subscribe(*redisAddr))
+		if *pubRate > 0 {
+			go publish(*redisAddr, min(*pubRate, 10000), size)
+		}
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/firehose", firehose)
 	mux.HandleFunc("/paced", paced)

@@ -6,6 +6,8 @@
 //	                  timestamp) p50/p99/max, fraction delivered
 //	-mode idle        idle streams opened in steps; RSS of -pids (and -extra-pids) at each step
 //	-mode connrate    W workers open a stream, wait for its first event, close: streams/s
+//	-mode broadcast   K subscribers of one path spread over -targets, reconnecting with
+//	                  `Last-Event-ID`: latency, fraction delivered, duplicates (broadcast.go)
 package main
 
 import (
@@ -31,7 +33,7 @@ import (
 
 var (
 	target  = flag.String("target", "127.0.0.1:18081", "host:port to open streams on")
-	mode    = flag.String("mode", "throughput", "throughput | fanout | idle | connrate")
+	mode    = flag.String("mode", "throughput", "throughput | fanout | idle | connrate | broadcast")
 	streams = flag.Int("streams", 1, "streams (throughput, fanout)")
 	size    = flag.Int("size", 100, "event size in bytes on the wire")
 	dur     = flag.Float64("dur", 2, "seconds: firehose length (throughput), run time (connrate)")
@@ -66,6 +68,8 @@ func main() {
 		out, err = idle(deadline)
 	case "connrate":
 		out, err = connrate(deadline)
+	case "broadcast":
+		out, err = broadcastRun(deadline)
 	default:
 		err = fmt.Errorf("unknown mode %q", *mode)
 	}
@@ -78,12 +82,21 @@ func main() {
 
 // open connects, sends a GET and reads the response head; the body is returned as a reader.
 func open(path string, deadline time.Time, bufSize int) (net.Conn, io.Reader, error) {
-	c, err := net.DialTimeout("tcp", *target, time.Until(deadline))
+	return openAt(*target, path, "", deadline, bufSize)
+}
+
+// openAt is open on addr, with a `Last-Event-ID` when lastID is not empty.
+func openAt(addr, path, lastID string, deadline time.Time, bufSize int) (net.Conn, io.Reader, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Until(deadline))
 	if err != nil {
 		return nil, nil, err
 	}
 	c.SetDeadline(deadline)
-	req := "GET " + path + " HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+	req := "GET " + path + " HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n"
+	if lastID != "" {
+		req += "Last-Event-ID: " + lastID + "\r\n"
+	}
+	req += "\r\n"
 	if _, err := io.WriteString(c, req); err != nil {
 		c.Close()
 		return nil, nil, err

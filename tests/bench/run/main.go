@@ -78,6 +78,8 @@ type figure struct {
 	Args       []string
 	Timeout    float64 // seconds, the load generator's hard limit
 	SkipDirect bool    // nothing to measure without a proxy (its RSS)
+	// Bcast makes it the broadcast figure: its own peers (bcastPeers), see broadcast.go.
+	Bcast *bcastSpec
 }
 
 func figures(full bool) []figure {
@@ -98,14 +100,17 @@ func figures(full bool) []figure {
 		return figure{ID: "connrate", Timeout: dur + 15, Args: []string{"-mode", "connrate",
 			"-workers", "16", "-dur", fmt.Sprint(dur), "-max", "60000"}}
 	}
+	bcast := func(subs int, rate, window float64) figure {
+		return figure{ID: "bcast", Timeout: window + 60, Bcast: &bcastSpec{Subs: subs, Rate: rate, Window: window}}
+	}
 	if !full {
-		return []figure{tp("tp/1x100B", 1, 100, 1), fan(200, 10, 1), idle("0,100", 0.5), conn(0.5)}
+		return []figure{tp("tp/1x100B", 1, 100, 1), fan(200, 10, 1), idle("0,100", 0.5), conn(0.5), bcast(300, 5, 2)}
 	}
 	return []figure{
 		tp("tp/1x100B", 1, 100, 1.5), tp("tp/8x100B", 8, 100, 1.5),
 		tp("tp/1x1KiB", 1, 1024, 1.5), tp("tp/8x1KiB", 8, 1024, 1.5),
 		fan(5000, 1, 4), fan(5000, 3, 4), fan(5000, 10, 4),
-		idle("0,5000,9900", 1), conn(2),
+		idle("0,5000,9900", 1), conn(2), bcast(10000, 5, 8),
 	}
 }
 
@@ -704,6 +709,9 @@ func main() {
 	for _, f := range figs {
 		for rep := 0; rep < reps; rep++ {
 			order := slices.Clone(peers)
+			if f.Bcast != nil {
+				order = slices.Clone(bcastPeers)
+			}
 			rot := k % len(order)
 			order = append(order[rot:], order[:rot]...)
 			k++
@@ -711,7 +719,12 @@ func main() {
 				if f.SkipDirect && p == "direct" {
 					continue
 				}
-				m := b.measure(f, p, rep, pos)
+				var m Measurement
+				if f.Bcast != nil {
+					m = b.measureBroadcast(f, p, rep, pos)
+				} else {
+					m = b.measure(f, p, rep, pos)
+				}
 				status := "ok"
 				if m.Error != "" {
 					status = "FAILED: " + m.Error
@@ -736,7 +749,14 @@ func main() {
 	fmt.Print(md)
 	// A peer that never ran at all breaks the bench; a figure that failed now and then is in the table.
 	broken := false
-	for _, p := range peers {
+	var ran []string
+	if slices.ContainsFunc(figs, func(f figure) bool { return f.Bcast == nil }) {
+		ran = slices.Clone(peers)
+	}
+	if slices.ContainsFunc(figs, func(f figure) bool { return f.Bcast != nil }) {
+		ran = append(ran, bcastPeers...)
+	}
+	for _, p := range ran {
 		okAny := false
 		for _, m := range res.Measurements {
 			if m.Peer == p && m.Error == "" {

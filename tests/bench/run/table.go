@@ -298,6 +298,9 @@ func table(res Results, figs []figure) string {
 		cells = append(cells, strings.Join(met, "; "))
 		b.WriteString("| " + strings.Join(cells, " | ") + " |\n")
 	}
+	if f, ok := findFig(figs, "bcast"); ok && f.Bcast != nil {
+		b.WriteString(bcastTable(res, f))
+	}
 	if len(res.Failures) > 0 {
 		b.WriteString("\nFailed measurements (not in the medians):\n\n")
 		for _, f := range res.Failures {
