@@ -1332,3 +1332,187 @@ async fn a_broadcast_path_serves_300_clients_from_one_upstream_through_a_rolling
     );
     chat.judge_whole(crowd, "broadcast rolling restart").await;
 }
+
+/// Each Running chat pod's open streams (its own `ssekeeper_active_streams`) and its sheds, by
+/// pod IP.
+async fn chat_pod_streams(ns: &str) -> BTreeMap<String, (f64, f64)> {
+    let ips = kubectl_ok(&[
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-l",
+        "ssekeeper.dev/service=chat",
+        "--field-selector=status.phase=Running",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ]);
+    let mut out = BTreeMap::new();
+    for ip in ips.split_whitespace() {
+        let admin = format!("{ip}:{}", ssekeeper_sidecar::contract::ADMIN_PORT);
+        if let Some(text) = http_get(&admin, "/metrics").await.into_iter().next() {
+            out.insert(
+                ip.to_string(),
+                (
+                    metric_sum(&text, "ssekeeper_active_streams", None),
+                    metric_sum(&text, "ssekeeper_rebalance_shed_total", None),
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// Busiest pod over the mean.
+fn imbalance(c: &BTreeMap<String, (f64, f64)>) -> f64 {
+    let total: f64 = c.values().map(|v| v.0).sum();
+    let busiest = c.values().map(|v| v.0).fold(0.0, f64::max);
+    if total == 0.0 {
+        return f64::INFINITY;
+    }
+    busiest / (total / c.len() as f64)
+}
+
+/// Rebalancing on the real node: 300 chat clients through the ClusterIP (kube-proxy, no
+/// affinity) on one pod, the SseService scaled to 3: within a bounded time the busiest pod holds
+/// at most 1.2 × the mean, only the pod over its share shed, reconnects paced by
+/// `maxShedPerSecond`, every client got the whole sequence once, and `status.streams` shows the
+/// spread that `kubectl describe` prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_up_rebalances_300_streams_over_the_new_pods_without_loss() {
+    const MAX_SHED: u32 = 10;
+    let chat = Chat::start("rebal", |t| {
+        t.replace("  replicas: 3\n", "  replicas: 1\n")
+            .replace(
+                "sessionAffinity: { enabled: true, timeoutSeconds: 10800 }",
+                "sessionAffinity: { enabled: false }",
+            )
+            .replace(
+                "  disruptionBudget:",
+                &format!(
+                    "  rebalance: {{ enabled: true, tolerancePercent: 20, maxShedPerSecond: {MAX_SHED} }}\n  disruptionBudget:"
+                ),
+            )
+    })
+    .await;
+    let ns = chat.name().to_string();
+    let crowd = chat.crowd(300);
+    assert!(
+        crowd.wait_all_receiving(Duration::from_secs(120)).await,
+        "every client receives: {}",
+        crowd.progress()
+    );
+    let before = chat_pod_streams(&ns).await;
+    println!("before the scale-up: {before:?}");
+    assert_eq!(before.len(), 1, "one pod");
+    let first = before.keys().next().unwrap().clone();
+    assert_eq!(before[&first].0, 300.0, "all 300 on it");
+
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "sseservice",
+        "chat",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":3}}"#,
+    ]);
+    let scaled = Instant::now();
+    let mut timeline = Vec::new();
+    let balanced = loop {
+        let c = chat_pod_streams(&ns).await;
+        timeline.push((
+            scaled.elapsed().as_secs(),
+            c.values().map(|v| v.0).collect::<Vec<_>>(),
+        ));
+        if c.len() == 3 && imbalance(&c) <= 1.2 {
+            break c;
+        }
+        assert!(
+            scaled.elapsed() < Duration::from_secs(240),
+            "the busiest pod within 1.2 × the mean in 240 s: {timeline:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let balanced_after = scaled.elapsed();
+    println!(
+        "balanced after {:.1} s: {balanced:?}",
+        balanced_after.as_secs_f64()
+    );
+    // Shedding stops on its own (hysteresis): no shed for 10 s, then the spread once more.
+    let mut last = f64::NAN;
+    let mut quiet_since = Instant::now();
+    let settle = Instant::now();
+    let settled = loop {
+        let c = chat_pod_streams(&ns).await;
+        let shed: f64 = c.values().map(|v| v.1).sum();
+        if shed != last {
+            last = shed;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= Duration::from_secs(10) {
+            break c;
+        }
+        assert!(
+            settle.elapsed() < Duration::from_secs(120),
+            "shedding stops: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    println!(
+        "settled: {settled:?} (imbalance {:.2})",
+        imbalance(&settled)
+    );
+    assert!(imbalance(&settled) <= 1.2, "still balanced: {settled:?}");
+    for (ip, (_, shed)) in &settled {
+        if *ip != first {
+            assert_eq!(*shed, 0.0, "a new pod shed back ({ip}): no ping-pong");
+        }
+    }
+    let shed_sum: f64 = settled.values().map(|v| v.1).sum();
+    // What `kubectl describe ssesvc` shows (refreshed at most every 30 s by the operator).
+    let status = eventually(
+        "status.streams shows the three pods balanced",
+        paced(Duration::from_secs(120)),
+        || async {
+            let s = jsonpath(&ns, "sseservice/chat", "{.status.streams}");
+            let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+            let pods = v["pods"].as_array()?.len();
+            let imbalance: f64 = v["imbalance"].as_str()?.parse().ok()?;
+            (pods == 3 && imbalance <= 1.25).then_some(s)
+        },
+    )
+    .await;
+    println!("status.streams: {status}");
+    let describe = k(&["-n", &ns, "describe", "sseservice", "chat"]);
+    assert!(describe.contains("Streams"), "{describe}");
+
+    let (last_seq, caught_up, summary) = chat.finish(crowd).await;
+    let mut per_second: BTreeMap<u64, u32> = BTreeMap::new();
+    for c in &summary.clients {
+        for a in c.report.attempts.iter().skip(1) {
+            if let Some(d) = a.at.checked_duration_since(scaled) {
+                *per_second.entry(d.as_secs()).or_default() += 1;
+            }
+        }
+    }
+    let max_per_second = per_second.values().copied().max().unwrap_or(0);
+    println!(
+        "rebalance 1 → 3 pods on the node, 300 clients: ≤ 1.2 × mean after {:.1} s; shed {shed_sum}; \
+         reconnects {} with at most {max_per_second} in one second (max {MAX_SHED}/s per pod); {summary}",
+        balanced_after.as_secs_f64(),
+        summary.reconnects()
+    );
+    assert_whole("rebalance on the node", last_seq, caught_up, &summary);
+    // Paced: one pod sheds, at most MAX_SHED a second (one more for a reconnect that lands in
+    // the next second), and no reconnect but the shed ones (a few for a slow node).
+    assert!(
+        max_per_second <= MAX_SHED + 1,
+        "reconnects per second: {per_second:?}"
+    );
+    assert!(
+        summary.reconnects() as f64 <= shed_sum + 5.0,
+        "no reconnect storm: {} reconnects, {shed_sum} shed",
+        summary.reconnects()
+    );
+}
