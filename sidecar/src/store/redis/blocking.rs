@@ -12,13 +12,13 @@ use std::sync::{Mutex, PoisonError};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
-use crate::contract::redis::conn::AnyConn;
+use super::io_thread::IoConn;
 
 /// Slots for blocking reads plus the idle connections kept for them.
 pub(crate) struct BlockingPool {
     permits: Semaphore,
     max: usize,
-    idle: Mutex<Vec<AnyConn>>,
+    idle: Mutex<Vec<IoConn>>,
     idle_max: usize,
 }
 
@@ -43,7 +43,7 @@ impl BlockingPool {
     }
 
     /// A kept connection, if any.
-    pub(crate) fn take_idle(&self) -> Option<AnyConn> {
+    pub(crate) fn take_idle(&self) -> Option<IoConn> {
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -51,7 +51,7 @@ impl BlockingPool {
     }
 
     /// Keeps a healthy connection for the next tail, or closes it if enough are kept.
-    pub(crate) fn put_back(&self, conn: AnyConn) {
+    pub(crate) fn put_back(&self, conn: IoConn) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.idle_max {
             idle.push(conn);

@@ -19,11 +19,14 @@
 mod blocking;
 mod codec;
 mod errors;
+mod io_thread;
 mod scripts;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::{Cmd, RedisError, ScriptInvocation, Value, cmd};
+use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
@@ -37,6 +40,7 @@ use self::codec::{
 };
 pub use self::errors::purge_service;
 use self::errors::{from_redis, timed_out};
+use self::io_thread::{IoConn, IoThread};
 use self::scripts::Scripts;
 use super::batch::check_order;
 use super::{
@@ -44,7 +48,7 @@ use super::{
     StoreError, StoreResult,
 };
 use crate::contract::keys;
-use crate::contract::redis::conn::{AnyConn, Connector, Timeouts, is_connection_fault};
+use crate::contract::redis::conn::{Connector, Timeouts, is_connection_fault};
 use crate::cursor::SessionId;
 
 /// Everything a [`RedisStore`] needs; [`RedisConfig::new`] fills the tuning knobs with defaults.
@@ -125,7 +129,9 @@ pub enum ConnectError {
 
 /// Sessions in Redis (single node, Sentinel or Cluster).
 pub struct RedisStore {
-    connector: Connector,
+    connector: Arc<Connector>,
+    /// Where every connection is created and driven (see [`io_thread`]).
+    io: IoThread,
     pool: BlockingPool,
     namespace: String,
     name: String,
@@ -195,8 +201,12 @@ impl RedisStore {
             },
         )
         .map_err(|e| ConnectError::Client(e.to_string()))?;
+        let io = IoThread::start("ssekeeper-redis").map_err(|e| {
+            ConnectError::Client(format!("cannot start the store's I/O thread: {e}"))
+        })?;
         Ok(Self {
-            connector,
+            connector: Arc::new(connector),
+            io,
             pool: BlockingPool::new(cfg.max_blocking, cfg.idle_blocking),
             namespace: cfg.namespace,
             name: cfg.name,
@@ -239,10 +249,23 @@ impl RedisStore {
         u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
     }
 
+    /// The shared connection, driven on the I/O thread. A Sentinel master due for its re-check
+    /// is looked up there too (its new connection must be driven there).
+    async fn shared(&self) -> redis::RedisResult<IoConn> {
+        let conn = match self.connector.shared().now_or_never() {
+            Some(c) => c?,
+            None => {
+                let connector = self.connector.clone();
+                self.io.run(async move { connector.shared().await }).await?
+            }
+        };
+        Ok(self.io.wrap(conn))
+    }
+
     /// Runs one ordinary command on the shared connection within the call deadline.
     async fn query(&self, what: &str, c: &Cmd) -> StoreResult<Value> {
         self.deadline(what, async {
-            let mut conn = self.connector.shared().await?;
+            let mut conn = self.shared().await?;
             c.query_async::<Value>(&mut conn).await
         })
         .await
@@ -251,7 +274,7 @@ impl RedisStore {
     /// Runs one script (EVALSHA, loading it on NOSCRIPT) within the call deadline.
     async fn invoke(&self, what: &str, inv: &ScriptInvocation<'_>) -> StoreResult<Value> {
         self.deadline(what, async {
-            let mut conn = self.connector.shared().await?;
+            let mut conn = self.shared().await?;
             inv.invoke_async::<Value>(&mut conn).await
         })
         .await
@@ -498,9 +521,11 @@ impl RedisStore {
         }
     }
 
-    async fn new_dedicated(&self) -> StoreResult<AnyConn> {
-        match tokio::time::timeout(self.op_timeout, self.connector.dedicated()).await {
-            Ok(Ok(c)) => Ok(c),
+    async fn new_dedicated(&self) -> StoreResult<IoConn> {
+        let connector = self.connector.clone();
+        let made = self.io.run(async move { connector.dedicated().await });
+        match tokio::time::timeout(self.op_timeout, made).await {
+            Ok(Ok(c)) => Ok(self.io.wrap(c)),
             Ok(Err(e)) => Err(from_redis(e)),
             Err(_) => Err(timed_out("connect", self.op_timeout)),
         }
