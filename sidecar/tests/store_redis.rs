@@ -558,3 +558,77 @@ async fn exhausted_blocking_slots_degrade_to_a_late_read() {
     st.append(&a, la.epoch, &[ev(1)]).await.unwrap();
     assert_eq!(hog.await.unwrap().unwrap(), vec![ev(1)]);
 }
+
+/// Issue 8, bug 2: on a runtime saturated with busy tasks (thousands of streams), calls must
+/// still reach Redis. The redis crate's connection task used to run on that runtime, one task
+/// among thousands: requests waited in its channel past their deadline, were skipped unsent, and
+/// every call timed out while Redis sat idle. The store drives its connections on a thread of
+/// its own, so here every append is answered and stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_runtime_does_not_starve_the_store() {
+    let server = RedisServer::start().await;
+    let st = Arc::new(store(&server.url()).await);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 2,000 tasks that each burn 50 µs per poll: one round of the runtime takes ~100 ms.
+    let mut burners = Vec::new();
+    for _ in 0..2000 {
+        let stop = stop.clone();
+        burners.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_micros(50) {
+                    std::hint::spin_loop();
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    // 1,500 sessions appending one entry after another for 3 s (bounded by count too).
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut writers = Vec::new();
+    for i in 0..1500 {
+        let st = st.clone();
+        writers.push(tokio::spawn(async move {
+            let s = sid(&format!("busy-{i}"));
+            let epoch = st.acquire(&s, &owner(), LONG).await?.epoch;
+            let mut seq = 0;
+            while Instant::now() < until && seq < 1000 {
+                st.append(&s, epoch, &[ev(seq + 1)]).await?;
+                seq += 1;
+            }
+            Ok::<_, StoreError>((s, seq))
+        }));
+    }
+    let mut written = Vec::new();
+    let mut failures = Vec::new();
+    for w in writers {
+        match w.await.unwrap() {
+            Ok(done) => written.push(done),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in burners {
+        b.await.unwrap();
+    }
+    let appended: u64 = written.iter().map(|(_, n)| n).sum();
+    println!(
+        "{} writers finished, {} failed, {appended} appends answered",
+        written.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of 1500 writers failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    for (s, n) in written.iter().step_by(100) {
+        let stored = st.read_after(s, 0, usize::MAX).await.unwrap();
+        assert_eq!(
+            stored.len() as u64,
+            *n,
+            "{s:?} has every entry it was told it has"
+        );
+    }
+}
