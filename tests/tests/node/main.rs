@@ -817,8 +817,8 @@ fn evict(ns: &str, pod: &str) -> u16 {
     }
 }
 
-/// The admin endpoint `path` of every chat pod (the host reaches pod IPs on the bridge).
-async fn chat_pod_admin(ns: &str, path: &str) -> Vec<String> {
+/// The IPs of the Running chat pods (the host reaches pod IPs on the bridge).
+fn chat_pod_ips(ns: &str) -> Vec<String> {
     let ips = kubectl_ok(&[
         "-n",
         ns,
@@ -830,8 +830,13 @@ async fn chat_pod_admin(ns: &str, path: &str) -> Vec<String> {
         "-o",
         "jsonpath={.items[*].status.podIP}",
     ]);
+    ips.split_whitespace().map(str::to_string).collect()
+}
+
+/// The admin endpoint `path` of every chat pod.
+async fn chat_pod_admin(ns: &str, path: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for ip in ips.split_whitespace() {
+    for ip in chat_pod_ips(ns) {
         let admin = format!("{ip}:{}", ssekeeper_sidecar::contract::ADMIN_PORT);
         out.extend(http_get(&admin, path).await);
     }
@@ -1336,23 +1341,12 @@ async fn a_broadcast_path_serves_300_clients_from_one_upstream_through_a_rolling
 /// Each Running chat pod's open streams (its own `ssekeeper_active_streams`) and its sheds, by
 /// pod IP.
 async fn chat_pod_streams(ns: &str) -> BTreeMap<String, (f64, f64)> {
-    let ips = kubectl_ok(&[
-        "-n",
-        ns,
-        "get",
-        "pods",
-        "-l",
-        "ssekeeper.dev/service=chat",
-        "--field-selector=status.phase=Running",
-        "-o",
-        "jsonpath={.items[*].status.podIP}",
-    ]);
     let mut out = BTreeMap::new();
-    for ip in ips.split_whitespace() {
+    for ip in chat_pod_ips(ns) {
         let admin = format!("{ip}:{}", ssekeeper_sidecar::contract::ADMIN_PORT);
         if let Some(text) = http_get(&admin, "/metrics").await.into_iter().next() {
             out.insert(
-                ip.to_string(),
+                ip,
                 (
                     metric_sum(&text, "ssekeeper_active_streams", None),
                     metric_sum(&text, "ssekeeper_rebalance_shed_total", None),
