@@ -1,7 +1,7 @@
 //! Building blocks the data-plane tests share: a crowd of chat-room clients and the summary a
 //! test prints and asserts on.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -201,6 +201,20 @@ impl ChatSummary {
     /// Reconnects of all clients.
     pub fn reconnects(&self) -> usize {
         self.clients.iter().map(|c| c.report.reconnects()).sum()
+    }
+
+    /// Reconnects (every attempt after a client's first) per whole second since `since`: how
+    /// paced shedding or a drain was, as the clients saw it.
+    pub fn reconnects_per_second(&self, since: Instant) -> BTreeMap<u64, u32> {
+        let mut per_second = BTreeMap::new();
+        for c in &self.clients {
+            for a in c.report.attempts.iter().skip(1) {
+                if let Some(d) = a.at.checked_duration_since(since) {
+                    *per_second.entry(d.as_secs()).or_default() += 1;
+                }
+            }
+        }
+        per_second
     }
 
     /// Events never received, over all clients.

@@ -120,15 +120,7 @@ async fn scale_up() {
         .await;
     let summary = crowd.finish(last_seq).await;
 
-    // Reconnects per second since the scale-up (every attempt after a client's first).
-    let mut per_second: BTreeMap<u64, u32> = BTreeMap::new();
-    for c in &summary.clients {
-        for a in c.report.attempts.iter().skip(1) {
-            if let Some(d) = a.at.checked_duration_since(scaled) {
-                *per_second.entry(d.as_secs()).or_default() += 1;
-            }
-        }
-    }
+    let per_second = summary.reconnects_per_second(scaled);
     let max_per_second = per_second.values().copied().max().unwrap_or(0);
     let shed_sum: f64 = sheds.values().sum();
     let shedding_secs = per_second

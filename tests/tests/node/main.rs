@@ -1482,14 +1482,7 @@ async fn a_scale_up_rebalances_300_streams_over_the_new_pods_without_loss() {
     assert!(describe.contains("Streams"), "{describe}");
 
     let (last_seq, caught_up, summary) = chat.finish(crowd).await;
-    let mut per_second: BTreeMap<u64, u32> = BTreeMap::new();
-    for c in &summary.clients {
-        for a in c.report.attempts.iter().skip(1) {
-            if let Some(d) = a.at.checked_duration_since(scaled) {
-                *per_second.entry(d.as_secs()).or_default() += 1;
-            }
-        }
-    }
+    let per_second = summary.reconnects_per_second(scaled);
     let max_per_second = per_second.values().copied().max().unwrap_or(0);
     println!(
         "rebalance 1 → 3 pods on the node, 300 clients: ≤ 1.2 × mean after {:.1} s; shed {shed_sum}; \
