@@ -13,6 +13,11 @@ use ssekeeper_sidecar::contract::{PRESTOP_SUBCOMMAND, PrestopArgs, SidecarArgs};
 use ssekeeper_sidecar::{lifecycle, server, store, telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 
+/// mimalloc instead of glibc's malloc: the data path allocates and frees small buffers per event
+/// on several threads, where glibc's arenas spent a third of the CPU (profile in the bench README).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // The sidecar's own flags all start with `--`, so a first argument `prestop` is unambiguous.
     if std::env::args_os()

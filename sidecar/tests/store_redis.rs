@@ -632,3 +632,72 @@ async fn a_saturated_runtime_does_not_starve_the_store() {
         );
     }
 }
+
+/// Appends of many sessions at once share pipelines (one round trip for many sessions, see
+/// `store/redis/coalesce.rs`), and each still gets its own verdict: a session taken over by
+/// another pod is refused as fenced while the others in the same pipeline are stored. A Redis
+/// that lost its scripts mid-way (SCRIPT FLUSH) is answered by loading them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_pipelines_and_keep_their_own_verdicts() {
+    let server = RedisServer::start().await;
+    let st = Arc::new(store(&server.url()).await);
+    let sessions: Vec<SessionId> = (0..200).map(|i| sid(&format!("many-{i}"))).collect();
+    let mut epochs = Vec::new();
+    for s in &sessions {
+        epochs.push(st.acquire(s, &owner(), LONG).await.unwrap().epoch);
+    }
+    // Every third session is taken over by another pod: its old owner is fenced from now on.
+    let other = Owner {
+        name: "pod-b".into(),
+        addr: SocketAddr::from(([10, 0, 0, 2], 8801)),
+    };
+    for s in sessions.iter().step_by(3) {
+        st.acquire(s, &other, LONG).await.unwrap();
+    }
+    let before = st.append_stats();
+    for round in 0..10u64 {
+        if round == 5 {
+            let mut c = redis::Client::open(server.url().as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let _: () = redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+        let calls = sessions.iter().zip(&epochs).map(|(s, &epoch)| {
+            let st = st.clone();
+            let s = s.clone();
+            tokio::spawn(async move { st.append(&s, epoch, &[ev(round + 1)]).await })
+        });
+        for (i, call) in calls.collect::<Vec<_>>().into_iter().enumerate() {
+            let verdict = call.await.unwrap();
+            if i % 3 == 0 {
+                assert!(
+                    matches!(verdict, Err(StoreError::Fenced { .. })),
+                    "session {i} was taken over, got {verdict:?}"
+                );
+            } else {
+                assert!(verdict.is_ok(), "session {i}, round {round}: {verdict:?}");
+            }
+        }
+    }
+    let (calls, trips) = {
+        let after = st.append_stats();
+        (after.0 - before.0, after.1 - before.1)
+    };
+    println!("{calls} appends in {trips} round trips");
+    assert!(calls >= 2000, "every append was sent ({calls})");
+    assert!(
+        trips * 2 <= calls,
+        "appends issued together share round trips: {calls} in {trips}"
+    );
+    for (i, s) in sessions.iter().enumerate() {
+        let stored = st.read_after(s, 0, usize::MAX).await.unwrap();
+        let want = if i % 3 == 0 { 0 } else { 10 };
+        assert_eq!(stored.len(), want, "session {i}");
+    }
+}

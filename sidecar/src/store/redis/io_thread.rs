@@ -56,6 +56,11 @@ impl IoThread {
         Joined(self.handle.spawn(fut)).await
     }
 
+    /// The thread's runtime, for a task that lives there (the append pipeline).
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// `conn`'s commands, sent from the I/O thread.
     pub(crate) fn wrap(&self, conn: AnyConn) -> IoConn {
         IoConn {

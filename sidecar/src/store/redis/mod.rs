@@ -17,6 +17,7 @@
 //! default 1 s): an outage answers `Unavailable` quickly and never hangs the proxy.
 
 mod blocking;
+mod coalesce;
 mod codec;
 mod errors;
 mod io_thread;
@@ -34,6 +35,7 @@ pub use crate::contract::redis::url;
 pub use crate::contract::redis::{RedisTarget, UrlError};
 
 use self::blocking::BlockingPool;
+use self::coalesce::Coalescer;
 use self::codec::{
     Verdict, encode, parse_lease, parse_opt_text, parse_range, parse_verdict, parse_xread,
     stream_id,
@@ -132,6 +134,8 @@ pub struct RedisStore {
     connector: Arc<Connector>,
     /// Where every connection is created and driven (see [`io_thread`]).
     io: IoThread,
+    /// Appends of all sessions, sent as pipelines from the I/O thread (see [`coalesce`]).
+    appends: Coalescer,
     pool: BlockingPool,
     namespace: String,
     name: String,
@@ -204,9 +208,12 @@ impl RedisStore {
         let io = IoThread::start("ssekeeper-redis").map_err(|e| {
             ConnectError::Client(format!("cannot start the store's I/O thread: {e}"))
         })?;
+        let connector = Arc::new(connector);
+        let appends = Coalescer::start(io.handle(), connector.clone(), cfg.op_timeout);
         Ok(Self {
-            connector: Arc::new(connector),
+            connector,
             io,
+            appends,
             pool: BlockingPool::new(cfg.max_blocking, cfg.idle_blocking),
             namespace: cfg.namespace,
             name: cfg.name,
@@ -222,6 +229,12 @@ impl RedisStore {
     /// (for the proxy's metrics).
     pub fn blocking_stats(&self) -> (usize, usize) {
         (self.pool.in_use(), self.pool.idle_count())
+    }
+
+    /// Appends sent to Redis, and the round trips they took (several sessions' appends share
+    /// one pipeline under load).
+    pub fn append_stats(&self) -> (u64, u64) {
+        self.appends.stats()
     }
 
     fn keys(&self, s: &SessionId) -> SessionKeys {
@@ -329,8 +342,15 @@ impl RedisStore {
             Some(None) => ("", "2"),
             None => ("", "0"),
         };
-        let mut inv = self.script(&self.scripts.append, &k);
-        inv.arg(epoch)
+        let script = &self.scripts.append;
+        let mut c = cmd("EVALSHA");
+        c.arg(script.get_hash()).arg(5);
+        c.arg(&k.events)
+            .arg(&k.epoch)
+            .arg(&k.lease)
+            .arg(&k.appid)
+            .arg(&k.marks);
+        c.arg(epoch)
             .arg(self.retention.limit)
             .arg(Self::ms(self.session_ttl))
             .arg(app_id)
@@ -340,12 +360,27 @@ impl RedisStore {
             .arg(self.retention.cap);
         for r in entries {
             let fields = encode(&r.entry);
-            inv.arg(stream_id(r.seq)).arg(fields.len() * 2);
+            c.arg(stream_id(r.seq)).arg(fields.len() * 2);
             for (f, v) in &fields {
-                inv.arg(*f).arg(v.as_ref());
+                c.arg(*f).arg(v.as_ref());
             }
         }
-        match parse_verdict(&self.invoke("append", &inv).await?)? {
+        let reply = self
+            .deadline("append", async {
+                match self.appends.call(c.clone()).await {
+                    // A Redis that restarted lost its scripts: load it, then the same call.
+                    Err(e)
+                        if e.kind()
+                            == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
+                    {
+                        script.load_async(&mut self.shared().await?).await?;
+                        self.appends.call(c).await
+                    }
+                    r => r,
+                }
+            })
+            .await?;
+        match parse_verdict(&reply)? {
             Verdict::Ok { cut_into_floor } => Ok(Appended { cut_into_floor }),
             Verdict::Fenced(current) => Err(StoreError::Fenced { current }),
             Verdict::BadId(id) => Err(StoreError::Malformed(format!(
