@@ -635,8 +635,9 @@ async fn a_saturated_runtime_does_not_starve_the_store() {
 
 /// Appends of many sessions at once share pipelines (one round trip for many sessions, see
 /// `store/redis/coalesce.rs`), and each still gets its own verdict: a session taken over by
-/// another pod is refused as fenced while the others in the same pipeline are stored. A Redis
-/// that lost its scripts mid-way (SCRIPT FLUSH) is answered by loading them again.
+/// another pod is refused as fenced and one with a corrupt epoch key as malformed, while the
+/// others in the same call are stored. A Redis that lost its scripts mid-way (SCRIPT FLUSH) is
+/// answered by loading them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_pipelines_and_keep_their_own_verdicts() {
     let server = RedisServer::start().await;
@@ -654,6 +655,13 @@ async fn concurrent_appends_share_pipelines_and_keep_their_own_verdicts() {
     for s in sessions.iter().step_by(3) {
         st.acquire(s, &other, LONG).await.unwrap();
     }
+    // And one session's epoch key is corrupt: only that session's appends are malformed.
+    let corrupt = 1;
+    server.cli(&[
+        "set",
+        &format!("ssekeeper:ns/chat:{{{}}}:epoch", sessions[corrupt].as_str()),
+        "not-a-number",
+    ]);
     let before = st.append_stats();
     for round in 0..10u64 {
         if round == 5 {
@@ -675,7 +683,12 @@ async fn concurrent_appends_share_pipelines_and_keep_their_own_verdicts() {
         });
         for (i, call) in calls.collect::<Vec<_>>().into_iter().enumerate() {
             let verdict = call.await.unwrap();
-            if i % 3 == 0 {
+            if i == corrupt {
+                assert!(
+                    matches!(verdict, Err(StoreError::Malformed(_))),
+                    "the corrupt session, got {verdict:?}"
+                );
+            } else if i % 3 == 0 {
                 assert!(
                     matches!(verdict, Err(StoreError::Fenced { .. })),
                     "session {i} was taken over, got {verdict:?}"
@@ -697,6 +710,9 @@ async fn concurrent_appends_share_pipelines_and_keep_their_own_verdicts() {
     );
     for (i, s) in sessions.iter().enumerate() {
         let stored = st.read_after(s, 0, usize::MAX).await.unwrap();
+        if i == corrupt {
+            continue;
+        }
         let want = if i % 3 == 0 { 0 } else { 10 };
         assert_eq!(stored.len(), want, "session {i}");
     }

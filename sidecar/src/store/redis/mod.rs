@@ -35,7 +35,7 @@ pub use crate::contract::redis::url;
 pub use crate::contract::redis::{RedisTarget, UrlError};
 
 use self::blocking::BlockingPool;
-use self::coalesce::Coalescer;
+use self::coalesce::{Append, AppendScripts, Coalescer};
 use self::codec::{
     Verdict, encode, parse_lease, parse_opt_text, parse_range, parse_verdict, parse_xread,
     stream_id,
@@ -209,7 +209,16 @@ impl RedisStore {
             ConnectError::Client(format!("cannot start the store's I/O thread: {e}"))
         })?;
         let connector = Arc::new(connector);
-        let appends = Coalescer::start(io.handle(), connector.clone(), cfg.op_timeout);
+        let scripts = Scripts::new();
+        let appends = Coalescer::start(
+            io.handle(),
+            connector.clone(),
+            AppendScripts {
+                one: scripts.append.clone(),
+                many: scripts.append_many.clone(),
+            },
+            cfg.op_timeout,
+        );
         Ok(Self {
             connector,
             io,
@@ -221,7 +230,7 @@ impl RedisStore {
             session_ttl: cfg.session_ttl,
             op_timeout: cfg.op_timeout,
             max_block: cfg.max_block,
-            scripts: Scripts::new(),
+            scripts,
         })
     }
 
@@ -342,15 +351,14 @@ impl RedisStore {
             Some(None) => ("", "2"),
             None => ("", "0"),
         };
-        let script = &self.scripts.append;
-        let mut c = cmd("EVALSHA");
-        c.arg(script.get_hash()).arg(5);
-        c.arg(&k.events)
+        let mut keys = Cmd::new();
+        keys.arg(&k.events)
             .arg(&k.epoch)
             .arg(&k.lease)
             .arg(&k.appid)
             .arg(&k.marks);
-        c.arg(epoch)
+        let mut args = Cmd::new();
+        args.arg(epoch)
             .arg(self.retention.limit)
             .arg(Self::ms(self.session_ttl))
             .arg(app_id)
@@ -360,25 +368,13 @@ impl RedisStore {
             .arg(self.retention.cap);
         for r in entries {
             let fields = encode(&r.entry);
-            c.arg(stream_id(r.seq)).arg(fields.len() * 2);
+            args.arg(stream_id(r.seq)).arg(fields.len() * 2);
             for (f, v) in &fields {
-                c.arg(*f).arg(v.as_ref());
+                args.arg(*f).arg(v.as_ref());
             }
         }
         let reply = self
-            .deadline("append", async {
-                match self.appends.call(c.clone()).await {
-                    // A Redis that restarted lost its scripts: load it, then the same call.
-                    Err(e)
-                        if e.kind()
-                            == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) =>
-                    {
-                        script.load_async(&mut self.shared().await?).await?;
-                        self.appends.call(c).await
-                    }
-                    r => r,
-                }
-            })
+            .deadline("append", self.appends.call(Append { keys, args }))
             .await?;
         match parse_verdict(&reply)? {
             Verdict::Ok { cut_into_floor } => Ok(Appended { cut_into_floor }),

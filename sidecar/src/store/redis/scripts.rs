@@ -275,9 +275,28 @@ if #all > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
 return out
 "#;
 
+/// `append` for several sessions in one call: `KEYS` are five per session (each session's own,
+/// as for `append`); `ARGV` is, per session, the count of its `append` arguments, then those.
+/// Replies one `append` verdict per session, in order. One script call instead of one per
+/// session: Redis's per-call cost (parsing the call, entering Lua) is paid once for a whole
+/// pipeline of sessions (see `coalesce.rs`). Not for Redis Cluster (the keys span slots).
+const APPEND_MANY_TAIL: &str = r#"
+local out, ko, ao = {}, 0, 1
+while ao <= #ARGV do
+  local n = tonumber(ARGV[ao])
+  local k = {KEYS[ko + 1], KEYS[ko + 2], KEYS[ko + 3], KEYS[ko + 4], KEYS[ko + 5]}
+  local a = {}
+  for i = 1, n do a[i] = ARGV[ao + i] end
+  out[#out + 1] = append_one(k, a)
+  ko, ao = ko + 5, ao + 1 + n
+end
+return out
+"#;
+
 /// The compiled scripts (their SHA1s are computed once).
 pub(crate) struct Scripts {
     pub append: Script,
+    pub append_many: Script,
     pub acquire: Script,
     pub acquire_if: Script,
     pub renew: Script,
@@ -292,6 +311,10 @@ impl Scripts {
         let s = |body: &str| Script::new(&format!("{EPOCH_OF}{body}"));
         Self {
             append: s(APPEND),
+            // The same body as a function of its keys and arguments, called per session.
+            append_many: s(&format!(
+                "local function append_one(KEYS, ARGV)\n{APPEND}\nend\n{APPEND_MANY_TAIL}"
+            )),
             acquire: s(ACQUIRE),
             acquire_if: s(ACQUIRE_IF),
             renew: s(RENEW),
