@@ -357,6 +357,11 @@ impl Session {
                 self.marks.pop_front();
             }
         }
+        // Within the count nothing is trimmed whatever the floor or a drain wants (the common
+        // case, as in the Redis script): no search.
+        if self.events.len() <= retention.limit as usize {
+            return Appended::default();
+        }
         let floor_from = self.marks.front().map_or(Seq::MAX, |(_, seq)| *seq);
         let floor_kept = self.events.len() - self.events.partition_point(|r| r.seq < floor_from);
         let draining = self

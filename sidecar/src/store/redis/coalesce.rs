@@ -5,10 +5,10 @@
 //! eventfd write), a socket write and Redis's own per-call cost (parsing the call, entering Lua)
 //! each. The profile of that bench row put a quarter of the append path in waking the thread,
 //! and Redis spent more on calling the script than on the writes in it. Here callers queue their
-//! appends; the I/O thread takes all that are queued (up to [`MAX_SESSIONS`]) and sends them as
-//! one `append_many` call (`scripts.rs`), which runs each session's `append` in turn and replies
-//! a verdict per session: under load one wake-up, one round trip and one script call serve
-//! hundreds of sessions; a lone append is one `append` call as before. Redis Cluster gets one
+//! appends; the I/O thread takes all that are queued (up to [`MAX_SESSIONS`] and [`MAX_ARGS`])
+//! and sends them as one `append_many` call (`scripts.rs`), which runs each session's `append` in
+//! turn and replies a verdict per session: under load one wake-up, one round trip and one script
+//! call serve hundreds of sessions; a lone append is one `append` call as before. Redis Cluster gets one
 //! call per session (the sessions' keys span slots). An append whose caller gave up (past its
 //! deadline) before its call is built is not sent, as with the crate's own connection.
 
@@ -26,6 +26,9 @@ use crate::contract::redis::conn::{AnyConn, Connector};
 /// Sessions in one call at most: a burst of a few thousand sessions goes in a few round trips,
 /// and one call holds Redis for a few milliseconds at most.
 const MAX_SESSIONS: usize = 128;
+/// Script arguments in one call at most (a 256-entry batch is ~2,000): Redis runs a script
+/// without interleaving, so one call of many large batches would hold every other client.
+const MAX_ARGS: usize = 16_384;
 
 /// One session's append: its five keys and its `append` arguments, each packed as a [`Cmd`]'s
 /// arguments (no command name).
@@ -108,30 +111,52 @@ async fn run(
     sent: Arc<Sent>,
 ) {
     let mut jobs = Vec::with_capacity(MAX_SESSIONS);
+    let mut call = Vec::with_capacity(MAX_SESSIONS);
     while rx.recv_many(&mut jobs, MAX_SESSIONS).await > 0 {
         // Callers past their deadline are gone: what they asked for is not sent.
         jobs.retain(|j| !j.reply.is_closed());
-        if jobs.is_empty() {
-            continue;
-        }
-        let (appends, replies): (Vec<Append>, Vec<_>) =
-            jobs.drain(..).map(|j| (j.append, j.reply)).unzip();
-        sent.appends
-            .fetch_add(appends.len() as u64, Ordering::Relaxed);
-        sent.trips.fetch_add(1, Ordering::Relaxed);
-        let verdicts = tokio::time::timeout(timeout, send(&connector, &scripts, &appends)).await;
-        match verdicts {
-            Ok(Ok(values)) => {
-                for (reply, value) in replies.into_iter().zip(values) {
-                    let _ = reply.send(value);
-                }
+        // Calls of at most MAX_ARGS arguments (one oversized append goes alone).
+        let mut args = 0;
+        for job in jobs.drain(..) {
+            let n = job.append.args.args_iter().count();
+            if !call.is_empty() && args + n > MAX_ARGS {
+                send_answering(&connector, &scripts, timeout, &sent, &mut call).await;
+                args = 0;
             }
-            Ok(Err(e)) => replies.into_iter().for_each(|r| {
-                let _ = r.send(Err(e.clone()));
-            }),
-            // The callers' own deadlines have passed; dropping the replies tells any left.
-            Err(_) => {}
+            args += n;
+            call.push(job);
         }
+        if !call.is_empty() {
+            send_answering(&connector, &scripts, timeout, &sent, &mut call).await;
+        }
+    }
+}
+
+/// Send the appends of `jobs` as one call and answer each (emptying `jobs`).
+async fn send_answering(
+    connector: &Connector,
+    scripts: &AppendScripts,
+    timeout: Duration,
+    sent: &Sent,
+    jobs: &mut Vec<Job>,
+) {
+    let (appends, replies): (Vec<Append>, Vec<_>) =
+        jobs.drain(..).map(|j| (j.append, j.reply)).unzip();
+    sent.appends
+        .fetch_add(appends.len() as u64, Ordering::Relaxed);
+    sent.trips.fetch_add(1, Ordering::Relaxed);
+    let verdicts = tokio::time::timeout(timeout, send(connector, scripts, &appends)).await;
+    match verdicts {
+        Ok(Ok(values)) => {
+            for (reply, value) in replies.into_iter().zip(values) {
+                let _ = reply.send(value);
+            }
+        }
+        Ok(Err(e)) => replies.into_iter().for_each(|r| {
+            let _ = r.send(Err(e.clone()));
+        }),
+        // The callers' own deadlines have passed; dropping the replies tells any left.
+        Err(_) => {}
     }
 }
 
