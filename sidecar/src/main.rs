@@ -13,8 +13,9 @@ use ssekeeper_sidecar::contract::{PRESTOP_SUBCOMMAND, PrestopArgs, SidecarArgs};
 use ssekeeper_sidecar::{lifecycle, server, store, telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// mimalloc instead of glibc's malloc: the data path allocates and frees small buffers per event
-/// on several threads, where glibc's arenas spent a third of the CPU (profile in the bench README).
+/// jemalloc instead of glibc's malloc: the data path allocates and frees small buffers per event
+/// on several threads, where glibc's malloc and free were 39% of the CPU at 100 B events (profiles
+/// in tests/bench/README.md); mimalloc was faster there but slower at 1 KiB and larger per stream.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

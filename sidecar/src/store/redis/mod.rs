@@ -134,7 +134,7 @@ pub struct RedisStore {
     connector: Arc<Connector>,
     /// Where every connection is created and driven (see [`io_thread`]).
     io: IoThread,
-    /// Appends of all sessions, sent as pipelines from the I/O thread (see [`coalesce`]).
+    /// Appends of all sessions, sent together from the I/O thread (see [`coalesce`]).
     appends: Coalescer,
     pool: BlockingPool,
     namespace: String,
@@ -241,7 +241,7 @@ impl RedisStore {
     }
 
     /// Appends sent to Redis, and the round trips they took (several sessions' appends share
-    /// one pipeline under load).
+    /// one script call under load).
     pub fn append_stats(&self) -> (u64, u64) {
         self.appends.stats()
     }

@@ -1,7 +1,8 @@
 //! The Lua scripts that make fencing atomic.
 //!
 //! Each runs on one session's keys only (`KEYS` = events, epoch, lease, appid, marks, all carrying the
-//! session's hash tag, so one Cluster slot), sent as `EVALSHA` with a fallback to loading the
+//! session's hash tag, so one Cluster slot; `append_many` is `append` for several sessions in one
+//! call, never sent to a Cluster), sent as `EVALSHA` with a fallback to loading the
 //! script after a `NOSCRIPT` (a restarted or failed-over server). Redis runs a script without
 //! interleaving other commands, which is what makes "check the epoch, then write" one step.
 //!
