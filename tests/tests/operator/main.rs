@@ -270,17 +270,20 @@ async fn examples_render_children_that_follow_the_spec() {
         )
     );
 
-    // Forwarding key Secret and PDB.
-    let secret: Secret = get(&client, &ns.name, &contract::forward_secret_name("chat"))
-        .await
-        .expect("forward key");
+    // Forwarding key Secret and PDB (applied after the Deployment: waited for, not assumed).
+    let secret_name = contract::forward_secret_name("chat");
+    let secret: Secret = eventually("forward key Secret", paced(WAIT), || {
+        get(&client, &ns.name, &secret_name)
+    })
+    .await;
     assert!(
         secret.data.unwrap()[contract::FORWARD_KEY_SECRET_KEY]
             .0
             .len()
             >= 32
     );
-    let pdb: PodDisruptionBudget = get(&client, &ns.name, "chat").await.expect("PDB");
+    let pdb: PodDisruptionBudget =
+        eventually("PDB", paced(WAIT), || get(&client, &ns.name, "chat")).await;
     assert_eq!(
         pdb.spec.unwrap().max_unavailable,
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
@@ -289,7 +292,8 @@ async fn examples_render_children_that_follow_the_spec() {
     // mcp: Ingress, no affinity; minimal: memory store, no Ingress/PDB.
     let _ing: Ingress =
         eventually("mcp Ingress", paced(WAIT), || get(&client, &ns.name, "mcp")).await;
-    let mcp_svc: Service = get(&client, &ns.name, "mcp").await.unwrap();
+    let mcp_svc: Service =
+        eventually("mcp Service", paced(WAIT), || get(&client, &ns.name, "mcp")).await;
     assert_eq!(
         mcp_svc.spec.unwrap().session_affinity.as_deref(),
         Some("None")
