@@ -156,6 +156,19 @@ struct SessionKeys {
     marks: String,
 }
 
+impl SessionKeys {
+    /// The keys as every session script takes them (`KEYS[1..5]`).
+    fn in_script_order(&self) -> [&str; 5] {
+        [
+            &self.events,
+            &self.epoch,
+            &self.lease,
+            &self.appid,
+            &self.marks,
+        ]
+    }
+}
+
 impl RedisStore {
     /// A store for the SseService `namespace/name` with default tuning. Validates the URL and
     /// builds the clients but does not need Redis to be up: until it is, calls answer
@@ -259,11 +272,9 @@ impl RedisStore {
 
     fn script<'s>(&self, script: &'s ::redis::Script, k: &SessionKeys) -> ScriptInvocation<'s> {
         let mut inv = script.prepare_invoke();
-        inv.key(&k.events)
-            .key(&k.epoch)
-            .key(&k.lease)
-            .key(&k.appid)
-            .key(&k.marks);
+        for key in k.in_script_order() {
+            inv.key(key);
+        }
         inv
     }
 
@@ -352,11 +363,9 @@ impl RedisStore {
             None => ("", "0"),
         };
         let mut keys = Cmd::new();
-        keys.arg(&k.events)
-            .arg(&k.epoch)
-            .arg(&k.lease)
-            .arg(&k.appid)
-            .arg(&k.marks);
+        for key in k.in_script_order() {
+            keys.arg(key);
+        }
         let mut args = Cmd::new();
         args.arg(epoch)
             .arg(self.retention.limit)
