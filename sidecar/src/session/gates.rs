@@ -95,6 +95,24 @@ impl Gates {
         })
     }
 
+    /// When these keys turn [`Gates::quiet`] if no request enters or leaves meanwhile; `None`
+    /// while one is in flight (when it leaves is not known). A waiting handover sleeps until
+    /// then instead of polling: thousands of sessions hand over at once when their clients leave
+    /// or the pod drains, and each poll wakes a recorder and takes this lock.
+    pub fn quiet_at(&self, keys: &[SessionId], settle: Duration) -> Option<Instant> {
+        let map = self.lock();
+        let mut latest: Option<Instant> = None;
+        for g in keys.iter().filter_map(|k| map.get(k)) {
+            if g.inflight > 0 {
+                return None;
+            }
+            for t in [g.closed_at, g.last_exit].into_iter().flatten() {
+                latest = latest.max(Some(t + settle));
+            }
+        }
+        Some(latest.unwrap_or_else(Instant::now))
+    }
+
     /// Whether no request for these keys is in flight (open or closed).
     pub fn idle(&self, keys: &[SessionId]) -> bool {
         let map = self.lock();
@@ -154,6 +172,34 @@ mod tests {
         gates.forget(std::slice::from_ref(&k));
         assert!(gates.is_empty());
         assert!(gates.enter(&k).is_some());
+    }
+
+    #[test]
+    fn quiet_at_is_the_settle_time_after_the_later_of_close_and_last_exit() {
+        let gates = Arc::new(Gates::default());
+        let (a, b) = (key("qa"), key("qb"));
+        let settle = Duration::from_secs(1);
+        let before = Instant::now();
+        assert!(
+            gates.quiet_at(std::slice::from_ref(&a), settle).unwrap() >= before,
+            "a key never seen is quiet now"
+        );
+        let pass = gates.enter(&b).unwrap();
+        gates.close(&[a.clone(), b.clone()]);
+        let closed = Instant::now();
+        assert_eq!(
+            gates.quiet_at(&[a.clone(), b.clone()], settle),
+            None,
+            "b in flight"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        drop(pass);
+        let at = gates.quiet_at(&[a.clone(), b.clone()], settle).unwrap();
+        assert!(
+            at >= closed + Duration::from_millis(5) + settle,
+            "b's exit, not the close"
+        );
+        assert!(!gates.quiet(&[a, b], settle));
     }
 
     #[test]

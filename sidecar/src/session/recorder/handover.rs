@@ -19,6 +19,9 @@ pub(super) const WAIT_MAX: Duration = Duration::from_secs(2);
 /// How long after the last accepted request was answered (and after the keys closed) the app's
 /// reply event is given to reach the recorder before `Handover` is recorded.
 const SETTLE: Duration = Duration::from_millis(100);
+/// How often a pending handover looks again while one of its session's requests is in flight
+/// (or, in a drain, until the session is quiet): when that request leaves is not known ahead.
+const POLL: Duration = Duration::from_millis(10);
 /// How long a handed-over session's keys keep refusing requests after its recorder ended.
 const KEYS_CLOSED_AFTER_EXIT: Duration = Duration::from_secs(5);
 
@@ -124,13 +127,35 @@ impl Handover {
         let Phase::HandingOver(reason) = self.phase else {
             return None;
         };
-        let settle = SETTLE.max(batch_window * 4);
+        let settle = settle_time(batch_window);
         let over = self.wait_until.is_none_or(|t| now >= t);
         if !over && !gates.quiet(&self.keys, settle) {
             return None;
         }
         self.wait_until = None;
         Some(reason)
+    }
+
+    /// When a waiting handover should next ask [`Handover::due`]: the moment its keys turn
+    /// quiet if no request is in flight, else after [`POLL`]; never after its wait is over.
+    pub(super) fn next_check(
+        &self,
+        gates: &Gates,
+        batch_window: Duration,
+        now: Instant,
+    ) -> Instant {
+        let poll = now + POLL;
+        match self.phase {
+            Phase::Quieting { .. } if gates.idle(&self.keys) => now,
+            Phase::Quieting { until, .. } => poll.min(until),
+            Phase::HandingOver(_) => {
+                let quiet = gates
+                    .quiet_at(&self.keys, settle_time(batch_window))
+                    .unwrap_or(poll);
+                self.wait_until.map_or(quiet, |w| quiet.min(w))
+            }
+            Phase::Capturing | Phase::HandedOver => now,
+        }
     }
 
     /// `Handover` was recorded.
@@ -160,6 +185,12 @@ impl Handover {
             gates.forget(&keys);
         });
     }
+}
+
+/// How long the app's reply events get to reach the recorder after the session's last request
+/// was answered: longer when batches are held longer.
+fn settle_time(batch_window: Duration) -> Duration {
+    SETTLE.max(batch_window * 4)
 }
 
 #[cfg(test)]
@@ -264,6 +295,56 @@ mod tests {
             None
         );
         assert!(!h.is_capturing());
+    }
+
+    #[test]
+    fn a_waiting_handover_sleeps_until_its_keys_turn_quiet_and_polls_only_while_a_request_is_in_flight()
+     {
+        let gates = Arc::new(Gates::default());
+        let mut h = Handover::new(key("s6"));
+        let call = gates.enter(&key("s6")).unwrap();
+        let t0 = Instant::now();
+        h.begin(HandoverReason::ResumeWindow, &gates, t0);
+        assert_eq!(
+            h.next_check(&gates, Duration::ZERO, t0),
+            t0 + POLL,
+            "when the request leaves is not known"
+        );
+        let before_exit = Instant::now();
+        drop(call);
+        let left = Instant::now();
+        let at = h.next_check(&gates, Duration::ZERO, left);
+        assert!(
+            at >= before_exit + SETTLE && at <= left + SETTLE,
+            "one look, when the settle time after the exit is over"
+        );
+        assert_eq!(h.due(&gates, Duration::ZERO, left), None, "not yet settled");
+        std::thread::sleep(at.saturating_duration_since(Instant::now()) + Duration::from_millis(5));
+        assert_eq!(
+            h.due(&gates, Duration::ZERO, Instant::now()),
+            Some(HandoverReason::ResumeWindow)
+        );
+        // A longer batch window stretches the settle time, and the wait's end caps the sleep.
+        let mut h = Handover::new(key("s7"));
+        let t1 = Instant::now();
+        h.begin(HandoverReason::Drain, &gates, t1);
+        let long = h.next_check(&gates, Duration::from_secs(10), t1);
+        assert_eq!(long, t1 + WAIT_MAX);
+    }
+
+    #[test]
+    fn a_quieting_session_stream_looks_at_once_when_idle() {
+        let gates = Arc::new(Gates::default());
+        let mut h = Handover::new(key("s8"));
+        let t0 = Instant::now();
+        h.begin_when_quiet(HandoverReason::Drain, t0 + Duration::from_millis(3));
+        assert_eq!(h.next_check(&gates, Duration::ZERO, t0), t0);
+        let _busy = gates.enter(&key("s8")).unwrap();
+        assert_eq!(
+            h.next_check(&gates, Duration::ZERO, t0),
+            t0 + Duration::from_millis(3),
+            "never past its deadline"
+        );
     }
 
     #[test]

@@ -208,8 +208,6 @@ async fn timer(sleep: &mut Pin<Box<Sleep>>, armed: bool) {
 /// How often a recorder checks, without events, whether its client left and whether its resume
 /// window is over.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
-/// How often a pending handover checks whether it may be recorded.
-const HANDOVER_POLL: Duration = Duration::from_millis(10);
 
 impl Recorder {
     async fn run(mut self) {
@@ -221,8 +219,10 @@ impl Recorder {
         let mut flush_deadline: Option<Instant> = None;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut handover_poll = tokio::time::interval(HANDOVER_POLL);
-        handover_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When a pending handover next looks whether it is due (`None`: not waiting, or not
+        // computed since the last look).
+        let mut handover_timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let mut handover_check: Option<Instant> = None;
         let flow = loop {
             let mut due = self.batcher.flush_at();
             // A batch due now starts now: a timer set to the present fires only on the timer
@@ -236,6 +236,17 @@ impl Recorder {
                     flush_timer.as_mut().reset(d.into());
                 }
                 flush_deadline = due;
+            }
+            if !self.handover.is_waiting() {
+                handover_check = None;
+            } else if handover_check.is_none() {
+                let at = self.handover.next_check(
+                    &self.shared.gates,
+                    self.shared.settings.batch_window,
+                    Instant::now(),
+                );
+                handover_timer.as_mut().reset(at.into());
+                handover_check = Some(at);
             }
             let backlogged = self.fanout.is_backlogged();
             // Backpressure: the store lags by the bound, so the app's stream waits (its TCP
@@ -262,9 +273,10 @@ impl Recorder {
                     Flow::Continue
                 },
                 _ = housekeeping.tick() => self.housekeeping().await,
-                // A timer kept across iterations: one made anew each turn would never fire while
-                // events arrive faster than it.
-                _ = handover_poll.tick(), if self.handover.is_waiting() => {
+                // A timer kept across iterations (one made anew each turn would never fire while
+                // events arrive faster than it), set once per look.
+                _ = timer(&mut handover_timer, handover_check.is_some()) => {
+                    handover_check = None;
                     self.finish_handover().await
                 },
                 room = self.fanout.room() => {
