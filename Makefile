@@ -84,6 +84,8 @@ test-fuzz: ## fuzz the SSE parser, the cursor and session-key extraction, $(FUZZ
 	  mkdir -p target/corpus/$$t && \
 	  $(CARGO) +nightly fuzz run $$t target/corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
+	@# In CI the sanitizer build (GBs) is not needed again: keep the corpus, free the disk.
+	@if [[ "$${CI:-}" == true ]]; then rm -rf sidecar/fuzz/target/x86_64-unknown-linux-gnu sidecar/fuzz/target/release sidecar/fuzz/target/debug; fi
 
 test-operator: ## operator integration tests against the control plane (started if needed)
 	$(CARGO) build -q --workspace --bins
