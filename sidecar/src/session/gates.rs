@@ -82,17 +82,8 @@ impl Gates {
     /// and the keys were closed at least `settle` ago: the app's answers to them had time to
     /// reach the recorder.
     pub fn quiet(&self, keys: &[SessionId], settle: Duration) -> bool {
-        let map = self.lock();
-        keys.iter().all(|k| match map.get(k) {
-            None => true,
-            Some(g) => {
-                g.inflight == 0
-                    && [g.closed_at, g.last_exit]
-                        .into_iter()
-                        .flatten()
-                        .all(|t| t.elapsed() >= settle)
-            }
-        })
+        self.quiet_at(keys, settle)
+            .is_some_and(|at| at <= Instant::now())
     }
 
     /// When these keys turn [`Gates::quiet`] if no request enters or leaves meanwhile; `None`

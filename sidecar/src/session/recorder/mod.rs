@@ -219,10 +219,10 @@ impl Recorder {
         let mut flush_deadline: Option<Instant> = None;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // When a pending handover next looks whether it is due (`None`: not waiting, or not
-        // computed since the last look).
+        // Set to when a pending handover next looks whether it is due (armed: waiting, and set
+        // since the last look).
         let mut handover_timer = Box::pin(tokio::time::sleep(Duration::ZERO));
-        let mut handover_check: Option<Instant> = None;
+        let mut handover_armed = false;
         let flow = loop {
             let mut due = self.batcher.flush_at();
             // A batch due now starts now: a timer set to the present fires only on the timer
@@ -238,15 +238,15 @@ impl Recorder {
                 flush_deadline = due;
             }
             if !self.handover.is_waiting() {
-                handover_check = None;
-            } else if handover_check.is_none() {
+                handover_armed = false;
+            } else if !handover_armed {
                 let at = self.handover.next_check(
                     &self.shared.gates,
                     self.shared.settings.batch_window,
                     Instant::now(),
                 );
                 handover_timer.as_mut().reset(at.into());
-                handover_check = Some(at);
+                handover_armed = true;
             }
             let backlogged = self.fanout.is_backlogged();
             // Backpressure: the store lags by the bound, so the app's stream waits (its TCP
@@ -275,8 +275,8 @@ impl Recorder {
                 _ = housekeeping.tick() => self.housekeeping().await,
                 // A timer kept across iterations (one made anew each turn would never fire while
                 // events arrive faster than it), set once per look.
-                _ = timer(&mut handover_timer, handover_check.is_some()) => {
-                    handover_check = None;
+                _ = timer(&mut handover_timer, handover_armed) => {
+                    handover_armed = false;
                     self.finish_handover().await
                 },
                 room = self.fanout.room() => {
